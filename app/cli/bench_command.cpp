@@ -1,0 +1,209 @@
+// pbllm bench: throughput of perplexity evaluation and batch-1 generation, with the machine's
+// own fp32 matmul rate and memory bandwidth measured in the same run as the yardsticks.
+#include "app/cli/cli_common.h"
+
+#include "core/decoder.h"
+#include "core/evaluation.h"
+#include "core/model_io.h"
+#include "core/synthetic.h"
+#include "core/system.h"
+#include "core/tokenizer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <QFileInfo>
+#include <QJsonArray>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+
+namespace pbllm::cli {
+namespace {
+
+double seconds_of(const std::function<void()>& work)
+{
+    const auto t0 = std::chrono::steady_clock::now();
+    work();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    const std::size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/// Median over `runs` of `rate_of_one_run()` after one warm-up run.
+double median_rate(int runs, const std::function<double()>& rate_of_one_run)
+{
+    rate_of_one_run();
+    std::vector<double> rates;
+    for (int i = 0; i < runs; ++i)
+        rates.push_back(rate_of_one_run());
+    return median(rates);
+}
+
+struct Baselines {
+    double matmul_gflops = 0.0;  ///< fp32 2048^2 GEMM
+    double memory_gbps = 0.0;    ///< streaming read of 512 MiB
+};
+
+Baselines measure_baselines(int runs)
+{
+    Baselines b;
+    const at::Tensor a = at::randn({2048, 2048}), c = at::randn({2048, 2048});
+    b.matmul_gflops = median_rate(runs, [&] {
+        const double s = seconds_of([&] { at::mm(a, c); });
+        return 2.0 * 2048.0 * 2048.0 * 2048.0 / s / 1e9;
+    });
+    const at::Tensor big = at::ones({128ll << 20}); // 512 MiB of float32
+    b.memory_gbps = median_rate(runs, [&] {
+        const double s = seconds_of([&] { big.sum().item<float>(); });
+        return static_cast<double>(big.numel()) * 4.0 / s / 1e9;
+    });
+    return b;
+}
+
+struct ModelBench {
+    std::string name;
+    bool synthetic = false;
+    std::int64_t parameters = 0;
+    int eval_windows = 0, eval_seqlen = 0;
+    double eval_tokens_per_second = 0.0, eval_gflops = 0.0;
+    int gen_tokens = 0;
+    double gen_cpu_tokens_per_second = 0.0, gen_torch_tokens_per_second = 0.0, gen_cpu_gbps = 0.0;
+};
+
+ModelBench bench_model(const std::string& name, const Model& model, const std::vector<int>& text_tokens, int runs,
+                       int gen_tokens, bool synthetic)
+{
+    c10::InferenceMode inference;
+    const ModelConfig& c = model.config;
+    ModelBench r;
+    r.name = name;
+    r.synthetic = synthetic;
+    r.parameters = c.parameter_count();
+    r.eval_seqlen = std::min(c.max_seq_len, 512);
+    r.eval_windows = 8;
+    std::vector<int> tokens = text_tokens;
+    if (static_cast<int>(tokens.size()) < r.eval_windows * r.eval_seqlen) {
+        // Random token ids (synthetic models have no tokenizer; speed does not depend on the ids).
+        const at::Tensor ids = at::randint(c.vocab_size, {r.eval_windows * r.eval_seqlen}, at::kLong);
+        tokens.assign(ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
+    }
+    PerplexitySettings ps;
+    ps.seqlen = r.eval_seqlen;
+    ps.max_windows = r.eval_windows;
+    r.eval_tokens_per_second =
+        median_rate(runs, [&] { return evaluate_perplexity(model, tokens, ps).tokens_per_second; });
+    // Per token: 2 FLOPs per weight of the Linears and the head, plus causal attention
+    // (QK^T and PV average T/2 keys: 2 * 2 * T/2 * dim per layer).
+    const double linear_params = static_cast<double>(c.parameter_count() - static_cast<std::int64_t>(c.vocab_size) * c.dim *
+                                                                                (c.tied_embeddings ? 0 : 1));
+    const double flops_per_token = 2.0 * linear_params + 2.0 * c.n_layers * r.eval_seqlen * c.dim;
+    r.eval_gflops = r.eval_tokens_per_second * flops_per_token / 1e9;
+
+    r.gen_tokens = std::min(gen_tokens, c.max_seq_len - 1);
+    auto decode_rate = [&](DecoderBackend backend) {
+        auto decoder = make_decoder(model, backend, r.gen_tokens + 1);
+        return median_rate(runs, [&] {
+            decoder->reset();
+            const double s = seconds_of([&] {
+                int token = 1;
+                for (int i = 0; i < r.gen_tokens; ++i) {
+                    const float* logits = decoder->step(token);
+                    token = static_cast<int>(std::max_element(logits, logits + c.vocab_size) - logits);
+                }
+            });
+            return r.gen_tokens / s;
+        });
+    };
+    r.gen_cpu_tokens_per_second = decode_rate(DecoderBackend::Cpu);
+    r.gen_torch_tokens_per_second = decode_rate(DecoderBackend::Torch);
+    r.gen_cpu_gbps = r.gen_cpu_tokens_per_second * static_cast<double>(c.parameter_count()) * 4.0 / 1e9;
+    return r;
+}
+
+} // namespace
+
+int run_bench(const QStringList& args)
+{
+    CommandLine cl("bench", "Measure evaluation and generation speed (medians of several runs).", "");
+    cl.parser().addOption({"runs", "Timed runs per measurement (after one warm-up).", "N", "5"});
+    cl.parser().addOption({"models", "Comma-separated: stories260K, synthetic-15M, synthetic-110M.", "LIST",
+                           "stories260K,synthetic-15M,synthetic-110M"});
+    cl.parser().addOption({"gen-tokens", "Tokens per generation run.", "N", "128"});
+    cl.parse(args);
+    const int runs = cl.int_value("runs", 1, 1000);
+    const int gen_tokens = cl.int_value("gen-tokens", 1, 1 << 16);
+    const Baselines base = measure_baselines(runs);
+    std::vector<ModelBench> results;
+    for (const QString& which : cl.value("models").split(',', Qt::SkipEmptyParts)) {
+        if (which == "stories260K") {
+            const ModelLocation where = locate_default_model(print_progress);
+            const Model m = load_model(where.model_path, {where.tokenizer_path});
+            std::vector<int> tokens;
+            const std::string val = QFileInfo(QString::fromStdString(where.model_path)).absolutePath().toStdString() +
+                                    "/../../data/tinystories/tinystories_val.txt";
+            if (QFileInfo::exists(QString::fromStdString(val))) {
+                std::string text = read_text_file(val);
+                text.resize(std::min<std::size_t>(text.size(), 64 * 1024));
+                tokens = Tokenizer::from_file(where.tokenizer_path).encode(text);
+            }
+            results.push_back(bench_model("stories260K", m, tokens, runs, gen_tokens, false));
+        } else if (which == "synthetic-15M") {
+            results.push_back(bench_model("synthetic-15M", make_synthetic_model(stories15m_shape()), {}, runs,
+                                          gen_tokens, true));
+        } else if (which == "synthetic-110M") {
+            results.push_back(bench_model("synthetic-110M", make_synthetic_model(stories110m_shape()), {}, runs,
+                                          gen_tokens, true));
+        } else {
+            throw UsageError{"unknown model '" + which.toStdString() + "' in --models"};
+        }
+    }
+
+    if (cl.json()) {
+        QJsonArray models;
+        for (const ModelBench& r : results)
+            models.append(QJsonObject{{"name", QString::fromStdString(r.name)},
+                                      {"synthetic", r.synthetic},
+                                      {"parameters", static_cast<double>(r.parameters)},
+                                      {"eval_windows", r.eval_windows},
+                                      {"eval_seqlen", r.eval_seqlen},
+                                      {"eval_tokens_per_second", r.eval_tokens_per_second},
+                                      {"eval_gflops", r.eval_gflops},
+                                      {"eval_fraction_of_matmul", r.eval_gflops / base.matmul_gflops},
+                                      {"gen_tokens", r.gen_tokens},
+                                      {"gen_cpu_tokens_per_second", r.gen_cpu_tokens_per_second},
+                                      {"gen_torch_tokens_per_second", r.gen_torch_tokens_per_second},
+                                      {"gen_cpu_over_torch", r.gen_cpu_tokens_per_second / r.gen_torch_tokens_per_second},
+                                      {"gen_cpu_weight_gbps", r.gen_cpu_gbps},
+                                      {"gen_fraction_of_memory_bandwidth", r.gen_cpu_gbps / base.memory_gbps}});
+        print_json(QJsonObject{{"threads", at::get_num_threads()},
+                               {"runs", runs},
+                               {"matmul_gflops", base.matmul_gflops},
+                               {"memory_gbps", base.memory_gbps},
+                               {"models", models}});
+        return 0;
+    }
+    std::printf("threads %d, medians of %d runs\n", at::get_num_threads(), runs);
+    std::printf("baselines: fp32 GEMM 2048^2 %.1f GFLOP/s, memory read %.1f GB/s\n\n", base.matmul_gflops,
+                base.memory_gbps);
+    std::printf("%-16s %11s | %-26s | %-52s\n", "model", "params", "perplexity eval", "batch-1 generation");
+    for (const ModelBench& r : results) {
+        std::printf("%-16s %11lld | %8.0f tok/s %5.1f%% GEMM | plain loop %7.1f tok/s (%4.1f%% of mem bw), "
+                    "libtorch ops %7.1f tok/s (x%.2f)\n",
+                    r.name.c_str(), static_cast<long long>(r.parameters), r.eval_tokens_per_second,
+                    100.0 * r.eval_gflops / base.matmul_gflops, r.gen_cpu_tokens_per_second,
+                    100.0 * r.gen_cpu_gbps / base.memory_gbps, r.gen_torch_tokens_per_second,
+                    r.gen_cpu_tokens_per_second / r.gen_torch_tokens_per_second);
+    }
+    std::printf("\nsynthetic-* models have random weights of the real shapes: speed only, never quality.\n");
+    return 0;
+}
+
+} // namespace pbllm::cli

@@ -1,0 +1,231 @@
+// pbllm info / eval / generate / convert.
+#include "app/cli/cli_common.h"
+
+#include "core/error.h"
+#include "core/evaluation.h"
+#include "core/generation.h"
+#include "core/hf_model.h"
+#include "core/llama2c.h"
+#include "core/model.h"
+#include "core/system.h"
+#include "core/tensor_stats.h"
+#include "core/tokenizer.h"
+
+#include <ATen/ATen.h>
+#include <QFileInfo>
+#include <QJsonArray>
+
+#include <cstdio>
+
+namespace pbllm::cli {
+namespace {
+
+QJsonObject config_json(const ModelConfig& c)
+{
+    return QJsonObject{{"dim", c.dim},
+                       {"hidden_dim", c.hidden_dim},
+                       {"n_layers", c.n_layers},
+                       {"n_heads", c.n_heads},
+                       {"n_kv_heads", c.n_kv_heads},
+                       {"head_dim", c.head_dim()},
+                       {"vocab_size", c.vocab_size},
+                       {"max_seq_len", c.max_seq_len},
+                       {"norm_eps", static_cast<double>(c.norm_eps)},
+                       {"rope_theta", static_cast<double>(c.rope_theta)},
+                       {"tied_embeddings", c.tied_embeddings}};
+}
+
+} // namespace
+
+int run_info(const QStringList& args)
+{
+    CommandLine cl("info", "Describe a model: format, architecture, tensors and their statistics.", "[MODEL]");
+    cl.parser().addOption({"tokenizer", "SentencePiece model to report (default: found beside the model).", "TOK"});
+    cl.parse(args);
+    const Model m = cl.load_model();
+    const ModelConfig& c = m.config;
+
+    QJsonArray tensors;
+    for (const NamedTensor& t : m.named_tensors()) {
+        const TensorStats s = tensor_stats(t.tensor);
+        QJsonArray shape;
+        for (std::int64_t d : t.tensor.sizes())
+            shape.append(static_cast<double>(d));
+        tensors.append(QJsonObject{{"name", QString::fromStdString(t.name)},
+                                   {"shape", shape},
+                                   {"parameters", static_cast<double>(t.tensor.numel())},
+                                   {"mean", s.mean},
+                                   {"std", s.std},
+                                   {"abs_max", s.abs_max},
+                                   {"kurtosis", s.kurtosis}});
+    }
+    int tokenizer_vocab = 0;
+    if (!m.tokenizer_path.empty())
+        tokenizer_vocab = Tokenizer::from_file(m.tokenizer_path).vocab_size();
+
+    if (cl.json()) {
+        print_json(QJsonObject{{"path", QString::fromStdString(m.source_path)},
+                               {"format", QString::fromStdString(std::string(to_string(m.format)))},
+                               {"file_bytes", static_cast<double>(m.file_bytes)},
+                               {"file_dtype", QString::fromStdString(m.file_dtype)},
+                               {"config", config_json(c)},
+                               {"parameters", static_cast<double>(c.parameter_count())},
+                               {"tokenizer", QString::fromStdString(m.tokenizer_path)},
+                               {"tokenizer_vocab", tokenizer_vocab},
+                               {"tensors", tensors}});
+        return 0;
+    }
+    std::printf("model         %s\n", m.source_path.c_str());
+    std::printf("format        %s, %s, %s on disk\n", std::string(to_string(m.format)).c_str(), m.file_dtype.c_str(),
+                human_bytes(m.file_bytes).c_str());
+    std::printf("architecture  Llama: dim %d, %d layers, %d heads (%d KV heads%s), head dim %d, hidden %d,\n"
+                "              vocab %d, context %d, %s head\n",
+                c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.n_kv_heads < c.n_heads ? ", grouped-query" : "",
+                c.head_dim(), c.hidden_dim, c.vocab_size, c.max_seq_len, c.tied_embeddings ? "tied" : "separate");
+    std::printf("parameters    %lld\n", static_cast<long long>(c.parameter_count()));
+    std::printf("tokenizer     %s\n",
+                m.tokenizer_path.empty() ? "(none found beside the model)"
+                                         : (m.tokenizer_path + " (" + std::to_string(tokenizer_vocab) + " pieces)").c_str());
+    std::printf("\n%-46s %-13s %10s %10s %9s %9s\n", "tensor", "shape", "mean", "std", "abs max", "kurtosis");
+    for (const QJsonValue& v : tensors) {
+        const QJsonObject o = v.toObject();
+        QStringList dims;
+        for (const QJsonValue& d : o["shape"].toArray())
+            dims << QString::number(d.toInteger());
+        std::printf("%-46s %-13s %10.5f %10.5f %9.4f %9.2f\n", qPrintable(o["name"].toString()),
+                    qPrintable(dims.join(" x ")), o["mean"].toDouble(), o["std"].toDouble(), o["abs_max"].toDouble(),
+                    o["kurtosis"].toDouble());
+    }
+    return 0;
+}
+
+int run_eval(const QStringList& args)
+{
+    CommandLine cl("eval", "Perplexity on a text file (GPTQ protocol: non-overlapping windows, no BOS).", "[MODEL]");
+    cl.parser().addOption({"text", "UTF-8 text file to evaluate on.", "FILE"});
+    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"seqlen", "Window length in tokens (default: the model's context).", "N", "0"});
+    cl.parser().addOption({"max-windows", "Evaluate only the first N windows (quick mode).", "N", "0"});
+    cl.parser().addOption({"batch", "Windows per forward pass (default: chosen from memory).", "N", "0"});
+    cl.parse(args);
+    if (!cl.is_set("text"))
+        throw UsageError{"--text FILE is required"};
+    PerplexitySettings settings;
+    settings.seqlen = cl.int_value("seqlen", 0, 1 << 20);
+    settings.max_windows = cl.int_value("max-windows", 0, 1 << 30);
+    settings.batch = cl.int_value("batch", 0, 4096);
+    const std::string text_path = cl.value("text").toStdString();
+    const Model m = cl.load_model();
+    const Tokenizer tok = cl.load_tokenizer(m);
+    const std::string text = read_text_file(text_path);
+    const std::vector<int> tokens = tok.encode(text);
+    const EvalResult r = evaluate_perplexity(m, tokens, settings, print_progress);
+    if (cl.json()) {
+        print_json(QJsonObject{{"ppl", r.ppl},
+                               {"mean_nll", r.mean_nll},
+                               {"windows", static_cast<double>(r.windows)},
+                               {"tokens", static_cast<double>(r.tokens)},
+                               {"seqlen", r.seqlen},
+                               {"seconds", r.seconds},
+                               {"tokens_per_second", r.tokens_per_second},
+                               {"text", QString::fromStdString(text_path)},
+                               {"text_sha256", QString::fromStdString(sha256_of_bytes(text))}});
+    } else {
+        std::printf("perplexity %.4f  (mean NLL %.5f nats) over %lld windows of %d tokens, %lld predictions, "
+                    "%.2f s, %.0f tokens/s\n",
+                    r.ppl, r.mean_nll, static_cast<long long>(r.windows), r.seqlen, static_cast<long long>(r.tokens),
+                    r.seconds, r.tokens_per_second);
+    }
+    return 0;
+}
+
+int run_generate(const QStringList& args)
+{
+    CommandLine cl("generate", "Generate text from a prompt (streams to stdout).", "[MODEL]");
+    cl.parser().addOption({"prompt", "Prompt text.", "TEXT", ""});
+    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({{"n", "max-new-tokens"}, "Tokens to generate (default 256).", "N", "256"});
+    cl.parser().addOption({"temperature", "0 = greedy (default), else sampling temperature.", "T", "0"});
+    cl.parser().addOption({"top-k", "Sample among the K most likely tokens (0 = all).", "K", "0"});
+    cl.parser().addOption({"top-p", "Nucleus sampling threshold in (0, 1] (1 = off).", "P", "1"});
+    cl.parser().addOption({"seed", "Sampler seed.", "S", "0"});
+    cl.parser().addOption({"backend", "Decoder: auto, cpu (plain loops) or torch (libtorch ops).", "B", "auto"});
+    cl.parse(args);
+    GenerationSettings s;
+    s.max_new_tokens = cl.int_value("n", 0, 1 << 20);
+    s.sampler.temperature = static_cast<float>(cl.double_value("temperature", 0.0, 1e6));
+    s.sampler.top_k = cl.int_value("top-k", 0, 1 << 24);
+    s.sampler.top_p = static_cast<float>(cl.double_value("top-p", 1e-9, 1.0));
+    bool seed_ok = false;
+    s.sampler.seed = cl.value("seed").toULongLong(&seed_ok);
+    if (!seed_ok)
+        throw UsageError{"--seed must be a non-negative integer"};
+    const QString backend = cl.value("backend");
+    if (backend == "cpu") s.backend = DecoderBackend::Cpu;
+    else if (backend == "torch") s.backend = DecoderBackend::Torch;
+    else if (backend != "auto") throw UsageError{"--backend must be auto, cpu or torch"};
+
+    const Model m = cl.load_model();
+    const Tokenizer tok = cl.load_tokenizer(m);
+    const std::string prompt = cl.value("prompt").toStdString();
+    const bool stream = !cl.json();
+    if (stream) {
+        std::fputs(prompt.empty() ? "" : tok.decode(tok.encode(prompt)).c_str(), stdout);
+        std::fflush(stdout);
+    }
+    const GenerationResult r = generate(m, tok, prompt, s, [&](int, std::string_view text) {
+        if (stream) {
+            std::fwrite(text.data(), 1, text.size(), stdout);
+            std::fflush(stdout);
+        }
+        return true;
+    });
+    if (cl.json()) {
+        print_json(QJsonObject{{"text", QString::fromStdString(r.text)},
+                               {"completion", QString::fromStdString(r.completion)},
+                               {"tokens", static_cast<double>(r.tokens.size())},
+                               {"prompt_tokens", static_cast<double>(r.prompt_tokens.size())},
+                               {"tokens_per_second", r.tokens_per_second},
+                               {"time_to_first_token", r.time_to_first_token},
+                               {"seconds", r.seconds}});
+    } else {
+        std::fprintf(stderr, "\n[%zu tokens, %.1f tokens/s, first token after %.1f ms]\n", r.tokens.size(),
+                     r.tokens_per_second, r.time_to_first_token * 1e3);
+    }
+    return 0;
+}
+
+int run_convert(const QStringList& args)
+{
+    CommandLine cl("convert", "Write a model in another format.", "[MODEL]");
+    cl.parser().addOption({"to", "Target format: hf (config.json + model.safetensors + tokenizer.model) or llama2c "
+                                 "(version 1 .bin).", "FORMAT"});
+    cl.parser().addOption({{"o", "output"}, "Output folder (hf) or file (llama2c).", "PATH"});
+    cl.parser().addOption({"tokenizer", "SentencePiece model to copy along (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"force", "Overwrite an existing output."});
+    cl.parse(args);
+    if (!cl.is_set("to") || !cl.is_set("o"))
+        throw UsageError{"--to FORMAT and -o PATH are required"};
+    const QString to = cl.value("to");
+    if (to != "hf" && to != "llama2c")
+        throw UsageError{"--to must be hf or llama2c (got '" + to.toStdString() + "')"};
+    const std::string out = cl.value("o").toStdString();
+    const Model m = cl.load_model();
+    if (to == "hf") {
+        HfExportOptions options;
+        options.overwrite = cl.is_set("force");
+        options.tokenizer_path = m.tokenizer_path;
+        save_hf(m, out, options);
+    } else {
+        if (QFileInfo::exists(QString::fromStdString(out)) && !cl.is_set("force"))
+            throw Error(out + ": exists; refusing to overwrite (use --force)");
+        save_llama2c_v1(m, out);
+    }
+    if (!cl.json())
+        std::printf("wrote %s (%s)\n", out.c_str(), to == "hf" ? "Hugging Face safetensors" : "llama2.c version 1");
+    else
+        print_json(QJsonObject{{"output", QString::fromStdString(out)}, {"format", to}});
+    return 0;
+}
+
+} // namespace pbllm::cli

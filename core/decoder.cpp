@@ -1,0 +1,267 @@
+#include "core/decoder.h"
+
+#include "core/error.h"
+#include "core/llama.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <vector>
+
+namespace pbllm {
+namespace {
+
+void check_capacity(int position, int capacity)
+{
+    if (position >= capacity)
+        throw Error("context length of " + std::to_string(capacity) + " tokens reached");
+}
+
+// ---- plain-loop CPU decoder -------------------------------------------------------------------
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define PBLLM_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define PBLLM_MULTIVERSION
+#endif
+
+/// y[r] = W[r, :] . x for rows [begin, end). W row-major (rows, cols).
+PBLLM_MULTIVERSION
+void matvec_rows(const float* W, const float* x, float* y, std::int64_t cols, std::int64_t begin, std::int64_t end)
+{
+    for (std::int64_t r = begin; r < end; ++r) {
+        const float* w = W + r * cols;
+        float sum = 0.0f;
+#pragma omp simd reduction(+ : sum)
+        for (std::int64_t c = 0; c < cols; ++c)
+            sum += w[c] * x[c];
+        y[r] = sum;
+    }
+}
+
+void matvec(const at::Tensor& W, const float* x, float* y)
+{
+    const std::int64_t rows = W.size(0), cols = W.size(1);
+    const float* w = W.data_ptr<float>();
+    // Threads only pay off once a matrix is big enough (~64K MACs) to outweigh the wake-up cost.
+    const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(cols, 1));
+    at::parallel_for(0, rows, grain,
+                     [&](std::int64_t begin, std::int64_t end) { matvec_rows(w, x, y, cols, begin, end); });
+}
+
+void rms_norm_vec(const float* x, const float* weight, float* out, int n, float eps)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; ++i)
+        ss += static_cast<double>(x[i]) * x[i];
+    const float scale = 1.0f / std::sqrt(static_cast<float>(ss / n) + eps);
+    for (int i = 0; i < n; ++i)
+        out[i] = x[i] * scale * weight[i];
+}
+
+void rope_vec(float* v, int heads, int hd, const float* cos, const float* sin)
+{
+    const int half = hd / 2;
+    for (int h = 0; h < heads; ++h) {
+        float* x = v + h * hd;
+        for (int i = 0; i < half; ++i) {
+            const float a = x[i], b = x[i + half];
+            x[i] = a * cos[i] - b * sin[i];
+            x[i + half] = a * sin[i] + b * cos[i];
+        }
+    }
+}
+
+class CpuDecoder final : public Decoder {
+public:
+    CpuDecoder(const Model& model, int capacity) : m_(model), c_(model.config), capacity_(capacity)
+    {
+        for (const NamedTensor& t : m_.named_tensors())
+            if (!t.tensor.device().is_cpu() || t.tensor.scalar_type() != at::kFloat || !t.tensor.is_contiguous())
+                throw Error("the CPU decoder needs contiguous float32 CPU weights; '" + t.name + "' is not");
+        rope_ = make_rope_tables(c_, capacity_);
+        const int d = c_.dim, kv = c_.kv_dim();
+        x_.resize(d); xb_.resize(d); xb2_.resize(d);
+        q_.resize(d); k_.resize(kv); v_.resize(kv);
+        hb_.resize(c_.hidden_dim); hb2_.resize(c_.hidden_dim);
+        att_.resize(capacity_);
+        logits_.resize(c_.vocab_size);
+        key_cache_.assign(static_cast<std::size_t>(c_.n_layers) * capacity_ * kv, 0.0f);
+        value_cache_.assign(key_cache_.size(), 0.0f);
+    }
+
+    const float* step(int token) override
+    {
+        check_capacity(pos_, capacity_);
+        if (token < 0 || token >= c_.vocab_size)
+            throw Error("token id " + std::to_string(token) + " is outside the vocabulary");
+        const int d = c_.dim, kv = c_.kv_dim(), hd = c_.head_dim(), H = c_.n_heads;
+        const int group = c_.n_heads / c_.n_kv_heads;
+        const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+        const float* emb = m_.tok_embeddings.data_ptr<float>() + static_cast<std::int64_t>(token) * d;
+        std::copy(emb, emb + d, x_.begin());
+        const float* cos = rope_.cos.data_ptr<float>() + pos_ * (hd / 2);
+        const float* sin = rope_.sin.data_ptr<float>() + pos_ * (hd / 2);
+
+        for (int l = 0; l < c_.n_layers; ++l) {
+            const DecoderLayer& layer = m_.layers[l];
+            rms_norm_vec(x_.data(), layer.attn_norm.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
+            float* kc = key_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
+            float* vc = value_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
+            matvec(layer.weight(LinearKind::Q), xb_.data(), q_.data());
+            matvec(layer.weight(LinearKind::K), xb_.data(), kc + static_cast<std::size_t>(pos_) * kv);
+            matvec(layer.weight(LinearKind::V), xb_.data(), vc + static_cast<std::size_t>(pos_) * kv);
+            rope_vec(q_.data(), H, hd, cos, sin);
+            rope_vec(kc + static_cast<std::size_t>(pos_) * kv, c_.n_kv_heads, hd, cos, sin);
+
+            for (int h = 0; h < H; ++h) {
+                const float* q = q_.data() + h * hd;
+                const int kvh = h / group;
+                float max_score = -INFINITY;
+                for (int t = 0; t <= pos_; ++t) {
+                    const float* k = kc + static_cast<std::size_t>(t) * kv + kvh * hd;
+                    float s = 0.0f;
+                    for (int i = 0; i < hd; ++i)
+                        s += q[i] * k[i];
+                    att_[t] = s * scale;
+                    max_score = std::max(max_score, att_[t]);
+                }
+                float sum = 0.0f;
+                for (int t = 0; t <= pos_; ++t) {
+                    att_[t] = std::exp(att_[t] - max_score);
+                    sum += att_[t];
+                }
+                float* out = xb_.data() + h * hd;
+                std::fill(out, out + hd, 0.0f);
+                for (int t = 0; t <= pos_; ++t) {
+                    const float a = att_[t] / sum;
+                    const float* v = vc + static_cast<std::size_t>(t) * kv + kvh * hd;
+                    for (int i = 0; i < hd; ++i)
+                        out[i] += a * v[i];
+                }
+            }
+            matvec(layer.weight(LinearKind::O), xb_.data(), xb2_.data());
+            for (int i = 0; i < d; ++i)
+                x_[i] += xb2_[i];
+
+            rms_norm_vec(x_.data(), layer.ffn_norm.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
+            matvec(layer.weight(LinearKind::Gate), xb_.data(), hb_.data());
+            matvec(layer.weight(LinearKind::Up), xb_.data(), hb2_.data());
+            for (int i = 0; i < c_.hidden_dim; ++i) {
+                const float g = hb_[i];
+                hb_[i] = g / (1.0f + std::exp(-g)) * hb2_[i];
+            }
+            matvec(layer.weight(LinearKind::Down), hb_.data(), xb2_.data());
+            for (int i = 0; i < d; ++i)
+                x_[i] += xb2_[i];
+        }
+        rms_norm_vec(x_.data(), m_.final_norm.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
+        matvec(m_.output, xb_.data(), logits_.data());
+        ++pos_;
+        return logits_.data();
+    }
+
+    void reset() override { pos_ = 0; }
+    int position() const override { return pos_; }
+    int capacity() const override { return capacity_; }
+
+private:
+    Model m_; // shares the caller's tensors
+    ModelConfig c_;
+    int capacity_;
+    int pos_ = 0;
+    RopeTables rope_;
+    std::vector<float> x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, att_, logits_;
+    std::vector<float> key_cache_, value_cache_; // (layers, capacity, kv_dim)
+};
+
+// ---- libtorch decoder (any device) -----------------------------------------------------------
+
+class TorchDecoder final : public Decoder {
+public:
+    TorchDecoder(const Model& model, int capacity) : m_(model), c_(model.config), capacity_(capacity)
+    {
+        const RopeTables rope = make_rope_tables(c_, capacity_);
+        const at::Device device = m_.tok_embeddings.device();
+        const at::ScalarType dtype = m_.tok_embeddings.scalar_type();
+        cos_ = rope.cos.to(device, dtype);
+        sin_ = rope.sin.to(device, dtype);
+        const auto opts = at::TensorOptions().device(device).dtype(dtype);
+        for (int l = 0; l < c_.n_layers; ++l) {
+            keys_.push_back(at::zeros({c_.n_kv_heads, capacity_, c_.head_dim()}, opts));
+            values_.push_back(at::zeros({c_.n_kv_heads, capacity_, c_.head_dim()}, opts));
+        }
+        logits_.resize(c_.vocab_size);
+    }
+
+    const float* step(int token) override
+    {
+        check_capacity(pos_, capacity_);
+        const int H = c_.n_heads, KV = c_.n_kv_heads, hd = c_.head_dim();
+        const at::Tensor ids = at::full({1, 1}, token, at::kLong);
+        at::Tensor x = embed_tokens(m_, ids).view({1, c_.dim});
+        const at::Tensor cos = cos_.narrow(0, pos_, 1).view({1, 1, hd / 2});
+        const at::Tensor sin = sin_.narrow(0, pos_, 1).view({1, 1, hd / 2});
+        auto rope = [&](const at::Tensor& v, int heads) {
+            const at::Tensor r = v.view({heads, 1, hd});
+            const at::Tensor a = r.narrow(-1, 0, hd / 2), b = r.narrow(-1, hd / 2, hd / 2);
+            return at::cat({a * cos - b * sin, a * sin + b * cos}, -1); // (heads, 1, hd)
+        };
+        for (int l = 0; l < c_.n_layers; ++l) {
+            const DecoderLayer& layer = m_.layers[l];
+            const at::Tensor h = rms_norm(x, layer.attn_norm, c_.norm_eps);
+            const at::Tensor q = rope(at::matmul(h, layer.weight(LinearKind::Q).t()), H);
+            keys_[l].narrow(1, pos_, 1).copy_(rope(at::matmul(h, layer.weight(LinearKind::K).t()), KV));
+            values_[l].narrow(1, pos_, 1).copy_(at::matmul(h, layer.weight(LinearKind::V).t()).view({KV, 1, hd}));
+            at::Tensor k = keys_[l].narrow(1, 0, pos_ + 1);
+            at::Tensor v = values_[l].narrow(1, 0, pos_ + 1);
+            if (KV != H) {
+                k = k.repeat_interleave(H / KV, 0);
+                v = v.repeat_interleave(H / KV, 0);
+            }
+            const at::Tensor scores = at::matmul(q, k.transpose(1, 2)) * (1.0 / std::sqrt(static_cast<double>(hd)));
+            const at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
+            const at::Tensor attn = at::matmul(probs, v).reshape({1, c_.dim});
+            x = x + at::matmul(attn, layer.weight(LinearKind::O).t());
+            const at::Tensor h2 = rms_norm(x, layer.ffn_norm, c_.norm_eps);
+            const at::Tensor ff = at::silu(at::matmul(h2, layer.weight(LinearKind::Gate).t())) *
+                                  at::matmul(h2, layer.weight(LinearKind::Up).t());
+            x = x + at::matmul(ff, layer.weight(LinearKind::Down).t());
+        }
+        const at::Tensor logits = output_logits(m_, x).to(at::kCPU).contiguous();
+        std::copy(logits.data_ptr<float>(), logits.data_ptr<float>() + c_.vocab_size, logits_.begin());
+        ++pos_;
+        return logits_.data();
+    }
+
+    void reset() override { pos_ = 0; }
+    int position() const override { return pos_; }
+    int capacity() const override { return capacity_; }
+
+private:
+    Model m_;
+    ModelConfig c_;
+    int capacity_;
+    int pos_ = 0;
+    at::Tensor cos_, sin_;
+    std::vector<at::Tensor> keys_, values_; // per layer (kv_heads, capacity, head_dim)
+    std::vector<float> logits_;
+};
+
+} // namespace
+
+std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend, int capacity)
+{
+    if (capacity <= 0)
+        capacity = model.config.max_seq_len;
+    if (backend == DecoderBackend::Auto) {
+        const bool cpu_f32 = model.tok_embeddings.device().is_cpu() && model.tok_embeddings.scalar_type() == at::kFloat;
+        backend = cpu_f32 ? DecoderBackend::Cpu : DecoderBackend::Torch;
+    }
+    if (backend == DecoderBackend::Cpu)
+        return std::make_unique<CpuDecoder>(model, capacity);
+    return std::make_unique<TorchDecoder>(model, capacity);
+}
+
+} // namespace pbllm

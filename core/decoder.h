@@ -1,0 +1,31 @@
+#pragma once
+// Incremental decoding with a KV cache, one token at a time (generation).
+#include "core/model.h"
+
+#include <memory>
+
+namespace pbllm {
+
+class Decoder {
+public:
+    virtual ~Decoder() = default;
+    /// Feeds `token` at the next position and returns the logits (vocab_size floats) for the token
+    /// after it; valid until the next call. Throws Error when the context is full.
+    virtual const float* step(int token) = 0;
+    /// Forgets the cache; the next step is position 0.
+    virtual void reset() = 0;
+    virtual int position() const = 0;
+    virtual int capacity() const = 0;
+};
+
+enum class DecoderBackend {
+    Auto,  ///< Cpu for float32 CPU models, Torch otherwise
+    Cpu,   ///< plain loops over float32 CPU weights: no per-op dispatch, fastest for batch 1 on CPU
+    Torch, ///< libtorch ops on the model's device (CUDA, half precision)
+};
+
+/// A decoder over `model`'s weights (shared, not copied). capacity 0 = the model's context.
+std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend = DecoderBackend::Auto,
+                                      int capacity = 0);
+
+} // namespace pbllm

@@ -1,0 +1,97 @@
+#include "core/evaluation.h"
+
+#include "core/error.h"
+#include "core/llama.h"
+#include "core/system.h"
+
+#include <ATen/ATen.h>
+#include <c10/core/InferenceMode.h>
+
+#include <chrono>
+#include <cmath>
+
+namespace pbllm {
+namespace {
+
+bool valid_utf8(const std::string& s)
+{
+    std::size_t i = 0;
+    while (i < s.size()) {
+        const unsigned char c = static_cast<unsigned char>(s[i]);
+        const std::size_t n = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        if (n == 0 || i + n > s.size())
+            return false;
+        for (std::size_t k = 1; k < n; ++k)
+            if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80)
+                return false;
+        i += n;
+    }
+    return true;
+}
+
+} // namespace
+
+std::string read_text_file(const std::string& path)
+{
+    std::string raw = read_file_bytes(path);
+    if (!valid_utf8(raw))
+        throw Error(path + ": not valid UTF-8 text");
+    std::string text;
+    text.reserve(raw.size());
+    for (std::size_t i = 0; i < raw.size(); ++i)
+        if (!(raw[i] == '\r' && i + 1 < raw.size() && raw[i + 1] == '\n'))
+            text += raw[i];
+    return text;
+}
+
+EvalResult evaluate_perplexity(const Model& model, const std::vector<int>& tokens, const PerplexitySettings& settings,
+                               const ProgressFn& progress)
+{
+    const ModelConfig& c = model.config;
+    const int seqlen = settings.seqlen > 0 ? settings.seqlen : c.max_seq_len;
+    if (seqlen < 2)
+        throw Error("seqlen must be at least 2 (got " + std::to_string(seqlen) + ")");
+    if (seqlen > c.max_seq_len)
+        throw Error("seqlen " + std::to_string(seqlen) + " exceeds the model's context length of " +
+                    std::to_string(c.max_seq_len));
+    std::int64_t windows = static_cast<std::int64_t>(tokens.size()) / seqlen;
+    if (settings.max_windows > 0)
+        windows = std::min<std::int64_t>(windows, settings.max_windows);
+    if (windows == 0)
+        throw Error("the text has " + std::to_string(tokens.size()) + " tokens, fewer than one window of " +
+                    std::to_string(seqlen));
+
+    // Keep the largest activations of a batch (logits and attention scores) near 256 MiB.
+    const std::int64_t per_window = static_cast<std::int64_t>(seqlen) * (c.vocab_size * 3 + c.n_heads * seqlen * 2 +
+                                                                         c.hidden_dim * 3 + c.dim * 8) * 4;
+    const std::int64_t batch = settings.batch > 0 ? settings.batch
+                                                   : std::clamp<std::int64_t>((256ll << 20) / per_window, 1, 64);
+    const at::Device device = model.tok_embeddings.device();
+    const at::Tensor all = at::tensor(std::vector<std::int64_t>(tokens.begin(), tokens.begin() + windows * seqlen))
+                               .view({windows, seqlen});
+
+    c10::InferenceMode inference;
+    const auto start = std::chrono::steady_clock::now();
+    double total_nll = 0.0;
+    report_progress(progress, 0.0, "perplexity");
+    for (std::int64_t w = 0; w < windows; w += batch) {
+        const std::int64_t n = std::min(batch, windows - w);
+        const at::Tensor ids = all.narrow(0, w, n).to(device);
+        const at::Tensor logits = forward(model, ids);
+        const at::Tensor logp = at::log_softmax(logits.narrow(1, 0, seqlen - 1), -1);
+        const at::Tensor target = ids.narrow(1, 1, seqlen - 1).unsqueeze(-1);
+        total_nll -= logp.gather(-1, target).to(at::kDouble).sum().item<double>();
+        report_progress(progress, static_cast<double>(w + n) / windows, "perplexity");
+    }
+    EvalResult r;
+    r.seqlen = seqlen;
+    r.windows = windows;
+    r.tokens = windows * (seqlen - 1);
+    r.mean_nll = total_nll / static_cast<double>(r.tokens);
+    r.ppl = std::exp(r.mean_nll);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    r.tokens_per_second = static_cast<double>(windows * seqlen) / r.seconds;
+    return r;
+}
+
+} // namespace pbllm

@@ -1,0 +1,27 @@
+#pragma once
+// Hugging Face Llama checkpoints: config.json + model.safetensors, or shards listed in
+// model.safetensors.index.json. Tensors F32/F16/BF16, tied or untied head, grouped-query attention.
+#include "core/model.h"
+
+#include <string>
+
+namespace pbllm {
+
+/// `path` is the model folder, its config.json, a .safetensors file or the shard index.
+/// Throws Error naming the file and reason (missing/extra/mis-shaped tensor, bad JSON, NaN...).
+Model load_hf(const std::string& path);
+
+struct HfExportOptions {
+    bool overwrite = false;        ///< replace an existing non-empty folder's files
+    std::string tokenizer_path;    ///< copied in as tokenizer.model when set
+};
+
+/// Writes config.json, model.safetensors (in the model's file dtype) and tokenizer.model into
+/// `dir` (created if needed); each file is written atomically. Q/K stay in rotate-half order,
+/// which is Hugging Face's own convention.
+void save_hf(const Model& model, const std::string& dir, const HfExportOptions& options = {});
+
+/// True when `path` looks like a Hugging Face model (folder with config.json, .safetensors, index).
+bool looks_like_hf(const std::string& path);
+
+} // namespace pbllm

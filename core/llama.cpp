@@ -1,0 +1,117 @@
+#include "core/llama.h"
+
+#include "core/error.h"
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+
+namespace pbllm {
+
+RopeTables make_rope_tables(const ModelConfig& config, int max_len)
+{
+    const int half = config.head_dim() / 2;
+    at::Tensor cos = at::empty({max_len, half}, at::kFloat);
+    at::Tensor sin = at::empty({max_len, half}, at::kFloat);
+    float* c = cos.data_ptr<float>();
+    float* s = sin.data_ptr<float>();
+    for (int i = 0; i < half; ++i) {
+        const float freq = 1.0f / std::pow(config.rope_theta, (2.0f * i) / static_cast<float>(config.head_dim()));
+        for (int pos = 0; pos < max_len; ++pos) {
+            const float angle = static_cast<float>(pos) * freq;
+            c[pos * half + i] = std::cos(angle);
+            s[pos * half + i] = std::sin(angle);
+        }
+    }
+    return {cos, sin};
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps)
+{
+    const at::Tensor xf = x.to(at::kFloat);
+    const at::Tensor normed = xf * at::rsqrt(xf.pow(2).mean(-1, /*keepdim=*/true) + eps);
+    return normed.to(x.scalar_type()) * weight;
+}
+
+namespace {
+
+/// x: (B, T, heads, head_dim), rotate-half convention.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin)
+{
+    const std::int64_t half = x.size(-1) / 2;
+    const at::Tensor x1 = x.narrow(-1, 0, half);
+    const at::Tensor x2 = x.narrow(-1, half, half);
+    return at::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+}
+
+} // namespace
+
+at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens)
+{
+    if (tokens.numel() > 0) {
+        const std::int64_t lo = tokens.min().item<std::int64_t>(), hi = tokens.max().item<std::int64_t>();
+        if (lo < 0 || hi >= model.config.vocab_size)
+            throw Error("token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the model's vocabulary of " +
+                        std::to_string(model.config.vocab_size));
+    }
+    return at::embedding(model.tok_embeddings, tokens.to(model.tok_embeddings.device()));
+}
+
+at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer, const at::Tensor& x,
+                                 const RopeTables& rope, const LinearInputObserver& observer)
+{
+    const std::int64_t B = x.size(0), T = x.size(1);
+    const int H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim();
+    if (T > rope.cos.size(0))
+        throw Error("sequence of " + std::to_string(T) + " tokens exceeds the RoPE table of " +
+                    std::to_string(rope.cos.size(0)) + " positions");
+    auto linear = [&](LinearKind kind, const at::Tensor& input) {
+        if (observer)
+            observer(kind, input);
+        return at::matmul(input, layer.weight(kind).t());
+    };
+
+    const at::Tensor h = rms_norm(x, layer.attn_norm, c.norm_eps);
+    at::Tensor q = linear(LinearKind::Q, h).view({B, T, H, hd});
+    at::Tensor k = linear(LinearKind::K, h).view({B, T, KV, hd});
+    at::Tensor v = linear(LinearKind::V, h).view({B, T, KV, hd});
+    const at::Tensor cos = rope.cos.narrow(0, 0, T).to(x.device(), x.scalar_type()).view({1, T, 1, hd / 2});
+    const at::Tensor sin = rope.sin.narrow(0, 0, T).to(x.device(), x.scalar_type()).view({1, T, 1, hd / 2});
+    q = apply_rope(q, cos, sin).transpose(1, 2); // (B, H, T, hd)
+    k = apply_rope(k, cos, sin).transpose(1, 2); // (B, KV, T, hd)
+    v = v.transpose(1, 2);
+    if (KV != H) {
+        k = k.repeat_interleave(H / KV, 1);
+        v = v.repeat_interleave(H / KV, 1);
+    }
+    at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(hd)));
+    const at::Tensor future = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(x.device())).triu(1);
+    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
+    const at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(x.scalar_type());
+    const at::Tensor attn = at::matmul(probs, v).transpose(1, 2).reshape({B, T, c.dim});
+    const at::Tensor x2 = x + linear(LinearKind::O, attn);
+
+    const at::Tensor h2 = rms_norm(x2, layer.ffn_norm, c.norm_eps);
+    const at::Tensor gate = linear(LinearKind::Gate, h2);
+    const at::Tensor up = linear(LinearKind::Up, h2);
+    return x2 + linear(LinearKind::Down, at::silu(gate) * up);
+}
+
+at::Tensor output_logits(const Model& model, const at::Tensor& x)
+{
+    const at::Tensor h = rms_norm(x, model.final_norm, model.config.norm_eps);
+    return at::matmul(h, model.output.t()).to(at::kFloat);
+}
+
+at::Tensor forward(const Model& model, const at::Tensor& tokens)
+{
+    if (tokens.dim() != 2)
+        throw Error("forward expects a (batch, time) tensor of token ids");
+    const RopeTables rope = make_rope_tables(model.config, static_cast<int>(tokens.size(1)));
+    at::Tensor x = embed_tokens(model, tokens);
+    for (const DecoderLayer& layer : model.layers)
+        x = decoder_layer_forward(model.config, layer, x, rope);
+    return output_logits(model, x);
+}
+
+} // namespace pbllm

@@ -1,0 +1,35 @@
+#pragma once
+// The Llama forward pass in libtorch: RMSNorm, rotate-half RoPE, grouped-query attention, SwiGLU.
+// Device-agnostic: runs wherever the model's tensors live.
+#include "core/model.h"
+
+#include <functional>
+
+namespace pbllm {
+
+/// cos and sin of RoPE angles, each (max_len, head_dim / 2), float32 on the CPU. Angles are
+/// pos * theta^(-2i/head_dim) evaluated in float32 as llama2.c and Hugging Face do.
+struct RopeTables {
+    at::Tensor cos;
+    at::Tensor sin;
+};
+RopeTables make_rope_tables(const ModelConfig& config, int max_len);
+
+/// Sees every Linear's input (B, T, d_in) just before the Linear is applied; Q/K/V and Gate/Up
+/// receive the same tensor. Used by calibration to accumulate Hessians.
+using LinearInputObserver = std::function<void(LinearKind kind, const at::Tensor& input)>;
+
+/// (B, T) int64 token ids -> (B, T, dim) embeddings. Throws Error for ids outside the vocabulary.
+at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens);
+/// One decoder block on x (B, T, dim) at positions 0..T-1 with a causal mask.
+at::Tensor decoder_layer_forward(const ModelConfig& config, const DecoderLayer& layer, const at::Tensor& x,
+                                 const RopeTables& rope, const LinearInputObserver& observer = {});
+/// Final RMSNorm and output head: (B, T, dim) -> (B, T, vocab) float32 logits.
+at::Tensor output_logits(const Model& model, const at::Tensor& x);
+/// All of the above: (B, T) token ids -> (B, T, vocab) float32 logits. T <= max_seq_len.
+at::Tensor forward(const Model& model, const at::Tensor& tokens);
+
+/// RMSNorm computed in float32, returned in x's dtype.
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, float eps);
+
+} // namespace pbllm

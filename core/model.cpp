@@ -1,0 +1,172 @@
+#include "core/model.h"
+
+#include "core/error.h"
+
+#include <ATen/ATen.h>
+
+namespace pbllm {
+
+std::int64_t ModelConfig::parameter_count() const
+{
+    const std::int64_t d = dim, h = hidden_dim, kv = kv_dim(), v = vocab_size;
+    const std::int64_t per_layer = 2 * d + d * d * 2 + d * kv * 2 + 3 * d * h;
+    return v * d * (tied_embeddings ? 1 : 2) + n_layers * per_layer + d;
+}
+
+void ModelConfig::validate(const std::string& origin) const
+{
+    auto fail = [&](const std::string& why) { throw Error(origin + ": invalid model configuration: " + why); };
+    auto positive = [&](int value, const char* name) {
+        if (value <= 0)
+            fail(std::string(name) + " = " + std::to_string(value) + " (must be positive)");
+    };
+    positive(dim, "dim");
+    positive(hidden_dim, "hidden_dim");
+    positive(n_layers, "n_layers");
+    positive(n_heads, "n_heads");
+    positive(n_kv_heads, "n_kv_heads");
+    positive(vocab_size, "vocab_size");
+    positive(max_seq_len, "max_seq_len");
+    // Generous upper bounds catch garbage headers before they turn into huge allocations.
+    if (dim > 65536 || hidden_dim > 262144 || n_layers > 1024 || vocab_size > 1 << 22 || max_seq_len > 1 << 22)
+        fail("implausibly large value (dim " + std::to_string(dim) + ", hidden_dim " + std::to_string(hidden_dim) +
+             ", layers " + std::to_string(n_layers) + ", vocab " + std::to_string(vocab_size) + ", seq_len " +
+             std::to_string(max_seq_len) + ")");
+    if (dim % n_heads != 0)
+        fail("dim " + std::to_string(dim) + " is not divisible by n_heads " + std::to_string(n_heads));
+    if (n_heads % n_kv_heads != 0)
+        fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " + std::to_string(n_kv_heads));
+    if (head_dim() % 2 != 0)
+        fail("head dimension " + std::to_string(head_dim()) + " is odd; RoPE needs pairs");
+    if (!(norm_eps > 0.0f) || !(rope_theta > 0.0f))
+        fail("norm_eps and rope_theta must be positive");
+}
+
+std::string_view to_string(ModelFormat format)
+{
+    switch (format) {
+    case ModelFormat::Llama2cV0: return "llama2.c (version 0)";
+    case ModelFormat::Llama2cV1: return "llama2.c (version 1)";
+    case ModelFormat::HuggingFace: return "Hugging Face safetensors";
+    case ModelFormat::PbllmPacked: return "PB-LLM packed (.pbllm.h5)";
+    }
+    return "unknown";
+}
+
+std::string_view linear_short_name(LinearKind kind)
+{
+    switch (kind) {
+    case LinearKind::Q: return "q_proj";
+    case LinearKind::K: return "k_proj";
+    case LinearKind::V: return "v_proj";
+    case LinearKind::O: return "o_proj";
+    case LinearKind::Gate: return "gate_proj";
+    case LinearKind::Up: return "up_proj";
+    case LinearKind::Down: return "down_proj";
+    }
+    return "?";
+}
+
+std::string linear_name(int layer, LinearKind kind)
+{
+    const bool attention = kind == LinearKind::Q || kind == LinearKind::K || kind == LinearKind::V ||
+                           kind == LinearKind::O;
+    return "model.layers." + std::to_string(layer) + (attention ? ".self_attn." : ".mlp.") +
+           std::string(linear_short_name(kind));
+}
+
+std::vector<NamedTensor> Model::named_tensors() const
+{
+    std::vector<NamedTensor> out;
+    out.push_back({"model.embed_tokens.weight", tok_embeddings});
+    for (int i = 0; i < static_cast<int>(layers.size()); ++i) {
+        const std::string prefix = "model.layers." + std::to_string(i) + ".";
+        out.push_back({prefix + "input_layernorm.weight", layers[i].attn_norm});
+        for (LinearKind k : kAllLinearKinds)
+            out.push_back({linear_name(i, k) + ".weight", layers[i].weight(k)});
+        out.push_back({prefix + "post_attention_layernorm.weight", layers[i].ffn_norm});
+    }
+    out.push_back({"model.norm.weight", final_norm});
+    if (!config.tied_embeddings)
+        out.push_back({"lm_head.weight", output});
+    return out;
+}
+
+namespace {
+
+std::vector<std::int64_t> expected_shape(const ModelConfig& c, const std::string& name)
+{
+    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    auto ends_with = [&](std::string_view suffix) {
+        return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    if (ends_with("embed_tokens.weight") || ends_with("lm_head.weight")) return {v, d};
+    if (ends_with("layernorm.weight") || ends_with("model.norm.weight")) return {d};
+    if (ends_with("q_proj.weight") || ends_with("o_proj.weight")) return {d, d};
+    if (ends_with("k_proj.weight") || ends_with("v_proj.weight")) return {kv, d};
+    if (ends_with("gate_proj.weight") || ends_with("up_proj.weight")) return {h, d};
+    if (ends_with("down_proj.weight")) return {d, h};
+    return {};
+}
+
+std::string shape_string(at::IntArrayRef shape)
+{
+    std::string s = "(";
+    for (std::size_t i = 0; i < shape.size(); ++i)
+        s += (i ? ", " : "") + std::to_string(shape[i]);
+    return s + ")";
+}
+
+} // namespace
+
+void Model::validate_weights() const
+{
+    if (static_cast<int>(layers.size()) != config.n_layers)
+        throw Error(source_path + ": " + std::to_string(layers.size()) + " decoder layers found, config says " +
+                    std::to_string(config.n_layers));
+    for (const NamedTensor& t : named_tensors()) {
+        if (!t.tensor.defined())
+            throw Error(source_path + ": tensor '" + t.name + "' is missing");
+        const std::vector<std::int64_t> want = expected_shape(config, t.name);
+        if (t.tensor.sizes() != at::IntArrayRef(want))
+            throw Error(source_path + ": tensor '" + t.name + "' has shape " + shape_string(t.tensor.sizes()) +
+                        ", expected " + shape_string(want) + " from the model configuration");
+        const at::Tensor finite = at::isfinite(t.tensor);
+        if (!finite.all().item<bool>()) {
+            const std::int64_t bad = t.tensor.numel() - finite.sum().item<std::int64_t>();
+            const std::int64_t first = (~finite).flatten().nonzero()[0].item<std::int64_t>();
+            throw Error(source_path + ": tensor '" + t.name + "' contains " + std::to_string(bad) +
+                        " NaN/Inf value(s), the first at flat index " + std::to_string(first));
+        }
+    }
+}
+
+Model Model::to(const at::Device& device, at::ScalarType dtype) const
+{
+    Model m = *this;
+    auto conv = [&](const at::Tensor& t) { return t.to(device, dtype).contiguous(); };
+    m.tok_embeddings = conv(tok_embeddings);
+    m.final_norm = conv(final_norm);
+    m.output = config.tied_embeddings ? m.tok_embeddings : conv(output);
+    for (DecoderLayer& layer : m.layers) {
+        layer.attn_norm = conv(layer.attn_norm);
+        layer.ffn_norm = conv(layer.ffn_norm);
+        for (at::Tensor& w : layer.linear)
+            w = conv(w);
+    }
+    return m;
+}
+
+at::Tensor interleaved_to_rotate_half(const at::Tensor& w, int n_heads)
+{
+    const std::int64_t rows = w.size(0), cols = w.size(1);
+    return w.reshape({n_heads, rows / n_heads / 2, 2, cols}).transpose(1, 2).reshape({rows, cols}).contiguous();
+}
+
+at::Tensor rotate_half_to_interleaved(const at::Tensor& w, int n_heads)
+{
+    const std::int64_t rows = w.size(0), cols = w.size(1);
+    return w.reshape({n_heads, 2, rows / n_heads / 2, cols}).transpose(1, 2).reshape({rows, cols}).contiguous();
+}
+
+} // namespace pbllm

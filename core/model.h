@@ -1,0 +1,94 @@
+#pragma once
+// The in-memory Llama-family model: configuration plus named weight tensors on one device.
+#include <ATen/core/Tensor.h>
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pbllm {
+
+/// Hyper-parameters of a Llama-architecture decoder.
+struct ModelConfig {
+    int dim = 0;          ///< residual stream width
+    int hidden_dim = 0;   ///< SwiGLU inner width
+    int n_layers = 0;
+    int n_heads = 0;
+    int n_kv_heads = 0;   ///< < n_heads means grouped-query attention
+    int vocab_size = 0;
+    int max_seq_len = 0;  ///< context length the model was trained for
+    float norm_eps = 1e-5f;
+    float rope_theta = 10000.0f;
+    bool tied_embeddings = false; ///< output head shares the token embedding
+
+    int head_dim() const { return n_heads > 0 ? dim / n_heads : 0; }
+    int kv_dim() const { return head_dim() * n_kv_heads; }
+    /// Number of weight parameters (embedding counted once when tied).
+    std::int64_t parameter_count() const;
+    /// Throws Error naming `origin` when the numbers cannot describe a Llama model.
+    void validate(const std::string& origin) const;
+};
+
+enum class ModelFormat { Llama2cV0, Llama2cV1, HuggingFace, PbllmPacked };
+std::string_view to_string(ModelFormat format);
+
+/// The Linears of a decoder layer, in the order a layer-wise quantizer visits them.
+enum class LinearKind { Q, K, V, O, Gate, Up, Down };
+constexpr int kLinearKindCount = 7;
+constexpr std::array<LinearKind, kLinearKindCount> kAllLinearKinds = {
+    LinearKind::Q, LinearKind::K, LinearKind::V, LinearKind::O,
+    LinearKind::Gate, LinearKind::Up, LinearKind::Down};
+
+/// One decoder block. Linear weights are (d_out, d_in), rows = output channels. Q and K rows are
+/// in the rotate-half RoPE convention (Hugging Face's); loaders of interleaved formats permute.
+struct DecoderLayer {
+    at::Tensor attn_norm;
+    at::Tensor ffn_norm;
+    std::array<at::Tensor, kLinearKindCount> linear;
+
+    at::Tensor& weight(LinearKind k) { return linear[static_cast<int>(k)]; }
+    const at::Tensor& weight(LinearKind k) const { return linear[static_cast<int>(k)]; }
+};
+
+struct NamedTensor {
+    std::string name; ///< Hugging Face tensor name, e.g. "model.layers.0.mlp.down_proj.weight"
+    at::Tensor tensor;
+};
+
+/// A loaded model. Compute tensors are float32 on CPU (libtorch has no fp16 matmul on CPU) and
+/// keep the file's precision on CUDA; `file_dtype` records what the file stored.
+struct Model {
+    ModelConfig config;
+    at::Tensor tok_embeddings; ///< (vocab, dim)
+    std::vector<DecoderLayer> layers;
+    at::Tensor final_norm;     ///< (dim)
+    at::Tensor output;         ///< (vocab, dim); the same tensor as tok_embeddings when tied
+
+    ModelFormat format = ModelFormat::Llama2cV0;
+    std::string source_path;    ///< file or folder it was loaded from
+    std::string file_dtype;     ///< "f32", "f16" or "bf16"
+    std::int64_t file_bytes = 0;
+    std::string tokenizer_path; ///< SentencePiece model found beside it ("" if none)
+
+    /// Every tensor under its Hugging Face name, in a stable order (output head last, omitted
+    /// when tied).
+    std::vector<NamedTensor> named_tensors() const;
+    /// Throws Error when a tensor's shape disagrees with the config or it holds NaN/Inf.
+    void validate_weights() const;
+    /// Same weights converted to `device` / `dtype` (a no-op copy-free view when they match).
+    Model to(const at::Device& device, at::ScalarType dtype) const;
+};
+
+/// "model.layers.3.self_attn.q_proj" (no ".weight"): the name a QuantPlan and the studio use.
+std::string linear_name(int layer, LinearKind kind);
+/// "q_proj", "k_proj", ..., "down_proj".
+std::string_view linear_short_name(LinearKind kind);
+
+/// The permutation that turns interleaved-RoPE rows (llama2.c, Meta) into rotate-half rows
+/// (Hugging Face) for a (n_heads * head_dim, d_in) projection, and its inverse.
+at::Tensor interleaved_to_rotate_half(const at::Tensor& w, int n_heads);
+at::Tensor rotate_half_to_interleaved(const at::Tensor& w, int n_heads);
+
+} // namespace pbllm

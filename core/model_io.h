@@ -1,0 +1,42 @@
+#pragma once
+// One front door for models: format detection, device placement, tokenizer discovery, and the
+// default model (stories260K) lookup.
+#include "core/model.h"
+#include "core/progress.h"
+
+#include <c10/core/Device.h>
+
+#include <string>
+
+namespace pbllm {
+
+struct LoadOptions {
+    std::string tokenizer_path; ///< explicit SentencePiece model; "" = look beside the model
+    c10::Device device = c10::Device(c10::kCPU);
+};
+
+/// Loads a llama2.c checkpoint, a Hugging Face folder/file or a .pbllm.h5 packed checkpoint.
+/// On CPU tensors are float32; on CUDA float16 (bfloat16 when the file stored bfloat16).
+Model load_model(const std::string& path, const LoadOptions& options = {});
+
+/// Where a model was found.
+struct ModelLocation {
+    std::string model_path;
+    std::string tokenizer_path;
+    std::string how; ///< "PBLLM_MODEL", "shared folder", "user data folder", "downloaded"
+};
+
+/// The default model, stories260K with its tok512 tokenizer. Looks, in order: $PBLLM_MODEL;
+/// $PBLLM_SHARED_DIR/models/stories260K; ../shared/models/stories260K beside the working
+/// directory and beside the source tree; the user data folder ($XDG_DATA_HOME or
+/// ~/.local/share)/pbllm/models/stories260K. If absent everywhere, downloads it into the user
+/// data folder from $PBLLM_MODEL_URL (default: the karpathy/tinyllamas Hugging Face repository)
+/// with curl and verifies its SHA-256. Throws Error saying where to put the files on failure.
+ModelLocation locate_default_model(const ProgressFn& progress = {});
+
+/// SHA-256 of the published stories260K.bin (checked after a download).
+constexpr const char* kStories260kSha256 = "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696";
+/// SHA-256 of tok512.bin, llama2.c's form of the same vocabulary (used to verify tok512.model).
+constexpr const char* kTok512BinSha256 = "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312";
+
+} // namespace pbllm

@@ -1,0 +1,55 @@
+#pragma once
+// Process-wide set-up and small facts about the machine and files.
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+namespace pbllm {
+
+/// Sets libtorch's intra-op threads (threads <= 0: OMP_NUM_THREADS if set, else all hardware
+/// threads) and raises glibc's mmap/trim thresholds so hot loops do not page-fault on every big
+/// tensor allocation. Call once at start-up; returns the thread count in use.
+int configure_runtime(int threads = 0);
+
+/// Bytes the kernel says can be allocated without swapping (MemAvailable); -1 if unknown.
+std::int64_t available_memory_bytes();
+
+/// Throws Error naming `what` when `bytes` clearly exceeds the available memory, so a model too
+/// big for the machine is refused before allocation rather than by the OOM killer.
+void require_memory(std::int64_t bytes, const std::string& what);
+
+/// Folder of the running executable ("" if unknown).
+std::string executable_dir();
+
+/// Lower-case hex SHA-256 of a file's bytes; throws Error naming the file if it cannot be read.
+std::string sha256_of_file(const std::string& path);
+std::string sha256_of_bytes(const std::string& bytes);
+
+/// Whole file as bytes; throws Error naming the file.
+std::string read_file_bytes(const std::string& path);
+
+/// Streams a file to a temporary beside `path` and renames it over `path` on commit(), so a
+/// failure never leaves a partial file and an existing file stays intact until the new one is
+/// complete. Destroying it without commit() discards the temporary.
+class AtomicFileWriter {
+public:
+    explicit AtomicFileWriter(const std::string& path);
+    ~AtomicFileWriter();
+    AtomicFileWriter(const AtomicFileWriter&) = delete;
+    AtomicFileWriter& operator=(const AtomicFileWriter&) = delete;
+
+    void write(const void* data, std::size_t size);
+    void commit();
+
+private:
+    struct Impl;
+    Impl* impl_;
+};
+
+/// Whole-buffer convenience over AtomicFileWriter.
+void write_file_atomically(const std::string& path, const std::string& bytes);
+
+/// "1.00 MiB" style size for people.
+std::string human_bytes(std::int64_t bytes);
+
+} // namespace pbllm

@@ -1,0 +1,270 @@
+#include "core/tokenizer.h"
+
+#include "core/error.h"
+#include "core/spm_plugin/spm_plugin.h"
+#include "core/system.h"
+
+#include <QDir>
+#include <QFileInfo>
+
+#include <cstdlib>
+#include <dlfcn.h>
+#include <mutex>
+
+#ifndef PBLLM_PLUGIN_INSTALL_DIR
+#define PBLLM_PLUGIN_INSTALL_DIR ""
+#endif
+
+namespace pbllm {
+namespace {
+
+constexpr const char* kPluginFile = "libpbllm_spm.so";
+
+/// The plugin's entry points, resolved once per process.
+struct PluginApi {
+    std::string path;
+    decltype(&pbllm_spm_abi_version) abi_version = nullptr;
+    decltype(&pbllm_spm_load) load = nullptr;
+    decltype(&pbllm_spm_free) free = nullptr;
+    decltype(&pbllm_spm_vocab_size) vocab_size = nullptr;
+    decltype(&pbllm_spm_special_id) special_id = nullptr;
+    decltype(&pbllm_spm_piece) piece = nullptr;
+    decltype(&pbllm_spm_piece_type) piece_type = nullptr;
+    decltype(&pbllm_spm_score) score = nullptr;
+    decltype(&pbllm_spm_encode) encode = nullptr;
+    decltype(&pbllm_spm_decode) decode = nullptr;
+};
+
+std::vector<std::string> plugin_candidates()
+{
+    std::vector<std::string> out;
+    if (const char* env = std::getenv("PBLLM_SPM_PLUGIN"); env && *env)
+        out.emplace_back(env);
+    const std::string exe = executable_dir();
+    if (!exe.empty()) {
+        out.push_back(exe + "/" + kPluginFile);
+        out.push_back(exe + "/../lib/pbllm/" + kPluginFile);
+    }
+    if (*PBLLM_PLUGIN_INSTALL_DIR)
+        out.push_back(std::string(PBLLM_PLUGIN_INSTALL_DIR) + "/" + kPluginFile);
+    return out;
+}
+
+const PluginApi& plugin()
+{
+    static std::once_flag once;
+    static PluginApi api;
+    static std::string failure;
+    std::call_once(once, [] {
+        std::string tried;
+        for (const std::string& candidate : plugin_candidates()) {
+            if (!QFileInfo::exists(QString::fromStdString(candidate))) {
+                tried += "\n  " + candidate + " (absent)";
+                continue;
+            }
+            // RTLD_DEEPBIND: the plugin's SentencePiece binds to its own protobuf, not libtorch's.
+            void* handle = ::dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+            if (!handle) {
+                tried += "\n  " + candidate + " (" + ::dlerror() + ")";
+                continue;
+            }
+            auto sym = [&](const char* name) {
+                void* p = ::dlsym(handle, name);
+                if (!p)
+                    throw Error(candidate + ": tokenizer plugin lacks symbol " + name);
+                return p;
+            };
+            api.path = candidate;
+            api.abi_version = reinterpret_cast<decltype(api.abi_version)>(sym("pbllm_spm_abi_version"));
+            if (api.abi_version() != PBLLM_SPM_ABI_VERSION) {
+                failure = candidate + ": tokenizer plugin ABI " + std::to_string(api.abi_version()) + ", expected " +
+                          std::to_string(PBLLM_SPM_ABI_VERSION);
+                return;
+            }
+            api.load = reinterpret_cast<decltype(api.load)>(sym("pbllm_spm_load"));
+            api.free = reinterpret_cast<decltype(api.free)>(sym("pbllm_spm_free"));
+            api.vocab_size = reinterpret_cast<decltype(api.vocab_size)>(sym("pbllm_spm_vocab_size"));
+            api.special_id = reinterpret_cast<decltype(api.special_id)>(sym("pbllm_spm_special_id"));
+            api.piece = reinterpret_cast<decltype(api.piece)>(sym("pbllm_spm_piece"));
+            api.piece_type = reinterpret_cast<decltype(api.piece_type)>(sym("pbllm_spm_piece_type"));
+            api.score = reinterpret_cast<decltype(api.score)>(sym("pbllm_spm_score"));
+            api.encode = reinterpret_cast<decltype(api.encode)>(sym("pbllm_spm_encode"));
+            api.decode = reinterpret_cast<decltype(api.decode)>(sym("pbllm_spm_decode"));
+            return;
+        }
+        failure = std::string("the SentencePiece tokenizer plugin ") + kPluginFile +
+                  " was not found; set PBLLM_SPM_PLUGIN to its path. Looked in:" + tried;
+    });
+    if (!failure.empty())
+        throw Error(failure);
+    return api;
+}
+
+void append_bytes(void* ctx, const char* bytes, size_t n) { static_cast<std::string*>(ctx)->append(bytes, n); }
+
+void append_ids(void* ctx, const int32_t* ids, size_t n)
+{
+    auto* out = static_cast<std::vector<int>*>(ctx);
+    out->insert(out->end(), ids, ids + n);
+}
+
+} // namespace
+
+struct Tokenizer::Impl {
+    const PluginApi* api = nullptr;
+    PbllmSpm* handle = nullptr;
+    std::string bytes;
+    std::string origin;
+    int vocab = 0, bos = -1, eos = -1;
+    std::vector<std::string> token_bytes;
+
+    ~Impl()
+    {
+        if (handle)
+            api->free(handle);
+    }
+};
+
+Tokenizer Tokenizer::from_file(const std::string& path)
+{
+    if (!QFileInfo(QString::fromStdString(path)).isFile())
+        throw Error(path + ": tokenizer model not found");
+    return from_bytes(read_file_bytes(path), path);
+}
+
+Tokenizer Tokenizer::from_bytes(std::string bytes, const std::string& origin)
+{
+    auto impl = std::make_shared<Impl>();
+    impl->api = &plugin();
+    char err[512] = {0};
+    impl->handle = impl->api->load(bytes.data(), bytes.size(), err, sizeof err);
+    if (!impl->handle)
+        throw Error(origin + ": not a SentencePiece model (" + err + ")");
+    impl->bytes = std::move(bytes);
+    impl->origin = origin;
+    impl->vocab = impl->api->vocab_size(impl->handle);
+    impl->bos = impl->api->special_id(impl->handle, 1);
+    impl->eos = impl->api->special_id(impl->handle, 2);
+    impl->token_bytes.resize(impl->vocab);
+    for (int id = 0; id < impl->vocab; ++id) {
+        std::string piece;
+        impl->api->piece(impl->handle, id, append_bytes, &piece);
+        const int type = impl->api->piece_type(impl->handle, id);
+        std::string& out = impl->token_bytes[id];
+        if (type == 6 && piece.size() == 6 && piece.rfind("<0x", 0) == 0) {
+            out.assign(1, static_cast<char>(std::strtol(piece.substr(3, 2).c_str(), nullptr, 16)));
+        } else if (type == 3 || type == 5) {
+            out.clear();
+        } else {
+            for (std::size_t i = 0; i < piece.size();) {
+                if (piece.compare(i, 3, "\xE2\x96\x81") == 0) {
+                    out += ' ';
+                    i += 3;
+                } else {
+                    out += piece[i++];
+                }
+            }
+        }
+    }
+    return Tokenizer(std::move(impl));
+}
+
+std::vector<int> Tokenizer::encode(std::string_view text, bool add_bos) const
+{
+    std::vector<int> ids;
+    if (add_bos && impl_->bos >= 0)
+        ids.push_back(impl_->bos);
+    ids.reserve(text.size() / 3 + 8);
+    char err[512] = {0};
+    if (impl_->api->encode(impl_->handle, text.data(), text.size(), append_ids, &ids, err, sizeof err) != 0)
+        throw Error(impl_->origin + ": encoding failed: " + err);
+    return ids;
+}
+
+std::string Tokenizer::decode(const std::vector<int>& ids) const
+{
+    std::vector<int32_t> in(ids.begin(), ids.end());
+    std::string text;
+    char err[512] = {0};
+    if (impl_->api->decode(impl_->handle, in.data(), in.size(), append_bytes, &text, err, sizeof err) != 0)
+        throw Error(impl_->origin + ": decoding failed: " + err);
+    return text;
+}
+
+int Tokenizer::vocab_size() const { return impl_->vocab; }
+int Tokenizer::bos_id() const { return impl_->bos; }
+int Tokenizer::eos_id() const { return impl_->eos; }
+const std::string& Tokenizer::model_bytes() const { return impl_->bytes; }
+const std::string& Tokenizer::origin() const { return impl_->origin; }
+
+const std::string& Tokenizer::token_bytes(int id) const
+{
+    if (id < 0 || id >= impl_->vocab)
+        throw Error(impl_->origin + ": token id " + std::to_string(id) + " is outside the vocabulary of " +
+                    std::to_string(impl_->vocab));
+    return impl_->token_bytes[id];
+}
+
+std::string Tokenizer::piece(int id) const
+{
+    token_bytes(id); // bounds check
+    std::string p;
+    impl_->api->piece(impl_->handle, id, append_bytes, &p);
+    return p;
+}
+
+float Tokenizer::score(int id) const
+{
+    token_bytes(id); // bounds check
+    return impl_->api->score(impl_->handle, id);
+}
+
+std::string StreamingDetokenizer::push(int id)
+{
+    if (id == tokenizer_.bos_id()) {
+        at_start_ = true;
+        return {};
+    }
+    std::string_view bytes = tokenizer_.token_bytes(id);
+    if (at_start_ && !bytes.empty()) {
+        if (bytes.front() == ' ')
+            bytes.remove_prefix(1);
+        at_start_ = false;
+    }
+    pending_.append(bytes);
+    // Emit everything up to the last complete UTF-8 character.
+    std::size_t complete = pending_.size();
+    for (std::size_t back = 1; back <= std::min<std::size_t>(4, pending_.size()); ++back) {
+        const unsigned char c = static_cast<unsigned char>(pending_[pending_.size() - back]);
+        if ((c & 0xC0) == 0x80)
+            continue; // continuation byte: keep looking for the lead byte
+        const std::size_t need = c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
+        if (need > back)
+            complete = pending_.size() - back;
+        break;
+    }
+    std::string out = pending_.substr(0, complete);
+    pending_.erase(0, complete);
+    return out;
+}
+
+std::string StreamingDetokenizer::flush()
+{
+    std::string out;
+    out.swap(pending_);
+    return out;
+}
+
+std::string find_tokenizer_beside(const std::string& model_path)
+{
+    const QFileInfo info(QString::fromStdString(model_path));
+    const QDir dir = info.isDir() ? QDir(info.absoluteFilePath()) : info.absoluteDir();
+    if (dir.exists("tokenizer.model"))
+        return dir.absoluteFilePath("tokenizer.model").toStdString();
+    const QStringList models = dir.entryList({"*.model"}, QDir::Files);
+    return models.size() == 1 ? dir.absoluteFilePath(models.front()).toStdString() : std::string();
+}
+
+std::string spm_plugin_path() { return plugin().path; }
+
+} // namespace pbllm

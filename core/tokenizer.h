@@ -1,0 +1,66 @@
+#pragma once
+// SentencePiece tokenizer, reached through the dlopen'ed plugin (never linked: see spm_plugin.h).
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pbllm {
+
+class Tokenizer {
+public:
+    /// Loads a SentencePiece .model file; throws Error naming the file (or the plugin) on failure.
+    static Tokenizer from_file(const std::string& path);
+    /// Loads a serialized SentencePiece model held in memory (e.g. embedded in a checkpoint).
+    static Tokenizer from_bytes(std::string bytes, const std::string& origin);
+
+    /// Token ids of `text` as SentencePiece encodes it, optionally preceded by BOS.
+    std::vector<int> encode(std::string_view text, bool add_bos = false) const;
+    /// Text of ids as SentencePiece decodes it; throws Error for ids outside the vocabulary.
+    std::string decode(const std::vector<int>& ids) const;
+
+    int vocab_size() const;
+    int bos_id() const;
+    int eos_id() const;
+    /// Bytes token `id` stands for: U+2581 turned into a space, <0xNN> byte pieces into that
+    /// byte, control tokens into nothing. A byte piece may be part of a longer UTF-8 character.
+    const std::string& token_bytes(int id) const;
+    /// The raw piece text (with U+2581), for display.
+    std::string piece(int id) const;
+    /// The piece's score in the model (log-probability for unigram, merge rank for BPE).
+    float score(int id) const;
+
+    const std::string& model_bytes() const; ///< serialized model, for embedding elsewhere
+    const std::string& origin() const;      ///< file or description it came from
+
+    struct Impl;
+
+private:
+    explicit Tokenizer(std::shared_ptr<const Impl> impl) : impl_(std::move(impl)) {}
+    std::shared_ptr<const Impl> impl_;
+};
+
+/// Turns a stream of token ids into whole UTF-8 characters as they complete, dropping the
+/// leading space SentencePiece adds after BOS (as SentencePiece's own decoder does).
+class StreamingDetokenizer {
+public:
+    explicit StreamingDetokenizer(const Tokenizer& tokenizer) : tokenizer_(tokenizer) {}
+    /// Text that became complete with `id` (possibly empty while a multi-byte character is open).
+    std::string push(int id);
+    /// Whatever incomplete bytes remain.
+    std::string flush();
+
+private:
+    const Tokenizer& tokenizer_;
+    std::string pending_;
+    bool at_start_ = true;
+};
+
+/// The SentencePiece model that belongs to `model_path`: tokenizer.model in its folder, else the
+/// only *.model file there; "" when there is none (or several).
+std::string find_tokenizer_beside(const std::string& model_path);
+
+/// Path of the plugin that will be loaded (for diagnostics); throws Error listing where it looked.
+std::string spm_plugin_path();
+
+} // namespace pbllm
