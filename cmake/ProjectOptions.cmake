@@ -15,3 +15,16 @@ if(PBLLM_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)
   add_link_options(-fsanitize=address,undefined)
 endif()
+
+# libtorch parallelises with OpenMP; the pthread flavour of OpenBLAS runs its own thread pool
+# beside it, and on few cores the two pools oversubscribe them (perplexity of stories260K ran 3x
+# slower on 2 cores). The OpenMP flavour shares libgomp's pool. Executables prefer it through a
+# DT_RPATH, which, unlike RUNPATH, also governs libtorch's own dependency on libblas.so.3.
+find_path(PBLLM_OPENMP_BLAS_DIR libblas.so.3
+          PATHS /usr/lib/${CMAKE_LIBRARY_ARCHITECTURE}/openblas-openmp NO_DEFAULT_PATH)
+function(pbllm_executable_settings target)
+  pbllm_target_warnings(${target})
+  if(PBLLM_OPENMP_BLAS_DIR)
+    target_link_options(${target} PRIVATE "LINKER:--disable-new-dtags" "LINKER:-rpath,${PBLLM_OPENMP_BLAS_DIR}")
+  endif()
+endfunction()

@@ -3,6 +3,10 @@
 #include "core/error.h"
 
 #include <ATen/ATen.h>
+#include <torch/version.h>
+
+#include <algorithm>
+#include <limits>
 
 #include <cmath>
 
@@ -42,6 +46,32 @@ at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tens
     const at::Tensor x1 = x.narrow(-1, 0, half);
     const at::Tensor x2 = x.narrow(-1, half, half);
     return at::cat({x1 * cos - x2 * sin, x1 * sin + x2 * cos}, -1);
+}
+
+/// Causal softmax(q k^T / sqrt(hd)) v for q (B, H, T, hd) and k, v (B, H, T, hd) already expanded
+/// to H heads. libtorch >= 2.0 has a fused kernel; 1.13 does it by hand, a few sequences at a
+/// time so the (H, T, T) score tensor stays below glibc's 32 MiB mmap ceiling and off the
+/// page-fault path.
+at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
+{
+#if TORCH_VERSION_MAJOR >= 2
+    return at::scaled_dot_product_attention(q, k, v, {}, 0.0, /*is_causal=*/true);
+#else
+    const std::int64_t B = q.size(0), H = q.size(1), T = q.size(2), hd = q.size(3);
+    const std::int64_t per_sequence = H * T * T * static_cast<std::int64_t>(sizeof(float));
+    const std::int64_t chunk = std::clamp<std::int64_t>((16ll << 20) / std::max<std::int64_t>(per_sequence, 1), 1, B);
+    const at::Tensor future = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(q.device())).triu(1);
+    const at::Tensor qs = q * (1.0 / std::sqrt(static_cast<double>(hd)));
+    std::vector<at::Tensor> outs;
+    for (std::int64_t b = 0; b < B; b += chunk) {
+        const std::int64_t n = std::min(chunk, B - b);
+        at::Tensor scores = at::matmul(qs.narrow(0, b, n), k.narrow(0, b, n).transpose(-2, -1)).to(at::kFloat);
+        scores.masked_fill_(future, -std::numeric_limits<float>::infinity());
+        const at::Tensor probs = at::softmax(scores, -1).to(q.scalar_type());
+        outs.push_back(at::matmul(probs, v.narrow(0, b, n)));
+    }
+    return outs.size() == 1 ? outs.front() : at::cat(outs, 0);
+#endif
 }
 
 } // namespace
@@ -84,11 +114,7 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
         k = k.repeat_interleave(H / KV, 1);
         v = v.repeat_interleave(H / KV, 1);
     }
-    at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(static_cast<double>(hd)));
-    const at::Tensor future = at::ones({T, T}, at::TensorOptions().dtype(at::kBool).device(x.device())).triu(1);
-    scores = scores.masked_fill(future, -std::numeric_limits<float>::infinity());
-    const at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(x.scalar_type());
-    const at::Tensor attn = at::matmul(probs, v).transpose(1, 2).reshape({B, T, c.dim});
+    const at::Tensor attn = causal_attention(q, k, v).transpose(1, 2).reshape({B, T, c.dim});
     const at::Tensor x2 = x + linear(LinearKind::O, attn);
 
     const at::Tensor h2 = rms_norm(x2, layer.ffn_norm, c.norm_eps);

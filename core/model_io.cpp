@@ -84,11 +84,8 @@ void download(const std::string& url, const std::string& dest)
         throw Error(dest + ": cannot move the downloaded file into place");
 }
 
-ModelLocation download_default_model(const std::string& dir, const ProgressFn& progress)
+ModelLocation download_default_model(const std::string& dir, const std::string& base, const ProgressFn& progress)
 {
-    std::string base = env("PBLLM_MODEL_URL");
-    if (base.empty())
-        base = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K";
     const std::string where_to_put =
         "Put stories260K.bin and tok512.model (see docs: karpathy/tinyllamas, stories260K) into " + dir +
         ", or point PBLLM_MODEL at a model file or folder.";
@@ -153,30 +150,45 @@ Model load_model(const std::string& path, const LoadOptions& options)
     return m;
 }
 
-ModelLocation locate_default_model(const ProgressFn& progress)
+DefaultModelSearch default_model_search()
 {
-    if (const std::string user = env("PBLLM_MODEL"); !user.empty()) {
-        if (!QFileInfo::exists(QString::fromStdString(user)))
-            throw Error("PBLLM_MODEL=" + user + ": no such file or folder");
-        return {user, find_tokenizer_beside(user), "PBLLM_MODEL"};
-    }
-    std::vector<std::string> shared_dirs;
-    if (const std::string s = env("PBLLM_SHARED_DIR"); !s.empty())
-        shared_dirs.push_back(s);
-    shared_dirs.push_back(QDir::currentPath().toStdString() + "/../shared");
+    DefaultModelSearch s;
+    s.user_path = env("PBLLM_MODEL");
+    if (const std::string shared = env("PBLLM_SHARED_DIR"); !shared.empty())
+        s.shared_dirs.push_back(shared);
+    s.shared_dirs.push_back(QDir::currentPath().toStdString() + "/../shared");
     if (*PBLLM_SOURCE_DIR)
-        shared_dirs.push_back(std::string(PBLLM_SOURCE_DIR) + "/../shared");
-    for (const std::string& shared : shared_dirs) {
+        s.shared_dirs.push_back(std::string(PBLLM_SOURCE_DIR) + "/../shared");
+    s.user_dir = user_model_dir();
+    s.url = env("PBLLM_MODEL_URL");
+    if (s.url.empty())
+        s.url = "https://huggingface.co/karpathy/tinyllamas/resolve/main/stories260K";
+    return s;
+}
+
+ModelLocation locate_default_model(const DefaultModelSearch& search, const ProgressFn& progress)
+{
+    if (!search.user_path.empty()) {
+        if (!QFileInfo::exists(QString::fromStdString(search.user_path)))
+            throw Error("PBLLM_MODEL=" + search.user_path + ": no such file or folder");
+        return {search.user_path, find_tokenizer_beside(search.user_path), "PBLLM_MODEL"};
+    }
+    for (const std::string& shared : search.shared_dirs) {
         const std::string dir = shared + "/models/stories260K";
         if (is_file(dir + "/stories260K.bin") && is_file(dir + "/tok512.model"))
             return {QFileInfo(QString::fromStdString(dir + "/stories260K.bin")).canonicalFilePath().toStdString(),
                     QFileInfo(QString::fromStdString(dir + "/tok512.model")).canonicalFilePath().toStdString(),
                     "shared folder"};
     }
-    const std::string dir = user_model_dir();
+    const std::string& dir = search.user_dir;
     if (is_file(dir + "/stories260K.bin") && is_file(dir + "/tok512.model"))
         return {dir + "/stories260K.bin", dir + "/tok512.model", "user data folder"};
-    return download_default_model(dir, progress);
+    return download_default_model(dir, search.url, progress);
+}
+
+ModelLocation locate_default_model(const ProgressFn& progress)
+{
+    return locate_default_model(default_model_search(), progress);
 }
 
 } // namespace pbllm

@@ -7,6 +7,7 @@
 #include <c10/core/Device.h>
 
 #include <string>
+#include <vector>
 
 namespace pbllm {
 
@@ -26,12 +27,24 @@ struct ModelLocation {
     std::string how; ///< "PBLLM_MODEL", "shared folder", "user data folder", "downloaded"
 };
 
-/// The default model, stories260K with its tok512 tokenizer. Looks, in order: $PBLLM_MODEL;
-/// $PBLLM_SHARED_DIR/models/stories260K; ../shared/models/stories260K beside the working
-/// directory and beside the source tree; the user data folder ($XDG_DATA_HOME or
-/// ~/.local/share)/pbllm/models/stories260K. If absent everywhere, downloads it into the user
-/// data folder from $PBLLM_MODEL_URL (default: the karpathy/tinyllamas Hugging Face repository)
-/// with curl and verifies its SHA-256. Throws Error saying where to put the files on failure.
+/// Where the default model is looked for, in order, and where it comes from otherwise.
+struct DefaultModelSearch {
+    std::string user_path;                ///< a model the user named ($PBLLM_MODEL); wins when set
+    std::vector<std::string> shared_dirs; ///< folders holding models/stories260K
+    std::string user_dir;                 ///< the user data folder for stories260K (download target)
+    std::string url;                      ///< base URL of stories260K.bin, tok512.bin, tok512.model
+};
+
+/// The standard search: $PBLLM_MODEL; $PBLLM_SHARED_DIR, ../shared beside the working directory
+/// and beside the source tree; ($XDG_DATA_HOME or ~/.local/share)/pbllm/models/stories260K;
+/// $PBLLM_MODEL_URL or the karpathy/tinyllamas Hugging Face repository.
+DefaultModelSearch default_model_search();
+
+/// The default model, stories260K with its tok512 tokenizer, found by `search`. If absent
+/// everywhere it is downloaded into search.user_dir with curl and verified (SHA-256 of
+/// stories260K.bin and tok512.bin, and tok512.model's scores against tok512.bin). Throws Error
+/// saying where to put the files when that fails (for instance without network).
+ModelLocation locate_default_model(const DefaultModelSearch& search, const ProgressFn& progress = {});
 ModelLocation locate_default_model(const ProgressFn& progress = {});
 
 /// SHA-256 of the published stories260K.bin (checked after a download).

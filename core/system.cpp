@@ -18,10 +18,11 @@ namespace pbllm {
 
 int configure_runtime(int threads)
 {
-    // Big tensors above glibc's default 128 KiB mmap threshold are mapped and unmapped on every
-    // allocation; keep up to 1 GiB on the heap instead.
-    mallopt(M_MMAP_THRESHOLD, 1 << 30);
-    mallopt(M_TRIM_THRESHOLD, 1 << 30);
+    // Tensors above glibc's default 128 KiB mmap threshold are mapped and unmapped on every
+    // allocation (a page fault per 4 KiB each time). 32 MiB is the largest threshold glibc
+    // accepts on 64-bit; hot loops keep their big temporaries below it.
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
     if (threads <= 0) {
         if (const char* omp = std::getenv("OMP_NUM_THREADS"))
             threads = std::atoi(omp);

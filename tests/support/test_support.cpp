@@ -1,0 +1,60 @@
+#include "tests/support/test_support.h"
+
+#include "core/llama2c.h"
+#include "core/system.h"
+
+#include <ATen/ATen.h>
+#include <QFile>
+#include <QFileInfo>
+
+#include <cstdio>
+#include <cstdlib>
+
+namespace pbllm::test {
+
+std::string shared_dir()
+{
+    static const std::string dir = [] {
+        const char* env = std::getenv("PBLLM_SHARED_DIR");
+        const std::string d = env && *env ? std::string(env) : std::string(PBLLM_SOURCE_DIR) + "/../shared";
+        if (!QFileInfo::exists(QString::fromStdString(d + "/models/stories260K/stories260K.bin"))) {
+            std::fprintf(stderr,
+                         "FATAL: the shared model and data folder was not found at %s.\n"
+                         "The tests read ../shared beside the source tree (models/stories260K, data/tinystories);\n"
+                         "set PBLLM_SHARED_DIR to its location.\n",
+                         d.c_str());
+            std::exit(2);
+        }
+        return QFileInfo(QString::fromStdString(d)).canonicalFilePath().toStdString();
+    }();
+    return dir;
+}
+
+std::string stories260k_path() { return shared_dir() + "/models/stories260K/stories260K.bin"; }
+std::string tok512_path() { return shared_dir() + "/models/stories260K/tok512.model"; }
+std::string tinystories_val_path() { return shared_dir() + "/data/tinystories/tinystories_val.txt"; }
+std::string tinystories_train_path() { return shared_dir() + "/data/tinystories/tinystories_train_head.txt"; }
+std::string pbllm_executable() { return std::string(PBLLM_BINARY_DIR) + "/bin/pbllm"; }
+
+const Model& stories260k()
+{
+    static const Model model = load_llama2c(stories260k_path());
+    return model;
+}
+
+void write_bytes(const QString& path, const std::string& bytes)
+{
+    QFile f(path);
+    if (!f.open(QIODevice::WriteOnly) || f.write(bytes.data(), static_cast<qint64>(bytes.size())) !=
+                                             static_cast<qint64>(bytes.size()))
+        std::abort();
+}
+
+std::string read_bytes(const QString& path) { return read_file_bytes(path.toStdString()); }
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b)
+{
+    return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+}
+
+} // namespace pbllm::test

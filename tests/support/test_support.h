@@ -1,0 +1,30 @@
+#pragma once
+// Paths to the shared model and data, and small file helpers for the test suites.
+#include "core/model.h"
+
+#include <QString>
+
+#include <string>
+
+namespace pbllm::test {
+
+/// ../shared beside the source tree, or $PBLLM_SHARED_DIR. Aborts the test run with a clear
+/// message when it is missing.
+std::string shared_dir();
+std::string stories260k_path();     ///< models/stories260K/stories260K.bin
+std::string tok512_path();          ///< models/stories260K/tok512.model
+std::string tinystories_val_path(); ///< data/tinystories/tinystories_val.txt
+std::string tinystories_train_path();
+/// The pbllm executable of this build.
+std::string pbllm_executable();
+
+/// Loads stories260K (float32, CPU) once per process and returns a shared copy.
+const Model& stories260k();
+
+void write_bytes(const QString& path, const std::string& bytes);
+std::string read_bytes(const QString& path);
+
+/// max |a - b| over all elements (float64).
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b);
+
+} // namespace pbllm::test

@@ -1,0 +1,174 @@
+// The pbllm command line as scripts use it: JSON contracts, exit codes, one-line errors, the
+// Hugging Face conversion round trip, and the default-model lookup and verified download.
+#include "core/error.h"
+#include "core/model_io.h"
+#include "tests/support/test_support.h"
+
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QProcess>
+#include <QTemporaryDir>
+#include <QtTest>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+namespace {
+
+struct Run {
+    int code = -1;
+    QByteArray out, err;
+    QJsonObject json() const { return QJsonDocument::fromJson(out).object(); }
+};
+
+Run pbllm_run(const QStringList& args, const QProcessEnvironment& env = QProcessEnvironment::systemEnvironment())
+{
+    QProcess p;
+    p.setProcessEnvironment(env);
+    p.start(QString::fromStdString(pbllm_executable()), args);
+    p.waitForFinished(300000);
+    return {p.exitStatus() == QProcess::NormalExit ? p.exitCode() : -1, p.readAllStandardOutput(),
+            p.readAllStandardError()};
+}
+
+QString model() { return QString::fromStdString(stories260k_path()); }
+QString val() { return QString::fromStdString(tinystories_val_path()); }
+
+} // namespace
+
+class TestCli : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void helpAndUsageErrors()
+    {
+        QCOMPARE(pbllm_run({"--help"}).code, 0);
+        QCOMPARE(pbllm_run({}).code, 2);
+        const Run unknown = pbllm_run({"frobnicate"});
+        QCOMPARE(unknown.code, 2);
+        QVERIFY(unknown.err.contains("unknown command 'frobnicate'"));
+        QCOMPARE(pbllm_run({"eval", model()}).code, 2); // --text is required
+        const Run threads = pbllm_run({"info", model(), "--threads", "many"});
+        QCOMPARE(threads.code, 2);
+        QVERIFY(threads.err.contains("--threads must be an integer"));
+        QCOMPARE(pbllm_run({"generate", model(), "--temperature", "-1"}).code, 2);
+    }
+
+    void infoJson()
+    {
+        const Run r = pbllm_run({"info", model(), "--json"});
+        QCOMPARE(r.code, 0);
+        const QJsonObject o = r.json();
+        QCOMPARE(o["parameters"].toInteger(), 260032);
+        QCOMPARE(o["config"].toObject()["n_kv_heads"].toInt(), 4);
+        QCOMPARE(o["tokenizer_vocab"].toInt(), 512);
+        QCOMPARE(o["tensors"].toArray().size(), 1 + 5 * 9 + 1); // embedding, 5 blocks, final norm; head tied
+        QCOMPARE(o["file_bytes"].toInteger(), 1056540);
+    }
+
+    void evalAndGenerateJson()
+    {
+        const Run e = pbllm_run({"eval", model(), "--text", val(), "--max-windows", "4", "--json", "--threads", "1"});
+        QCOMPARE(e.code, 0);
+        QCOMPARE(e.json()["windows"].toInt(), 4);
+        QCOMPARE(e.json()["tokens"].toInt(), 4 * 511);
+        const double ppl = e.json()["ppl"].toDouble();
+        QVERIFY(ppl > 2.0 && ppl < 10.0);
+        QCOMPARE(e.json()["text_sha256"].toString(),
+                 QString("5fc1fb0113df62b567fb271806cd645ce8d75f59c58ca0b764c03d3b6ff34ca6")); // SOURCES.md
+
+        const Run g = pbllm_run({"generate", model(), "--prompt", "Once upon a time", "-n", "20", "--json"});
+        QCOMPARE(g.code, 0);
+        QVERIFY2(g.json()["text"].toString().startsWith("Once upon a time, there was a little girl named Lily."),
+                 g.out.constData());
+        QCOMPARE(g.json()["tokens"].toInt(), 20);
+        QVERIFY(g.json()["tokens_per_second"].toDouble() > 0.0);
+    }
+
+    void convertToHfRoundTrip()
+    {
+        QTemporaryDir tmp;
+        const QString out = tmp.filePath("hf");
+        QCOMPARE(pbllm_run({"convert", model(), "--to", "hf", "-o", out}).code, 0);
+        const QStringList eval = {"--text", val(), "--max-windows", "8", "--json"};
+        const double a = pbllm_run(QStringList{"eval", model()} + eval).json()["ppl"].toDouble();
+        const double b = pbllm_run(QStringList{"eval", out} + eval).json()["ppl"].toDouble();
+        QVERIFY(a > 0.0);
+        QVERIFY2(std::abs(a / b - 1.0) < 1e-4, qPrintable(QString("%1 vs %2").arg(a).arg(b)));
+        const Run again = pbllm_run({"convert", model(), "--to", "hf", "-o", out});
+        QCOMPARE(again.code, 1);
+        QVERIFY(again.err.contains("refusing to overwrite"));
+        QCOMPARE(pbllm_run({"convert", model(), "--to", "hf", "-o", out, "--force"}).code, 0);
+    }
+
+    void badInputGivesOneLineReason()
+    {
+        QTemporaryDir tmp;
+        const QString missing = tmp.filePath("nothing.bin");
+        const Run r = pbllm_run({"eval", missing, "--text", val()});
+        QCOMPARE(r.code, 1);
+        QVERIFY(r.err.contains(missing.toUtf8()));
+        QCOMPARE(r.err.trimmed().count('\n'), 0);
+        write_bytes(tmp.filePath("short.bin"), std::string(40, '\x01'));
+        const Run s = pbllm_run({"info", tmp.filePath("short.bin")});
+        QCOMPARE(s.code, 1);
+        QVERIFY(s.err.contains("short.bin"));
+        const Run cuda = pbllm_run({"info", model(), "--device", "cuda"});
+        QVERIFY(cuda.code != 0); // no CUDA in Debian's libtorch: refused with a reason, not a crash
+        QVERIFY(!cuda.err.isEmpty());
+    }
+
+    void defaultModelFromSharedFolder()
+    {
+        DefaultModelSearch s;
+        s.shared_dirs = {"/nonexistent", shared_dir()};
+        const ModelLocation where = locate_default_model(s);
+        QCOMPARE(where.how, std::string("shared folder"));
+        QVERIFY(QString::fromStdString(where.tokenizer_path).endsWith("tok512.model"));
+        // The CLI without MODEL uses it.
+        const Run r = pbllm_run({"info", "--json"});
+        QCOMPARE(r.code, 0);
+        QCOMPARE(r.json()["parameters"].toInteger(), 260032);
+    }
+
+    void defaultModelDownloadIsVerified()
+    {
+        // curl with a file:// URL exercises the real download path without network.
+        QTemporaryDir tmp;
+        DefaultModelSearch s;
+        s.user_dir = tmp.filePath("data/pbllm/models/stories260K").toStdString();
+        s.url = "file://" + shared_dir() + "/models/stories260K";
+        const ModelLocation got = locate_default_model(s);
+        QCOMPARE(got.how, std::string("downloaded"));
+        QVERIFY(QFileInfo::exists(QString::fromStdString(s.user_dir + "/stories260K.bin")));
+        QCOMPARE(locate_default_model(s).how, std::string("user data folder")); // found next time
+
+        // A server that hands out a different file is caught by the checksum.
+        QTemporaryDir fake;
+        write_bytes(fake.filePath("stories260K.bin"), "not the model");
+        s.user_dir = tmp.filePath("other").toStdString();
+        s.url = "file://" + fake.path().toStdString();
+        try {
+            locate_default_model(s);
+            QFAIL("a corrupt download was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("SHA-256 does not match"), e.what());
+            QVERIFY2(QString(e.what()).contains("Put stories260K.bin and tok512.model"), e.what());
+        }
+        QVERIFY(!QFileInfo::exists(QString::fromStdString(s.user_dir + "/stories260K.bin")));
+
+        // No network (an unreachable source): a clear message saying where to put the files.
+        s.url = "file:///nonexistent/place";
+        try {
+            locate_default_model(s);
+            QFAIL("a failed download was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("download of file:///nonexistent/place/stories260K.bin failed"), e.what());
+            QVERIFY2(QString(e.what()).contains(QString::fromStdString(s.user_dir)), e.what());
+        }
+    }
+};
+
+QTEST_GUILESS_MAIN(TestCli)
+#include "tst_cli.moc"

@@ -1,0 +1,248 @@
+// Hugging Face safetensors: export/import round trips (single file, shards, f16/bf16, untied
+// head), equal logits to the llama2.c original, and every malformed-input case by name.
+#include "core/error.h"
+#include "core/hf_model.h"
+#include "core/llama.h"
+#include "core/safetensors.h"
+#include "core/synthetic.h"
+#include "tests/support/test_support.h"
+
+#include <ATen/ATen.h>
+#include <QDir>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QTemporaryDir>
+#include <QtTest>
+
+#include <cstring>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+namespace {
+
+/// Rewrites config.json of an exported folder through `edit`.
+template <typename Edit>
+void edit_config(const QString& dir, Edit edit)
+{
+    QJsonObject o = QJsonDocument::fromJson(QByteArray::fromStdString(read_bytes(dir + "/config.json"))).object();
+    edit(o);
+    write_bytes(dir + "/config.json", QJsonDocument(o).toJson().toStdString());
+}
+
+QString export_stories(const QTemporaryDir& tmp, const QString& name = "hf")
+{
+    const QString dir = tmp.filePath(name);
+    save_hf(stories260k(), dir.toStdString(), {false, tok512_path()});
+    return dir;
+}
+
+} // namespace
+
+class TestHfLoader : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void roundTripKeepsEveryTensorAndLogits()
+    {
+        QTemporaryDir tmp;
+        const QString dir = export_stories(tmp);
+        QVERIFY(QFileInfo::exists(dir + "/config.json"));
+        QVERIFY(QFileInfo::exists(dir + "/tokenizer.model"));
+        const Model back = load_hf(dir.toStdString());
+        QCOMPARE(back.format, ModelFormat::HuggingFace);
+        QCOMPARE(back.file_dtype, std::string("f32"));
+        QVERIFY(back.config.tied_embeddings);
+        QCOMPARE(back.config.n_kv_heads, 4);
+        for (const NamedTensor& t : stories260k().named_tensors()) {
+            bool found = false;
+            for (const NamedTensor& u : back.named_tensors())
+                if (u.name == t.name) {
+                    QVERIFY2(at::equal(t.tensor, u.tensor), t.name.c_str());
+                    found = true;
+                }
+            QVERIFY2(found, t.name.c_str());
+        }
+        const at::Tensor ids = at::randint(512, {2, 64}, at::kLong);
+        QCOMPARE(max_abs_diff(forward(stories260k(), ids), forward(back, ids)), 0.0);
+    }
+
+    void readsSafetensorsHeaderAsWritten()
+    {
+        // An independent read of the container: header length, JSON, offsets, raw bytes.
+        QTemporaryDir tmp;
+        const QString path = tmp.filePath("x.safetensors");
+        const at::Tensor a = at::arange(6, at::kFloat).view({2, 3});
+        const at::Tensor b = at::tensor({1.5, -2.0}).to(at::kHalf);
+        write_safetensors(path.toStdString(), {{"a", a}, {"b", b}}, {{"format", "pt"}});
+        const std::string bytes = read_bytes(path);
+        std::uint64_t n;
+        std::memcpy(&n, bytes.data(), 8);
+        QCOMPARE(n % 8, std::uint64_t(0));
+        const QJsonObject header = QJsonDocument::fromJson(QByteArray::fromStdString(bytes.substr(8, n))).object();
+        QCOMPARE(header["a"].toObject()["dtype"].toString(), QString("F32"));
+        QCOMPARE(header["b"].toObject()["dtype"].toString(), QString("F16"));
+        QCOMPARE(header["__metadata__"].toObject()["format"].toString(), QString("pt"));
+        const auto off = header["a"].toObject()["data_offsets"].toArray();
+        float f5;
+        std::memcpy(&f5, bytes.data() + 8 + n + off[0].toInteger() + 5 * 4, 4);
+        QCOMPARE(f5, 5.0f);
+        const SafetensorsFile file(path.toStdString());
+        QVERIFY(at::equal(file.read("b"), b));
+    }
+
+    void halfAndBfloatStorage_data()
+    {
+        QTest::addColumn<int>("dtype");
+        QTest::addColumn<QString>("name");
+        QTest::newRow("f16") << static_cast<int>(at::kHalf) << "f16";
+        QTest::newRow("bf16") << static_cast<int>(at::kBFloat16) << "bf16";
+    }
+
+    void halfAndBfloatStorage()
+    {
+        QFETCH(int, dtype);
+        QFETCH(QString, name);
+        Model m = stories260k();
+        m.file_dtype = name.toStdString(); // save_hf stores the model's file dtype
+        QTemporaryDir tmp;
+        save_hf(m, tmp.path().toStdString(), {true, {}});
+        const Model back = load_hf(tmp.path().toStdString());
+        QCOMPARE(QString::fromStdString(back.file_dtype), name);
+        const at::Tensor expected = stories260k().tok_embeddings.to(static_cast<at::ScalarType>(dtype)).to(at::kFloat);
+        QVERIFY(at::equal(back.tok_embeddings, expected));
+        QCOMPARE(back.tok_embeddings.scalar_type(), at::kFloat); // CPU computes in float32
+    }
+
+    void shardedCheckpointWithIndex()
+    {
+        QTemporaryDir tmp;
+        const std::vector<NamedTensor> all = stories260k().named_tensors();
+        const std::size_t half = all.size() / 2;
+        const std::vector<NamedTensor> first(all.begin(), all.begin() + half), second(all.begin() + half, all.end());
+        write_safetensors(tmp.filePath("model-00001-of-00002.safetensors").toStdString(), first);
+        write_safetensors(tmp.filePath("model-00002-of-00002.safetensors").toStdString(), second);
+        QJsonObject map;
+        for (std::size_t i = 0; i < all.size(); ++i)
+            map[QString::fromStdString(all[i].name)] =
+                i < half ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+        write_bytes(tmp.filePath("model.safetensors.index.json"),
+                    QJsonDocument(QJsonObject{{"weight_map", map}}).toJson().toStdString());
+        QTemporaryDir cfg;
+        save_hf(stories260k(), cfg.path().toStdString(), {true, {}});
+        QFile::copy(cfg.filePath("config.json"), tmp.filePath("config.json"));
+        const Model back = load_hf(tmp.path().toStdString());
+        QVERIFY(at::equal(back.layers[4].weight(LinearKind::Down), stories260k().layers[4].weight(LinearKind::Down)));
+        QVERIFY(at::equal(back.tok_embeddings, stories260k().tok_embeddings));
+    }
+
+    void untiedHeadAndGroupedQuery()
+    {
+        ModelConfig c;
+        c.dim = 32; c.hidden_dim = 48; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 40;
+        c.max_seq_len = 16;
+        const Model m = make_synthetic_model(c, 7);
+        QTemporaryDir tmp;
+        save_hf(m, tmp.path().toStdString(), {true, {}});
+        const Model back = load_hf(tmp.filePath("model.safetensors").toStdString());
+        QVERIFY(!back.config.tied_embeddings);
+        QVERIFY(at::equal(back.output, m.output));
+        const at::Tensor ids = at::randint(40, {1, 16}, at::kLong);
+        QCOMPARE(max_abs_diff(forward(m, ids), forward(back, ids)), 0.0);
+    }
+
+    void rejectsBadInput_data()
+    {
+        QTest::addColumn<QString>("breakage");
+        QTest::addColumn<QString>("expected");
+        QTest::newRow("missing tensor") << "missing-tensor" << "tensor 'model.layers.2.mlp.up_proj.weight' is missing";
+        QTest::newRow("shape mismatch") << "shape" << "has shape (172, 64), expected (180, 64)";
+        QTest::newRow("missing config") << "no-config" << "config.json: missing";
+        QTest::newRow("config not JSON") << "config-garbage" << "not a JSON object";
+        QTest::newRow("config missing key") << "config-key" << "required key 'hidden_size' is missing";
+        QTest::newRow("not llama") << "model-type" << "model_type 'gpt2' is not a Llama model";
+        QTest::newRow("header length beyond file") << "header-length" << "exceeds the file size";
+        QTest::newRow("header not JSON") << "header-garbage" << "header is not a JSON object";
+        QTest::newRow("truncated data") << "truncated" << "file truncated?";
+        QTest::newRow("unsupported dtype") << "dtype" << "has unknown dtype 'Q4'";
+        QTest::newRow("NaN weight") << "nan" << "tensor 'model.norm.weight' contains 1 NaN/Inf value(s)";
+        QTest::newRow("untied without head") << "untied" << "'lm_head.weight' is missing";
+        QTest::newRow("index names missing shard") << "index" << "shard 'nowhere.safetensors'";
+    }
+
+    void rejectsBadInput()
+    {
+        QFETCH(QString, breakage);
+        QFETCH(QString, expected);
+        QTemporaryDir tmp;
+        const QString dir = export_stories(tmp);
+        const QString st = dir + "/model.safetensors";
+        std::vector<NamedTensor> tensors = stories260k().named_tensors();
+        auto rewrite = [&](auto edit) {
+            edit(tensors);
+            write_safetensors(st.toStdString(), tensors);
+        };
+        auto patch_header = [&](const QByteArray& from, const QByteArray& to) {
+            std::string b = read_bytes(st);
+            const auto pos = b.find(from.toStdString());
+            QVERIFY(pos != std::string::npos);
+            b.replace(pos, from.size(), to.toStdString());
+            write_bytes(st, b);
+        };
+        if (breakage == "missing-tensor") {
+            rewrite([](auto& t) {
+                t.erase(std::remove_if(t.begin(), t.end(), [](const NamedTensor& n) {
+                    return n.name == "model.layers.2.mlp.up_proj.weight";
+                }), t.end());
+            });
+        } else if (breakage == "shape") {
+            edit_config(dir, [](QJsonObject& o) { o["intermediate_size"] = 180; });
+        } else if (breakage == "no-config") {
+            QFile::remove(dir + "/config.json");
+        } else if (breakage == "config-garbage") {
+            write_bytes(dir + "/config.json", "{not json");
+        } else if (breakage == "config-key") {
+            edit_config(dir, [](QJsonObject& o) { o.remove("hidden_size"); });
+        } else if (breakage == "model-type") {
+            edit_config(dir, [](QJsonObject& o) { o["model_type"] = "gpt2"; });
+        } else if (breakage == "header-length") {
+            std::string b = read_bytes(st);
+            const std::uint64_t huge = 1ull << 40;
+            std::memcpy(b.data(), &huge, 8);
+            write_bytes(st, b);
+        } else if (breakage == "header-garbage") {
+            std::string b = read_bytes(st);
+            b[8] = '[';
+            write_bytes(st, b);
+        } else if (breakage == "truncated") {
+            const std::string b = read_bytes(st);
+            write_bytes(st, b.substr(0, b.size() - 1000));
+        } else if (breakage == "dtype") {
+            patch_header("\"F32\"", "\"Q4\" ");
+        } else if (breakage == "nan") {
+            rewrite([](auto& t) {
+                for (NamedTensor& n : t)
+                    if (n.name == "model.norm.weight") {
+                        n.tensor = n.tensor.clone();
+                        n.tensor[3] = std::numeric_limits<float>::quiet_NaN();
+                    }
+            });
+        } else if (breakage == "untied") {
+            edit_config(dir, [](QJsonObject& o) { o["tie_word_embeddings"] = false; });
+        } else if (breakage == "index") {
+            QFile::remove(st);
+            write_bytes(dir + "/model.safetensors.index.json",
+                        R"({"weight_map": {"model.norm.weight": "nowhere.safetensors"}})");
+        }
+        try {
+            load_hf(dir.toStdString());
+            QFAIL("bad input was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(QString::fromUtf8(e.what()).contains(expected), e.what());
+            QVERIFY2(QString::fromUtf8(e.what()).contains(QFileInfo(dir).fileName()), e.what());
+        }
+    }
+};
+
+QTEST_GUILESS_MAIN(TestHfLoader)
+#include "tst_hf_loader.moc"
