@@ -71,6 +71,7 @@ struct Model {
     std::string file_dtype;     ///< "f32", "f16" or "bf16"
     std::int64_t file_bytes = 0;
     std::string tokenizer_path; ///< SentencePiece model found beside it ("" if none)
+    std::string embedded_tokenizer; ///< serialized SentencePiece model stored in the file itself
 
     /// Every tensor under its Hugging Face name, in a stable order (output head last, omitted
     /// when tied).

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/hf_model.h"
 #include "core/llama2c.h"
+#include "core/packed_checkpoint.h"
 #include "core/system.h"
 #include "core/tokenizer.h"
 
@@ -22,14 +23,6 @@
 
 namespace pbllm {
 namespace {
-
-bool has_hdf5_signature(const std::string& path)
-{
-    std::ifstream in(path, std::ios::binary);
-    char sig[8] = {0};
-    in.read(sig, 8);
-    return in.gcount() == 8 && std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;
-}
 
 std::string env(const char* name)
 {
@@ -138,7 +131,7 @@ Model load_model(const std::string& path, const LoadOptions& options)
     } else if (info.isDir()) {
         throw Error(path + ": folder has no config.json; give the model file itself");
     } else if (has_hdf5_signature(path)) {
-        throw Error(path + ": PB-LLM packed checkpoints (.pbllm.h5) are not readable by this build yet");
+        m = read_packed_checkpoint(path).quantized.model;
     } else {
         m = load_llama2c(path);
     }

@@ -72,9 +72,10 @@ std::string CommandLine::model_path()
     return where.model_path;
 }
 
-Model CommandLine::load_model()
+Model CommandLine::load_model() { return load_model_at(model_path()); }
+
+Model CommandLine::load_model_at(const std::string& path)
 {
-    const std::string path = model_path();
     LoadOptions options;
     if (parser_.optionNames().contains("tokenizer") && parser_.isSet("tokenizer"))
         options.tokenizer_path = parser_.value("tokenizer").toStdString();
@@ -94,6 +95,8 @@ Model CommandLine::load_model()
 
 Tokenizer CommandLine::load_tokenizer(const Model& model) const
 {
+    if (model.tokenizer_path.empty() && !model.embedded_tokenizer.empty())
+        return Tokenizer::from_bytes(model.embedded_tokenizer, model.source_path + " (embedded tokenizer)");
     if (model.tokenizer_path.empty())
         throw Error(model.source_path + ": no tokenizer found beside the model (tokenizer.model or a single "
                                         "*.model file); give one with --tokenizer");

@@ -10,6 +10,7 @@ namespace pbllm {
 struct Model;
 class Tokenizer;
 struct ModelLocation;
+struct BitsPerWeight;
 } // namespace pbllm
 
 namespace pbllm::cli {
@@ -35,6 +36,7 @@ public:
     std::string model_path();
     /// Loads the model (on --device) and remembers its tokenizer path (--tokenizer wins).
     Model load_model();
+    Model load_model_at(const std::string& path);
     /// The model's tokenizer; Error when there is none.
     Tokenizer load_tokenizer(const Model& model) const;
 
@@ -54,5 +56,11 @@ int run_eval(const QStringList& args);
 int run_generate(const QStringList& args);
 int run_convert(const QStringList& args);
 int run_bench(const QStringList& args);
+int run_calibrate(const QStringList& args);
+int run_saliency(const QStringList& args);
+int run_quantize(const QStringList& args);
+
+/// JSON of a packed model's bit accounting: {"headline", "with_bitmap", "with_index", "measured"}.
+QJsonObject bits_json(const BitsPerWeight& bits);
 
 } // namespace pbllm::cli

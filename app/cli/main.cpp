@@ -21,6 +21,9 @@ void print_usage()
                "  eval      MODEL --text FILE     perplexity (GPTQ protocol)\n"
                "  generate  MODEL --prompt TEXT   text generation (greedy or sampled)\n"
                "  convert   MODEL --to hf -o DIR  write the model in another format\n"
+               "  calibrate MODEL --calib TEXT -o CALIB.h5   calibration windows and Hessians\n"
+               "  saliency  MODEL --calib CALIB.h5           salient-weight statistics per Linear\n"
+               "  quantize  MODEL --calib TEXT|CALIB.h5 -o OUT.pbllm.h5   PB-GPTQ / RTN / GPTQ\n"
                "  bench                           speed of evaluation and generation\n"
                "\n"
                "MODEL is a llama2.c .bin, a Hugging Face folder or .safetensors, or a .pbllm.h5 file;\n"
@@ -49,7 +52,8 @@ int main(int argc, char** argv)
     const std::map<QString, Command> commands = {
         {"info", pbllm::cli::run_info},         {"eval", pbllm::cli::run_eval},
         {"generate", pbllm::cli::run_generate}, {"convert", pbllm::cli::run_convert},
-        {"bench", pbllm::cli::run_bench},
+        {"bench", pbllm::cli::run_bench},         {"calibrate", pbllm::cli::run_calibrate},
+        {"saliency", pbllm::cli::run_saliency},   {"quantize", pbllm::cli::run_quantize},
     };
     const auto command = commands.find(args[1]);
     if (command == commands.end()) {

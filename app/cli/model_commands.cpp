@@ -7,6 +7,7 @@
 #include "core/hf_model.h"
 #include "core/llama2c.h"
 #include "core/model.h"
+#include "core/packed_checkpoint.h"
 #include "core/system.h"
 #include "core/tensor_stats.h"
 #include "core/tokenizer.h"
@@ -14,8 +15,10 @@
 #include <ATen/ATen.h>
 #include <QFileInfo>
 #include <QJsonArray>
+#include <QJsonDocument>
 
 #include <cstdio>
+#include <optional>
 
 namespace pbllm::cli {
 namespace {
@@ -42,7 +45,11 @@ int run_info(const QStringList& args)
     CommandLine cl("info", "Describe a model: format, architecture, tensors and their statistics.", "[MODEL]");
     cl.parser().addOption({"tokenizer", "SentencePiece model to report (default: found beside the model).", "TOK"});
     cl.parse(args);
-    const Model m = cl.load_model();
+    const std::string path = cl.model_path();
+    std::optional<PackedCheckpoint> packed;
+    if (has_hdf5_signature(path))
+        packed = read_packed_checkpoint(path);
+    const Model m = packed ? packed->quantized.model : cl.load_model_at(path);
     const ModelConfig& c = m.config;
 
     QJsonArray tensors;
@@ -60,19 +67,43 @@ int run_info(const QStringList& args)
                                    {"kurtosis", s.kurtosis}});
     }
     int tokenizer_vocab = 0;
-    if (!m.tokenizer_path.empty())
-        tokenizer_vocab = Tokenizer::from_file(m.tokenizer_path).vocab_size();
+    if (!m.tokenizer_path.empty() || !m.embedded_tokenizer.empty())
+        tokenizer_vocab = cl.load_tokenizer(m).vocab_size();
+    QJsonObject quant;
+    if (packed) {
+        const BitsPerWeight bits = bits_per_weight(packed->packed);
+        std::int64_t packed_bytes = 0, index_bytes = 0;
+        for (const PackedLinear& p : packed->packed) {
+            packed_bytes += p.bytes();
+            index_bytes += p.index_bytes();
+        }
+        quant = QJsonObject{{"salient_ratio", packed->quantized.salient_ratio()},
+                            {"bits_per_weight", bits_json(bits)},
+                            {"quantized_linears", static_cast<double>(packed->packed.size())},
+                            {"quantized_weights", static_cast<double>(packed->quantized.quantized_weights())},
+                            {"quantized_bytes", static_cast<double>(packed_bytes)},
+                            {"index_bytes", static_cast<double>(index_bytes)},
+                            {"fp16_bytes", static_cast<double>(c.parameter_count() * 2)},
+                            {"plan", QJsonDocument::fromJson(QByteArray::fromStdString(packed->quantized.plan.to_json())).object()},
+                            {"source_sha256", QString::fromStdString(packed->quantized.source_sha256)},
+                            {"calibration_sha256", QString::fromStdString(packed->quantized.calibration_sha256)},
+                            {"program_version", QString::fromStdString(packed->program_version)},
+                            {"created", QString::fromStdString(packed->created)}};
+    }
 
     if (cl.json()) {
-        print_json(QJsonObject{{"path", QString::fromStdString(m.source_path)},
+        QJsonObject o{{"path", QString::fromStdString(m.source_path)},
                                {"format", QString::fromStdString(std::string(to_string(m.format)))},
                                {"file_bytes", static_cast<double>(m.file_bytes)},
                                {"file_dtype", QString::fromStdString(m.file_dtype)},
                                {"config", config_json(c)},
                                {"parameters", static_cast<double>(c.parameter_count())},
-                               {"tokenizer", QString::fromStdString(m.tokenizer_path)},
+                               {"tokenizer", QString::fromStdString(m.tokenizer_path.empty() && !m.embedded_tokenizer.empty() ? std::string("(embedded)") : m.tokenizer_path)},
                                {"tokenizer_vocab", tokenizer_vocab},
-                               {"tensors", tensors}});
+                               {"tensors", tensors}};
+        for (auto it = quant.begin(); it != quant.end(); ++it)
+            o.insert(it.key(), it.value());
+        print_json(o);
         return 0;
     }
     std::printf("model         %s\n", m.source_path.c_str());
@@ -84,8 +115,21 @@ int run_info(const QStringList& args)
                 c.head_dim(), c.hidden_dim, c.vocab_size, c.max_seq_len, c.tied_embeddings ? "tied" : "separate");
     std::printf("parameters    %lld\n", static_cast<long long>(c.parameter_count()));
     std::printf("tokenizer     %s\n",
-                m.tokenizer_path.empty() ? "(none found beside the model)"
-                                         : (m.tokenizer_path + " (" + std::to_string(tokenizer_vocab) + " pieces)").c_str());
+                !m.tokenizer_path.empty() ? (m.tokenizer_path + " (" + std::to_string(tokenizer_vocab) + " pieces)").c_str()
+                : !m.embedded_tokenizer.empty() ? ("embedded in the file (" + std::to_string(tokenizer_vocab) + " pieces)").c_str()
+                                                : "(none found beside the model)");
+    if (packed) {
+        const QJsonObject b = quant["bits_per_weight"].toObject();
+        std::printf("quantized     %lld Linears, %lld weights, salient ratio %.4f\n",
+                    static_cast<long long>(quant["quantized_linears"].toDouble()),
+                    static_cast<long long>(quant["quantized_weights"].toDouble()), quant["salient_ratio"].toDouble());
+        std::printf("bits/weight   headline %.3f | with bitmap %.3f | with index %.3f | measured %.3f (all stored bytes)\n",
+                    b["headline"].toDouble(), b["with_bitmap"].toDouble(), b["with_index"].toDouble(),
+                    b["measured"].toDouble());
+        std::printf("compression   file %s vs FP16 %s (%.2fx)\n", human_bytes(m.file_bytes).c_str(),
+                    human_bytes(c.parameter_count() * 2).c_str(),
+                    static_cast<double>(c.parameter_count() * 2) / static_cast<double>(m.file_bytes));
+    }
     std::printf("\n%-46s %-13s %10s %10s %9s %9s\n", "tensor", "shape", "mean", "std", "abs max", "kurtosis");
     for (const QJsonValue& v : tensors) {
         const QJsonObject o = v.toObject();

@@ -1,0 +1,321 @@
+// pbllm calibrate / saliency / quantize: the PB-LLM engine from the command line.
+#include "app/cli/cli_common.h"
+
+#include "core/calibration.h"
+#include "core/calibration_file.h"
+#include "core/error.h"
+#include "core/evaluation.h"
+#include "core/model.h"
+#include "core/packed_checkpoint.h"
+#include "core/ptq.h"
+#include "core/saliency.h"
+#include "core/system.h"
+#include "core/tokenizer.h"
+
+#include <ATen/ATen.h>
+#include <QFileInfo>
+#include <QJsonArray>
+#include <QJsonDocument>
+
+#include <cstdio>
+
+namespace pbllm::cli {
+
+QJsonObject bits_json(const BitsPerWeight& b)
+{
+    return QJsonObject{{"headline", b.headline},
+                       {"with_bitmap", b.with_bitmap},
+                       {"with_index", b.with_index},
+                       {"measured", b.measured}};
+}
+
+namespace {
+
+/// Windows from a calibration text or a calibration file, with the text's SHA-256.
+struct Calibration {
+    std::vector<std::vector<int>> windows;
+    std::string text_sha256;
+    CalibrationData data; ///< only when read from a calibration file
+    bool from_file = false;
+};
+
+Calibration calibration_input(const CommandLine& cl, const Model& model, const Tokenizer& tok, int nsamples, int seqlen,
+                              std::uint64_t seed)
+{
+    const std::string path = cl.value("calib").toStdString();
+    Calibration c;
+    if (has_hdf5_signature(path)) {
+        c.data = read_calibration_file(path, model.config);
+        c.windows = c.data.windows;
+        c.text_sha256 = c.data.text_sha256;
+        c.from_file = true;
+        return c;
+    }
+    const std::string text = read_text_file(path);
+    c.text_sha256 = sha256_of_bytes(text);
+    c.windows = sample_calibration_windows(tok.encode(text), nsamples, seqlen > 0 ? seqlen : model.config.max_seq_len, seed);
+    return c;
+}
+
+std::uint64_t seed_value(const CommandLine& cl)
+{
+    bool ok = false;
+    const std::uint64_t seed = cl.value("seed").toULongLong(&ok);
+    if (!ok)
+        throw UsageError{"--seed must be a non-negative integer"};
+    return seed;
+}
+
+std::string model_sha256(const Model& m)
+{
+    return QFileInfo(QString::fromStdString(m.source_path)).isFile() ? sha256_of_file(m.source_path) : std::string();
+}
+
+QJsonObject histogram_json(const Histogram& h)
+{
+    QJsonArray counts;
+    for (std::int64_t c : h.counts)
+        counts.append(static_cast<double>(c));
+    return QJsonObject{{"lo", h.lo}, {"hi", h.hi}, {"counts", counts}};
+}
+
+} // namespace
+
+int run_calibrate(const QStringList& args)
+{
+    CommandLine cl("calibrate", "Collect calibration windows and full-precision Hessians into an HDF5 file.", "[MODEL]");
+    cl.parser().addOption({"calib", "Calibration text (UTF-8).", "FILE"});
+    cl.parser().addOption({{"o", "output"}, "Output calibration file (.h5).", "CALIB.h5"});
+    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"nsamples", "Calibration windows.", "N", "128"});
+    cl.parser().addOption({"seqlen", "Window length (default: the model's context).", "N", "0"});
+    cl.parser().addOption({"seed", "Sampling seed.", "S", "0"});
+    cl.parse(args);
+    if (!cl.is_set("calib") || !cl.is_set("o"))
+        throw UsageError{"--calib FILE and -o CALIB.h5 are required"};
+    const int nsamples = cl.int_value("nsamples", 1, 1 << 20);
+    const int seqlen = cl.int_value("seqlen", 0, 1 << 20);
+    const std::uint64_t seed = seed_value(cl);
+    const Model m = cl.load_model();
+    const Tokenizer tok = cl.load_tokenizer(m);
+    Calibration input = calibration_input(cl, m, tok, nsamples, seqlen, seed);
+    CalibrationData data = calibrate(m, input.windows, print_progress);
+    data.seed = seed;
+    data.text_sha256 = input.text_sha256;
+    data.model_sha256 = model_sha256(m);
+    const std::string out = cl.value("o").toStdString();
+    write_calibration_file(data, m.config, out);
+    if (cl.json())
+        print_json(QJsonObject{{"output", QString::fromStdString(out)},
+                               {"windows", static_cast<double>(data.windows.size())},
+                               {"seqlen", data.seqlen},
+                               {"tokens", static_cast<double>(data.tokens())},
+                               {"text_sha256", QString::fromStdString(data.text_sha256)}});
+    else
+        std::printf("wrote %s: %zu windows of %d tokens, Hessians of %d layers\n", out.c_str(), data.windows.size(),
+                    data.seqlen, m.config.n_layers);
+    return 0;
+}
+
+int run_saliency(const QStringList& args)
+{
+    CommandLine cl("saliency", "Saliency statistics of every Linear (or one) from a calibration file.", "[MODEL]");
+    cl.parser().addOption({"calib", "Calibration file from 'pbllm calibrate' (needed for Hessian metrics).", "CALIB.h5"});
+    cl.parser().addOption({"layer", "Only this Linear (e.g. model.layers.0.mlp.down_proj).", "NAME"});
+    cl.parser().addOption({"salient", "Salient ratio for the threshold.", "R", "0.1"});
+    cl.parser().addOption({"metric", "hessian, hessian-inv-diag or magnitude.", "M", "hessian"});
+    cl.parser().addOption({"percdamp", "Damping of the Hessian.", "P", "0.01"});
+    cl.parser().addOption({"bins", "Histogram bins (JSON).", "N", "64"});
+    cl.parse(args);
+    const double ratio = cl.double_value("salient", 0.0, 1.0);
+    const double percdamp = cl.double_value("percdamp", 1e-9, 10.0);
+    const int bins = cl.int_value("bins", 1, 100000);
+    SaliencyMetric metric;
+    try {
+        metric = parse_metric(cl.value("metric").toStdString());
+    } catch (const Error& e) {
+        throw UsageError{std::string("--metric: ") + e.what()};
+    }
+    const Model m = cl.load_model();
+    CalibrationData calib;
+    const bool have_calib = cl.is_set("calib");
+    if (have_calib)
+        calib = read_calibration_file(cl.value("calib").toStdString(), m.config);
+    else if (metric != SaliencyMetric::Magnitude)
+        throw UsageError{"--calib CALIB.h5 is required for the " + to_string(metric) + " metric"};
+    const std::string only = cl.value("layer").toStdString();
+    QJsonArray layers;
+    if (!cl.json())
+        std::printf("%-34s %-11s %8s %11s %8s %8s %6s %8s %8s\n", "linear", "shape", "salient", "threshold", "kurtosis",
+                    "outliers", "dead", "max row", "max col");
+    bool found = false;
+    for (int l = 0; l < m.config.n_layers; ++l) {
+        for (LinearKind k : kAllLinearKinds) {
+            const std::string name = linear_name(l, k);
+            if (!only.empty() && name != only)
+                continue;
+            found = true;
+            const at::Tensor* H = have_calib ? &calib.hessians[l][static_cast<int>(input_of(k))] : nullptr;
+            const SaliencyStats s = saliency_stats(name, m.layers[l].weight(k), H, metric, ratio, percdamp, bins);
+            if (cl.json()) {
+                layers.append(QJsonObject{{"name", QString::fromStdString(name)},
+                                          {"rows", static_cast<double>(s.rows)},
+                                          {"cols", static_cast<double>(s.cols)},
+                                          {"salient_ratio", s.achieved_ratio},
+                                          {"threshold", s.threshold},
+                                          {"kurtosis", s.kurtosis},
+                                          {"outliers", static_cast<double>(s.outliers)},
+                                          {"dead_columns", static_cast<double>(s.dead_columns)},
+                                          {"max_row_share", s.max_row_share},
+                                          {"max_column_share", s.max_column_share},
+                                          {"hessian_trace", s.hessian_trace},
+                                          {"weights_histogram", histogram_json(s.weights)},
+                                          {"log10_saliency_histogram", histogram_json(s.log10_scores)}});
+            } else {
+                std::printf("%-34s %4lld x %-4lld %7.3f%% %11.4g %8.2f %8lld %6lld %7.1f%% %7.1f%%\n",
+                            name.substr(6).c_str(), static_cast<long long>(s.rows), static_cast<long long>(s.cols),
+                            100.0 * s.achieved_ratio, s.threshold, s.kurtosis, static_cast<long long>(s.outliers),
+                            static_cast<long long>(s.dead_columns), 100.0 * s.max_row_share, 100.0 * s.max_column_share);
+            }
+        }
+    }
+    if (!found)
+        throw Error("no Linear named '" + only + "' (names look like model.layers.0.mlp.down_proj)");
+    if (cl.json())
+        print_json(QJsonObject{{"metric", QString::fromStdString(to_string(metric))},
+                               {"requested_ratio", ratio},
+                               {"layers", layers}});
+    return 0;
+}
+
+int run_quantize(const QStringList& args)
+{
+    CommandLine cl("quantize", "PB-LLM post-training quantization into a packed .pbllm.h5 checkpoint.", "[MODEL]");
+    cl.parser().addOption({"calib", "Calibration text, or a calibration file from 'pbllm calibrate'.", "FILE|CALIB.h5"});
+    cl.parser().addOption({{"o", "output"}, "Output packed checkpoint.", "OUT.pbllm.h5"});
+    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"method", "pb-gptq (default), rtn or gptq.", "M"});
+    cl.parser().addOption({"salient", "Salient ratio (default 0.1).", "R"});
+    cl.parser().addOption({"salient-bits", "Bits of salient weights: 2..8 or 16 (default 8).", "B"});
+    cl.parser().addOption({"bits", "Bits for plain GPTQ (default 4).", "B"});
+    cl.parser().addOption({"metric", "hessian (default), hessian-inv-diag or magnitude.", "M"});
+    cl.parser().addOption({"binarizer", "xnor (default), xnor-code or sign.", "B"});
+    cl.parser().addOption({"nsamples", "Calibration windows (default 128).", "N"});
+    cl.parser().addOption({"seqlen", "Calibration window length (default: the model's context).", "N"});
+    cl.parser().addOption({"blocksize", "GPTQ block size (default 128).", "N"});
+    cl.parser().addOption({"groupsize", "Columns per threshold/statistics group (default 0 = row).", "N"});
+    cl.parser().addOption({"percdamp", "Hessian damping (default 0.01).", "P"});
+    cl.parser().addOption({"act-order", "GPTQ columns by decreasing Hessian diagonal."});
+    cl.parser().addOption({"quantize-head", "Also quantize the (untied) output head."});
+    cl.parser().addOption({"seed", "Calibration sampling seed (default 0).", "S"});
+    cl.parser().addOption({"plan", "QuantPlan JSON (defaults and per-layer rules); flags override its defaults.", "PLAN.json"});
+    cl.parser().addOption({"eval", "Text for perplexity before and after.", "TEXT"});
+    cl.parser().addOption({"eval-windows", "Evaluate only the first N windows (0 = all).", "N", "0"});
+    cl.parser().addOption({"force", "Overwrite an existing output file."});
+    cl.parse(args);
+    if (!cl.is_set("calib") || !cl.is_set("o"))
+        throw UsageError{"--calib FILE and -o OUT.pbllm.h5 are required"};
+    const std::string out = cl.value("o").toStdString();
+    if (QFileInfo::exists(QString::fromStdString(out)) && !cl.is_set("force"))
+        throw Error(out + ": exists; refusing to overwrite (use --force)");
+
+    QuantPlan plan = cl.is_set("plan") ? QuantPlan::from_file(cl.value("plan").toStdString()) : QuantPlan{};
+    QuantConfig& c = plan.config;
+    auto parse = [&](const char* name, auto parser) {
+        try {
+            return parser(cl.value(name).toStdString());
+        } catch (const Error& e) {
+            throw UsageError{std::string("--") + name + ": " + e.what()};
+        }
+    };
+    if (cl.is_set("method")) c.layer.method = parse("method", parse_method);
+    if (cl.is_set("metric")) c.layer.metric = parse("metric", parse_metric);
+    if (cl.is_set("binarizer")) c.layer.binarizer = parse("binarizer", parse_binarizer);
+    if (cl.is_set("salient")) c.layer.salient_ratio = cl.double_value("salient", 0.0, 1.0);
+    if (cl.is_set("salient-bits")) c.layer.salient_bits = cl.int_value("salient-bits", 2, 16);
+    if (cl.is_set("bits")) c.layer.bits = cl.int_value("bits", 2, 8);
+    if (cl.is_set("nsamples")) c.nsamples = cl.int_value("nsamples", 1, 1 << 20);
+    if (cl.is_set("seqlen")) c.seqlen = cl.int_value("seqlen", 2, 1 << 20);
+    if (cl.is_set("blocksize")) c.blocksize = cl.int_value("blocksize", 1, 4096);
+    if (cl.is_set("groupsize")) c.groupsize = cl.int_value("groupsize", 0, 1 << 20);
+    if (cl.is_set("percdamp")) c.percdamp = cl.double_value("percdamp", 1e-9, 10.0);
+    if (cl.is_set("act-order")) c.act_order = true;
+    if (cl.is_set("quantize-head")) c.quantize_head = true;
+    if (cl.is_set("seed")) c.seed = seed_value(cl);
+    try {
+        plan.validate();
+    } catch (const Error& e) {
+        throw UsageError{e.what()};
+    }
+
+    const Model m = cl.load_model();
+    const Tokenizer tok = cl.load_tokenizer(m);
+    const Calibration calib = calibration_input(cl, m, tok, c.nsamples, c.seqlen, c.seed);
+    if (calib.from_file) {
+        c.seed = calib.data.seed;
+        c.nsamples = static_cast<int>(calib.windows.size());
+        c.seqlen = calib.data.seqlen;
+    }
+    QuantizedModel q = quantize_model(m, calib.windows, plan, print_progress);
+    q.source_sha256 = model_sha256(m);
+    q.calibration_sha256 = calib.text_sha256;
+    q.tokenizer_bytes = tok.model_bytes();
+    write_packed_checkpoint(q, out);
+    const PackedCheckpoint written = read_packed_checkpoint(out); // what the file really holds
+    const BitsPerWeight bits = bits_per_weight(written.packed);
+
+    QJsonObject report{{"output", QString::fromStdString(out)},
+                       {"file_bytes", static_cast<double>(written.file_bytes)},
+                       {"salient_ratio", q.salient_ratio()},
+                       {"bits_per_weight", bits_json(bits)},
+                       {"quantized_weights", static_cast<double>(q.quantized_weights())},
+                       {"method", QString::fromStdString(to_string(c.layer.method))},
+                       {"seconds", q.seconds},
+                       {"plan", QJsonDocument::fromJson(QByteArray::fromStdString(plan.to_json())).object()}};
+    QJsonArray layers;
+    for (std::size_t i = 0; i < q.linears.size(); ++i) {
+        const QuantizedLinear& l = q.linears[i];
+        const BitsPerWeight lb = bits_per_weight({written.packed[i]});
+        layers.append(QJsonObject{{"name", QString::fromStdString(l.name)},
+                                  {"rows", static_cast<double>(l.rows)},
+                                  {"cols", static_cast<double>(l.cols)},
+                                  {"salient_ratio", l.salient_ratio},
+                                  {"weight_error", l.weight_error},
+                                  {"output_error", l.output_error},
+                                  {"bits_per_weight", bits_json(lb)},
+                                  {"index_encoding", QString::fromStdString(to_string(written.packed[i].index.encoding))},
+                                  {"seconds", l.seconds},
+                                  {"note", QString::fromStdString(l.note)}});
+    }
+    report.insert("layers", layers);
+    if (cl.is_set("eval")) {
+        PerplexitySettings ps;
+        ps.max_windows = cl.int_value("eval-windows", 0, 1 << 30);
+        const std::vector<int> tokens = tok.encode(read_text_file(cl.value("eval").toStdString()));
+        const EvalResult before = evaluate_perplexity(m, tokens, ps, print_progress);
+        const EvalResult after = evaluate_perplexity(written.quantized.model, tokens, ps, print_progress);
+        report.insert("ppl_before", before.ppl);
+        report.insert("ppl_after", after.ppl);
+        report.insert("eval_windows", static_cast<double>(after.windows));
+    }
+    if (cl.json()) {
+        print_json(report);
+        return 0;
+    }
+    std::printf("%-36s %8s %9s %9s %7s %8s\n", "linear", "salient", "W error", "out error", "bits", "index");
+    for (const QJsonValue& v : layers) {
+        const QJsonObject o = v.toObject();
+        std::printf("%-36s %7.3f%% %9.4f %9.4f %7.3f %8s\n", qPrintable(o["name"].toString().mid(6)),
+                    100.0 * o["salient_ratio"].toDouble(), o["weight_error"].toDouble(), o["output_error"].toDouble(),
+                    o["bits_per_weight"].toObject()["measured"].toDouble(), qPrintable(o["index_encoding"].toString()));
+    }
+    std::printf("\nwrote %s (%s) in %.1f s\n", out.c_str(), human_bytes(written.file_bytes).c_str(), q.seconds);
+    std::printf("salient ratio %.4f; bits per weight: headline %.3f, with bitmap %.3f, with index %.3f, measured %.3f\n",
+                q.salient_ratio(), bits.headline, bits.with_bitmap, bits.with_index, bits.measured);
+    if (report.contains("ppl_before"))
+        std::printf("perplexity before %.4f, after %.4f (%lld windows)\n", report["ppl_before"].toDouble(),
+                    report["ppl_after"].toDouble(), static_cast<long long>(report["eval_windows"].toDouble()));
+    return 0;
+}
+
+} // namespace pbllm::cli

@@ -1,0 +1,58 @@
+#pragma once
+// Calibration (EVALUATION.md): seeded windows of the calibration text, and the layer-by-layer
+// Hessians H = 2/N sum x x^T of every Linear's input.
+#include "core/model.h"
+#include "core/progress.h"
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pbllm {
+
+/// `nsamples` windows of `seqlen` tokens at uniformly random offsets, from std::mt19937_64(seed)
+/// (offset = draw mod (tokens - seqlen + 1)). Throws Error when the text is shorter than a window.
+std::vector<std::vector<int>> sample_calibration_windows(const std::vector<int>& tokens, int nsamples, int seqlen,
+                                                         std::uint64_t seed);
+
+/// The four distinct Linear inputs of a decoder layer (Q/K/V share one, as do gate/up).
+enum class LinearInput { Attention = 0, AttentionOutput = 1, Mlp = 2, MlpHidden = 3 };
+constexpr int kLinearInputCount = 4;
+LinearInput input_of(LinearKind kind);
+std::string_view to_string(LinearInput input);
+
+/// Running H = 2/N sum x x^T for one input, accumulated in float64 from float32 partial products.
+class HessianAccumulator {
+public:
+    explicit HessianAccumulator(std::int64_t features);
+    /// x (..., features): every row is one token.
+    void add(const at::Tensor& x);
+    at::Tensor hessian() const; ///< float64 (features, features); zeros before any token
+    std::int64_t tokens() const { return tokens_; }
+
+private:
+    at::Tensor sum_; // float64 sum of x x^T
+    std::int64_t tokens_ = 0;
+};
+
+/// What `pbllm calibrate` saves: the windows (so a quantizer can replay them exactly) and the
+/// full-precision model's Hessians for saliency analysis.
+struct CalibrationData {
+    std::vector<std::vector<int>> windows;
+    std::uint64_t seed = 0;
+    int seqlen = 0;
+    std::string text_sha256;  ///< of the calibration text
+    std::string model_sha256; ///< of the model it was computed for ("" if unknown)
+    std::vector<std::array<at::Tensor, kLinearInputCount>> hessians; ///< per decoder layer, float64
+    std::int64_t tokens() const;
+};
+
+/// Windows of `x` in batches small enough for attention memory: calls fn(begin, count).
+void for_each_batch(std::int64_t windows, std::int64_t seqlen, const ModelConfig& config,
+                    const std::function<void(std::int64_t, std::int64_t)>& fn);
+
+/// Full-precision Hessians of every Linear input, layer by layer.
+CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> windows, const ProgressFn& progress = {});
+
+} // namespace pbllm

@@ -1,0 +1,233 @@
+#include "core/gptq.h"
+
+#include "core/error.h"
+#include "core/saliency.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Half.h>
+
+#include <chrono>
+
+namespace pbllm {
+
+int QuantizedLinear::grid_bits() const
+{
+    return settings.method == QuantMethod::Gptq ? settings.bits : settings.salient_bits;
+}
+
+at::Tensor QuantizedLinear::dequantize() const
+{
+    const std::int64_t grid_groups = grid.scale.defined() ? grid.scale.size(1) : 1;
+    auto expand = [&](const at::Tensor& per_group, std::int64_t groups) {
+        // (rows, groups) -> (rows, cols): each group covers cols/groups consecutive columns.
+        const std::int64_t width = (cols + groups - 1) / groups;
+        return per_group.repeat_interleave(width, 1).narrow(1, 0, cols);
+    };
+    at::Tensor high;
+    if (grid_bits() == 16) {
+        high = codes.view(at::kHalf).to(at::kFloat);
+    } else {
+        high = expand(grid.scale, grid_groups) * (codes.to(at::kFloat) - expand(grid.zero, grid_groups));
+    }
+    if (settings.method == QuantMethod::Gptq)
+        return high;
+    const std::int64_t groups = binary.mu.size(1);
+    const at::Tensor mu = expand(binary.mu, groups), alpha = expand(binary.alpha, groups);
+    const at::Tensor low = at::where(signs, mu + alpha, mu - alpha);
+    return at::where(salient, high, low);
+}
+
+void QuantizedLinear::validate() const
+{
+    auto fail = [&](const std::string& why) { throw Error(name + ": inconsistent quantized tensor: " + why); };
+    auto shaped = [&](const at::Tensor& t, at::IntArrayRef s, const char* what) {
+        if (!t.defined() || t.sizes() != s)
+            fail(std::string(what) + " has the wrong shape");
+    };
+    if (rows <= 0 || cols <= 0)
+        fail("empty shape");
+    shaped(salient, {rows, cols}, "salient mask");
+    shaped(codes, {rows, cols}, "codes");
+    shaped(signs, {rows, cols}, "signs");
+    if (grid_bits() != 16) {
+        if (!grid.scale.defined() || grid.scale.size(0) != rows || grid.zero.sizes() != grid.scale.sizes())
+            fail("grid parameters have the wrong shape");
+        if (!(grid.scale > 0).all().item<bool>() || !at::isfinite(grid.scale).all().item<bool>())
+            fail("grid scales must be positive and finite");
+        const int maxq = (1 << grid_bits()) - 1;
+        if ((grid.zero < 0).any().item<bool>() || (grid.zero > maxq).any().item<bool>())
+            fail("zero points outside [0, " + std::to_string(maxq) + "]");
+        if ((codes < 0).any().item<bool>() || (codes > maxq).any().item<bool>())
+            fail("codes outside [0, " + std::to_string(maxq) + "]");
+    }
+    if (settings.method != QuantMethod::Gptq) {
+        if (!binary.mu.defined() || binary.mu.size(0) != rows || binary.alpha.sizes() != binary.mu.sizes())
+            fail("binarization statistics have the wrong shape");
+        if (!at::isfinite(binary.mu).all().item<bool>() || !at::isfinite(binary.alpha).all().item<bool>() ||
+            (binary.alpha < 0).any().item<bool>())
+            fail("binarization statistics must be finite, alpha >= 0");
+    }
+}
+
+namespace {
+
+struct Element {
+    float value;
+    std::int16_t code;
+    bool sign;
+};
+
+} // namespace
+
+QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in, const at::Tensor& H,
+                                const LayerQuantSettings& settings, const GptqOptions& options)
+{
+    const auto start = std::chrono::steady_clock::now();
+    if (W_in.dim() != 2)
+        throw Error(name + ": a Linear weight must be 2-D");
+    const std::int64_t rows = W_in.size(0), cols = W_in.size(1);
+    if (!at::isfinite(W_in).all().item<bool>())
+        throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
+    if (H.defined() && (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols))
+        throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
+    const bool plain_gptq = settings.method == QuantMethod::Gptq;
+    const bool feedback = settings.method != QuantMethod::Rtn;
+    if (!H.defined() && (feedback || settings.metric != SaliencyMetric::Magnitude))
+        throw Error(name + ": " + to_string(settings.method) + " with " + to_string(settings.metric) +
+                    " saliency needs calibration data (a Hessian)");
+    if (options.act_order && options.groupsize > 0)
+        throw Error(name + ": act-order together with a group size is not supported");
+    if (options.groupsize > 0 && options.groupsize % options.blocksize != 0)
+        throw Error(name + ": groupsize must be a multiple of the blocksize");
+
+    QuantizedLinear q;
+    q.name = name;
+    q.rows = rows;
+    q.cols = cols;
+    q.settings = settings;
+    q.groupsize = options.groupsize;
+
+    at::Tensor W = W_in.to(at::kCPU, at::kFloat).clone();
+    at::Tensor perm;
+    HessianFactors factors;
+    if (H.defined()) {
+        at::Tensor Hd = H.to(at::kCPU, at::kDouble);
+        if (options.act_order) {
+            perm = at::argsort(Hd.diagonal(), /*dim=*/0, /*descending=*/true);
+            Hd = Hd.index_select(0, perm).index_select(1, perm);
+            W = W.index_select(1, perm).contiguous();
+        }
+        factors = factor_hessian(Hd, options.percdamp, name);
+        q.note = factors.note;
+        W.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
+    }
+    const at::Tensor W0 = W.clone();
+
+    // Quantizer parameters from the original W, fixed during GPTQ (METHOD.md sections 1-3).
+    const int gbits = q.grid_bits();
+    if (plain_gptq) {
+        q.salient = at::ones({rows, cols}, at::kBool);
+    } else {
+        const at::Tensor scores = saliency_scores(W, settings.metric, H.defined() ? &factors : nullptr);
+        q.salient = salient_mask(scores, settings.salient_ratio, options.groupsize);
+        q.binary = fit_binary_stats(W, q.salient, settings.binarizer, options.groupsize);
+    }
+    if (gbits != 16)
+        q.grid = fit_row_grid(W, gbits, plain_gptq ? options.groupsize : 0);
+    q.codes = at::zeros({rows, cols}, at::kShort);
+    q.signs = at::zeros({rows, cols}, at::kBool);
+    q.dequantized = at::empty({rows, cols}, at::kFloat);
+
+    const int maxq = (1 << std::min(gbits, 8)) - 1;
+    const std::int64_t grid_width = plain_gptq && options.groupsize > 0 ? options.groupsize : cols;
+    const std::int64_t bin_width = options.groupsize > 0 ? options.groupsize : cols;
+    const std::int64_t grid_groups = q.grid.scale.defined() ? q.grid.scale.size(1) : 1;
+    const std::int64_t bin_groups = q.binary.mu.defined() ? q.binary.mu.size(1) : 1;
+
+    float* w = W.data_ptr<float>();
+    const bool* mask = q.salient.data_ptr<bool>();
+    std::int16_t* codes = q.codes.data_ptr<std::int16_t>();
+    bool* signs = q.signs.data_ptr<bool>();
+    float* out = q.dequantized.data_ptr<float>();
+    const float* U = factors.upper_inverse.defined() ? factors.upper_inverse.data_ptr<float>() : nullptr;
+
+    auto quantize_element = [&](std::int64_t r, std::int64_t c, float x) -> Element {
+        if (mask[r * cols + c]) {
+            if (gbits == 16) {
+                const c10::Half h(x);
+                return {static_cast<float>(h), static_cast<std::int16_t>(h.x), false};
+            }
+            const std::int64_t g = r * grid_groups + c / grid_width;
+            const float scale = q.grid.scale.data_ptr<float>()[g], zero = q.grid.zero.data_ptr<float>()[g];
+            const int code = grid_code(x, scale, zero, maxq);
+            return {grid_value(code, scale, zero), static_cast<std::int16_t>(code), false};
+        }
+        const std::int64_t g = r * bin_groups + c / bin_width;
+        const float mu = q.binary.mu.data_ptr<float>()[g], alpha = q.binary.alpha.data_ptr<float>()[g];
+        const bool s = binary_sign(x, mu);
+        return {binary_value(s, mu, alpha), 0, s};
+    };
+
+    const std::int64_t B = options.blocksize;
+    for (std::int64_t b0 = 0; b0 < cols; b0 += B) {
+        const std::int64_t b1 = std::min(b0 + B, cols), nb = b1 - b0;
+        if (plain_gptq && options.groupsize > 0 && b0 % options.groupsize == 0 && feedback) {
+            // Standard GPTQ: a group's grid is fitted to the weights as updated so far.
+            const std::int64_t width = std::min<std::int64_t>(options.groupsize, cols - b0);
+            const RowGrid g = fit_row_grid(W.narrow(1, b0, width), gbits);
+            q.grid.scale.select(1, b0 / options.groupsize).copy_(g.scale.select(1, 0));
+            q.grid.zero.select(1, b0 / options.groupsize).copy_(g.zero.select(1, 0));
+        }
+        at::Tensor err = at::empty({rows, nb}, at::kFloat);
+        float* e = err.data_ptr<float>();
+        at::parallel_for(0, rows, std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(nb, 1)),
+                         [&](std::int64_t r0, std::int64_t r1) {
+            for (std::int64_t r = r0; r < r1; ++r) {
+                float* row = w + r * cols;
+                for (std::int64_t i = 0; i < nb; ++i) {
+                    const std::int64_t c = b0 + i;
+                    const Element el = quantize_element(r, c, row[c]);
+                    out[r * cols + c] = el.value;
+                    codes[r * cols + c] = el.code;
+                    signs[r * cols + c] = el.sign;
+                    if (!feedback)
+                        continue;
+                    const float d = (row[c] - el.value) / U[c * cols + c];
+                    e[r * nb + i] = d;
+                    const float* u = U + c * cols;
+#pragma omp simd
+                    for (std::int64_t j = c + 1; j < b1; ++j)
+                        row[j] -= d * u[j];
+                }
+            }
+        });
+        if (feedback && b1 < cols) {
+            at::Tensor rest = W.narrow(1, b1, cols - b1);
+            rest.sub_(at::matmul(err, factors.upper_inverse.narrow(0, b0, nb).narrow(1, b1, cols - b1)));
+        }
+    }
+
+    if (perm.defined()) {
+        const at::Tensor inverse = at::argsort(perm);
+        auto unpermute = [&](at::Tensor& t) { t = t.index_select(1, inverse).contiguous(); };
+        unpermute(q.dequantized);
+        unpermute(q.codes);
+        unpermute(q.signs);
+        unpermute(q.salient);
+    }
+    const at::Tensor original = perm.defined() ? W0.index_select(1, at::argsort(perm)) : W0;
+    const at::Tensor dW = original - q.dequantized;
+    q.salient_ratio = plain_gptq ? 1.0 : q.salient.to(at::kDouble).mean().item<double>();
+    q.weight_error = (dW.norm() / original.norm().clamp_min(1e-30)).item<double>();
+    if (H.defined() && options.measure_output_error) {
+        const at::Tensor Hf = H.to(at::kCPU, at::kFloat);
+        const double num = (at::matmul(dW, Hf) * dW).sum().item<double>();
+        const double den = (at::matmul(original, Hf) * original).sum().item<double>();
+        q.output_error = den > 0 ? num / den : 0.0;
+    }
+    q.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return q;
+}
+
+} // namespace pbllm

@@ -1,0 +1,240 @@
+#include "core/hdf5_io.h"
+
+#include "core/error.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
+
+namespace pbllm {
+
+void quiet_hdf5()
+{
+    static const bool once = [] {
+        H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+        return true;
+    }();
+    (void)once;
+}
+
+Hid half_type()
+{
+    Hid t(H5Tcopy(H5T_IEEE_F32LE), H5Tclose);
+    H5Tset_fields(t.get(), 15, 10, 5, 0, 10);
+    H5Tset_precision(t.get(), 16);
+    H5Tset_size(t.get(), 2);
+    H5Tset_ebias(t.get(), 15);
+    return t;
+}
+
+AtomicHdf5Path::AtomicHdf5Path(std::string path)
+    : path_(std::move(path)), temporary_(path_ + ".partial-" + std::to_string(::getpid()))
+{
+}
+
+AtomicHdf5Path::~AtomicHdf5Path()
+{
+    if (!committed_)
+        std::remove(temporary_.c_str());
+}
+
+void AtomicHdf5Path::commit()
+{
+    if (std::rename(temporary_.c_str(), path_.c_str()) != 0)
+        throw Error(path_ + ": cannot move the finished file into place: " + std::strerror(errno));
+    committed_ = true;
+}
+
+// ---- Writer ----------------------------------------------------------------------------------
+
+void Writer::check(herr_t status, const std::string& what) const
+{
+    if (status < 0)
+        throw Error(path_ + ": HDF5 could not write " + what + " (disk full or file size limit?)");
+}
+
+Hid Writer::group(hid_t parent, const std::string& name) const
+{
+    Hid g(H5Gcreate2(parent, name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose);
+    if (!g.ok())
+        throw Error(path_ + ": HDF5 could not create group " + name);
+    return g;
+}
+
+void Writer::dataset(hid_t parent, const std::string& name, hid_t file_type, hid_t mem_type, std::vector<hsize_t> dims,
+                     const void* data) const
+{
+    Hid space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr), H5Sclose);
+    Hid ds(H5Dcreate2(parent, name.c_str(), file_type, space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose);
+    if (!ds.ok())
+        throw Error(path_ + ": HDF5 could not create dataset " + name);
+    hsize_t total = 1;
+    for (hsize_t d : dims)
+        total *= d;
+    static const std::uint8_t dummy = 0;
+    check(H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, total ? data : &dummy), "dataset " + name);
+}
+
+void Writer::bytes(hid_t parent, const std::string& name, const std::vector<std::uint8_t>& v) const
+{
+    dataset(parent, name, H5T_STD_U8LE, H5T_NATIVE_UINT8, {v.size()}, v.data());
+}
+
+void Writer::halves(hid_t parent, const std::string& name, const std::vector<std::uint16_t>& v, std::vector<hsize_t> dims) const
+{
+    const Hid t = half_type();
+    dataset(parent, name, t.get(), t.get(), std::move(dims), v.data());
+}
+
+void Writer::attr(hid_t obj, const std::string& name, const std::string& value) const
+{
+    Hid type(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(type.get(), std::max<std::size_t>(1, value.size()));
+    Hid space(H5Screate(H5S_SCALAR), H5Sclose);
+    Hid a(H5Acreate2(obj, name.c_str(), type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    const std::string padded = value.empty() ? std::string(1, '\0') : value;
+    check(a.ok() ? H5Awrite(a.get(), type.get(), padded.data()) : -1, "attribute " + name);
+}
+
+void Writer::attr(hid_t obj, const std::string& name, std::int64_t value) const
+{
+    Hid space(H5Screate(H5S_SCALAR), H5Sclose);
+    Hid a(H5Acreate2(obj, name.c_str(), H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    check(a.ok() ? H5Awrite(a.get(), H5T_NATIVE_INT64, &value) : -1, "attribute " + name);
+}
+
+void Writer::attr(hid_t obj, const std::string& name, double value) const
+{
+    Hid space(H5Screate(H5S_SCALAR), H5Sclose);
+    Hid a(H5Acreate2(obj, name.c_str(), H5T_IEEE_F64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+    check(a.ok() ? H5Awrite(a.get(), H5T_NATIVE_DOUBLE, &value) : -1, "attribute " + name);
+}
+
+// ---- Reader ----------------------------------------------------------------------------------
+
+void Reader::fail(const std::string& why) const { throw Error(path_ + ": " + why); }
+
+bool Reader::exists(hid_t parent, const std::string& name) const
+{
+    return H5Lexists(parent, name.c_str(), H5P_DEFAULT) > 0;
+}
+
+Hid Reader::group(hid_t parent, const std::string& name) const
+{
+    if (!exists(parent, name))
+        fail("group '" + name + "' is missing");
+    Hid g(H5Gopen2(parent, name.c_str(), H5P_DEFAULT), H5Gclose);
+    if (!g.ok())
+        fail("cannot open group '" + name + "'");
+    return g;
+}
+
+std::vector<hsize_t> Reader::dims(hid_t ds, const std::string& name) const
+{
+    Hid space(H5Dget_space(ds), H5Sclose);
+    const int rank = H5Sget_simple_extent_ndims(space.get());
+    if (rank < 0 || rank > 4)
+        fail("dataset '" + name + "' has an unreadable shape");
+    std::vector<hsize_t> d(static_cast<std::size_t>(rank));
+    H5Sget_simple_extent_dims(space.get(), d.data(), nullptr);
+    return d;
+}
+
+std::vector<std::uint8_t> Reader::read_raw(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
+                                           const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out) const
+{
+    if (!exists(parent, name))
+        fail("dataset '" + name + "' is missing");
+    Hid ds(H5Dopen2(parent, name.c_str(), H5P_DEFAULT), H5Dclose);
+    if (!ds.ok())
+        fail("cannot open dataset '" + name + "'");
+    const std::vector<hsize_t> d = dims(ds.get(), name);
+    if (expected && d != *expected) {
+        std::string got, want;
+        for (hsize_t x : d)
+            got += (got.empty() ? "" : " x ") + std::to_string(x);
+        for (hsize_t x : *expected)
+            want += (want.empty() ? "" : " x ") + std::to_string(x);
+        fail("dataset '" + name + "' has shape (" + got + "), expected (" + want + ")");
+    }
+    hsize_t total = 1;
+    for (hsize_t x : d)
+        total *= x;
+    if (total > (hsize_t(1) << 36) / element_size)
+        fail("dataset '" + name + "' is implausibly large");
+    Hid ftype(H5Dget_type(ds.get()), H5Tclose);
+    if (H5Tget_class(ftype.get()) != H5Tget_class(mem_type) || H5Tget_size(ftype.get()) != element_size)
+        fail("dataset '" + name + "' has an unexpected element type");
+    std::vector<std::uint8_t> out(static_cast<std::size_t>(total) * element_size);
+    if (total > 0 && H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
+        fail("cannot read dataset '" + name + "' (truncated or corrupt file)");
+    if (shape_out)
+        *shape_out = d;
+    return out;
+}
+
+std::vector<std::uint8_t> Reader::bytes(hid_t parent, const std::string& name) const
+{
+    return read_raw(parent, name, H5T_NATIVE_UINT8, 1, nullptr);
+}
+
+std::vector<std::uint16_t> Reader::halves(hid_t parent, const std::string& name, const std::vector<hsize_t>& shape) const
+{
+    const Hid t = half_type();
+    const std::vector<std::uint8_t> raw = read_raw(parent, name, t.get(), 2, &shape);
+    std::vector<std::uint16_t> out(raw.size() / 2);
+    std::memcpy(out.data(), raw.data(), raw.size());
+    return out;
+}
+
+std::string Reader::attr_string(hid_t obj, const std::string& name) const
+{
+    if (H5Aexists(obj, name.c_str()) <= 0)
+        fail("attribute '" + name + "' is missing");
+    Hid a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+    Hid type(H5Aget_type(a.get()), H5Tclose);
+    if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0)
+        fail("attribute '" + name + "' is not a fixed-length string");
+    const std::size_t size = H5Tget_size(type.get());
+    if (size > (64u << 20))
+        fail("attribute '" + name + "' is implausibly large");
+    std::string s(size, '\0');
+    Hid mem(H5Tcopy(H5T_C_S1), H5Tclose);
+    H5Tset_size(mem.get(), size);
+    if (H5Aread(a.get(), mem.get(), s.data()) < 0)
+        fail("cannot read attribute '" + name + "'");
+    while (!s.empty() && s.back() == '\0')
+        s.pop_back();
+    return s;
+}
+
+std::int64_t Reader::attr_int(hid_t obj, const std::string& name) const
+{
+    if (H5Aexists(obj, name.c_str()) <= 0)
+        fail("attribute '" + name + "' is missing");
+    Hid a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+    Hid type(H5Aget_type(a.get()), H5Tclose);
+    if (H5Tget_class(type.get()) != H5T_INTEGER)
+        fail("attribute '" + name + "' is not an integer");
+    std::int64_t v = 0;
+    if (H5Aread(a.get(), H5T_NATIVE_INT64, &v) < 0)
+        fail("cannot read attribute '" + name + "'");
+    return v;
+}
+
+double Reader::attr_double(hid_t obj, const std::string& name) const
+{
+    if (H5Aexists(obj, name.c_str()) <= 0)
+        fail("attribute '" + name + "' is missing");
+    Hid a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+    Hid type(H5Aget_type(a.get()), H5Tclose);
+    if (H5Tget_class(type.get()) != H5T_FLOAT)
+        fail("attribute '" + name + "' is not a number");
+    double v = 0;
+    if (H5Aread(a.get(), H5T_NATIVE_DOUBLE, &v) < 0)
+        fail("cannot read attribute '" + name + "'");
+    return v;
+}
+
+} // namespace pbllm

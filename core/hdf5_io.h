@@ -1,0 +1,96 @@
+#pragma once
+// Small RAII and validation helpers over the HDF5 C API, shared by the packed checkpoint and the
+// calibration file. Internal to core.
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pbllm {
+
+/// Owns an HDF5 identifier.
+class Hid {
+public:
+    using Closer = herr_t (*)(hid_t);
+    Hid() = default;
+    Hid(hid_t id, Closer closer) : id_(id), closer_(closer) {}
+    Hid(Hid&& o) noexcept : id_(o.id_), closer_(o.closer_) { o.id_ = -1; }
+    Hid& operator=(Hid&& o) noexcept
+    {
+        std::swap(id_, o.id_);
+        std::swap(closer_, o.closer_);
+        return *this;
+    }
+    Hid(const Hid&) = delete;
+    ~Hid()
+    {
+        if (id_ >= 0 && closer_)
+            closer_(id_);
+    }
+    hid_t get() const { return id_; }
+    bool ok() const { return id_ >= 0; }
+
+private:
+    hid_t id_ = -1;
+    Closer closer_ = nullptr;
+};
+
+/// Turns off HDF5's own error printing (we report our own messages).
+void quiet_hdf5();
+/// IEEE half precision as an HDF5 type (HDF5 1.10 predefines none; h5py reads it as float16).
+Hid half_type();
+
+/// A temporary path beside `path` that commit() renames over it; removed if never committed.
+class AtomicHdf5Path {
+public:
+    explicit AtomicHdf5Path(std::string path);
+    ~AtomicHdf5Path();
+    const std::string& temporary() const { return temporary_; }
+    void commit();
+
+private:
+    std::string path_, temporary_;
+    bool committed_ = false;
+};
+
+/// Writing with errors that name the file.
+class Writer {
+public:
+    Writer(hid_t file, std::string path) : file_(file), path_(std::move(path)) {}
+    void check(herr_t status, const std::string& what) const;
+    Hid group(hid_t parent, const std::string& name) const;
+    void dataset(hid_t parent, const std::string& name, hid_t file_type, hid_t mem_type, std::vector<hsize_t> dims,
+                 const void* data) const;
+    void bytes(hid_t parent, const std::string& name, const std::vector<std::uint8_t>& v) const;
+    void halves(hid_t parent, const std::string& name, const std::vector<std::uint16_t>& v, std::vector<hsize_t> dims) const;
+    void attr(hid_t obj, const std::string& name, const std::string& value) const;
+    void attr(hid_t obj, const std::string& name, std::int64_t value) const;
+    void attr(hid_t obj, const std::string& name, double value) const;
+
+private:
+    hid_t file_;
+    std::string path_;
+};
+
+/// Reading with validation (shapes, element types, sizes bounded before allocation).
+class Reader {
+public:
+    explicit Reader(std::string path) : path_(std::move(path)) {}
+    [[noreturn]] void fail(const std::string& why) const;
+    bool exists(hid_t parent, const std::string& name) const;
+    Hid group(hid_t parent, const std::string& name) const;
+    std::vector<hsize_t> dims(hid_t ds, const std::string& name) const;
+    std::vector<std::uint8_t> read_raw(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
+                                       const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out = nullptr) const;
+    std::vector<std::uint8_t> bytes(hid_t parent, const std::string& name) const;
+    std::vector<std::uint16_t> halves(hid_t parent, const std::string& name, const std::vector<hsize_t>& shape) const;
+    std::string attr_string(hid_t obj, const std::string& name) const;
+    std::int64_t attr_int(hid_t obj, const std::string& name) const;
+    double attr_double(hid_t obj, const std::string& name) const;
+
+private:
+    std::string path_;
+};
+
+} // namespace pbllm

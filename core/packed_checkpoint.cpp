@@ -1,0 +1,464 @@
+#include "core/packed_checkpoint.h"
+
+#include "core/error.h"
+#include "core/hdf5_io.h"
+#include "core/quantizers.h"
+#include "core/system.h"
+
+#include <ATen/ATen.h>
+#include <QDateTime>
+#include <QFile>
+#include <QFileInfo>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <set>
+#include <cstring>
+#include <fstream>
+#include <unistd.h>
+
+#ifndef PBLLM_VERSION
+#define PBLLM_VERSION "unknown"
+#endif
+
+namespace pbllm {
+namespace {
+
+constexpr const char* kFormat = "pbllm-packed";
+constexpr std::int64_t kFormatVersion = 1;
+
+std::uint16_t half_bits(float v) { return c10::Half(v).x; }
+float half_value(std::uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
+
+} // namespace
+
+// ---- packing ---------------------------------------------------------------------------------
+
+std::int64_t PackedLinear::bytes() const
+{
+    return static_cast<std::int64_t>(index.bytes.size() + codes.size() + signs.size() + grid_zero.size()) +
+           2 * static_cast<std::int64_t>(grid_scale.size() + mu.size() + alpha.size());
+}
+
+PackedLinear pack_linear(const QuantizedLinear& q)
+{
+    q.validate();
+    PackedLinear p;
+    p.name = q.name;
+    p.rows = q.rows;
+    p.cols = q.cols;
+    p.method = q.settings.method;
+    p.binarizer = q.settings.binarizer;
+    p.grid_bits = q.grid_bits();
+    p.groupsize = q.groupsize;
+    p.salient_ratio_requested = q.settings.salient_ratio;
+    const at::Tensor mask = q.salient.contiguous();
+    const at::Tensor codes = q.codes.contiguous();
+    const at::Tensor signs = q.signs.contiguous();
+    const bool* m = mask.data_ptr<bool>();
+    const std::int16_t* c = codes.data_ptr<std::int16_t>();
+    const bool* s = signs.data_ptr<bool>();
+    const std::int64_t n = q.rows * q.cols;
+    p.index = encode_index(m, n);
+    BitWriter code_bits;
+    std::vector<bool> sign_bits;
+    std::vector<std::uint8_t> sign_bytes;
+    std::int64_t nonsalient = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (m[i]) {
+            ++p.salient_count;
+            code_bits.put(static_cast<std::uint16_t>(c[i]), p.grid_bits);
+        } else {
+            if (nonsalient % 8 == 0)
+                sign_bytes.push_back(0);
+            if (s[i])
+                sign_bytes.back() |= static_cast<std::uint8_t>(1u << (nonsalient % 8));
+            ++nonsalient;
+        }
+    }
+    p.codes = code_bits.take();
+    p.signs = std::move(sign_bytes);
+    if (p.grid_bits != 16) {
+        p.grid_groups = q.grid.scale.size(1);
+        const at::Tensor scale = q.grid.scale.contiguous(), zero = q.grid.zero.contiguous();
+        for (std::int64_t i = 0; i < scale.numel(); ++i) {
+            p.grid_scale.push_back(half_bits(scale.data_ptr<float>()[i]));
+            p.grid_zero.push_back(static_cast<std::uint8_t>(zero.data_ptr<float>()[i]));
+        }
+    }
+    if (p.method != QuantMethod::Gptq) {
+        p.stat_groups = q.binary.mu.size(1);
+        const at::Tensor mu = q.binary.mu.contiguous(), alpha = q.binary.alpha.contiguous();
+        for (std::int64_t i = 0; i < mu.numel(); ++i) {
+            p.mu.push_back(half_bits(mu.data_ptr<float>()[i]));
+            p.alpha.push_back(half_bits(alpha.data_ptr<float>()[i]));
+        }
+    }
+    return p;
+}
+
+QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
+{
+    auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
+    if (p.rows <= 0 || p.cols <= 0 || p.rows > (1 << 24) || p.cols > (1 << 24))
+        fail("implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
+    if (!((p.grid_bits >= 2 && p.grid_bits <= 8) || p.grid_bits == 16))
+        fail("salient bit-width " + std::to_string(p.grid_bits) + " is not 2..8 or 16");
+    if (p.method == QuantMethod::Gptq && p.grid_bits == 16)
+        fail("plain GPTQ cannot store FP16 codes");
+    const std::int64_t n = p.weights();
+    const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
+    const std::int64_t nonsalient = n - p.salient_count;
+    if (static_cast<std::int64_t>(p.codes.size()) != (p.salient_count * p.grid_bits + 7) / 8)
+        fail("codes hold " + std::to_string(p.codes.size()) + " bytes, expected " +
+             std::to_string((p.salient_count * p.grid_bits + 7) / 8));
+    if (static_cast<std::int64_t>(p.signs.size()) != (nonsalient + 7) / 8)
+        fail("signs hold " + std::to_string(p.signs.size()) + " bytes, expected " + std::to_string((nonsalient + 7) / 8));
+    auto groups_for = [&](int width) { return width > 0 ? (p.cols + width - 1) / width : 1; };
+    if (p.grid_bits != 16) {
+        const std::int64_t expect = groups_for(p.method == QuantMethod::Gptq ? p.groupsize : 0);
+        if (p.grid_groups != expect || static_cast<std::int64_t>(p.grid_scale.size()) != p.rows * expect ||
+            static_cast<std::int64_t>(p.grid_zero.size()) != p.rows * expect)
+            fail("grid parameters do not match the shape and group size");
+    }
+    if (p.method != QuantMethod::Gptq) {
+        const std::int64_t expect = groups_for(p.groupsize);
+        if (p.stat_groups != expect || static_cast<std::int64_t>(p.mu.size()) != p.rows * expect ||
+            static_cast<std::int64_t>(p.alpha.size()) != p.rows * expect)
+            fail("binarization statistics do not match the shape and group size");
+    }
+
+    QuantizedLinear q;
+    q.name = p.name;
+    q.rows = p.rows;
+    q.cols = p.cols;
+    q.groupsize = p.groupsize;
+    q.settings.method = p.method;
+    q.settings.binarizer = p.binarizer;
+    q.settings.salient_ratio = p.salient_ratio_requested;
+    if (p.method == QuantMethod::Gptq)
+        q.settings.bits = p.grid_bits;
+    else
+        q.settings.salient_bits = p.grid_bits;
+    q.salient = at::empty({p.rows, p.cols}, at::kBool);
+    q.codes = at::zeros({p.rows, p.cols}, at::kShort);
+    q.signs = at::zeros({p.rows, p.cols}, at::kBool);
+    bool* m = q.salient.data_ptr<bool>();
+    std::int16_t* c = q.codes.data_ptr<std::int16_t>();
+    bool* s = q.signs.data_ptr<bool>();
+    BitReader codes(p.codes.data(), p.codes.size(), what + " (codes)");
+    std::int64_t j = 0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        m[i] = mask[static_cast<std::size_t>(i)];
+        if (m[i]) {
+            c[i] = static_cast<std::int16_t>(static_cast<std::uint16_t>(codes.get(p.grid_bits)));
+        } else {
+            s[i] = (p.signs[static_cast<std::size_t>(j >> 3)] >> (j & 7)) & 1u;
+            ++j;
+        }
+    }
+    auto halves = [&](const std::vector<std::uint16_t>& bits, std::int64_t groups) {
+        at::Tensor t = at::empty({p.rows, groups}, at::kFloat);
+        for (std::size_t i = 0; i < bits.size(); ++i)
+            t.data_ptr<float>()[i] = half_value(bits[i]);
+        return t;
+    };
+    if (p.grid_bits != 16) {
+        q.grid.bits = p.grid_bits;
+        q.grid.scale = halves(p.grid_scale, p.grid_groups);
+        q.grid.zero = at::empty({p.rows, p.grid_groups}, at::kFloat);
+        for (std::size_t i = 0; i < p.grid_zero.size(); ++i)
+            q.grid.zero.data_ptr<float>()[i] = p.grid_zero[i];
+    }
+    if (p.method != QuantMethod::Gptq) {
+        q.binary.mu = halves(p.mu, p.stat_groups);
+        q.binary.alpha = halves(p.alpha, p.stat_groups);
+    }
+    try {
+        q.validate();
+    } catch (const Error& e) {
+        fail(e.what());
+    }
+    q.dequantized = q.dequantize();
+    if (!at::isfinite(q.dequantized).all().item<bool>())
+        fail("dequantized weights are not finite");
+    q.salient_ratio = p.method == QuantMethod::Gptq ? 1.0 : static_cast<double>(p.salient_count) / static_cast<double>(n);
+    return q;
+}
+
+BitsPerWeight bits_per_weight(const std::vector<PackedLinear>& linears)
+{
+    BitsPerWeight b;
+    double n = 0.0;
+    for (const PackedLinear& p : linears) {
+        const double w = static_cast<double>(p.weights());
+        const double r = static_cast<double>(p.salient_count) / w;
+        const double headline = p.method == QuantMethod::Gptq ? p.grid_bits : p.grid_bits * r + (1.0 - r);
+        b.headline += headline * w;
+        b.with_bitmap += (headline + (p.method == QuantMethod::Gptq ? 0.0 : 1.0)) * w;
+        b.with_index += headline * w + 8.0 * static_cast<double>(p.index_bytes());
+        b.measured += 8.0 * static_cast<double>(p.bytes());
+        n += w;
+    }
+    if (n > 0) {
+        b.headline /= n;
+        b.with_bitmap /= n;
+        b.with_index /= n;
+        b.measured /= n;
+    }
+    return b;
+}
+
+bool has_hdf5_signature(const std::string& path)
+{
+    std::ifstream in(path, std::ios::binary);
+    char sig[8] = {0};
+    in.read(sig, 8);
+    return in.gcount() == 8 && std::memcmp(sig, "\x89HDF\r\n\x1a\n", 8) == 0;
+}
+
+// ---- HDF5 ------------------------------------------------------------------------------------
+
+namespace {
+
+QJsonObject config_to_json(const ModelConfig& c)
+{
+    return QJsonObject{{"dim", c.dim},
+                       {"hidden_dim", c.hidden_dim},
+                       {"n_layers", c.n_layers},
+                       {"n_heads", c.n_heads},
+                       {"n_kv_heads", c.n_kv_heads},
+                       {"vocab_size", c.vocab_size},
+                       {"max_seq_len", c.max_seq_len},
+                       {"norm_eps", static_cast<double>(c.norm_eps)},
+                       {"rope_theta", static_cast<double>(c.rope_theta)},
+                       {"tied_embeddings", c.tied_embeddings}};
+}
+
+ModelConfig config_from_json(const std::string& json, const std::string& path)
+{
+    const QJsonObject o = QJsonDocument::fromJson(QByteArray::fromStdString(json)).object();
+    if (o.isEmpty())
+        throw Error(path + ": attribute 'model_config' is not a JSON object");
+    ModelConfig c;
+    c.dim = o["dim"].toInt();
+    c.hidden_dim = o["hidden_dim"].toInt();
+    c.n_layers = o["n_layers"].toInt();
+    c.n_heads = o["n_heads"].toInt();
+    c.n_kv_heads = o["n_kv_heads"].toInt();
+    c.vocab_size = o["vocab_size"].toInt();
+    c.max_seq_len = o["max_seq_len"].toInt();
+    c.norm_eps = static_cast<float>(o["norm_eps"].toDouble());
+    c.rope_theta = static_cast<float>(o["rope_theta"].toDouble());
+    c.tied_embeddings = o["tied_embeddings"].toBool();
+    c.validate(path + " (model_config)");
+    return c;
+}
+
+} // namespace
+
+void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
+{
+    quiet_hdf5();
+    std::vector<PackedLinear> packed;
+    for (const QuantizedLinear& q : qm.linears)
+        packed.push_back(pack_linear(q));
+
+    AtomicHdf5Path target(path);
+    {
+        Hid file(H5Fcreate(target.temporary().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
+        if (!file.ok())
+            throw Error(path + ": cannot create the file (folder missing or not writable?)");
+        const Writer w(file.get(), path);
+        const hid_t root = file.get();
+        w.attr(root, "format", std::string(kFormat));
+        w.attr(root, "format_version", kFormatVersion);
+        w.attr(root, "program_version", std::string(PBLLM_VERSION));
+        w.attr(root, "model_config", QJsonDocument(config_to_json(qm.model.config)).toJson(QJsonDocument::Compact).toStdString());
+        w.attr(root, "plan", qm.plan.to_json());
+        w.attr(root, "source_sha256", qm.source_sha256);
+        w.attr(root, "calibration_sha256", qm.calibration_sha256);
+        w.attr(root, "seed", static_cast<std::int64_t>(qm.plan.config.seed));
+        w.attr(root, "created", QDateTime::currentDateTimeUtc().toString(Qt::ISODate).toStdString());
+        const std::vector<std::uint8_t> tok(qm.tokenizer_bytes.begin(), qm.tokenizer_bytes.end());
+        w.bytes(root, "tokenizer", tok);
+
+        std::set<std::string> quantized;
+        for (const PackedLinear& p : packed)
+            quantized.insert(p.name + ".weight");
+        quantized.insert("lm_head.weight"); // handled below when the head is quantized
+        const Hid tensors = w.group(root, "tensors");
+        for (const NamedTensor& t : qm.model.named_tensors()) {
+            const bool head_quantized = t.name == "lm_head.weight" &&
+                                        std::any_of(packed.begin(), packed.end(), [](const PackedLinear& p) { return p.name == "lm_head"; });
+            if (quantized.count(t.name) && (t.name != "lm_head.weight" || head_quantized))
+                continue;
+            const at::Tensor h = t.tensor.to(at::kCPU).to(at::kHalf).contiguous();
+            std::vector<std::uint16_t> bits(static_cast<std::size_t>(h.numel()));
+            std::memcpy(bits.data(), h.data_ptr(), bits.size() * 2);
+            std::vector<hsize_t> dims(h.sizes().begin(), h.sizes().end());
+            w.halves(tensors.get(), t.name, bits, dims);
+        }
+        const Hid linear = w.group(root, "linear");
+        for (const PackedLinear& p : packed) {
+            const Hid g = w.group(linear.get(), p.name);
+            w.attr(g.get(), "rows", p.rows);
+            w.attr(g.get(), "cols", p.cols);
+            w.attr(g.get(), "method", to_string(p.method));
+            w.attr(g.get(), "binarizer", to_string(p.binarizer));
+            w.attr(g.get(), "salient_bits", static_cast<std::int64_t>(p.grid_bits));
+            w.attr(g.get(), "groupsize", static_cast<std::int64_t>(p.groupsize));
+            w.attr(g.get(), "salient_ratio_requested", p.salient_ratio_requested);
+            w.attr(g.get(), "salient_count", p.salient_count);
+            w.attr(g.get(), "index_encoding", to_string(p.index.encoding));
+            w.attr(g.get(), "rice_k", static_cast<std::int64_t>(p.index.rice_k));
+            w.bytes(g.get(), "index", p.index.bytes);
+            w.bytes(g.get(), "codes", p.codes);
+            w.bytes(g.get(), "signs", p.signs);
+            if (p.grid_bits != 16) {
+                w.halves(g.get(), "grid_scale", p.grid_scale, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)});
+                w.dataset(g.get(), "grid_zero", H5T_STD_U8LE, H5T_NATIVE_UINT8,
+                          {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)}, p.grid_zero.data());
+            }
+            if (p.method != QuantMethod::Gptq) {
+                w.halves(g.get(), "mu", p.mu, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
+                w.halves(g.get(), "alpha", p.alpha, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
+            }
+        }
+        if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
+            throw Error(path + ": HDF5 could not flush the file (disk full or file size limit?)");
+    }
+    target.commit();
+}
+
+PackedCheckpoint read_packed_checkpoint(const std::string& path)
+{
+    quiet_hdf5();
+    if (!QFileInfo(QString::fromStdString(path)).isFile())
+        throw Error(path + ": no such file");
+    if (!has_hdf5_signature(path))
+        throw Error(path + ": not an HDF5 file");
+    Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+    if (!file.ok())
+        throw Error(path + ": HDF5 cannot open the file (truncated or corrupt)");
+    const Reader r(path);
+    const hid_t root = file.get();
+    if (r.attr_string(root, "format") != kFormat)
+        r.fail("not a PB-LLM packed checkpoint (format attribute is not '" + std::string(kFormat) + "')");
+    const std::int64_t version = r.attr_int(root, "format_version");
+    if (version < 1 || version > kFormatVersion)
+        r.fail("format version " + std::to_string(version) + " is not supported (this program reads up to " +
+               std::to_string(kFormatVersion) + ")");
+
+    PackedCheckpoint ck;
+    ck.file_bytes = QFileInfo(QString::fromStdString(path)).size();
+    ck.program_version = r.attr_string(root, "program_version");
+    ck.created = r.attr_string(root, "created");
+    QuantizedModel& qm = ck.quantized;
+    qm.source_sha256 = r.attr_string(root, "source_sha256");
+    qm.calibration_sha256 = r.attr_string(root, "calibration_sha256");
+    qm.plan = QuantPlan::from_json(r.attr_string(root, "plan"), path + " (plan)");
+    const std::vector<std::uint8_t> tok = r.bytes(root, "tokenizer");
+    qm.tokenizer_bytes.assign(tok.begin(), tok.end());
+
+    Model& m = qm.model;
+    m.config = config_from_json(r.attr_string(root, "model_config"), path);
+    const ModelConfig& c = m.config;
+    require_memory(c.parameter_count() * 4, path + " (" + std::to_string(c.parameter_count()) + " parameters)");
+    m.format = ModelFormat::PbllmPacked;
+    m.source_path = path;
+    m.file_dtype = "packed";
+    m.file_bytes = ck.file_bytes;
+    m.embedded_tokenizer = qm.tokenizer_bytes;
+
+    const Hid tensors = r.group(root, "tensors");
+    const Hid linear = r.group(root, "linear");
+    auto load_tensor = [&](const std::string& name, std::vector<hsize_t> shape) -> at::Tensor {
+        const std::string linear_group = name.substr(0, name.size() - std::string(".weight").size());
+        if (shape.size() == 2 && r.exists(linear.get(), linear_group)) {
+            const Hid g = r.group(linear.get(), linear_group);
+            PackedLinear p;
+            p.name = linear_group;
+            p.rows = r.attr_int(g.get(), "rows");
+            p.cols = r.attr_int(g.get(), "cols");
+            const std::string what = path + ": Linear '" + linear_group + "'";
+            if (p.rows != static_cast<std::int64_t>(shape[0]) || p.cols != static_cast<std::int64_t>(shape[1]))
+                throw Error(what + ": stored shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols) +
+                            " does not match the model configuration");
+            try {
+                p.method = parse_method(r.attr_string(g.get(), "method"));
+                p.binarizer = parse_binarizer(r.attr_string(g.get(), "binarizer"));
+            } catch (const Error& e) {
+                throw Error(what + ": " + e.what());
+            }
+            p.grid_bits = static_cast<int>(r.attr_int(g.get(), "salient_bits"));
+            p.groupsize = static_cast<int>(r.attr_int(g.get(), "groupsize"));
+            p.salient_ratio_requested = r.attr_double(g.get(), "salient_ratio_requested");
+            p.salient_count = r.attr_int(g.get(), "salient_count");
+            const std::string enc = r.attr_string(g.get(), "index_encoding");
+            p.index.encoding = enc == "rice" ? IndexEncoding::Rice : enc == "all" ? IndexEncoding::All : IndexEncoding::Bitmap;
+            if (enc != "rice" && enc != "all" && enc != "bitmap")
+                throw Error(what + ": unknown index encoding '" + enc + "'");
+            p.index.rice_k = static_cast<int>(r.attr_int(g.get(), "rice_k"));
+            p.index.bytes = r.bytes(g.get(), "index");
+            p.codes = r.bytes(g.get(), "codes");
+            p.signs = r.bytes(g.get(), "signs");
+            if (p.grid_bits != 16) {
+                std::vector<hsize_t> gshape;
+                r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, nullptr, &gshape);
+                if (gshape.size() != 2 || gshape[0] != shape[0])
+                    throw Error(what + ": grid parameters do not match the shape");
+                p.grid_groups = static_cast<std::int64_t>(gshape[1]);
+                p.grid_scale = r.halves(g.get(), "grid_scale", gshape);
+                p.grid_zero = r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, &gshape);
+            }
+            if (p.method != QuantMethod::Gptq) {
+                std::vector<hsize_t> sshape;
+                const Hid t = half_type();
+                r.read_raw(g.get(), "mu", t.get(), 2, nullptr, &sshape);
+                if (sshape.size() != 2 || sshape[0] != shape[0])
+                    throw Error(what + ": binarization statistics do not match the shape");
+                p.stat_groups = static_cast<std::int64_t>(sshape[1]);
+                p.mu = r.halves(g.get(), "mu", sshape);
+                p.alpha = r.halves(g.get(), "alpha", sshape);
+            }
+            QuantizedLinear q = unpack_linear(p, what);
+            at::Tensor w = q.dequantized;
+            ck.packed.push_back(std::move(p));
+            qm.linears.push_back(std::move(q));
+            return w;
+        }
+        if (!r.exists(tensors.get(), name))
+            r.fail("tensor '" + name + "' is missing (neither under /tensors nor /linear)");
+        const std::vector<std::uint16_t> bits = r.halves(tensors.get(), name, shape);
+        std::vector<std::int64_t> sizes(shape.begin(), shape.end());
+        at::Tensor h = at::empty(sizes, at::kHalf);
+        std::memcpy(h.data_ptr(), bits.data(), bits.size() * 2);
+        return h.to(at::kFloat);
+    };
+    const hsize_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    m.tok_embeddings = load_tensor("model.embed_tokens.weight", {v, d});
+    m.layers.resize(c.n_layers);
+    for (int i = 0; i < c.n_layers; ++i) {
+        const std::string prefix = "model.layers." + std::to_string(i) + ".";
+        m.layers[i].attn_norm = load_tensor(prefix + "input_layernorm.weight", {d});
+        m.layers[i].ffn_norm = load_tensor(prefix + "post_attention_layernorm.weight", {d});
+        for (LinearKind k : kAllLinearKinds) {
+            const bool wide = k == LinearKind::Gate || k == LinearKind::Up;
+            const std::vector<hsize_t> shape = k == LinearKind::K || k == LinearKind::V ? std::vector<hsize_t>{kv, d}
+                                               : wide                                    ? std::vector<hsize_t>{h, d}
+                                               : k == LinearKind::Down                   ? std::vector<hsize_t>{d, h}
+                                                                                         : std::vector<hsize_t>{d, d};
+            m.layers[i].weight(k) = load_tensor(linear_name(i, k) + ".weight", shape);
+        }
+    }
+    m.final_norm = load_tensor("model.norm.weight", {d});
+    m.output = c.tied_embeddings ? m.tok_embeddings : load_tensor("lm_head.weight", {v, d});
+    m.validate_weights();
+    return ck;
+}
+
+} // namespace pbllm

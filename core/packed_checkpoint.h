@@ -1,0 +1,76 @@
+#pragma once
+// The packed checkpoint (.pbllm.h5): real PB-LLM storage. Layout (README, "Packed checkpoint"):
+//   /                 attributes: format, format_version, program_version, model_config (JSON),
+//                     plan (JSON), source_sha256, calibration_sha256, created
+//   /tokenizer        uint8: the serialized SentencePiece model (the file is self-contained)
+//   /tensors/<name>   FP16: full-precision tensors (embedding, norms, head, skipped Linears)
+//   /linear/<name>/   one group per quantized Linear: index, codes, signs, grid_scale,
+//                     grid_zero, mu, alpha (+ attributes)
+#include "core/bitpack.h"
+#include "core/gptq.h"
+#include "core/ptq.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pbllm {
+
+/// A QuantizedLinear as the bytes the file stores.
+struct PackedLinear {
+    std::string name;
+    std::int64_t rows = 0, cols = 0;
+    QuantMethod method = QuantMethod::PbGptq;
+    Binarizer binarizer = Binarizer::Xnor;
+    int grid_bits = 8;            ///< bits per salient code (16 = FP16 values)
+    int groupsize = 0;
+    double salient_ratio_requested = 0.0;
+    std::int64_t salient_count = 0;
+    EncodedIndex index;           ///< positions of salient weights (row-major)
+    std::vector<std::uint8_t> codes; ///< grid_bits per salient weight, row-major order, LSB first
+    std::vector<std::uint8_t> signs; ///< one bit per non-salient weight, row-major order (1 = +1)
+    std::int64_t grid_groups = 0, stat_groups = 0;
+    std::vector<std::uint16_t> grid_scale; ///< FP16 bits (rows, grid_groups)
+    std::vector<std::uint8_t> grid_zero;   ///< (rows, grid_groups)
+    std::vector<std::uint16_t> mu, alpha;  ///< FP16 bits (rows, stat_groups)
+
+    std::int64_t weights() const { return rows * cols; }
+    std::int64_t index_bytes() const { return static_cast<std::int64_t>(index.bytes.size()); }
+    /// Bytes of every array above: the honest storage of this Linear.
+    std::int64_t bytes() const;
+};
+
+PackedLinear pack_linear(const QuantizedLinear& q);
+/// Validates every field (sizes, counts, code ranges, index bounds) and rebuilds the Linear,
+/// `dequantized` included. Error messages name `what` (file and Linear).
+QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what);
+
+/// Average bits per quantized weight in the four conventions of METHOD.md section 6.
+struct BitsPerWeight {
+    double headline = 0.0;    ///< b*r + (1 - r)
+    double with_bitmap = 0.0; ///< headline + 1 (the paper's Eq. 3 bound)
+    double with_index = 0.0;  ///< headline + the stored sparse index
+    double measured = 0.0;    ///< all stored bytes of the quantized Linears (scales, means, index...) * 8 / n
+};
+BitsPerWeight bits_per_weight(const std::vector<PackedLinear>& linears);
+
+/// Writes `model` to `path` atomically (temporary file renamed on success; an existing file
+/// stays intact on failure). Throws Error naming the file and the reason.
+void write_packed_checkpoint(const QuantizedModel& model, const std::string& path);
+
+/// What a packed checkpoint holds, with the model rebuilt from it (dequantized, float32, CPU).
+struct PackedCheckpoint {
+    QuantizedModel quantized;
+    std::vector<PackedLinear> packed;
+    std::string program_version;
+    std::string created;
+    std::int64_t file_bytes = 0;
+};
+
+/// Reads and validates a .pbllm.h5 file; Error names the file and what is wrong.
+PackedCheckpoint read_packed_checkpoint(const std::string& path);
+
+/// True when the file starts with the HDF5 signature.
+bool has_hdf5_signature(const std::string& path);
+
+} // namespace pbllm

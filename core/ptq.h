@@ -1,0 +1,36 @@
+#pragma once
+// Whole-model post-training quantization (METHOD.md section 4): layer by layer, each layer's
+// Hessians from the *quantized* previous layers' outputs.
+#include "core/gptq.h"
+#include "core/model.h"
+#include "core/progress.h"
+#include "core/quant_config.h"
+
+#include <string>
+#include <vector>
+
+namespace pbllm {
+
+/// A model whose Linears were quantized: `model` computes with the dequantized weights, and
+/// `linears` hold the packed form, in layer order (head last when quantized).
+struct QuantizedModel {
+    Model model;
+    std::vector<QuantizedLinear> linears;
+    QuantPlan plan;
+    std::string source_sha256;      ///< SHA-256 of the source model file ("" for folders/unknown)
+    std::string calibration_sha256; ///< SHA-256 of the calibration text
+    std::string tokenizer_bytes;    ///< serialized SentencePiece model, embedded in the packed file
+    double seconds = 0.0;
+
+    /// Salient weights / quantized weights over all quantized Linears.
+    double salient_ratio() const;
+    std::int64_t quantized_weights() const;
+};
+
+/// Quantizes every Linear of the decoder (and the head with plan.config.quantize_head) of
+/// `model` by `plan`, replaying `windows` layer by layer. `model` is not modified. Progress is
+/// per Linear; cancelling throws Cancelled.
+QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<int>>& windows, const QuantPlan& plan,
+                              const ProgressFn& progress = {});
+
+} // namespace pbllm

@@ -1,0 +1,190 @@
+#include "core/saliency.h"
+
+#include "core/error.h"
+#include "core/tensor_stats.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <array>
+#include <cstring>
+
+namespace pbllm {
+
+HessianFactors factor_hessian(const at::Tensor& H_in, double percdamp, const std::string& what)
+{
+    if (H_in.dim() != 2 || H_in.size(0) != H_in.size(1))
+        throw Error(what + ": Hessian must be square");
+    at::Tensor H = H_in.to(at::kDouble).clone();
+    if (!at::isfinite(H).all().item<bool>())
+        throw Error(what + ": Hessian contains NaN/Inf (the calibration inputs were not finite)");
+    HessianFactors f;
+    at::Tensor diag = H.diagonal();
+    f.dead = diag == 0;
+    diag.masked_fill_(f.dead, 1.0);
+    const double mean_diag = diag.mean().item<double>();
+    double damping = percdamp * mean_diag;
+    const std::int64_t n = H.size(0);
+    for (int attempt = 0; attempt < 5; ++attempt) {
+        const at::Tensor damped = H + damping * at::eye(n, H.options());
+        auto [L, info] = at::linalg_cholesky_ex(damped);
+        if (info.item<int>() == 0) {
+            const at::Tensor inverse = at::cholesky_inverse(L);
+            auto [U, info2] = at::linalg_cholesky_ex(inverse, /*upper=*/true);
+            if (info2.item<int>() == 0) {
+                f.upper_inverse = U.to(at::kFloat).contiguous();
+                f.inverse_diag = inverse.diagonal().to(at::kFloat).contiguous();
+                f.damping = damping;
+                return f;
+            }
+        }
+        f.note = what + ": Hessian not positive definite with damping " + std::to_string(damping) +
+                 "; damping raised tenfold";
+        damping *= 10.0;
+    }
+    throw Error(what + ": Hessian is not positive definite even with damping " + std::to_string(damping / 10.0) +
+                " (" + std::to_string(1000 * percdamp) + "x the requested percdamp); the calibration data may be "
+                "degenerate");
+}
+
+at::Tensor saliency_scores(const at::Tensor& W, SaliencyMetric metric, const HessianFactors* factors)
+{
+    const at::Tensor w = W.to(at::kFloat);
+    if (metric == SaliencyMetric::Magnitude)
+        return w.abs();
+    if (!factors)
+        throw Error("the " + to_string(metric) + " saliency metric needs calibration (a Hessian)");
+    const at::Tensor d = metric == SaliencyMetric::Hessian ? factors->upper_inverse.diagonal() : factors->inverse_diag;
+    return w.pow(2) / d.pow(2).unsqueeze(0);
+}
+
+float kth_largest_nonnegative(const float* values, std::int64_t n, std::int64_t k)
+{
+    // For non-negative IEEE floats the bit patterns, read as unsigned integers, sort like the values.
+    // Find the bucket of the high 16 bits holding the k-th largest, then the low 16 bits within it.
+    auto bits = [&](std::int64_t i) {
+        std::uint32_t u;
+        std::memcpy(&u, values + i, 4);
+        return u;
+    };
+    auto select = [&](auto key_of, auto accept) {
+        std::vector<std::int64_t> counts(65536, 0);
+        const int threads = at::get_num_threads();
+        std::vector<std::vector<std::int64_t>> local(threads, std::vector<std::int64_t>(65536, 0));
+        at::parallel_for(0, n, 1 << 16, [&](std::int64_t begin, std::int64_t end) {
+            auto& c = local[at::get_thread_num()];
+            for (std::int64_t i = begin; i < end; ++i) {
+                const std::uint32_t u = bits(i);
+                if (accept(u))
+                    ++c[key_of(u)];
+            }
+        });
+        for (const auto& c : local)
+            for (int b = 0; b < 65536; ++b)
+                counts[b] += c[b];
+        return counts;
+    };
+    const auto high = select([](std::uint32_t u) { return u >> 16; }, [](std::uint32_t) { return true; });
+    std::int64_t remaining = k;
+    std::uint32_t hi_bucket = 0;
+    for (int b = 65535; b >= 0; --b) {
+        if (remaining < high[b]) {
+            hi_bucket = static_cast<std::uint32_t>(b);
+            break;
+        }
+        remaining -= high[b];
+    }
+    const auto low = select([](std::uint32_t u) { return u & 0xFFFFu; },
+                            [hi_bucket](std::uint32_t u) { return (u >> 16) == hi_bucket; });
+    std::uint32_t lo_bucket = 0;
+    for (int b = 65535; b >= 0; --b) {
+        if (remaining < low[b]) {
+            lo_bucket = static_cast<std::uint32_t>(b);
+            break;
+        }
+        remaining -= low[b];
+    }
+    const std::uint32_t u = (hi_bucket << 16) | lo_bucket;
+    float out;
+    std::memcpy(&out, &u, 4);
+    return out;
+}
+
+at::Tensor salient_mask(const at::Tensor& scores_in, double ratio, int group_cols)
+{
+    const at::Tensor scores = scores_in.to(at::kFloat).contiguous();
+    const std::int64_t rows = scores.size(0), cols = scores.size(1);
+    const std::int64_t width = group_cols > 0 ? group_cols : cols;
+    at::Tensor mask = at::zeros({rows, cols}, at::kBool);
+    for (std::int64_t start = 0; start < cols; start += width) {
+        const std::int64_t w = std::min(width, cols - start);
+        const at::Tensor part = group_cols > 0 ? scores.narrow(1, start, w).contiguous() : scores;
+        const std::int64_t n = part.numel();
+        const std::int64_t k = static_cast<std::int64_t>(std::floor(ratio * static_cast<double>(n)));
+        if (k <= 0)
+            continue;
+        if (k >= n) {
+            mask.narrow(1, start, w).fill_(true);
+            continue;
+        }
+        const float threshold = kth_largest_nonnegative(part.data_ptr<float>(), n, k);
+        mask.narrow(1, start, w).copy_(part > threshold);
+    }
+    return mask;
+}
+
+Histogram histogram(const at::Tensor& values, int bins)
+{
+    Histogram h;
+    const at::Tensor v = values.to(at::kDouble).flatten();
+    if (v.numel() == 0 || bins <= 0)
+        return h;
+    h.lo = v.min().item<double>();
+    h.hi = v.max().item<double>();
+    if (h.hi == h.lo)
+        h.hi = h.lo + 1.0;
+    const at::Tensor idx = ((v - h.lo) / (h.hi - h.lo) * bins).floor().clamp(0, bins - 1).to(at::kLong);
+    const at::Tensor counts = at::bincount(idx, {}, bins);
+    h.counts.assign(counts.data_ptr<std::int64_t>(), counts.data_ptr<std::int64_t>() + bins);
+    return h;
+}
+
+SaliencyStats saliency_stats(const std::string& name, const at::Tensor& W_in, const at::Tensor* H, SaliencyMetric metric,
+                             double ratio, double percdamp, int bins)
+{
+    SaliencyStats s;
+    s.name = name;
+    s.metric = metric;
+    s.requested_ratio = ratio;
+    at::Tensor W = W_in.to(at::kFloat).clone();
+    s.rows = W.size(0);
+    s.cols = W.size(1);
+    HessianFactors factors;
+    if (H) {
+        factors = factor_hessian(*H, percdamp, name);
+        W.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
+        s.dead_columns = factors.dead.sum().item<std::int64_t>();
+        s.hessian_trace = H->to(at::kDouble).trace().item<double>();
+    }
+    const at::Tensor scores = saliency_scores(W, metric, H ? &factors : nullptr);
+    const at::Tensor mask = salient_mask(scores, ratio);
+    const std::int64_t n = W.numel();
+    const std::int64_t k = static_cast<std::int64_t>(std::floor(ratio * static_cast<double>(n)));
+    if (k > 0 && k < n)
+        s.threshold = kth_largest_nonnegative(scores.contiguous().data_ptr<float>(), n, k);
+    s.achieved_ratio = mask.to(at::kDouble).mean().item<double>();
+    s.weights = histogram(W_in, bins);
+    const at::Tensor positive = scores.flatten().masked_select(scores.flatten() > 0);
+    s.log10_scores = histogram(at::log10(positive.to(at::kDouble)), bins);
+    const at::Tensor per_row = mask.sum(1), per_col = mask.sum(0);
+    s.salient_per_row.assign(per_row.data_ptr<std::int64_t>(), per_row.data_ptr<std::int64_t>() + s.rows);
+    s.salient_per_column.assign(per_col.data_ptr<std::int64_t>(), per_col.data_ptr<std::int64_t>() + s.cols);
+    s.max_row_share = per_row.max().item<double>() / static_cast<double>(s.cols);
+    s.max_column_share = per_col.max().item<double>() / static_cast<double>(s.rows);
+    const TensorStats ts = tensor_stats(W_in);
+    s.kurtosis = ts.kurtosis;
+    s.outliers = static_cast<std::int64_t>(std::llround(ts.outlier_fraction * static_cast<double>(ts.count)));
+    return s;
+}
+
+} // namespace pbllm
