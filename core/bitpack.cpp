@@ -103,7 +103,9 @@ EncodedIndex encode_index(const bool* mask, std::int64_t n)
             out.rice_k = k;
         }
     }
-    if (best_bits < static_cast<std::uint64_t>(n)) {
+    // Rice with k = 0 never exceeds a bitmap (it is unary gap coding); keep the simpler bitmap
+    // unless Rice saves at least 1%.
+    if (static_cast<double>(best_bits) < 0.99 * static_cast<double>(n)) {
         out.encoding = IndexEncoding::Rice;
         BitWriter w;
         for (std::uint64_t g : gaps) {

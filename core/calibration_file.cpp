@@ -19,11 +19,8 @@ std::string layer_group(int i) { return "layer." + std::to_string(i); }
 void write_calibration_file(const CalibrationData& data, const ModelConfig& config, const std::string& path)
 {
     quiet_hdf5();
-    AtomicHdf5Path target(path);
     {
-        Hid file(H5Fcreate(target.temporary().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-        if (!file.ok())
-            throw Error(path + ": cannot create the file (folder missing or not writable?)");
+        const Hid file = create_memory_hdf5_file(path);
         const Writer w(file.get(), path);
         w.attr(file.get(), "format", std::string(kFormat));
         w.attr(file.get(), "format_version", std::int64_t(1));
@@ -46,8 +43,8 @@ void write_calibration_file(const CalibrationData& data, const ModelConfig& conf
                           {static_cast<hsize_t>(h.size(0)), static_cast<hsize_t>(h.size(1))}, h.data_ptr<double>());
             }
         }
+        save_hdf5_image(file.get(), path);
     }
-    target.commit();
 }
 
 CalibrationData read_calibration_file(const std::string& path, const ModelConfig& config)

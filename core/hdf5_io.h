@@ -41,18 +41,12 @@ void quiet_hdf5();
 /// IEEE half precision as an HDF5 type (HDF5 1.10 predefines none; h5py reads it as float16).
 Hid half_type();
 
-/// A temporary path beside `path` that commit() renames over it; removed if never committed.
-class AtomicHdf5Path {
-public:
-    explicit AtomicHdf5Path(std::string path);
-    ~AtomicHdf5Path();
-    const std::string& temporary() const { return temporary_; }
-    void commit();
-
-private:
-    std::string path_, temporary_;
-    bool committed_ = false;
-};
+/// An HDF5 file built in memory (core driver, no backing store) with the 1.8+ object format
+/// (small groups keep their links in the object header instead of a B-tree and heap). HDF5 never
+/// writes to disk itself: save() hands the finished image to AtomicFileWriter, so a failed write
+/// (disk full, file size limit) leaves no partial file and an existing one intact.
+Hid create_memory_hdf5_file(const std::string& display_path);
+void save_hdf5_image(hid_t file, const std::string& path);
 
 /// Writing with errors that name the file.
 class Writer {

@@ -110,13 +110,15 @@ QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
     if (p.method == QuantMethod::Gptq && p.grid_bits == 16)
         fail("plain GPTQ cannot store FP16 codes");
     const std::int64_t n = p.weights();
-    const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
+    if (p.salient_count < 0 || p.salient_count > n)
+        fail("salient count " + std::to_string(p.salient_count) + " is outside [0, " + std::to_string(n) + "]");
     const std::int64_t nonsalient = n - p.salient_count;
     if (static_cast<std::int64_t>(p.codes.size()) != (p.salient_count * p.grid_bits + 7) / 8)
         fail("codes hold " + std::to_string(p.codes.size()) + " bytes, expected " +
              std::to_string((p.salient_count * p.grid_bits + 7) / 8));
     if (static_cast<std::int64_t>(p.signs.size()) != (nonsalient + 7) / 8)
         fail("signs hold " + std::to_string(p.signs.size()) + " bytes, expected " + std::to_string((nonsalient + 7) / 8));
+    const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
     auto groups_for = [&](int width) { return width > 0 ? (p.cols + width - 1) / width : 1; };
     if (p.grid_bits != 16) {
         const std::int64_t expect = groups_for(p.method == QuantMethod::Gptq ? p.groupsize : 0);
@@ -267,11 +269,8 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
     for (const QuantizedLinear& q : qm.linears)
         packed.push_back(pack_linear(q));
 
-    AtomicHdf5Path target(path);
     {
-        Hid file(H5Fcreate(target.temporary().c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose);
-        if (!file.ok())
-            throw Error(path + ": cannot create the file (folder missing or not writable?)");
+        const Hid file = create_memory_hdf5_file(path);
         const Writer w(file.get(), path);
         const hid_t root = file.get();
         w.attr(root, "format", std::string(kFormat));
@@ -290,6 +289,7 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
         for (const PackedLinear& p : packed)
             quantized.insert(p.name + ".weight");
         quantized.insert("lm_head.weight"); // handled below when the head is quantized
+        {
         const Hid tensors = w.group(root, "tensors");
         for (const NamedTensor& t : qm.model.named_tensors()) {
             const bool head_quantized = t.name == "lm_head.weight" &&
@@ -328,10 +328,9 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
                 w.halves(g.get(), "alpha", p.alpha, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
             }
         }
-        if (H5Fflush(file.get(), H5F_SCOPE_GLOBAL) < 0)
-            throw Error(path + ": HDF5 could not flush the file (disk full or file size limit?)");
+        }
+        save_hdf5_image(file.get(), path);
     }
-    target.commit();
 }
 
 PackedCheckpoint read_packed_checkpoint(const std::string& path)

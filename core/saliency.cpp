@@ -23,6 +23,8 @@ HessianFactors factor_hessian(const at::Tensor& H_in, double percdamp, const std
     f.dead = diag == 0;
     diag.masked_fill_(f.dead, 1.0);
     const double mean_diag = diag.mean().item<double>();
+    if (!(mean_diag > 0.0))
+        throw Error(what + ": Hessian diagonal has a non-positive mean; it cannot come from real inputs");
     double damping = percdamp * mean_diag;
     const std::int64_t n = H.size(0);
     for (int attempt = 0; attempt < 5; ++attempt) {

@@ -7,6 +7,7 @@
 #include <QFile>
 #include <QSaveFile>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -23,6 +24,9 @@ int configure_runtime(int threads)
     // accepts on 64-bit; hot loops keep their big temporaries below it.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    // Past a file-size limit (RLIMIT_FSIZE) a write should fail with EFBIG and a message, not
+    // kill the process with SIGXFSZ.
+    std::signal(SIGXFSZ, SIG_IGN);
     if (threads <= 0) {
         if (const char* omp = std::getenv("OMP_NUM_THREADS"))
             threads = std::atoi(omp);

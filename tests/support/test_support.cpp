@@ -12,6 +12,14 @@
 
 namespace pbllm::test {
 
+namespace {
+// Every suite draws the same random tensors on every run.
+const bool seeded = [] {
+    at::manual_seed(20231001);
+    return true;
+}();
+} // namespace
+
 std::string shared_dir()
 {
     static const std::string dir = [] {

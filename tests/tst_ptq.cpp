@@ -1,0 +1,160 @@
+// Whole-model quantization on the real stories260K: calibration windows and Hessians, the
+// calibration file, plan overrides, cancel, and that the input model is never modified.
+#include "core/calibration.h"
+#include "core/calibration_file.h"
+#include "core/error.h"
+#include "core/evaluation.h"
+#include "core/llama.h"
+#include "core/ptq.h"
+#include "core/tokenizer.h"
+#include "tests/support/test_support.h"
+
+#include <ATen/ATen.h>
+#include <QTemporaryDir>
+#include <QtTest>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+namespace {
+
+const std::vector<int>& train_tokens()
+{
+    static const std::vector<int> t = Tokenizer::from_file(tok512_path()).encode(read_text_file(tinystories_train_path()));
+    return t;
+}
+
+std::vector<std::vector<int>> small_windows() { return sample_calibration_windows(train_tokens(), 16, 128, 0); }
+
+} // namespace
+
+class TestPtq : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void calibrationWindowsAreSeededAndInRange()
+    {
+        const auto a = sample_calibration_windows(train_tokens(), 8, 64, 0);
+        const auto b = sample_calibration_windows(train_tokens(), 8, 64, 0);
+        const auto c = sample_calibration_windows(train_tokens(), 8, 64, 1);
+        QCOMPARE(a, b);
+        QVERIFY(a != c);
+        for (const auto& w : a) {
+            QCOMPARE(w.size(), std::size_t(64));
+            // Each window is a contiguous slice of the text.
+            const auto it = std::search(train_tokens().begin(), train_tokens().end(), w.begin(), w.end());
+            QVERIFY(it != train_tokens().end());
+        }
+        QVERIFY_THROWS_EXCEPTION(Error, sample_calibration_windows({1, 2, 3}, 1, 64, 0));
+    }
+
+    void hessianAccumulatorMatchesDirectProduct()
+    {
+        const at::Tensor x = at::randn({3, 50, 16});
+        HessianAccumulator acc(16);
+        acc.add(x.narrow(0, 0, 2));
+        acc.add(x.narrow(0, 2, 1));
+        const at::Tensor flat = x.reshape({-1, 16}).to(at::kDouble);
+        QCOMPARE(acc.tokens(), std::int64_t(150));
+        const at::Tensor direct = at::matmul(flat.t(), flat) * (2.0 / 150);
+        // Float32 partial products, float64 accumulation: agreement to float32 precision.
+        QVERIFY(max_abs_diff(acc.hessian(), direct) < 1e-5 * direct.abs().max().item<double>());
+    }
+
+    void calibrationFileRoundTrip()
+    {
+        CalibrationData data = calibrate(stories260k(), small_windows());
+        data.seed = 0;
+        data.text_sha256 = "abc";
+        QCOMPARE(static_cast<int>(data.hessians.size()), 5);
+        QCOMPARE(data.hessians[0][static_cast<int>(LinearInput::MlpHidden)].size(0), std::int64_t(172));
+        // Layer 0's attention input is RMSNorm(embedding): check one Hessian independently.
+        std::vector<std::int64_t> flat;
+        for (const auto& w : data.windows)
+            flat.insert(flat.end(), w.begin(), w.end());
+        const at::Tensor ids = at::tensor(flat).view({16, 128});
+        const at::Tensor h = rms_norm(embed_tokens(stories260k(), ids), stories260k().layers[0].attn_norm, 1e-5f)
+                                 .reshape({-1, 64}).to(at::kDouble);
+        const at::Tensor direct = at::matmul(h.t(), h) * (2.0 / h.size(0));
+        QVERIFY(max_abs_diff(data.hessians[0][0], direct) < 1e-5 * direct.abs().max().item<double>());
+
+        QTemporaryDir tmp;
+        const std::string path = tmp.filePath("calib.h5").toStdString();
+        write_calibration_file(data, stories260k().config, path);
+        const CalibrationData back = read_calibration_file(path, stories260k().config);
+        QCOMPARE(back.windows, data.windows);
+        QCOMPARE(back.text_sha256, std::string("abc"));
+        for (int l = 0; l < 5; ++l)
+            for (int i = 0; i < kLinearInputCount; ++i)
+                QVERIFY(at::equal(back.hessians[l][i], data.hessians[l][i]));
+        ModelConfig other = stories260k().config;
+        other.n_layers = 6;
+        try {
+            read_calibration_file(path, other);
+            QFAIL("calibration for another model accepted");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("calibrated for a model with 5 layers"), e.what());
+        }
+        QVERIFY_THROWS_EXCEPTION(Error, read_calibration_file(stories260k_path(), stories260k().config)); // not HDF5
+    }
+
+    void quantizesWholeModelByPlan()
+    {
+        const Model& fp = stories260k();
+        const at::Tensor before = fp.layers[2].weight(LinearKind::Up).clone();
+        QuantPlan plan;
+        PlanRule rule;
+        rule.pattern = "model.layers.0.mlp.down_proj";
+        rule.salient_ratio = 0.3;
+        plan.rules.push_back(rule);
+        PlanRule skip;
+        skip.pattern = "model.layers.4.self_attn.*";
+        skip.skip = true;
+        plan.rules.push_back(skip);
+        const QuantizedModel q = quantize_model(fp, small_windows(), plan);
+        QVERIFY(at::equal(fp.layers[2].weight(LinearKind::Up), before)); // input untouched
+        QCOMPARE(static_cast<int>(q.linears.size()), 5 * 7 - 4);
+        for (const QuantizedLinear& l : q.linears) {
+            const double want = l.name == "model.layers.0.mlp.down_proj" ? 0.3 : 0.1;
+            QVERIFY2(std::abs(l.salient_ratio - want) < 0.005, l.name.c_str());
+            QVERIFY(l.output_error >= 0.0 && l.output_error < 1.0);
+            QVERIFY(l.name.find("layers.4.self_attn") == std::string::npos);
+        }
+        // The model computes with the quantized weights; skipped ones are the FP16 originals.
+        QVERIFY(at::equal(q.model.layers[0].weight(LinearKind::Q), q.linears[0].dequantized));
+        QVERIFY(at::equal(q.model.layers[4].weight(LinearKind::Q), fp.layers[4].weight(LinearKind::Q).to(at::kHalf).to(at::kFloat)));
+        // Quantization costs perplexity, but the model still works.
+        PerplexitySettings ps;
+        ps.max_windows = 10;
+        const std::vector<int> val = Tokenizer::from_file(tok512_path()).encode(read_text_file(tinystories_val_path()));
+        const double fp_ppl = evaluate_perplexity(fp, val, ps).ppl, q_ppl = evaluate_perplexity(q.model, val, ps).ppl;
+        QVERIFY2(q_ppl > fp_ppl && q_ppl < 40 * fp_ppl, qPrintable(QString("%1 -> %2").arg(fp_ppl).arg(q_ppl)));
+    }
+
+    void pbGptqBeatsRtnOnTheRealModel()
+    {
+        QuantPlan gptq, rtn;
+        rtn.config.layer.method = QuantMethod::Rtn;
+        const auto windows = small_windows();
+        const QuantizedModel a = quantize_model(stories260k(), windows, gptq);
+        const QuantizedModel b = quantize_model(stories260k(), windows, rtn);
+        PerplexitySettings ps;
+        ps.max_windows = 20;
+        const std::vector<int> val = Tokenizer::from_file(tok512_path()).encode(read_text_file(tinystories_val_path()));
+        const double pa = evaluate_perplexity(a.model, val, ps).ppl, pbb = evaluate_perplexity(b.model, val, ps).ppl;
+        QVERIFY2(pa < pbb, qPrintable(QString("PB-GPTQ %1 vs RTN %2").arg(pa).arg(pbb)));
+    }
+
+    void cancelLeavesModelUnchanged()
+    {
+        const at::Tensor before = stories260k().layers[0].weight(LinearKind::Q).clone();
+        int calls = 0;
+        QVERIFY_THROWS_EXCEPTION(Cancelled, quantize_model(stories260k(), small_windows(), QuantPlan{},
+                                                           [&](double, std::string_view) { return ++calls < 10; }));
+        QCOMPARE(calls, 10);
+        QVERIFY(at::equal(stories260k().layers[0].weight(LinearKind::Q), before));
+    }
+};
+
+QTEST_GUILESS_MAIN(TestPtq)
+#include "tst_ptq.moc"
