@@ -119,6 +119,64 @@ private Q_SLOTS:
         QVERIFY(!cuda.err.isEmpty());
     }
 
+    void quantizeJsonContract()
+    {
+        QTemporaryDir tmp;
+        const QString train = QString::fromStdString(tinystories_train_path());
+        const QString out = tmp.filePath("q.pbllm.h5");
+        const Run q = pbllm_run({"quantize", model(), "--calib", train, "-o", out, "--nsamples", "8", "--seqlen", "128",
+                                 "--salient", "0.2", "--eval", val(), "--eval-windows", "4", "--json"});
+        QCOMPARE(q.code, 0);
+        const QJsonObject o = q.json();
+        QVERIFY2(std::abs(o["salient_ratio"].toDouble() - 0.2) < 0.005, q.out.constData());
+        const QJsonObject bits = o["bits_per_weight"].toObject();
+        for (const char* key : {"headline", "with_bitmap", "with_index", "measured"})
+            QVERIFY2(bits[key].toDouble() > 1.0, key);
+        QVERIFY(std::abs(bits["with_bitmap"].toDouble() - bits["headline"].toDouble() - 1.0) < 1e-9);
+        QVERIFY(o["seconds"].toDouble() > 0.0);
+        QVERIFY(o["ppl_after"].toDouble() > o["ppl_before"].toDouble());
+        QCOMPARE(o["layers"].toArray().size(), 35);
+        // info reads the same numbers back from the file, and eval on it gives ppl_after.
+        const Run info = pbllm_run({"info", out, "--json"});
+        QCOMPARE(info.code, 0);
+        QCOMPARE(info.json()["salient_ratio"].toDouble(), o["salient_ratio"].toDouble());
+        QCOMPARE(info.json()["bits_per_weight"].toObject()["measured"].toDouble(), bits["measured"].toDouble());
+        QCOMPARE(info.json()["tokenizer"].toString(), QString("(embedded)"));
+        const Run eval = pbllm_run({"eval", out, "--text", val(), "--max-windows", "4", "--json"});
+        QCOMPARE(eval.json()["ppl"].toDouble(), o["ppl_after"].toDouble());
+        // Never overwritten silently.
+        const Run again = pbllm_run({"quantize", model(), "--calib", train, "-o", out, "--nsamples", "2", "--seqlen", "64"});
+        QCOMPARE(again.code, 1);
+        QVERIFY(again.err.contains("refusing to overwrite"));
+        // Impossible settings are usage errors naming the setting.
+        const Run bad = pbllm_run({"quantize", model(), "--calib", train, "-o", tmp.filePath("x.h5"), "--groupsize", "100"});
+        QCOMPARE(bad.code, 2);
+        QVERIFY2(bad.err.contains("groupsize 100"), bad.err.constData());
+    }
+
+    void calibrateAndSaliency()
+    {
+        QTemporaryDir tmp;
+        const QString calib = tmp.filePath("calib.h5");
+        QCOMPARE(pbllm_run({"calibrate", model(), "--calib", QString::fromStdString(tinystories_train_path()), "-o", calib,
+                            "--nsamples", "4", "--seqlen", "64"}).code, 0);
+        const Run s = pbllm_run({"saliency", model(), "--calib", calib, "--layer", "model.layers.0.mlp.down_proj",
+                                 "--salient", "0.1", "--json"});
+        QCOMPARE(s.code, 0);
+        const QJsonArray layers = s.json()["layers"].toArray();
+        QCOMPARE(layers.size(), 1);
+        const QJsonObject l = layers[0].toObject();
+        QCOMPARE(l["cols"].toInt(), 172);
+        QVERIFY(std::abs(l["salient_ratio"].toDouble() - 0.1) < 0.001);
+        QCOMPARE(l["weights_histogram"].toObject()["counts"].toArray().size(), 64);
+        // A quantization from the calibration file replays its windows.
+        const QString out = tmp.filePath("q.pbllm.h5");
+        QCOMPARE(pbllm_run({"quantize", model(), "--calib", calib, "-o", out}).code, 0);
+        const Run unknown = pbllm_run({"saliency", model(), "--calib", calib, "--layer", "nope"});
+        QCOMPARE(unknown.code, 1);
+        QVERIFY(unknown.err.contains("no Linear named 'nope'"));
+    }
+
     void defaultModelFromSharedFolder()
     {
         DefaultModelSearch s;

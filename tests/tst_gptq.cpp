@@ -2,6 +2,8 @@
 // exact dequantization from codes, dead columns, damping repair, and refusals.
 #include "core/error.h"
 #include "core/gptq.h"
+#include "core/packed_checkpoint.h"
+#include "core/preview.h"
 #include "core/saliency.h"
 #include "tests/support/test_support.h"
 
@@ -201,6 +203,46 @@ private Q_SLOTS:
         at::Tensor nan = at::eye(3, at::kDouble);
         nan[1][1] = NAN;
         QVERIFY_THROWS_EXCEPTION(Error, factor_hessian(nan, 0.01, "nan"));
+    }
+
+    void previewAgreesWithRtn_data()
+    {
+        QTest::addColumn<double>("ratio");
+        QTest::addColumn<int>("bits");
+        QTest::addColumn<int>("binarizer");
+        QTest::addColumn<int>("metric");
+        QTest::newRow("10% 8-bit xnor hessian") << 0.1 << 8 << 0 << static_cast<int>(SaliencyMetric::Hessian);
+        QTest::newRow("30% 4-bit xnor-code hessian") << 0.3 << 4 << 1 << static_cast<int>(SaliencyMetric::Hessian);
+        QTest::newRow("5% fp16 sign inv-diag") << 0.05 << 16 << 2 << static_cast<int>(SaliencyMetric::HessianInvDiag);
+        QTest::newRow("20% 8-bit magnitude") << 0.2 << 8 << 0 << static_cast<int>(SaliencyMetric::Magnitude);
+        QTest::newRow("0%") << 0.0 << 8 << 0 << static_cast<int>(SaliencyMetric::Hessian);
+    }
+
+    void previewAgreesWithRtn()
+    {
+        QFETCH(double, ratio);
+        QFETCH(int, bits);
+        QFETCH(int, binarizer);
+        QFETCH(int, metric);
+        const at::Tensor W = at::randn({48, 160}) * 0.05;
+        const at::Tensor H = correlated_hessian(160);
+        LayerQuantSettings s = pb(QuantMethod::Rtn, ratio);
+        s.salient_bits = bits;
+        s.binarizer = static_cast<Binarizer>(binarizer);
+        s.metric = static_cast<SaliencyMetric>(metric);
+        const QuantizedLinear q = quantize_linear("w", W, H, s, {});
+        LayerPreview preview("w", W, H, s.metric);
+        const PreviewResult p = preview.preview(ratio, bits, s.binarizer, /*exact_hessian_error=*/true);
+        QCOMPARE(p.salient_ratio, q.salient_ratio);
+        QVERIFY2(std::abs(p.weight_error - q.weight_error) < 1e-6, qPrintable(QString("%1 vs %2").arg(p.weight_error).arg(q.weight_error)));
+        QVERIFY2(std::abs(p.hessian_error - q.output_error) < 1e-5 * std::max(1.0, q.output_error),
+                 qPrintable(QString("%1 vs %2").arg(p.hessian_error).arg(q.output_error)));
+        QVERIFY(p.hessian_error_diag >= 0.0);
+        QVERIFY(std::abs(p.headline_bits - (bits * q.salient_ratio + 1 - q.salient_ratio)) < 1e-12);
+        // The byte estimate is close to what packing really stores.
+        const PackedLinear packed = pack_linear(q);
+        QVERIFY2(std::abs(static_cast<double>(p.estimated_bytes) / packed.bytes() - 1.0) < 0.1,
+                 qPrintable(QString("%1 vs %2").arg(p.estimated_bytes).arg(packed.bytes())));
     }
 
     void refusals()

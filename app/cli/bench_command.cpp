@@ -1,5 +1,6 @@
 // pbllm bench: throughput of perplexity evaluation and batch-1 generation, with the machine's
 // own fp32 matmul rate and memory bandwidth measured in the same run as the yardsticks.
+#include "app/cli/bench_util.h"
 #include "app/cli/cli_common.h"
 
 #include "core/decoder.h"
@@ -22,51 +23,6 @@
 
 namespace pbllm::cli {
 namespace {
-
-double seconds_of(const std::function<void()>& work)
-{
-    const auto t0 = std::chrono::steady_clock::now();
-    work();
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v)
-{
-    std::sort(v.begin(), v.end());
-    const std::size_t n = v.size();
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-/// Median over `runs` of `rate_of_one_run()` after one warm-up run.
-double median_rate(int runs, const std::function<double()>& rate_of_one_run)
-{
-    rate_of_one_run();
-    std::vector<double> rates;
-    for (int i = 0; i < runs; ++i)
-        rates.push_back(rate_of_one_run());
-    return median(rates);
-}
-
-struct Baselines {
-    double matmul_gflops = 0.0;  ///< fp32 2048^2 GEMM
-    double memory_gbps = 0.0;    ///< streaming read of 512 MiB
-};
-
-Baselines measure_baselines(int runs)
-{
-    Baselines b;
-    const at::Tensor a = at::randn({2048, 2048}), c = at::randn({2048, 2048});
-    b.matmul_gflops = median_rate(runs, [&] {
-        const double s = seconds_of([&] { at::mm(a, c); });
-        return 2.0 * 2048.0 * 2048.0 * 2048.0 / s / 1e9;
-    });
-    const at::Tensor big = at::ones({128ll << 20}); // 512 MiB of float32
-    b.memory_gbps = median_rate(runs, [&] {
-        const double s = seconds_of([&] { big.sum().item<float>(); });
-        return static_cast<double>(big.numel()) * 4.0 / s / 1e9;
-    });
-    return b;
-}
 
 struct ModelBench {
     std::string name;
@@ -137,8 +93,13 @@ int run_bench(const QStringList& args)
     cl.parser().addOption({"models", "Comma-separated: stories260K, synthetic-15M, synthetic-110M.", "LIST",
                            "stories260K,synthetic-15M,synthetic-110M"});
     cl.parser().addOption({"gen-tokens", "Tokens per generation run.", "N", "128"});
+    cl.parser().addOption({"suite", "eval (evaluation and generation) or quant (PB-GPTQ, previews).", "S", "eval"});
     cl.parse(args);
     const int runs = cl.int_value("runs", 1, 1000);
+    if (cl.value("suite") == "quant")
+        return run_quant_bench(runs, cl.json());
+    if (cl.value("suite") != "eval")
+        throw UsageError{"--suite must be eval or quant"};
     const int gen_tokens = cl.int_value("gen-tokens", 1, 1 << 16);
     const Baselines base = measure_baselines(runs);
     std::vector<ModelBench> results;

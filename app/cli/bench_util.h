@@ -1,0 +1,21 @@
+#pragma once
+// Timing helpers and hardware yardsticks shared by the benchmark suites.
+#include <functional>
+#include <vector>
+
+namespace pbllm::cli {
+
+double seconds_of(const std::function<void()>& work);
+double median(std::vector<double> v);
+/// Median over `runs` of `rate_of_one_run()` after one warm-up run.
+double median_rate(int runs, const std::function<double()>& rate_of_one_run);
+
+struct Baselines {
+    double matmul_gflops = 0.0; ///< fp32 2048^2 GEMM
+    double memory_gbps = 0.0;   ///< streaming read of 512 MiB with all threads
+};
+Baselines measure_baselines(int runs);
+
+int run_quant_bench(int runs, bool json);
+
+} // namespace pbllm::cli

@@ -1,0 +1,56 @@
+#pragma once
+// Live previews for the tuning sliders: the quantization error and bits of one Linear at any
+// salient ratio / bit-width / binarizer, without error feedback (RTN), in tens of milliseconds
+// for a 4096 x 4096 layer. Scores, Hessian factors and norms are computed once per Linear.
+#include "core/quant_config.h"
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace pbllm {
+
+struct PreviewResult {
+    double salient_ratio = 0.0;       ///< achieved
+    double weight_error = 0.0;        ///< ||W - Q||_F / ||W||_F
+    double hessian_error_diag = -1.0; ///< sum dW^2 H_jj / sum W^2 H_jj (the fast proxy); -1 without H
+    double hessian_error = -1.0;      ///< tr(dW H dW^T) / tr(W H W^T), only when asked for (costs a GEMM)
+    double headline_bits = 0.0;       ///< b*r + (1 - r)
+    double bitmap_bits = 0.0;         ///< headline + 1
+    double index_bits = 0.0;          ///< headline + expected Rice-coded index
+    double estimated_bits = 0.0;      ///< all bytes the packed file will store for it * 8 / n (estimate)
+    std::int64_t estimated_bytes = 0;
+    double seconds = 0.0;
+};
+
+class LayerPreview {
+public:
+    /// W (d_out, d_in); H (d_in, d_in) may be undefined (magnitude metric only). The Hessian
+    /// metrics factor H once here (the expensive part: a Cholesky).
+    LayerPreview(std::string name, const at::Tensor& W, const at::Tensor& H, SaliencyMetric metric, double percdamp = 0.01);
+
+    /// Error and bits at these settings. Not for concurrent calls on one object (it reuses its
+    /// buffers); previews of different Linears may run in parallel.
+    PreviewResult preview(double salient_ratio, int salient_bits, Binarizer binarizer, bool exact_hessian_error = false);
+
+    const std::string& name() const { return name_; }
+    std::int64_t rows() const { return rows_; }
+    std::int64_t cols() const { return cols_; }
+    SaliencyMetric metric() const { return metric_; }
+
+private:
+    std::string name_;
+    SaliencyMetric metric_;
+    std::int64_t rows_ = 0, cols_ = 0;
+    at::Tensor W_;      ///< float32 contiguous, dead columns zeroed
+    at::Tensor scores_; ///< float32 contiguous
+    at::Tensor hdiag_;  ///< float32 (d_in) or undefined
+    at::Tensor H_;      ///< float32 or undefined
+    at::Tensor dW_;     ///< reused buffer for the exact Hessian error
+    double weight_norm2_ = 0.0, weighted_norm2_ = 0.0, hessian_norm_ = 0.0;
+    std::vector<float> row_min_, row_max_;
+};
+
+} // namespace pbllm
