@@ -91,6 +91,8 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
         throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
     if (H.defined() && (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols))
         throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
+    if (settings.method == QuantMethod::Qat)
+        throw Error(name + ": qat is a training method, not a post-training quantizer (use pbllm qat)");
     const bool plain_gptq = settings.method == QuantMethod::Gptq;
     const bool feedback = settings.method != QuantMethod::Rtn;
     if (!H.defined() && (feedback || settings.metric != SaliencyMetric::Magnitude))

@@ -282,6 +282,8 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
         w.attr(root, "calibration_sha256", qm.calibration_sha256);
         w.attr(root, "seed", static_cast<std::int64_t>(qm.plan.config.seed));
         w.attr(root, "created", QDateTime::currentDateTimeUtc().toString(Qt::ISODate).toStdString());
+        if (!qm.training_json.empty())
+            w.attr(root, "training", qm.training_json);
         const std::vector<std::uint8_t> tok(qm.tokenizer_bytes.begin(), qm.tokenizer_bytes.end());
         w.bytes(root, "tokenizer", tok);
 
@@ -360,6 +362,8 @@ PackedCheckpoint read_packed_checkpoint(const std::string& path)
     qm.source_sha256 = r.attr_string(root, "source_sha256");
     qm.calibration_sha256 = r.attr_string(root, "calibration_sha256");
     qm.plan = QuantPlan::from_json(r.attr_string(root, "plan"), path + " (plan)");
+    if (H5Aexists(root, "training") > 0)
+        qm.training_json = r.attr_string(root, "training");
     const std::vector<std::uint8_t> tok = r.bytes(root, "tokenizer");
     qm.tokenizer_bytes.assign(tok.begin(), tok.end());
 

@@ -20,6 +20,7 @@ struct QuantizedModel {
     std::string source_sha256;      ///< SHA-256 of the source model file ("" for folders/unknown)
     std::string calibration_sha256; ///< SHA-256 of the calibration text
     std::string tokenizer_bytes;    ///< serialized SentencePiece model, embedded in the packed file
+    std::string training_json;      ///< QAT settings and outcome ("" for PTQ), stored in the file
     double seconds = 0.0;
 
     /// Salient weights / quantized weights over all quantized Linears.

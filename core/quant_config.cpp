@@ -37,6 +37,7 @@ std::string to_string(QuantMethod m)
     case QuantMethod::PbGptq: return "pb-gptq";
     case QuantMethod::Rtn: return "rtn";
     case QuantMethod::Gptq: return "gptq";
+    case QuantMethod::Qat: return "qat";
     }
     return "?";
 }
@@ -62,7 +63,8 @@ QuantMethod parse_method(const std::string& s)
     if (s == "pb-gptq") return QuantMethod::PbGptq;
     if (s == "rtn") return QuantMethod::Rtn;
     if (s == "gptq") return QuantMethod::Gptq;
-    throw Error("method '" + s + "' is not one of pb-gptq, rtn, gptq");
+    if (s == "qat") return QuantMethod::Qat;
+    throw Error("method '" + s + "' is not one of pb-gptq, rtn, gptq, qat");
 }
 
 bool glob_match(const std::string& pattern, const std::string& text)

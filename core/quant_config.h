@@ -26,6 +26,7 @@ enum class QuantMethod {
     PbGptq, ///< partial binarization with GPTQ error feedback (default)
     Rtn,    ///< the same quantizers without error feedback
     Gptq,   ///< plain GPTQ at `bits` for every weight (baseline)
+    Qat,    ///< partial binarization learned by quantization-aware training (stored like pb-gptq)
 };
 
 /// Settings for one Linear (or the global defaults).
