@@ -313,6 +313,7 @@ QatResult train_qat(const Model& model_in, const std::vector<int>& train_tokens,
 
     const RopeTables rope = make_rope_tables(c, seqlen);
     QatResult result;
+    result.steps_done = first_step;
     for (int step = first_step; step < s.steps; ++step) {
         const auto t0 = std::chrono::steady_clock::now();
         const double lr = learning_rate(s, step);

@@ -154,6 +154,36 @@ private Q_SLOTS:
         QVERIFY2(bad.err.contains("groupsize 100"), bad.err.constData());
     }
 
+    void qatCommand()
+    {
+        QTemporaryDir tmp;
+        const QString train = QString::fromStdString(tinystories_train_path());
+        const QString out = tmp.filePath("qat.pbllm.h5"), ckpt = tmp.filePath("run.ckpt");
+        const QString held_out = tmp.filePath("held_out.txt"); // a few windows: the final evaluation reads all of it
+        write_bytes(held_out, read_bytes(val()).substr(0, 8000));
+        const QStringList common = {"qat", model(), "--train", train, "--steps", "4", "--batch", "1", "--accum", "1",
+                                    "--seqlen", "64", "--lr", "1e-3", "--json"};
+        const Run r = pbllm_run(common + QStringList{"-o", out, "--checkpoint", ckpt, "--checkpoint-every", "2", "--eval",
+                                                     held_out, "--eval-windows", "2"});
+        QCOMPARE(r.code, 0);
+        const QJsonObject o = r.json();
+        QCOMPARE(o["steps"].toInt(), 4);
+        QCOMPARE(o["history"].toArray().size(), 4);
+        QVERIFY(o["tokens_per_second"].toDouble() > 0);
+        QVERIFY(o["ppl_after"].toDouble() > 1.0);
+        QVERIFY(std::abs(o["salient_ratio"].toDouble() - 0.1) < 0.002);
+        QCOMPARE(o["training"].toObject()["init"].toString(), QString("magnitude"));
+        QVERIFY(QFileInfo::exists(ckpt));
+        // The packed result evaluates like any model; the checkpoint of step 4 resumes to nothing new.
+        QCOMPARE(pbllm_run({"eval", out, "--text", held_out, "--json"}).json()["ppl"].toDouble(), o["ppl_after"].toDouble());
+        const Run resumed = pbllm_run(common + QStringList{"-o", tmp.filePath("again.pbllm.h5"), "--resume", ckpt});
+        QCOMPARE(resumed.code, 0);
+        QCOMPARE(resumed.json()["history"].toArray().size(), 0);
+        const Run bad = pbllm_run(common + QStringList{"-o", tmp.filePath("x.h5"), "--kd", "2"});
+        QCOMPARE(bad.code, 2);
+        QVERIFY(bad.err.contains("--kd must be a number in [0"));
+    }
+
     void calibrateAndSaliency()
     {
         QTemporaryDir tmp;
