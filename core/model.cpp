@@ -3,6 +3,8 @@
 #include "core/error.h"
 
 #include <ATen/ATen.h>
+#include <QJsonDocument>
+#include <QJsonObject>
 
 namespace pbllm {
 
@@ -40,6 +42,43 @@ void ModelConfig::validate(const std::string& origin) const
         fail("head dimension " + std::to_string(head_dim()) + " is odd; RoPE needs pairs");
     if (!(norm_eps > 0.0f) || !(rope_theta > 0.0f))
         fail("norm_eps and rope_theta must be positive");
+}
+
+std::string ModelConfig::to_json() const
+{
+    return QJsonDocument(QJsonObject{{"dim", dim},
+                                     {"hidden_dim", hidden_dim},
+                                     {"n_layers", n_layers},
+                                     {"n_heads", n_heads},
+                                     {"n_kv_heads", n_kv_heads},
+                                     {"head_dim", head_dim()},
+                                     {"vocab_size", vocab_size},
+                                     {"max_seq_len", max_seq_len},
+                                     {"norm_eps", static_cast<double>(norm_eps)},
+                                     {"rope_theta", static_cast<double>(rope_theta)},
+                                     {"tied_embeddings", tied_embeddings}})
+        .toJson(QJsonDocument::Compact)
+        .toStdString();
+}
+
+ModelConfig ModelConfig::from_json(const std::string& json, const std::string& origin)
+{
+    const QJsonObject o = QJsonDocument::fromJson(QByteArray::fromStdString(json)).object();
+    if (o.isEmpty())
+        throw Error(origin + ": model configuration is not a JSON object");
+    ModelConfig c;
+    c.dim = o["dim"].toInt();
+    c.hidden_dim = o["hidden_dim"].toInt();
+    c.n_layers = o["n_layers"].toInt();
+    c.n_heads = o["n_heads"].toInt();
+    c.n_kv_heads = o["n_kv_heads"].toInt();
+    c.vocab_size = o["vocab_size"].toInt();
+    c.max_seq_len = o["max_seq_len"].toInt();
+    c.norm_eps = static_cast<float>(o["norm_eps"].toDouble());
+    c.rope_theta = static_cast<float>(o["rope_theta"].toDouble());
+    c.tied_embeddings = o["tied_embeddings"].toBool();
+    c.validate(origin);
+    return c;
 }
 
 std::string_view to_string(ModelFormat format)

@@ -29,6 +29,9 @@ struct ModelConfig {
     std::int64_t parameter_count() const;
     /// Throws Error naming `origin` when the numbers cannot describe a Llama model.
     void validate(const std::string& origin) const;
+    /// Compact JSON with every field (and head_dim, for readers); from_json validates.
+    std::string to_json() const;
+    static ModelConfig from_json(const std::string& json, const std::string& origin);
 };
 
 enum class ModelFormat { Llama2cV0, Llama2cV1, HuggingFace, PbllmPacked };

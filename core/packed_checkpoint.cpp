@@ -226,40 +226,6 @@ bool has_hdf5_signature(const std::string& path)
 
 namespace {
 
-QJsonObject config_to_json(const ModelConfig& c)
-{
-    return QJsonObject{{"dim", c.dim},
-                       {"hidden_dim", c.hidden_dim},
-                       {"n_layers", c.n_layers},
-                       {"n_heads", c.n_heads},
-                       {"n_kv_heads", c.n_kv_heads},
-                       {"vocab_size", c.vocab_size},
-                       {"max_seq_len", c.max_seq_len},
-                       {"norm_eps", static_cast<double>(c.norm_eps)},
-                       {"rope_theta", static_cast<double>(c.rope_theta)},
-                       {"tied_embeddings", c.tied_embeddings}};
-}
-
-ModelConfig config_from_json(const std::string& json, const std::string& path)
-{
-    const QJsonObject o = QJsonDocument::fromJson(QByteArray::fromStdString(json)).object();
-    if (o.isEmpty())
-        throw Error(path + ": attribute 'model_config' is not a JSON object");
-    ModelConfig c;
-    c.dim = o["dim"].toInt();
-    c.hidden_dim = o["hidden_dim"].toInt();
-    c.n_layers = o["n_layers"].toInt();
-    c.n_heads = o["n_heads"].toInt();
-    c.n_kv_heads = o["n_kv_heads"].toInt();
-    c.vocab_size = o["vocab_size"].toInt();
-    c.max_seq_len = o["max_seq_len"].toInt();
-    c.norm_eps = static_cast<float>(o["norm_eps"].toDouble());
-    c.rope_theta = static_cast<float>(o["rope_theta"].toDouble());
-    c.tied_embeddings = o["tied_embeddings"].toBool();
-    c.validate(path + " (model_config)");
-    return c;
-}
-
 } // namespace
 
 void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
@@ -276,7 +242,7 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
         w.attr(root, "format", std::string(kFormat));
         w.attr(root, "format_version", kFormatVersion);
         w.attr(root, "program_version", std::string(PBLLM_VERSION));
-        w.attr(root, "model_config", QJsonDocument(config_to_json(qm.model.config)).toJson(QJsonDocument::Compact).toStdString());
+        w.attr(root, "model_config", qm.model.config.to_json());
         w.attr(root, "plan", qm.plan.to_json());
         w.attr(root, "source_sha256", qm.source_sha256);
         w.attr(root, "calibration_sha256", qm.calibration_sha256);
@@ -368,7 +334,7 @@ PackedCheckpoint read_packed_checkpoint(const std::string& path)
     qm.tokenizer_bytes.assign(tok.begin(), tok.end());
 
     Model& m = qm.model;
-    m.config = config_from_json(r.attr_string(root, "model_config"), path);
+    m.config = ModelConfig::from_json(r.attr_string(root, "model_config"), path + " (model_config)");
     const ModelConfig& c = m.config;
     require_memory(c.parameter_count() * 4, path + " (" + std::to_string(c.parameter_count()) + " parameters)");
     m.format = ModelFormat::PbllmPacked;

@@ -32,6 +32,19 @@ std::int64_t QuantizedModel::quantized_weights() const
     return n;
 }
 
+Model with_fp16_full_precision(const Model& model, bool head_quantized)
+{
+    Model m = model.to(at::kCPU, at::kFloat);
+    m.tok_embeddings = round_to_fp16(m.tok_embeddings);
+    m.final_norm = round_to_fp16(m.final_norm);
+    m.output = m.config.tied_embeddings ? m.tok_embeddings : (head_quantized ? m.output : round_to_fp16(m.output));
+    for (DecoderLayer& layer : m.layers) {
+        layer.attn_norm = round_to_fp16(layer.attn_norm);
+        layer.ffn_norm = round_to_fp16(layer.ffn_norm);
+    }
+    return m;
+}
+
 QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<int>>& windows, const QuantPlan& plan,
                               const ProgressFn& progress)
 {
@@ -50,18 +63,8 @@ QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<
 
     QuantizedModel out;
     out.plan = plan;
-    // Float32 on the CPU; Linear weights are replaced by new tensors below, so `model` is untouched.
-    out.model = model.to(at::kCPU, at::kFloat);
-    // Full-precision tensors are stored as FP16 in the packed file; use those values from the
-    // start so the exported model is exactly the one measured here.
-    out.model.tok_embeddings = round_to_fp16(out.model.tok_embeddings);
-    out.model.final_norm = round_to_fp16(out.model.final_norm);
-    out.model.output = c.tied_embeddings ? out.model.tok_embeddings
-                                         : (cfg.quantize_head ? out.model.output : round_to_fp16(out.model.output));
-    for (DecoderLayer& layer : out.model.layers) {
-        layer.attn_norm = round_to_fp16(layer.attn_norm);
-        layer.ffn_norm = round_to_fp16(layer.ffn_norm);
-    }
+    // Linear weights are replaced by new tensors below, so `model` is untouched.
+    out.model = with_fp16_full_precision(model, cfg.quantize_head);
 
     const std::int64_t n = static_cast<std::int64_t>(windows.size());
     const std::int64_t seqlen = static_cast<std::int64_t>(windows[0].size());

@@ -28,6 +28,11 @@ struct QuantizedModel {
     std::int64_t quantized_weights() const;
 };
 
+/// `model` with its full-precision part as a packed file stores it: embedding, norms and the head
+/// (unless `head_quantized`) rounded to FP16 values, in float32 on the CPU. Quantizers start from
+/// this so the exported model is exactly the one they measured.
+Model with_fp16_full_precision(const Model& model, bool head_quantized);
+
 /// Quantizes every Linear of the decoder (and the head with plan.config.quantize_head) of
 /// `model` by `plan`, replaying `windows` layer by layer. `model` is not modified. Progress is
 /// per Linear; cancelling throws Cancelled.

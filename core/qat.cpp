@@ -243,14 +243,7 @@ QatResult train_qat(const Model& model_in, const std::vector<int>& train_tokens,
                     std::to_string(seqlen));
 
     // The student: FP16 non-Linear tensors (as the packed file stores them), PB Linears.
-    Model student = teacher;
-    student.tok_embeddings = round_to_fp16(teacher.tok_embeddings);
-    student.final_norm = round_to_fp16(teacher.final_norm);
-    student.output = c.tied_embeddings ? student.tok_embeddings : round_to_fp16(teacher.output);
-    for (DecoderLayer& layer : student.layers) {
-        layer.attn_norm = round_to_fp16(layer.attn_norm);
-        layer.ffn_norm = round_to_fp16(layer.ffn_norm);
-    }
+    Model student = with_fp16_full_precision(teacher, /*head_quantized=*/false);
     std::vector<PbTrainLinear> linears;
     for (int l = 0; l < c.n_layers; ++l) {
         for (LinearKind k : kAllLinearKinds) {

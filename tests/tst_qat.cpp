@@ -18,11 +18,7 @@ using namespace pbllm::test;
 
 namespace {
 
-const std::vector<int>& train_tokens()
-{
-    static const std::vector<int> t = Tokenizer::from_file(tok512_path()).encode(read_text_file(tinystories_train_path()));
-    return t;
-}
+const std::vector<int>& train_tokens() { return tinystories_train_tokens(); }
 
 QatSettings tiny(int steps)
 {

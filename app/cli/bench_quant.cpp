@@ -5,6 +5,7 @@
 
 #include "core/calibration.h"
 #include "core/gptq.h"
+#include "core/packed_checkpoint.h"
 #include "core/preview.h"
 #include "core/ptq.h"
 #include "core/synthetic.h"
@@ -37,6 +38,7 @@ struct LayerTiming {
     std::int64_t rows, cols;
     double seconds;
     double gflop;
+    BitsPerWeight bits; ///< of the packed result
 };
 
 LayerTiming time_layer(std::int64_t rows, std::int64_t cols, const at::Tensor& H, int runs)
@@ -45,13 +47,14 @@ LayerTiming time_layer(std::int64_t rows, std::int64_t cols, const at::Tensor& H
     GptqOptions o;
     o.measure_output_error = false; // a reporting extra, not part of the algorithm
     std::vector<double> times;
+    QuantizedLinear q;
     for (int i = 0; i < runs; ++i)
-        times.push_back(seconds_of([&] { quantize_linear("bench", W, H, LayerQuantSettings{}, o); }));
+        times.push_back(seconds_of([&] { q = quantize_linear("bench", W, H, LayerQuantSettings{}, o); }));
     // Cholesky of H, its inverse, Cholesky of that (~5/3 d^3), lazy block updates (rows*d^2) and
     // the per-column updates inside blocks (rows*d*B).
     const double d = static_cast<double>(cols);
     const double flop = 5.0 / 3.0 * d * d * d + static_cast<double>(rows) * d * d + static_cast<double>(rows) * d * o.blocksize;
-    return {rows, cols, median(times), flop / 1e9};
+    return {rows, cols, median(times), flop / 1e9, bits_per_weight({pack_linear(q)})};
 }
 
 } // namespace
@@ -91,7 +94,8 @@ int run_quant_bench(int runs, bool json)
                                  {"cols", static_cast<double>(t.cols)},
                                  {"seconds", t.seconds},
                                  {"gflop", t.gflop},
-                                 {"fraction_of_gemm", t.gflop / t.seconds / base.matmul_gflops}});
+                                 {"fraction_of_gemm", t.gflop / t.seconds / base.matmul_gflops},
+                                 {"bits_per_weight", bits_json(t.bits)}});
         print_json(QJsonObject{{"threads", at::get_num_threads()},
                                {"matmul_gflops", base.matmul_gflops},
                                {"pb_gptq_layers", l},
@@ -105,9 +109,10 @@ int run_quant_bench(int runs, bool json)
     std::printf("threads %d, medians of %d runs; fp32 GEMM 2048^2: %.1f GFLOP/s\n\n", at::get_num_threads(), runs,
                 base.matmul_gflops);
     for (const LayerTiming& t : layers)
-        std::printf("PB-GPTQ %5lld x %-5lld  %6.2f s  (%.0f GFLOP -> %.1f GFLOP/s, %.0f%% of the GEMM rate)\n",
+        std::printf("PB-GPTQ %5lld x %-5lld  %6.2f s  (%.0f GFLOP -> %.1f GFLOP/s, %.0f%% of the GEMM rate); "
+                    "10%% salient packs to %.3f bits/weight measured\n",
                     static_cast<long long>(t.rows), static_cast<long long>(t.cols), t.seconds, t.gflop,
-                    t.gflop / t.seconds, 100.0 * t.gflop / t.seconds / base.matmul_gflops);
+                    t.gflop / t.seconds, 100.0 * t.gflop / t.seconds / base.matmul_gflops, t.bits.measured);
     std::printf("preview 4096 x 4096: prepare %.2f s once, then %.1f ms median, %.1f ms max per slider move\n", prepare,
                 median(preview_ms), *std::max_element(preview_ms.begin(), preview_ms.end()));
     std::printf("whole model, synthetic stories110M shape (84 Linears, 32 x 256 calibration tokens): %.1f s\n", whole);

@@ -23,21 +23,6 @@
 namespace pbllm::cli {
 namespace {
 
-QJsonObject config_json(const ModelConfig& c)
-{
-    return QJsonObject{{"dim", c.dim},
-                       {"hidden_dim", c.hidden_dim},
-                       {"n_layers", c.n_layers},
-                       {"n_heads", c.n_heads},
-                       {"n_kv_heads", c.n_kv_heads},
-                       {"head_dim", c.head_dim()},
-                       {"vocab_size", c.vocab_size},
-                       {"max_seq_len", c.max_seq_len},
-                       {"norm_eps", static_cast<double>(c.norm_eps)},
-                       {"rope_theta", static_cast<double>(c.rope_theta)},
-                       {"tied_embeddings", c.tied_embeddings}};
-}
-
 } // namespace
 
 int run_info(const QStringList& args)
@@ -96,7 +81,7 @@ int run_info(const QStringList& args)
                                {"format", QString::fromStdString(std::string(to_string(m.format)))},
                                {"file_bytes", static_cast<double>(m.file_bytes)},
                                {"file_dtype", QString::fromStdString(m.file_dtype)},
-                               {"config", config_json(c)},
+                               {"config", QJsonDocument::fromJson(QByteArray::fromStdString(c.to_json())).object()},
                                {"parameters", static_cast<double>(c.parameter_count())},
                                {"tokenizer", QString::fromStdString(m.tokenizer_path.empty() && !m.embedded_tokenizer.empty() ? std::string("(embedded)") : m.tokenizer_path)},
                                {"tokenizer_vocab", tokenizer_vocab},

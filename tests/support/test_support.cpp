@@ -1,6 +1,8 @@
 #include "tests/support/test_support.h"
 
+#include "core/evaluation.h"
 #include "core/llama2c.h"
+#include "core/tokenizer.h"
 #include "core/system.h"
 
 #include <ATen/ATen.h>
@@ -43,6 +45,13 @@ std::string tok512_path() { return shared_dir() + "/models/stories260K/tok512.mo
 std::string tinystories_val_path() { return shared_dir() + "/data/tinystories/tinystories_val.txt"; }
 std::string tinystories_train_path() { return shared_dir() + "/data/tinystories/tinystories_train_head.txt"; }
 std::string pbllm_executable() { return std::string(PBLLM_BINARY_DIR) + "/bin/pbllm"; }
+
+const std::vector<int>& tinystories_train_tokens()
+{
+    static const std::vector<int> tokens =
+        Tokenizer::from_file(tok512_path()).encode(read_text_file(tinystories_train_path()));
+    return tokens;
+}
 
 const Model& stories260k()
 {

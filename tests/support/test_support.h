@@ -5,6 +5,7 @@
 #include <QString>
 
 #include <string>
+#include <vector>
 
 namespace pbllm::test {
 
@@ -17,6 +18,9 @@ std::string tinystories_val_path(); ///< data/tinystories/tinystories_val.txt
 std::string tinystories_train_path();
 /// The pbllm executable of this build.
 std::string pbllm_executable();
+
+/// tinystories_train_head.txt tokenized with tok512 (once per process).
+const std::vector<int>& tinystories_train_tokens();
 
 /// Loads stories260K (float32, CPU) once per process and returns a shared copy.
 const Model& stories260k();
