@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/llama.h"
+#include "core/simd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -19,12 +20,6 @@ void check_capacity(int position, int capacity)
 }
 
 // ---- plain-loop CPU decoder -------------------------------------------------------------------
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define PBLLM_MULTIVERSION __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define PBLLM_MULTIVERSION
-#endif
 
 /// y[r] = W[r, :] . x for rows [begin, end). W row-major (rows, cols).
 PBLLM_MULTIVERSION

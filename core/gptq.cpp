@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/saliency.h"
+#include "core/simd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -72,11 +73,64 @@ void QuantizedLinear::validate() const
 
 namespace {
 
-struct Element {
-    float value;
-    std::int16_t code;
-    bool sign;
+/// Everything the per-column loop of one block needs, as raw pointers.
+struct BlockKernel {
+    std::int64_t cols = 0, b0 = 0, b1 = 0, nb = 0;
+    bool feedback = true;
+    int grid_bits = 8, maxq = 255;
+    const float* U = nullptr; ///< upper Cholesky factor of H^-1 (cols, cols)
+    const bool* mask = nullptr;
+    const float *grid_scale = nullptr, *grid_zero = nullptr;
+    std::int64_t grid_groups = 1, grid_width = 1;
+    const float *mu = nullptr, *alpha = nullptr;
+    std::int64_t bin_groups = 1, bin_width = 1;
+    std::int16_t* codes = nullptr;
+    bool* signs = nullptr;
+    float* out = nullptr;
+    float* err = nullptr; ///< (rows, nb)
 };
+
+/// Quantizes columns [b0, b1) of rows [r0, r1) of W in place, feeding each column's error into
+/// the rest of the block. Rows are independent here, so callers split them across threads.
+PBLLM_MULTIVERSION
+void quantize_block_rows(const BlockKernel& k, float* W, std::int64_t r0, std::int64_t r1)
+{
+    for (std::int64_t r = r0; r < r1; ++r) {
+        float* row = W + r * k.cols;
+        const std::int64_t base = r * k.cols;
+        for (std::int64_t i = 0; i < k.nb; ++i) {
+            const std::int64_t c = k.b0 + i;
+            const float x = row[c];
+            float q;
+            if (k.mask[base + c]) {
+                if (k.grid_bits == 16) {
+                    const c10::Half h(x);
+                    q = static_cast<float>(h);
+                    k.codes[base + c] = static_cast<std::int16_t>(h.x);
+                } else {
+                    const std::int64_t g = r * k.grid_groups + c / k.grid_width;
+                    const int code = grid_code(x, k.grid_scale[g], k.grid_zero[g], k.maxq);
+                    q = grid_value(code, k.grid_scale[g], k.grid_zero[g]);
+                    k.codes[base + c] = static_cast<std::int16_t>(code);
+                }
+            } else {
+                const std::int64_t g = r * k.bin_groups + c / k.bin_width;
+                const bool s = binary_sign(x, k.mu[g]);
+                q = binary_value(s, k.mu[g], k.alpha[g]);
+                k.signs[base + c] = s;
+            }
+            k.out[base + c] = q;
+            if (!k.feedback)
+                continue;
+            const float d = (x - q) / k.U[c * k.cols + c];
+            k.err[r * k.nb + i] = d;
+            const float* u = k.U + c * k.cols;
+#pragma omp simd
+            for (std::int64_t j = c + 1; j < k.b1; ++j)
+                row[j] -= d * u[j];
+        }
+    }
+}
 
 } // namespace
 
@@ -141,35 +195,29 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
     q.signs = at::zeros({rows, cols}, at::kBool);
     q.dequantized = at::empty({rows, cols}, at::kFloat);
 
-    const int maxq = (1 << std::min(gbits, 8)) - 1;
-    const std::int64_t grid_width = plain_gptq && options.groupsize > 0 ? options.groupsize : cols;
-    const std::int64_t bin_width = options.groupsize > 0 ? options.groupsize : cols;
-    const std::int64_t grid_groups = q.grid.scale.defined() ? q.grid.scale.size(1) : 1;
-    const std::int64_t bin_groups = q.binary.mu.defined() ? q.binary.mu.size(1) : 1;
-
+    BlockKernel k;
+    k.cols = cols;
+    k.feedback = feedback;
+    k.grid_bits = gbits;
+    k.maxq = (1 << std::min(gbits, 8)) - 1;
+    k.U = factors.upper_inverse.defined() ? factors.upper_inverse.data_ptr<float>() : nullptr;
+    k.mask = q.salient.data_ptr<bool>();
+    if (q.grid.scale.defined()) {
+        k.grid_scale = q.grid.scale.data_ptr<float>();
+        k.grid_zero = q.grid.zero.data_ptr<float>();
+        k.grid_groups = q.grid.scale.size(1);
+    }
+    k.grid_width = plain_gptq && options.groupsize > 0 ? options.groupsize : cols;
+    if (q.binary.mu.defined()) {
+        k.mu = q.binary.mu.data_ptr<float>();
+        k.alpha = q.binary.alpha.data_ptr<float>();
+        k.bin_groups = q.binary.mu.size(1);
+    }
+    k.bin_width = options.groupsize > 0 ? options.groupsize : cols;
+    k.codes = q.codes.data_ptr<std::int16_t>();
+    k.signs = q.signs.data_ptr<bool>();
+    k.out = q.dequantized.data_ptr<float>();
     float* w = W.data_ptr<float>();
-    const bool* mask = q.salient.data_ptr<bool>();
-    std::int16_t* codes = q.codes.data_ptr<std::int16_t>();
-    bool* signs = q.signs.data_ptr<bool>();
-    float* out = q.dequantized.data_ptr<float>();
-    const float* U = factors.upper_inverse.defined() ? factors.upper_inverse.data_ptr<float>() : nullptr;
-
-    auto quantize_element = [&](std::int64_t r, std::int64_t c, float x) -> Element {
-        if (mask[r * cols + c]) {
-            if (gbits == 16) {
-                const c10::Half h(x);
-                return {static_cast<float>(h), static_cast<std::int16_t>(h.x), false};
-            }
-            const std::int64_t g = r * grid_groups + c / grid_width;
-            const float scale = q.grid.scale.data_ptr<float>()[g], zero = q.grid.zero.data_ptr<float>()[g];
-            const int code = grid_code(x, scale, zero, maxq);
-            return {grid_value(code, scale, zero), static_cast<std::int16_t>(code), false};
-        }
-        const std::int64_t g = r * bin_groups + c / bin_width;
-        const float mu = q.binary.mu.data_ptr<float>()[g], alpha = q.binary.alpha.data_ptr<float>()[g];
-        const bool s = binary_sign(x, mu);
-        return {binary_value(s, mu, alpha), 0, s};
-    };
 
     const std::int64_t B = options.blocksize;
     for (std::int64_t b0 = 0; b0 < cols; b0 += B) {
@@ -182,31 +230,16 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
             q.grid.zero.select(1, b0 / options.groupsize).copy_(g.zero.select(1, 0));
         }
         at::Tensor err = at::empty({rows, nb}, at::kFloat);
-        float* e = err.data_ptr<float>();
+        k.b0 = b0;
+        k.b1 = b1;
+        k.nb = nb;
+        k.err = err.data_ptr<float>();
         at::parallel_for(0, rows, std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(nb, 1)),
-                         [&](std::int64_t r0, std::int64_t r1) {
-            for (std::int64_t r = r0; r < r1; ++r) {
-                float* row = w + r * cols;
-                for (std::int64_t i = 0; i < nb; ++i) {
-                    const std::int64_t c = b0 + i;
-                    const Element el = quantize_element(r, c, row[c]);
-                    out[r * cols + c] = el.value;
-                    codes[r * cols + c] = el.code;
-                    signs[r * cols + c] = el.sign;
-                    if (!feedback)
-                        continue;
-                    const float d = (row[c] - el.value) / U[c * cols + c];
-                    e[r * nb + i] = d;
-                    const float* u = U + c * cols;
-#pragma omp simd
-                    for (std::int64_t j = c + 1; j < b1; ++j)
-                        row[j] -= d * u[j];
-                }
-            }
-        });
+                         [&](std::int64_t r0, std::int64_t r1) { quantize_block_rows(k, w, r0, r1); });
         if (feedback && b1 < cols) {
+            // In place: the strided view is a valid GEMM output (ldc = cols), no temporary.
             at::Tensor rest = W.narrow(1, b1, cols - b1);
-            rest.sub_(at::matmul(err, factors.upper_inverse.narrow(0, b0, nb).narrow(1, b1, cols - b1)));
+            rest.addmm_(err, factors.upper_inverse.narrow(0, b0, nb).narrow(1, b1, cols - b1), /*beta=*/1, /*alpha=*/-1);
         }
     }
 

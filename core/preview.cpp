@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/quantizers.h"
 #include "core/saliency.h"
+#include "core/simd.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -12,6 +13,105 @@
 #include <cmath>
 
 namespace pbllm {
+
+namespace {
+
+struct RowError {
+    double err2 = 0.0, herr2 = 0.0;
+    std::int64_t salient = 0;
+};
+
+/// One row of the preview: binarization statistics over the non-salient entries (FP16, as
+/// stored), the row grid, and the squared error, in branch-free loops the compiler vectorises.
+PBLLM_MULTIVERSION
+RowError preview_row(const float* __restrict w, const float* __restrict sc, const float* __restrict hd,
+                     std::int64_t cols, float threshold, Binarizer binarizer, int bits, float row_min, float row_max,
+                     float* __restrict dw)
+{
+    float sum = 0.0f, count = 0.0f;
+#pragma omp simd reduction(+ : sum, count)
+    for (std::int64_t c = 0; c < cols; ++c) {
+        const float keep = sc[c] > threshold ? 0.0f : 1.0f;
+        sum += keep * w[c];
+        count += keep;
+    }
+    float mu = 0.0f;
+    if (binarizer == Binarizer::Xnor)
+        mu = count > 0 ? sum / count : 0.0f;
+    else if (binarizer == Binarizer::XnorCode)
+        mu = sum / static_cast<float>(cols);
+    float dev = 0.0f;
+    if (binarizer == Binarizer::XnorCode) {
+#pragma omp simd reduction(+ : dev)
+        for (std::int64_t c = 0; c < cols; ++c)
+            dev += std::fabs((sc[c] > threshold ? 0.0f : w[c]) - mu);
+    } else {
+#pragma omp simd reduction(+ : dev)
+        for (std::int64_t c = 0; c < cols; ++c)
+            dev += sc[c] > threshold ? 0.0f : std::fabs(w[c] - mu);
+    }
+    const float alpha_raw = binarizer == Binarizer::XnorCode ? dev / static_cast<float>(cols) : (count > 0 ? dev / count : 0.0f);
+    const float m = round_to_fp16(mu), a = round_to_fp16(alpha_raw);
+    // The salient row grid (fit_row_grid's definition).
+    const int maxq = bits == 16 ? 0 : (1 << bits) - 1;
+    float xmin = std::min(row_min, 0.0f), xmax = std::max(row_max, 0.0f);
+    if (xmin == xmax) {
+        xmin = -1.0f;
+        xmax = 1.0f;
+    }
+    const float scale = bits == 16 ? 1.0f : std::max(round_to_fp16((xmax - xmin) / static_cast<float>(maxq)), std::ldexp(1.0f, -14));
+    const float zero = bits == 16 ? 0.0f : std::fmin(std::fmax(std::nearbyint(-xmin / scale), 0.0f), static_cast<float>(maxq));
+    float e2 = 0.0f, he2 = 0.0f, nsal = 0.0f;
+    if (bits == 16) {
+        for (std::int64_t c = 0; c < cols; ++c) {
+            const bool is_salient = sc[c] > threshold;
+            const float q = is_salient ? round_to_fp16(w[c]) : binary_value(binary_sign(w[c], m), m, a);
+            const float d = w[c] - q;
+            e2 += d * d;
+            he2 += hd ? d * d * hd[c] : 0.0f;
+            nsal += is_salient ? 1.0f : 0.0f;
+            if (dw)
+                dw[c] = d;
+        }
+    } else {
+        const float fmaxq = static_cast<float>(maxq);
+        // The error of one weight; the loops below differ only in what they also record.
+        auto error_of = [&](std::int64_t c) {
+            const float x = w[c];
+            const float code = std::fmin(std::fmax(round_half_even(x / scale) + zero, 0.0f), fmaxq);
+            const float qs = scale * (code - zero);
+            const float qb = x - m >= 0.0f ? m + a : m - a;
+            return x - (sc[c] > threshold ? qs : qb);
+        };
+        if (dw) {
+            for (std::int64_t c = 0; c < cols; ++c) {
+                const float d = error_of(c);
+                dw[c] = d;
+                e2 += d * d;
+                he2 += hd ? d * d * hd[c] : 0.0f;
+                nsal += sc[c] > threshold ? 1.0f : 0.0f;
+            }
+        } else if (hd) {
+#pragma omp simd reduction(+ : e2, he2, nsal)
+            for (std::int64_t c = 0; c < cols; ++c) {
+                const float d = error_of(c);
+                e2 += d * d;
+                he2 += d * d * hd[c];
+                nsal += sc[c] > threshold ? 1.0f : 0.0f;
+            }
+        } else {
+#pragma omp simd reduction(+ : e2, nsal)
+            for (std::int64_t c = 0; c < cols; ++c) {
+                const float d = error_of(c);
+                e2 += d * d;
+                nsal += sc[c] > threshold ? 1.0f : 0.0f;
+            }
+        }
+    }
+    return {e2, he2, static_cast<std::int64_t>(nsal)};
+}
+
+} // namespace
 
 LayerPreview::LayerPreview(std::string name, const at::Tensor& W, const at::Tensor& H, SaliencyMetric metric,
                            double percdamp)
@@ -27,11 +127,11 @@ LayerPreview::LayerPreview(std::string name, const at::Tensor& W, const at::Tens
         H_ = H.to(at::kCPU, at::kFloat).contiguous();
         hdiag_ = H_.diagonal().contiguous();
         weighted_norm2_ = (W_.pow(2) * hdiag_.unsqueeze(0)).sum().item<double>();
-        hessian_norm_ = (at::matmul(W_, H_) * W_).sum().item<double>();
     } else if (metric != SaliencyMetric::Magnitude) {
         throw Error(name_ + ": the " + to_string(metric) + " metric needs calibration (a Hessian)");
     }
     scores_ = saliency_scores(W_, metric, H.defined() ? &factors : nullptr).contiguous();
+    selector_ = std::make_shared<TopKSelector>(scores_.data_ptr<float>(), scores_.numel());
     weight_norm2_ = W_.pow(2).sum().item<double>();
     const at::Tensor mn = std::get<0>(W_.min(1)), mx = std::get<0>(W_.max(1));
     row_min_.assign(mn.data_ptr<float>(), mn.data_ptr<float>() + rows_);
@@ -48,7 +148,7 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     const std::int64_t n = rows_ * cols_;
     const std::int64_t k = static_cast<std::int64_t>(std::floor(ratio * static_cast<double>(n)));
     // Salient iff score > threshold (as salient_mask); k = n means everything.
-    const float threshold = k <= 0 ? INFINITY : k >= n ? -1.0f : kth_largest_nonnegative(scores_.data_ptr<float>(), n, k);
+    const float threshold = k <= 0 ? INFINITY : k >= n ? -1.0f : selector_->kth_largest(k);
 
     const float* w = W_.data_ptr<float>();
     const float* s = scores_.data_ptr<float>();
@@ -64,62 +164,11 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     at::parallel_for(0, rows_, 16, [&](std::int64_t r0, std::int64_t r1) {
         const int t = at::get_thread_num();
         for (std::int64_t r = r0; r < r1; ++r) {
-            const float* row = w + r * cols_;
-            const float* sc = s + r * cols_;
-            // Statistics of the non-salient entries (METHOD.md section 3), FP16 as stored.
-            double sum = 0.0;
-            std::int64_t count = 0;
-            for (std::int64_t c = 0; c < cols_; ++c)
-                if (!(sc[c] > threshold)) {
-                    sum += row[c];
-                    ++count;
-                }
-            double mu = 0.0;
-            if (binarizer == Binarizer::Xnor) mu = count ? sum / count : 0.0;
-            else if (binarizer == Binarizer::XnorCode) mu = sum / cols_;
-            double dev = 0.0;
-            for (std::int64_t c = 0; c < cols_; ++c) {
-                const bool is_salient = sc[c] > threshold;
-                if (binarizer == Binarizer::XnorCode)
-                    dev += std::abs((is_salient ? 0.0 : row[c]) - mu);
-                else if (!is_salient)
-                    dev += std::abs(row[c] - mu);
-            }
-            const double alpha_d = binarizer == Binarizer::XnorCode ? dev / cols_ : (count ? dev / count : 0.0);
-            const float mu_f = round_to_fp16(static_cast<float>(mu)), alpha = round_to_fp16(static_cast<float>(alpha_d));
-            // Row grid of the salient weights (fit_row_grid's definition, per row).
-            float xmin = std::min(row_min_[r], 0.0f), xmax = std::max(row_max_[r], 0.0f);
-            if (xmin == xmax) {
-                xmin = -1.0f;
-                xmax = 1.0f;
-            }
-            const float scale = salient_bits == 16 ? 1.0f
-                                                   : std::max(round_to_fp16((xmax - xmin) / static_cast<float>(maxq)),
-                                                              std::ldexp(1.0f, -14));
-            const float zero = salient_bits == 16 ? 0.0f
-                                                  : std::fmin(std::fmax(std::nearbyint(-xmin / scale), 0.0f),
-                                                              static_cast<float>(maxq));
-            double e2 = 0.0, he2 = 0.0;
-            std::int64_t nsal = 0;
-            for (std::int64_t c = 0; c < cols_; ++c) {
-                const float x = row[c];
-                float q;
-                if (sc[c] > threshold) {
-                    ++nsal;
-                    q = salient_bits == 16 ? round_to_fp16(x) : grid_value(grid_code(x, scale, zero, maxq), scale, zero);
-                } else {
-                    q = binary_value(binary_sign(x, mu_f), mu_f, alpha);
-                }
-                const double d = static_cast<double>(x) - q;
-                e2 += d * d;
-                if (hd)
-                    he2 += d * d * hd[c];
-                if (dw)
-                    dw[r * cols_ + c] = static_cast<float>(d);
-            }
-            err2[t] += e2;
-            herr2[t] += he2;
-            salient[t] += nsal;
+            const RowError e = preview_row(w + r * cols_, s + r * cols_, hd, cols_, threshold, binarizer, salient_bits,
+                                           row_min_[r], row_max_[r], dw ? dw + r * cols_ : nullptr);
+            err2[t] += e.err2;
+            herr2[t] += e.herr2;
+            salient[t] += e.salient;
         }
     });
     PreviewResult res;
@@ -135,8 +184,11 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     res.weight_error = weight_norm2_ > 0 ? std::sqrt(e2 / weight_norm2_) : 0.0;
     if (hd)
         res.hessian_error_diag = weighted_norm2_ > 0 ? he2 / weighted_norm2_ : 0.0;
-    if (dw)
+    if (dw) {
+        if (hessian_norm_ < 0)
+            hessian_norm_ = (at::matmul(W_, H_) * W_).sum().item<double>();
         res.hessian_error = hessian_norm_ > 0 ? (at::matmul(dW_, H_) * dW_).sum().item<double>() / hessian_norm_ : 0.0;
+    }
     const double b = salient_bits;
     res.headline_bits = b * r + (1.0 - r);
     res.bitmap_bits = res.headline_bits + 1.0;

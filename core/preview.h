@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -49,7 +50,9 @@ private:
     at::Tensor hdiag_;  ///< float32 (d_in) or undefined
     at::Tensor H_;      ///< float32 or undefined
     at::Tensor dW_;     ///< reused buffer for the exact Hessian error
-    double weight_norm2_ = 0.0, weighted_norm2_ = 0.0, hessian_norm_ = 0.0;
+    std::shared_ptr<const class TopKSelector> selector_; ///< first radix pass of the scores, cached
+    double weight_norm2_ = 0.0, weighted_norm2_ = 0.0;
+    double hessian_norm_ = -1.0; ///< tr(W H W^T), computed on the first exact request
     std::vector<float> row_min_, row_max_;
 };
 

@@ -29,10 +29,20 @@ struct RowGrid {
 /// Grid for each row of W (rows, cols), one per `group_cols` columns (0 = whole row).
 RowGrid fit_row_grid(const at::Tensor& W, int bits, int group_cols = 0);
 
+/// Round half to even, like std::nearbyint and at::round, without nearbyint's save and restore of
+/// the floating-point environment (a library call per element on baseline x86-64): adding and
+/// subtracting 1.5 * 2^23 leaves exactly the nearest-even integer for |v| < 2^22; larger floats
+/// are integers already.
+inline float round_half_even(float v)
+{
+    constexpr float magic = 12582912.0f; // 1.5 * 2^23
+    return std::fabs(v) < 4194304.0f ? (v + magic) - magic : v;
+}
+
 /// Code of w on a grid: clamp(round(w / scale) + zero, 0, maxq), round half to even.
 inline int grid_code(float w, float scale, float zero, int maxq)
 {
-    const float q = std::nearbyint(w / scale) + zero;
+    const float q = round_half_even(w / scale) + zero;
     return static_cast<int>(std::fmin(std::fmax(q, 0.0f), static_cast<float>(maxq)));
 }
 /// Dequantized value of a grid code.

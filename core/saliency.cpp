@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <array>
+#include <vector>
 #include <cstring>
 
 namespace pbllm {
@@ -27,8 +28,10 @@ HessianFactors factor_hessian(const at::Tensor& H_in, double percdamp, const std
         throw Error(what + ": Hessian diagonal has a non-positive mean; it cannot come from real inputs");
     double damping = percdamp * mean_diag;
     const std::int64_t n = H.size(0);
+    // Factorised in float32 like the GPTQ reference (LAPACK's float64 is 2-3x slower here); the
+    // accumulated Hessian stays float64 until this point.
     for (int attempt = 0; attempt < 5; ++attempt) {
-        const at::Tensor damped = H + damping * at::eye(n, H.options());
+        const at::Tensor damped = (H + damping * at::eye(n, H.options())).to(at::kFloat);
         auto [L, info] = at::linalg_cholesky_ex(damped);
         if (info.item<int>() == 0) {
             const at::Tensor inverse = at::cholesky_inverse(L);
@@ -60,56 +63,77 @@ at::Tensor saliency_scores(const at::Tensor& W, SaliencyMetric metric, const Hes
     return w.pow(2) / d.pow(2).unsqueeze(0);
 }
 
-float kth_largest_nonnegative(const float* values, std::int64_t n, std::int64_t k)
+namespace {
+
+std::uint32_t bits_of(const float* v, std::int64_t i)
 {
-    // For non-negative IEEE floats the bit patterns, read as unsigned integers, sort like the values.
-    // Find the bucket of the high 16 bits holding the k-th largest, then the low 16 bits within it.
-    auto bits = [&](std::int64_t i) {
-        std::uint32_t u;
-        std::memcpy(&u, values + i, 4);
-        return u;
-    };
-    auto select = [&](auto key_of, auto accept) {
-        std::vector<std::int64_t> counts(65536, 0);
-        const int threads = at::get_num_threads();
-        std::vector<std::vector<std::int64_t>> local(threads, std::vector<std::int64_t>(65536, 0));
-        at::parallel_for(0, n, 1 << 16, [&](std::int64_t begin, std::int64_t end) {
-            auto& c = local[at::get_thread_num()];
-            for (std::int64_t i = begin; i < end; ++i) {
-                const std::uint32_t u = bits(i);
-                if (accept(u))
-                    ++c[key_of(u)];
+    std::uint32_t u;
+    std::memcpy(&u, v + i, 4);
+    return u;
+}
+
+/// Histogram of (u >> shift) & mask over the elements whose u >> (shift + width) equals prefix
+/// (all elements when prefix_shift is 32), in per-thread L1-sized tables.
+std::vector<std::int64_t> digit_histogram(const float* v, std::int64_t n, int shift, int width, int prefix_shift,
+                                          std::uint32_t prefix)
+{
+    const std::size_t bins = std::size_t(1) << width;
+    const int threads = at::get_num_threads();
+    std::vector<std::vector<std::int64_t>> local(static_cast<std::size_t>(threads), std::vector<std::int64_t>(bins, 0));
+    at::parallel_for(0, n, 1 << 16, [&](std::int64_t lo, std::int64_t hi) {
+        std::int64_t* h = local[static_cast<std::size_t>(at::get_thread_num())].data();
+        const std::uint32_t mask = static_cast<std::uint32_t>(bins - 1);
+        if (prefix_shift >= 32) {
+            for (std::int64_t i = lo; i < hi; ++i)
+                ++h[(bits_of(v, i) >> shift) & mask];
+        } else {
+            for (std::int64_t i = lo; i < hi; ++i) {
+                const std::uint32_t u = bits_of(v, i);
+                if ((u >> prefix_shift) == prefix)
+                    ++h[(u >> shift) & mask];
             }
-        });
-        for (const auto& c : local)
-            for (int b = 0; b < 65536; ++b)
-                counts[b] += c[b];
-        return counts;
-    };
-    const auto high = select([](std::uint32_t u) { return u >> 16; }, [](std::uint32_t) { return true; });
+        }
+    });
+    std::vector<std::int64_t> total(bins, 0);
+    for (const auto& h : local)
+        for (std::size_t b = 0; b < bins; ++b)
+            total[b] += h[b];
+    return total;
+}
+
+/// Highest bin b with remaining < counts[b] after subtracting the bins above it.
+std::uint32_t pick_bin(const std::vector<std::int64_t>& counts, std::int64_t& remaining)
+{
+    for (std::size_t b = counts.size(); b-- > 0;) {
+        if (remaining < counts[b])
+            return static_cast<std::uint32_t>(b);
+        remaining -= counts[b];
+    }
+    return 0;
+}
+
+} // namespace
+
+TopKSelector::TopKSelector(const float* values, std::int64_t n)
+    : values_(values), n_(n), top_(digit_histogram(values, n, 21, 11, 32, 0))
+{
+}
+
+float TopKSelector::kth_largest(std::int64_t k) const
+{
     std::int64_t remaining = k;
-    std::uint32_t hi_bucket = 0;
-    for (int b = 65535; b >= 0; --b) {
-        if (remaining < high[b]) {
-            hi_bucket = static_cast<std::uint32_t>(b);
-            break;
-        }
-        remaining -= high[b];
-    }
-    const auto low = select([](std::uint32_t u) { return u & 0xFFFFu; },
-                            [hi_bucket](std::uint32_t u) { return (u >> 16) == hi_bucket; });
-    std::uint32_t lo_bucket = 0;
-    for (int b = 65535; b >= 0; --b) {
-        if (remaining < low[b]) {
-            lo_bucket = static_cast<std::uint32_t>(b);
-            break;
-        }
-        remaining -= low[b];
-    }
-    const std::uint32_t u = (hi_bucket << 16) | lo_bucket;
+    const std::uint32_t b1 = pick_bin(top_, remaining);
+    const std::uint32_t b2 = pick_bin(digit_histogram(values_, n_, 10, 11, 21, b1), remaining);
+    const std::uint32_t b3 = pick_bin(digit_histogram(values_, n_, 0, 10, 10, (b1 << 11) | b2), remaining);
+    const std::uint32_t u = (b1 << 21) | (b2 << 10) | b3;
     float out;
     std::memcpy(&out, &u, 4);
     return out;
+}
+
+float kth_largest_nonnegative(const float* values, std::int64_t n, std::int64_t k)
+{
+    return TopKSelector(values, n).kth_largest(k);
 }
 
 at::Tensor salient_mask(const at::Tensor& scores_in, double ratio, int group_cols)

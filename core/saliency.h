@@ -32,8 +32,22 @@ at::Tensor saliency_scores(const at::Tensor& W, SaliencyMetric metric, const Hes
 /// it smaller (as the authors' code). Linear time (radix selection on the float bits).
 at::Tensor salient_mask(const at::Tensor& scores, double ratio, int group_cols = 0);
 
-/// The k-th largest value (0-based) of non-negative floats in linear time, without sorting or
-/// copying: two 16-bit radix passes over the IEEE bit patterns, which order like the values.
+/// k-th largest (0-based) of non-negative floats in linear time, without sorting or copying:
+/// radix selection over the IEEE bit patterns (which order like the values) in three passes of
+/// 11, 11 and 10 bits, whose 2048-bin histograms stay in L1. The first pass does not depend on k
+/// and is done once at construction, so repeated queries (slider previews) cost two passes.
+class TopKSelector {
+public:
+    TopKSelector(const float* values, std::int64_t n);
+    float kth_largest(std::int64_t k) const;
+
+private:
+    const float* values_;
+    std::int64_t n_;
+    std::vector<std::int64_t> top_; ///< histogram of bits 31..21
+};
+
+/// One-off selection: TopKSelector(values, n).kth_largest(k).
 float kth_largest_nonnegative(const float* values, std::int64_t n, std::int64_t k);
 
 struct Histogram {

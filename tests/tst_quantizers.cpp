@@ -85,6 +85,18 @@ private Q_SLOTS:
         }
     }
 
+    void roundHalfEvenMatchesNearbyint()
+    {
+        std::mt19937 rng(9);
+        std::uniform_real_distribution<float> u(-600.0f, 600.0f);
+        for (float v : {0.5f, 1.5f, 2.5f, -0.5f, -2.5f, 254.5f, 255.5f, 0.49999997f, 4194303.5f, 1e9f, -0.0f})
+            QCOMPARE(round_half_even(v), std::nearbyint(v));
+        for (int i = 0; i < 100000; ++i) {
+            const float v = u(rng);
+            QCOMPARE(round_half_even(v), std::nearbyint(v));
+        }
+    }
+
     void xnorScaleIsOptimal()
     {
         // For fixed signs, alpha* = mean |w - mu| minimises ||w - mu - alpha sign(w - mu)||^2.
