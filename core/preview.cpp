@@ -46,13 +46,15 @@ RowError preview_row(const float* __restrict w, const float* __restrict sc, cons
         for (std::int64_t c = 0; c < cols; ++c)
             dev += std::fabs((sc[c] > threshold ? 0.0f : w[c]) - mu);
     } else {
+        // Salient entries contribute |mu - mu| = 0: a select on the operand, not on the sum,
+        // keeps the loop vectorisable.
 #pragma omp simd reduction(+ : dev)
         for (std::int64_t c = 0; c < cols; ++c)
-            dev += sc[c] > threshold ? 0.0f : std::fabs(w[c] - mu);
+            dev += std::fabs((sc[c] > threshold ? mu : w[c]) - mu);
     }
     const float alpha_raw = binarizer == Binarizer::XnorCode ? dev / static_cast<float>(cols) : (count > 0 ? dev / count : 0.0f);
     const float m = round_to_fp16(mu), a = round_to_fp16(alpha_raw);
-    // The salient row grid (fit_row_grid's definition).
+    // The salient row grid (fit_row_grid's definition); 16 bits means FP16 values instead.
     const int maxq = bits == 16 ? 0 : (1 << bits) - 1;
     float xmin = std::min(row_min, 0.0f), xmax = std::max(row_max, 0.0f);
     if (xmin == xmax) {
@@ -61,51 +63,41 @@ RowError preview_row(const float* __restrict w, const float* __restrict sc, cons
     }
     const float scale = bits == 16 ? 1.0f : std::max(round_to_fp16((xmax - xmin) / static_cast<float>(maxq)), std::ldexp(1.0f, -14));
     const float zero = bits == 16 ? 0.0f : std::fmin(std::fmax(std::nearbyint(-xmin / scale), 0.0f), static_cast<float>(maxq));
+    const float fmaxq = static_cast<float>(maxq);
+    const bool fp16_salient = bits == 16;
+    // The error of one weight: selects only (grid_code's clamp without std::fmin/fmax calls,
+    // which would stop vectorisation; weights are finite, so NaN handling is moot).
+    auto error_of = [=](std::int64_t c) {
+        const float x = w[c];
+        const float unclamped = round_half_even(x / scale) + zero;
+        const float code = unclamped < 0.0f ? 0.0f : (unclamped > fmaxq ? fmaxq : unclamped);
+        const float qs = fp16_salient ? round_to_fp16(x) : scale * (code - zero);
+        const float qb = x - m >= 0.0f ? m + a : m - a;
+        return x - (sc[c] > threshold ? qs : qb);
+    };
     float e2 = 0.0f, he2 = 0.0f, nsal = 0.0f;
-    if (bits == 16) {
+    if (dw) { // the exact Hessian error follows with a GEMM; this loop is not the cost
+        for (std::int64_t c = 0; c < cols; ++c)
+            dw[c] = error_of(c);
         for (std::int64_t c = 0; c < cols; ++c) {
-            const bool is_salient = sc[c] > threshold;
-            const float q = is_salient ? round_to_fp16(w[c]) : binary_value(binary_sign(w[c], m), m, a);
-            const float d = w[c] - q;
+            e2 += dw[c] * dw[c];
+            he2 += hd ? dw[c] * dw[c] * hd[c] : 0.0f;
+            nsal += sc[c] > threshold ? 1.0f : 0.0f;
+        }
+    } else if (hd) {
+#pragma omp simd reduction(+ : e2, he2, nsal)
+        for (std::int64_t c = 0; c < cols; ++c) {
+            const float d = error_of(c);
             e2 += d * d;
-            he2 += hd ? d * d * hd[c] : 0.0f;
-            nsal += is_salient ? 1.0f : 0.0f;
-            if (dw)
-                dw[c] = d;
+            he2 += d * d * hd[c];
+            nsal += sc[c] > threshold ? 1.0f : 0.0f;
         }
     } else {
-        const float fmaxq = static_cast<float>(maxq);
-        // The error of one weight; the loops below differ only in what they also record.
-        auto error_of = [&](std::int64_t c) {
-            const float x = w[c];
-            const float code = std::fmin(std::fmax(round_half_even(x / scale) + zero, 0.0f), fmaxq);
-            const float qs = scale * (code - zero);
-            const float qb = x - m >= 0.0f ? m + a : m - a;
-            return x - (sc[c] > threshold ? qs : qb);
-        };
-        if (dw) {
-            for (std::int64_t c = 0; c < cols; ++c) {
-                const float d = error_of(c);
-                dw[c] = d;
-                e2 += d * d;
-                he2 += hd ? d * d * hd[c] : 0.0f;
-                nsal += sc[c] > threshold ? 1.0f : 0.0f;
-            }
-        } else if (hd) {
-#pragma omp simd reduction(+ : e2, he2, nsal)
-            for (std::int64_t c = 0; c < cols; ++c) {
-                const float d = error_of(c);
-                e2 += d * d;
-                he2 += d * d * hd[c];
-                nsal += sc[c] > threshold ? 1.0f : 0.0f;
-            }
-        } else {
 #pragma omp simd reduction(+ : e2, nsal)
-            for (std::int64_t c = 0; c < cols; ++c) {
-                const float d = error_of(c);
-                e2 += d * d;
-                nsal += sc[c] > threshold ? 1.0f : 0.0f;
-            }
+        for (std::int64_t c = 0; c < cols; ++c) {
+            const float d = error_of(c);
+            e2 += d * d;
+            nsal += sc[c] > threshold ? 1.0f : 0.0f;
         }
     }
     return {e2, he2, static_cast<std::int64_t>(nsal)};
@@ -153,7 +145,6 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     const float* w = W_.data_ptr<float>();
     const float* s = scores_.data_ptr<float>();
     const float* hd = hdiag_.defined() ? hdiag_.data_ptr<float>() : nullptr;
-    const int maxq = salient_bits == 16 ? 0 : (1 << salient_bits) - 1;
     if (exact_hessian_error && H_.defined() && !dW_.defined())
         dW_ = at::empty({rows_, cols_}, at::kFloat);
     float* dw = exact_hessian_error && H_.defined() ? dW_.data_ptr<float>() : nullptr;

@@ -6,8 +6,6 @@
 
 namespace pbllm {
 
-float round_to_fp16(float v) { return static_cast<float>(c10::Half(v)); }
-
 at::Tensor round_to_fp16(const at::Tensor& t) { return t.to(at::kHalf).to(at::kFloat); }
 
 namespace {

@@ -10,11 +10,34 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 namespace pbllm {
 
-/// The nearest FP16 value, as float (round to nearest even; overflow to +-65504).
-float round_to_fp16(float v);
+/// The nearest FP16 value, as float: round to nearest even, overflow to +-inf, FP16 subnormals
+/// kept (what at::kHalf stores). Inline and branch-free so per-element loops vectorise.
+inline float round_to_fp16(float v)
+{
+    std::uint32_t u;
+    std::memcpy(&u, &v, 4);
+    const std::uint32_t sign = u & 0x80000000u, a = u ^ sign;
+    float magnitude;
+    std::memcpy(&magnitude, &a, 4);
+    // Normal range: drop 13 of the 23 mantissa bits, rounding half to even (a carry into the
+    // exponent is the correct result).
+    const std::uint32_t rounded = (a + 0xFFFu + ((a >> 13) & 1u)) & ~0x1FFFu;
+    float normal;
+    std::memcpy(&normal, &rounded, 4);
+    // Subnormal range (below 2^-14): multiples of 2^-24, which 0.5 + x rounds to in float.
+    const float subnormal = (magnitude + 0.5f) - 0.5f;
+    float r = magnitude < 6.103515625e-05f ? subnormal : (normal > 65504.0f ? INFINITY : normal);
+    r = magnitude != magnitude ? magnitude : r; // NaN stays NaN
+    std::uint32_t out;
+    std::memcpy(&out, &r, 4);
+    out |= sign;
+    std::memcpy(&r, &out, 4);
+    return r;
+}
 at::Tensor round_to_fp16(const at::Tensor& t);
 
 /// Per-row (or per row and column group) asymmetric min-max grid: xmin = min(min, 0),

@@ -10,7 +10,10 @@
 #include <ATen/ATen.h>
 #include <QtTest>
 
+#include <c10/util/Half.h>
+
 #include <algorithm>
+#include <cstring>
 #include <random>
 
 using namespace pbllm;
@@ -95,6 +98,24 @@ private Q_SLOTS:
             const float v = u(rng);
             QCOMPARE(round_half_even(v), std::nearbyint(v));
         }
+    }
+
+    void roundToFp16MatchesHalfConversion()
+    {
+        // Against c10::Half's conversion, bit for bit: every float exponent from below the FP16
+        // subnormals to beyond its overflow, with random mantissas, exact ties and edge values.
+        auto via_half = [](float v) { return static_cast<float>(c10::Half(v)); };
+        auto same = [](float a, float b) { return std::memcmp(&a, &b, 4) == 0 || (std::isnan(a) && std::isnan(b)); };
+        std::mt19937 rng(11);
+        for (int e = -30; e <= 20; ++e)
+            for (int i = 0; i < 4000; ++i) {
+                const float v = std::ldexp(1.0f + static_cast<float>(rng() & 0x7FFFFF) / 8388608.0f, e) * (i % 2 ? -1.0f : 1.0f);
+                QVERIFY2(same(round_to_fp16(v), via_half(v)), qPrintable(QString::number(static_cast<double>(v), 'g', 9)));
+            }
+        for (float v : {0.0f, -0.0f, 65504.0f, 65519.99f, 65520.0f, -65520.0f, 1e10f, INFINITY, -INFINITY, NAN,
+                        6.103515625e-05f, 6.1e-05f, 5.960464477539063e-08f, 2.98023224e-08f, 2.98023259e-08f,
+                        1.0f + 1.0f / 2048.0f, 1.0f + 3.0f / 2048.0f})
+            QVERIFY2(same(round_to_fp16(v), via_half(v)), qPrintable(QString::number(static_cast<double>(v), 'g', 9)));
     }
 
     void xnorScaleIsOptimal()
