@@ -95,3 +95,26 @@ EvalResult evaluate_perplexity(const Model& model, const std::vector<int>& token
 }
 
 } // namespace pbllm
+
+namespace pbllm {
+
+double continuation_nll(const Model& model, const std::vector<int>& tokens, std::size_t first)
+{
+    if (first < 1 || first >= tokens.size())
+        throw Error("continuation_nll: the scored part must start after the first token and be non-empty");
+    if (tokens.size() > static_cast<std::size_t>(model.config.max_seq_len))
+        throw Error("continuation_nll: " + std::to_string(tokens.size()) + " tokens exceed the context length " +
+                    std::to_string(model.config.max_seq_len));
+    c10::InferenceMode inference;
+    std::vector<std::int64_t> ids(tokens.begin(), tokens.end());
+    const auto n = static_cast<std::int64_t>(ids.size());
+    const at::Tensor input = at::tensor(ids).view({1, n});
+    // Position t predicts token t + 1: score logits [first - 1, n - 1) against tokens [first, n).
+    const at::Tensor logits = forward(model, input).to(at::kCPU, at::kFloat)[0];
+    const std::int64_t begin = static_cast<std::int64_t>(first) - 1;
+    const at::Tensor logp = at::log_softmax(logits.narrow(0, begin, n - 1 - begin), -1);
+    const at::Tensor targets = input[0].narrow(0, begin + 1, n - 1 - begin).unsqueeze(1);
+    return -logp.gather(1, targets).mean().item<double>();
+}
+
+} // namespace pbllm

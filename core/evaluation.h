@@ -33,4 +33,9 @@ struct EvalResult {
 EvalResult evaluate_perplexity(const Model& model, const std::vector<int>& tokens,
                                const PerplexitySettings& settings = {}, const ProgressFn& progress = {});
 
+/// Mean negative log-likelihood (nats) the model assigns to tokens[first..] given the tokens before
+/// each: how surprised a reference model is by another model's output. Needs first >= 1 and at
+/// most the model's context length in tokens.
+double continuation_nll(const Model& model, const std::vector<int>& tokens, std::size_t first);
+
 } // namespace pbllm

@@ -184,4 +184,18 @@ ModelLocation locate_default_model(const ProgressFn& progress)
     return locate_default_model(default_model_search(), progress);
 }
 
+Tokenizer tokenizer_for(const Model& model)
+{
+    if (model.tokenizer_path.empty() && !model.embedded_tokenizer.empty())
+        return Tokenizer::from_bytes(model.embedded_tokenizer, model.source_path + " (embedded tokenizer)");
+    if (model.tokenizer_path.empty())
+        throw Error(model.source_path + ": no tokenizer found beside the model (tokenizer.model or a single "
+                                        "*.model file); give one with --tokenizer");
+    Tokenizer tok = Tokenizer::from_file(model.tokenizer_path);
+    if (tok.vocab_size() != model.config.vocab_size)
+        throw Error(model.tokenizer_path + ": tokenizer has " + std::to_string(tok.vocab_size()) +
+                    " pieces but the model's vocabulary is " + std::to_string(model.config.vocab_size));
+    return tok;
+}
+
 } // namespace pbllm

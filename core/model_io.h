@@ -3,6 +3,7 @@
 // default model (stories260K) lookup.
 #include "core/model.h"
 #include "core/progress.h"
+#include "core/tokenizer.h"
 
 #include <c10/core/Device.h>
 
@@ -51,5 +52,9 @@ ModelLocation locate_default_model(const ProgressFn& progress = {});
 constexpr const char* kStories260kSha256 = "b0a507e7ad0f626624f17112325e66691f9076d622e1d3274d103d00299f2696";
 /// SHA-256 of tok512.bin, llama2.c's form of the same vocabulary (used to verify tok512.model).
 constexpr const char* kTok512BinSha256 = "037cb335abb25d1fa9e8ecae30ed2a3a8ace9302862ebcdc05d51a6bbb10c312";
+
+/// The tokenizer of a loaded model: the SentencePiece file found beside it, else the one embedded
+/// in a packed checkpoint. Error when there is none or its vocabulary disagrees with the model.
+Tokenizer tokenizer_for(const Model& model);
 
 } // namespace pbllm

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -130,6 +131,51 @@ LayerPreview::LayerPreview(std::string name, const at::Tensor& W, const at::Tens
     row_max_.assign(mx.data_ptr<float>(), mx.data_ptr<float>() + rows_);
 }
 
+float LayerPreview::threshold_for(double ratio) const
+{
+    const std::int64_t n = rows_ * cols_;
+    const std::int64_t k = static_cast<std::int64_t>(std::floor(ratio * static_cast<double>(n)));
+    // Salient iff score > threshold (as salient_mask); k = n means everything.
+    return k <= 0 ? INFINITY : k >= n ? -1.0f : selector_->kth_largest(k);
+}
+
+std::vector<float> LayerPreview::salient_density(double ratio, int out_rows, int out_cols) const
+{
+    if (out_rows <= 0 || out_cols <= 0)
+        throw Error(name_ + ": heat map size must be positive");
+    out_rows = static_cast<int>(std::min<std::int64_t>(out_rows, rows_));
+    out_cols = static_cast<int>(std::min<std::int64_t>(out_cols, cols_));
+    const float threshold = threshold_for(std::clamp(ratio, 0.0, 1.0));
+    std::vector<float> density(static_cast<std::size_t>(out_rows) * out_cols, 0.0f);
+    std::vector<std::int64_t> cells(density.size(), 0);
+    const float* s = scores_.data_ptr<float>();
+    for (std::int64_t r = 0; r < rows_; ++r) {
+        const std::size_t base = static_cast<std::size_t>(r * out_rows / rows_) * out_cols;
+        for (std::int64_t c = 0; c < cols_; ++c) {
+            const std::size_t cell = base + static_cast<std::size_t>(c * out_cols / cols_);
+            density[cell] += s[r * cols_ + c] > threshold ? 1.0f : 0.0f;
+            ++cells[cell];
+        }
+    }
+    for (std::size_t i = 0; i < density.size(); ++i)
+        density[i] /= static_cast<float>(std::max<std::int64_t>(cells[i], 1));
+    return density;
+}
+
+std::vector<double> LayerPreview::log10_score_histogram(int bins, double& lo, double& hi) const
+{
+    const at::Tensor positive = scores_.flatten().masked_select(scores_.flatten() > 0);
+    std::vector<double> counts(static_cast<std::size_t>(std::max(bins, 1)), 0.0);
+    lo = hi = 0.0;
+    if (positive.numel() == 0)
+        return counts;
+    const Histogram h = histogram(at::log10(positive), bins);
+    lo = h.lo;
+    hi = h.hi;
+    counts.assign(h.counts.begin(), h.counts.end());
+    return counts;
+}
+
 PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer binarizer, bool exact_hessian_error)
 {
     const auto start = std::chrono::steady_clock::now();
@@ -138,9 +184,7 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     if (!((salient_bits >= 2 && salient_bits <= 8) || salient_bits == 16))
         throw Error(name_ + ": salient bits " + std::to_string(salient_bits) + " must be 2..8 or 16");
     const std::int64_t n = rows_ * cols_;
-    const std::int64_t k = static_cast<std::int64_t>(std::floor(ratio * static_cast<double>(n)));
-    // Salient iff score > threshold (as salient_mask); k = n means everything.
-    const float threshold = k <= 0 ? INFINITY : k >= n ? -1.0f : selector_->kth_largest(k);
+    const float threshold = threshold_for(ratio);
 
     const float* w = W_.data_ptr<float>();
     const float* s = scores_.data_ptr<float>();
@@ -172,6 +216,7 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     }
     const double r = static_cast<double>(nsal) / static_cast<double>(n);
     res.salient_ratio = r;
+    res.threshold = threshold;
     res.weight_error = weight_norm2_ > 0 ? std::sqrt(e2 / weight_norm2_) : 0.0;
     if (hd)
         res.hessian_error_diag = weighted_norm2_ > 0 ? he2 / weighted_norm2_ : 0.0;

@@ -15,6 +15,7 @@ namespace pbllm {
 
 struct PreviewResult {
     double salient_ratio = 0.0;       ///< achieved
+    float threshold = 0.0f;           ///< saliency score above which a weight is salient
     double weight_error = 0.0;        ///< ||W - Q||_F / ||W||_F
     double hessian_error_diag = -1.0; ///< sum dW^2 H_jj / sum W^2 H_jj (the fast proxy); -1 without H
     double hessian_error = -1.0;      ///< tr(dW H dW^T) / tr(W H W^T), only when asked for (costs a GEMM)
@@ -36,12 +37,20 @@ public:
     /// buffers); previews of different Linears may run in parallel.
     PreviewResult preview(double salient_ratio, int salient_bits, Binarizer binarizer, bool exact_hessian_error = false);
 
+    /// Share of salient weights in each of (out_rows x out_cols) blocks of W at this ratio,
+    /// row-major: where the salient weights sit, for a heat map.
+    std::vector<float> salient_density(double salient_ratio, int out_rows, int out_cols) const;
+    /// log10 of the positive saliency scores, as a histogram over `bins` bins in [lo, hi].
+    std::vector<double> log10_score_histogram(int bins, double& lo, double& hi) const;
+
     const std::string& name() const { return name_; }
     std::int64_t rows() const { return rows_; }
     std::int64_t cols() const { return cols_; }
     SaliencyMetric metric() const { return metric_; }
 
 private:
+    float threshold_for(double ratio) const;
+
     std::string name_;
     SaliencyMetric metric_;
     std::int64_t rows_ = 0, cols_ = 0;

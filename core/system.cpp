@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 
+#include <ATen/Context.h>
 #include <ATen/Parallel.h>
 #include <QCryptographicHash>
 #include <QFile>
@@ -164,5 +165,7 @@ std::string human_bytes(std::int64_t bytes)
     std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.2f %s", v, units[u]);
     return buf;
 }
+
+bool cuda_available() { return at::hasCUDA(); }
 
 } // namespace pbllm

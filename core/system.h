@@ -23,6 +23,8 @@ std::string executable_dir();
 
 /// Lower-case hex SHA-256 of a file's bytes; throws Error naming the file if it cannot be read.
 std::string sha256_of_file(const std::string& path);
+/// True when the linked libtorch has CUDA and a GPU is visible.
+bool cuda_available();
 std::string sha256_of_bytes(const std::string& bytes);
 
 /// Whole file as bytes; throws Error naming the file.

@@ -93,19 +93,7 @@ Model CommandLine::load_model_at(const std::string& path)
     return pbllm::load_model(path, options);
 }
 
-Tokenizer CommandLine::load_tokenizer(const Model& model) const
-{
-    if (model.tokenizer_path.empty() && !model.embedded_tokenizer.empty())
-        return Tokenizer::from_bytes(model.embedded_tokenizer, model.source_path + " (embedded tokenizer)");
-    if (model.tokenizer_path.empty())
-        throw Error(model.source_path + ": no tokenizer found beside the model (tokenizer.model or a single "
-                                        "*.model file); give one with --tokenizer");
-    Tokenizer tok = Tokenizer::from_file(model.tokenizer_path);
-    if (tok.vocab_size() != model.config.vocab_size)
-        throw Error(model.tokenizer_path + ": tokenizer has " + std::to_string(tok.vocab_size()) +
-                    " pieces but the model's vocabulary is " + std::to_string(model.config.vocab_size));
-    return tok;
-}
+Tokenizer CommandLine::load_tokenizer(const Model& model) const { return tokenizer_for(model); }
 
 void print_json(const QJsonObject& object)
 {

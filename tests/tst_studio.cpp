@@ -1,0 +1,145 @@
+// The studio's widgets on the offscreen platform: item models under QAbstractItemModelTester,
+// the tuning slider driving the preview chart and bits label, per-Linear overrides editing the
+// plan, and an end-to-end run: load stories260K, calibrate, quantize, export, compare.
+#include "tests/support/test_support.h"
+#include "widgets/layer_tree_model.h"
+#include "widgets/main_window.h"
+#include "widgets/pages.h"
+#include "widgets/plan_table_model.h"
+#include "widgets/studio_context.h"
+
+#include "core/model_io.h"
+#include "core/packed_checkpoint.h"
+
+#include <QAbstractItemModelTester>
+#include <QLabel>
+#include <QRegularExpression>
+#include <QSettings>
+#include <QSignalSpy>
+#include <QSlider>
+#include <QStandardPaths>
+#include <QTemporaryDir>
+#include <QtTest>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+class TestStudio : public QObject {
+    Q_OBJECT
+
+    std::unique_ptr<MainWindow> window_;
+
+private Q_SLOTS:
+    void initTestCase()
+    {
+        QStandardPaths::setTestModeEnabled(true); // QSettings of the test, not the user's
+        QCoreApplication::setOrganizationName("pbllm-tests");
+        QSettings s;
+        s.clear();
+        s.setValue("nsamples", 8);
+        s.setValue("calibration_text", QString::fromStdString(tinystories_train_path()));
+        s.setValue("eval_text", QString::fromStdString(tinystories_val_path()));
+        window_ = std::make_unique<MainWindow>();
+        QSignalSpy loaded(&window_->loadJob(), &LoadModelJob::loaded);
+        QSignalSpy prepared(&window_->context().previews(), &PreviewService::prepared);
+        window_->openModel(QString::fromStdString(stories260k_path()));
+        QVERIFY(loaded.wait(60000));
+        QVERIFY(prepared.count() > 0 || prepared.wait(30000));
+    }
+
+    void cleanupTestCase() { window_.reset(); }
+
+    void itemModelsPassTheTester()
+    {
+        LayerTreeModel* tree = window_->modelPage()->treeModel();
+        QAbstractItemModelTester tree_tester(tree, QAbstractItemModelTester::FailureReportingMode::QtTest);
+        QCOMPARE(tree->rowCount(), 5);
+        QCOMPARE(tree->rowCount(tree->index(0, 0)), 7);
+        const QModelIndex down = tree->index(6, LayerTreeModel::Shape, tree->index(0, 0));
+        QCOMPARE(down.data().toString(), QString("64 x 172"));
+        PlanTableModel* plan = window_->tuningPage()->tableModel();
+        QAbstractItemModelTester plan_tester(plan, QAbstractItemModelTester::FailureReportingMode::QtTest);
+        QCOMPARE(plan->rowCount(), 35);
+        tree->setModel(window_->context().model()); // a reset under the tester
+        plan->refresh();
+    }
+
+    void sliderUpdatesChartAndBits()
+    {
+        TuningPage* page = window_->tuningPage();
+        QSignalSpy updated(page, &TuningPage::chartUpdated);
+        page->ratioSlider()->setValue(page->ratioSlider()->maximum() * 3 / 10); // 15%
+        QVERIFY(updated.wait(10000));
+        // headline = 8 r + (1 - r): 2.05 at 15%, 1.70 at 10% (achieved ratios are floor(r n) / n).
+        auto headline = [page] {
+            const QRegularExpressionMatch m = QRegularExpression("headline ([0-9.]+)").match(page->bitsLabel()->text());
+            return m.hasMatch() ? m.captured(1).toDouble() : -1.0;
+        };
+        QTRY_VERIFY_WITH_TIMEOUT(std::abs(headline() - 2.05) < 0.005, 5000);
+        const int before = page->replots();
+        page->ratioSlider()->setValue(page->ratioSlider()->maximum() / 5); // 10%
+        QTRY_VERIFY_WITH_TIMEOUT(std::abs(headline() - 1.70) < 0.005, 5000);
+        QVERIFY(page->replots() > before);
+        QCOMPARE(window_->context().plan().config.layer.salient_ratio, 0.1);
+    }
+
+    void overridingALayerChangesThePlan()
+    {
+        PlanTableModel* table = window_->tuningPage()->tableModel();
+        const std::string down0 = "model.layers.0.mlp.down_proj";
+        QVERIFY(table->setData(table->index(6, PlanTableModel::Ratio), "30%"));
+        QCOMPARE(window_->context().plan().settings_for(down0).salient_ratio, 0.3);
+        QCOMPARE(window_->context().plan().settings_for("model.layers.1.mlp.down_proj").salient_ratio, 0.1);
+        QCOMPARE(table->index(6, PlanTableModel::Overridden).data(Qt::EditRole).toBool(), true);
+        QVERIFY(!table->setData(table->index(6, PlanTableModel::Bits), 9)); // impossible bit-width refused
+        QVERIFY(table->setData(table->index(6, PlanTableModel::Bits), 4));
+        QCOMPARE(window_->context().plan().settings_for(down0).salient_bits, 4);
+        table->resetOverrides({6});
+        QCOMPARE(window_->context().plan().settings_for(down0).salient_ratio, 0.1);
+        QVERIFY(window_->context().plan().rules.empty());
+    }
+
+    void endToEnd()
+    {
+        StudioContext& ctx = window_->context();
+        QSignalSpy calibrated(&ctx, &StudioContext::calibrationChanged);
+        window_->distributionsPage()->calibrate();
+        QTRY_VERIFY_WITH_TIMEOUT(ctx.calibration() != nullptr, 60000);
+        QCOMPARE(ctx.calibration()->windows, 8);
+
+        QSignalSpy ran(&window_->runPage()->job(), &QuantizeJob::quantized);
+        window_->runPage()->start();
+        QVERIFY(ran.wait(120000));
+        const auto run = ctx.run();
+        QVERIFY(run);
+        QVERIFY(run->ppl_after > run->ppl_before); // binarization costs perplexity
+        QVERIFY(run->ppl_before > 4.0 && run->ppl_before < 7.0);
+
+        QTemporaryDir dir;
+        const QString path = dir.filePath("studio.pbllm.h5");
+        QSignalSpy exported(&window_->exportPage()->job(), &ExportJob::exported);
+        window_->exportPage()->exportTo(path, true);
+        QVERIFY(exported.wait(60000));
+        const auto result = exported.first().first().value<ExportResult>();
+        QCOMPARE(result.file_bytes, QFileInfo(path).size());
+        QVERIFY(result.compression_vs_fp16 > 1.5);
+        const PackedCheckpoint back = read_packed_checkpoint(path.toStdString());
+        QCOMPARE(back.packed.size(), std::size_t(35));
+
+        QSignalSpy compared(window_->comparePage(), &ComparePage::comparisonDone);
+        window_->comparePage()->start();
+        QVERIFY(compared.wait(60000));
+        QVERIFY2(window_->comparePage()->statsText().contains("tok/s"), qPrintable(window_->comparePage()->statsText()));
+    }
+
+    void screenshotOfAPage()
+    {
+        QVERIFY(window_->showPage("tuning"));
+        QVERIFY(!window_->showPage("nonsense"));
+        const QImage shot = window_->grab().toImage();
+        QVERIFY(shot.width() > 600 && shot.height() > 400);
+    }
+};
+
+QTEST_MAIN(TestStudio)
+#include "tst_studio.moc"

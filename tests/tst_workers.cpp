@@ -1,0 +1,179 @@
+// The studio's workers: signal sequences (started, progress, result, finished), failure on bad
+// input with a readable message, prompt cancellation that leaves the inputs untouched, and the
+// preview service's stale-result dropping.
+#include "tests/support/test_support.h"
+#include "workers/jobs.h"
+#include "workers/preview_service.h"
+
+#include "core/calibration.h"
+#include "core/model.h"
+#include "core/ptq.h"
+#include "core/tokenizer.h"
+
+#include <ATen/ATen.h>
+#include <QSignalSpy>
+#include <QTemporaryDir>
+#include <QtTest>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+class TestWorkers : public QObject {
+    Q_OBJECT
+
+    std::shared_ptr<const LoadedModel> model_;
+
+    std::shared_ptr<const LoadedModel> loaded()
+    {
+        if (!model_) {
+            LoadModelJob job;
+            QSignalSpy done(&job, &LoadModelJob::loaded);
+            job.start(QString::fromStdString(stories260k_path()));
+            if (!done.wait(60000))
+                return nullptr;
+            model_ = done.first().first().value<std::shared_ptr<const LoadedModel>>();
+        }
+        return model_;
+    }
+
+private Q_SLOTS:
+    void loadEmitsStagesThenResult()
+    {
+        LoadModelJob job;
+        QSignalSpy started(&job, &Job::started), progress(&job, &Job::progress), loaded(&job, &LoadModelJob::loaded),
+            failed(&job, &Job::failed), finished(&job, &Job::finished);
+        QVERIFY(job.start(QString::fromStdString(stories260k_path())));
+        QVERIFY(finished.wait(60000));
+        QCOMPARE(started.count(), 1);
+        QCOMPARE(failed.count(), 0);
+        QCOMPARE(loaded.count(), 1);
+        QVERIFY(progress.count() >= 2);
+        QCOMPARE(progress.last().at(0).toDouble(), 1.0);
+        const auto m = loaded.first().first().value<std::shared_ptr<const LoadedModel>>();
+        // stories260K: 5 layers x 7 Linears, dim 64, hidden 172.
+        QCOMPARE(m->linears.size(), std::size_t(35));
+        QCOMPARE(m->linears[4].name, QString("model.layers.0.mlp.gate_proj"));
+        QCOMPARE(m->linears[4].rows, 172);
+        std::int64_t total = 0;
+        for (const LinearInfo& l : m->linears)
+            total += l.weight_count();
+        QCOMPARE(m->quantizable_weights, total);
+        // The histogram counts every weight once.
+        double counted = 0;
+        for (double c : m->linears[0].weights.counts)
+            counted += c;
+        QCOMPARE(counted, double(64 * 64));
+        QCOMPARE(m->tokenizer->vocab_size(), 512);
+    }
+
+    void loadFailureNamesTheFile()
+    {
+        QTemporaryDir dir;
+        const QString bad = dir.filePath("broken.bin");
+        write_bytes(bad, std::string(100, '\x07'));
+        LoadModelJob job;
+        QSignalSpy failed(&job, &Job::failed), loaded(&job, &LoadModelJob::loaded), finished(&job, &Job::finished);
+        job.start(bad);
+        QVERIFY(finished.wait(30000));
+        QCOMPARE(loaded.count(), 0);
+        QCOMPARE(failed.count(), 1);
+        QVERIFY2(failed.first().first().toString().contains("broken.bin"), qPrintable(failed.first().first().toString()));
+    }
+
+    void calibrationReportsProgressAndHessians()
+    {
+        const auto m = loaded();
+        QVERIFY(m);
+        CalibrateJob job;
+        QSignalSpy progress(&job, &Job::progress), done(&job, &CalibrateJob::calibrated);
+        job.start(m, QString::fromStdString(tinystories_train_path()), 4, 64, 0);
+        QVERIFY(done.wait(60000));
+        const auto c = done.first().first().value<std::shared_ptr<const CalibrationResult>>();
+        QCOMPARE(c->windows, 4);
+        QCOMPARE(c->tokens, std::int64_t(4 * 64));
+        QCOMPARE(c->hessian_trace.size(), m->linears.size());
+        // tr H of q_proj's input equals that of k_proj and v_proj (same input), and is positive.
+        QVERIFY(c->hessian_trace[0] > 0);
+        QCOMPARE(c->hessian_trace[0], c->hessian_trace[1]);
+        QVERIFY(progress.count() >= 1);
+    }
+
+    void cancelStopsPromptlyAndLeavesTheModel()
+    {
+        const auto m = loaded();
+        QVERIFY(m);
+        const at::Tensor before = m->model->layers[0].weight(LinearKind::Q).clone();
+        QuantizeJob job;
+        QSignalSpy cancelled(&job, &Job::cancelled), quantized(&job, &QuantizeJob::quantized),
+            finished(&job, &Job::finished), progress(&job, &Job::progress);
+        RunRequest r;
+        r.plan.config.nsamples = 64;
+        r.calibration_text = QString::fromStdString(tinystories_train_path());
+        r.eval_text = QString::fromStdString(tinystories_val_path()); // long if it were not cancelled
+        // Cancel at the first layer's progress report.
+        connect(&job, &Job::progress, &job, [&job](double f, const QString& stage) {
+            if (f > 0.05 && stage.startsWith("quantizing"))
+                job.cancel();
+        });
+        job.start(m, r);
+        QVERIFY(finished.wait(60000));
+        QCOMPARE(cancelled.count(), 1);
+        QCOMPARE(quantized.count(), 0);
+        QVERIFY(at::equal(before, m->model->layers[0].weight(LinearKind::Q)));
+        // Usable afterwards: the same job object runs to completion.
+        QSignalSpy again(&job, &QuantizeJob::quantized);
+        r.plan.config.nsamples = 4;
+        r.eval_text.clear();
+        job.disconnect(&job);
+        QVERIFY(job.start(m, r));
+        QVERIFY(again.wait(60000));
+        const auto result = again.first().first().value<std::shared_ptr<const RunResult>>();
+        QCOMPARE(result->quantized->linears.size(), std::size_t(35));
+        QVERIFY(result->bits.measured > 1.0 && result->bits.measured < 4.0);
+    }
+
+    void destroyingARunningJobCancelsIt()
+    {
+        const auto m = loaded();
+        QVERIFY(m);
+        auto job = std::make_unique<CalibrateJob>();
+        job->start(m, QString::fromStdString(tinystories_train_path()), 256, 0, 0);
+        QTest::qWait(50);
+        QElapsedTimer t;
+        t.start();
+        job.reset(); // must cancel and join, not crash or run to the end
+        QVERIFY2(t.elapsed() < 5000, qPrintable(QString::number(t.elapsed())));
+    }
+
+    void previewServiceDeliversOnlyTheNewest()
+    {
+        const auto m = loaded();
+        QVERIFY(m);
+        PreviewService service;
+        QSignalSpy prepared(&service, &PreviewService::prepared), ready(&service, &PreviewService::previewReady);
+        service.prepare(m, nullptr, SaliencyMetric::Magnitude);
+        QVERIFY(prepared.wait(30000));
+        QuantPlan plan;
+        plan.config.layer.metric = SaliencyMetric::Magnitude;
+        std::uint64_t last = 0;
+        for (int i = 1; i <= 20; ++i) {
+            plan.config.layer.salient_ratio = 0.01 * i;
+            last = service.request(plan);
+        }
+        QVERIFY(ready.wait(30000));
+        QTest::qWait(100);
+        const auto snap = ready.last().first().value<PreviewSnapshot>();
+        QCOMPARE(snap.id, last);
+        for (int i = 0; i < ready.count(); ++i) // stale ones never reach the GUI thread
+            QCOMPARE(ready.at(i).first().value<PreviewSnapshot>().id, last);
+        QCOMPARE(snap.linears.size(), m->linears.size());
+        // At 20% the achieved ratio of every Linear is the requested one (ties aside).
+        for (const LinearPreview& p : snap.linears)
+            QVERIFY2(std::abs(p.salient_ratio - 0.2) < 0.01, qPrintable(QString::number(p.salient_ratio)));
+        // headline bits = 8 r + (1 - r) at r = 0.2.
+        QVERIFY(std::abs(snap.headline_bits - (8 * 0.2 + 0.8)) < 0.05);
+    }
+};
+
+QTEST_GUILESS_MAIN(TestWorkers)
+#include "tst_workers.moc"

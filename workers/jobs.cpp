@@ -1,0 +1,337 @@
+#include "workers/jobs.h"
+
+#include "core/calibration.h"
+#include "core/calibration_file.h"
+#include "core/error.h"
+#include "core/evaluation.h"
+#include "core/generation.h"
+#include "core/hf_model.h"
+#include "core/model_io.h"
+#include "core/packed_checkpoint.h"
+#include "core/ptq.h"
+#include "core/qat.h"
+#include "core/saliency.h"
+#include "core/system.h"
+#include "core/tensor_stats.h"
+#include "core/tokenizer.h"
+
+#include <ATen/ATen.h>
+
+#include <QFileInfo>
+#include <QPointer>
+
+#include <chrono>
+
+namespace pbllm {
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start)
+{
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+QString human(std::int64_t bytes) { return QString::fromStdString(human_bytes(bytes)); }
+
+Bins bins_of(const Histogram& h)
+{
+    return {h.lo, h.hi, std::vector<double>(h.counts.begin(), h.counts.end())};
+}
+
+std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const QString& path, double seconds)
+{
+    auto out = std::make_shared<LoadedModel>();
+    const ModelConfig& c = loaded.config;
+    out->path = path;
+    out->display_name = QFileInfo(path).fileName();
+    out->n_layers = c.n_layers;
+    out->context = c.max_seq_len;
+    out->parameters = c.parameter_count();
+    out->fp16_bytes = 2 * out->parameters;
+    out->load_seconds = seconds;
+    for (int l = 0; l < c.n_layers; ++l)
+        for (LinearKind kind : kAllLinearKinds) {
+            const at::Tensor& w = loaded.layers[l].weight(kind);
+            const TensorStats s = tensor_stats(w);
+            LinearInfo info;
+            info.layer = l;
+            info.name = QString::fromStdString(linear_name(l, kind));
+            info.kind = QString::fromUtf8(linear_short_name(kind).data(), static_cast<int>(linear_short_name(kind).size()));
+            info.rows = w.size(0);
+            info.cols = w.size(1);
+            info.mean = s.mean;
+            info.std = s.std;
+            info.abs_max = s.abs_max;
+            info.kurtosis = s.kurtosis;
+            info.outlier_fraction = s.outlier_fraction;
+            info.weights = bins_of(histogram(w, 80));
+            out->quantizable_weights += info.weight_count();
+            out->linears.push_back(std::move(info));
+        }
+    const QString arch = QStringLiteral("Llama: %1 layers, dim %2, hidden %3, %4 heads (%5 KV), vocab %6, context %7%8")
+                             .arg(c.n_layers).arg(c.dim).arg(c.hidden_dim).arg(c.n_heads).arg(c.n_kv_heads)
+                             .arg(c.vocab_size).arg(c.max_seq_len).arg(c.tied_embeddings ? ", tied head" : "");
+    const std::int64_t embedding = static_cast<std::int64_t>(c.vocab_size) * c.dim;
+    out->summary = {
+        {QStringLiteral("File"), path},
+        {QStringLiteral("Format"), QString::fromUtf8(to_string(loaded.format).data(), static_cast<int>(to_string(loaded.format).size()))},
+        {QStringLiteral("Architecture"), arch},
+        {QStringLiteral("Parameters"), QStringLiteral("%L1 (Linears %L2, embedding %L3)").arg(out->parameters).arg(out->quantizable_weights).arg(embedding)},
+        {QStringLiteral("Stored as"), QString::fromStdString(loaded.file_dtype)},
+        {QStringLiteral("File size"), human(loaded.file_bytes) + QStringLiteral(" (FP16 would be %1)").arg(human(out->fp16_bytes))},
+        {QStringLiteral("Tokenizer"), QStringLiteral("%1 (%2 pieces)").arg(QString::fromStdString(tokenizer.origin())).arg(tokenizer.vocab_size())},
+        {QStringLiteral("Loaded in"), QStringLiteral("%1 s").arg(seconds, 0, 'f', 2)},
+    };
+    out->model = std::make_shared<const Model>(std::move(loaded));
+    out->tokenizer = std::make_shared<const Tokenizer>(std::move(tokenizer));
+    return out;
+}
+
+std::vector<int> tokens_of_file(const LoadedModel& model, const QString& path)
+{
+    return model.tokenizer->encode(read_text_file(path.toStdString()));
+}
+
+std::shared_ptr<CalibrationResult> summarize(const LoadedModel& model, CalibrationData data, const QString& source,
+                                             double seconds)
+{
+    auto out = std::make_shared<CalibrationResult>();
+    out->source = source;
+    out->windows = static_cast<int>(data.windows.size());
+    out->seqlen = data.seqlen;
+    out->tokens = data.tokens();
+    out->seconds = seconds;
+    for (const LinearInfo& info : model.linears) {
+        const LinearKind kind = kAllLinearKinds[static_cast<std::size_t>(&info - model.linears.data()) % kLinearKindCount];
+        const at::Tensor& H = data.hessians[static_cast<std::size_t>(info.layer)][static_cast<int>(input_of(kind))];
+        out->hessian_trace.push_back(H.trace().item<double>());
+    }
+    out->data = std::make_shared<const CalibrationData>(std::move(data));
+    return out;
+}
+
+BitsSummary summary_of(const BitsPerWeight& b) { return {b.headline, b.with_bitmap, b.with_index, b.measured}; }
+
+BitsSummary packed_bits(const QuantizedModel& q)
+{
+    std::vector<PackedLinear> packed;
+    for (const QuantizedLinear& l : q.linears)
+        packed.push_back(pack_linear(l));
+    return summary_of(bits_per_weight(packed));
+}
+
+} // namespace
+
+bool LoadModelJob::start(const QString& path, const QString& device)
+{
+    auto result = std::make_shared<std::shared_ptr<LoadedModel>>();
+    return launch(
+        [path, device, result](const ProgressFn& progress) {
+            const auto start = std::chrono::steady_clock::now();
+            report_progress(progress, 0.0, "loading " + path.toStdString());
+            LoadOptions options;
+            options.device = c10::Device(device.toStdString());
+            if (options.device.is_cuda() && !cuda_available())
+                throw Error("device " + device.toStdString() + ": this build's libtorch has no CUDA (or no GPU is visible)");
+            Model m = load_model(path.toStdString(), options);
+            report_progress(progress, 0.6, "loading the tokenizer");
+            Tokenizer tok = tokenizer_for(m);
+            report_progress(progress, 0.7, "weight statistics");
+            *result = describe(std::move(m), std::move(tok), path, seconds_since(start));
+            report_progress(progress, 1.0, "loaded");
+        },
+        [this, result] { Q_EMIT loaded(*result); });
+}
+
+bool CalibrateJob::start(std::shared_ptr<const LoadedModel> model, const QString& text_path, int nsamples, int seqlen,
+                         std::uint64_t seed)
+{
+    auto result = std::make_shared<std::shared_ptr<CalibrationResult>>();
+    return launch(
+        [=](const ProgressFn& progress) {
+            const auto start = std::chrono::steady_clock::now();
+            report_progress(progress, 0.0, "tokenizing " + text_path.toStdString());
+            const std::string text = read_text_file(text_path.toStdString());
+            const std::vector<int> tokens = model->tokenizer->encode(text);
+            const int len = seqlen > 0 ? seqlen : model->context;
+            CalibrationData data = calibrate(*model->model, sample_calibration_windows(tokens, nsamples, len, seed), progress);
+            data.text_sha256 = sha256_of_bytes(text);
+            *result = summarize(*model, std::move(data), text_path, seconds_since(start));
+        },
+        [this, result] { Q_EMIT calibrated(*result); });
+}
+
+bool CalibrateJob::startLoad(std::shared_ptr<const LoadedModel> model, const QString& calibration_path)
+{
+    auto result = std::make_shared<std::shared_ptr<CalibrationResult>>();
+    return launch(
+        [=](const ProgressFn& progress) {
+            const auto start = std::chrono::steady_clock::now();
+            report_progress(progress, 0.0, "reading " + calibration_path.toStdString());
+            CalibrationData data = read_calibration_file(calibration_path.toStdString(), model->model->config);
+            *result = summarize(*model, std::move(data), calibration_path, seconds_since(start));
+            report_progress(progress, 1.0, "read");
+        },
+        [this, result] { Q_EMIT calibrated(*result); });
+}
+
+void CalibrateJob::save(const LoadedModel& model, const CalibrationResult& result, const QString& path)
+{
+    write_calibration_file(*result.data, model.model->config, path.toStdString());
+}
+
+bool QuantizeJob::start(std::shared_ptr<const LoadedModel> model, const RunRequest& request)
+{
+    request.plan.validate();
+    auto result = std::make_shared<std::shared_ptr<RunResult>>();
+    QPointer<QuantizeJob> self(this);
+    return launch(
+        [=](const ProgressFn& progress) {
+            const auto start = std::chrono::steady_clock::now();
+            const QuantConfig& cfg = request.plan.config;
+            report_progress(progress, 0.0, "tokenizing " + request.calibration_text.toStdString());
+            const std::string text = read_text_file(request.calibration_text.toStdString());
+            const std::vector<int> tokens = model->tokenizer->encode(text);
+            std::vector<int> eval_tokens;
+            if (!request.eval_text.isEmpty())
+                eval_tokens = tokens_of_file(*model, request.eval_text);
+            PerplexitySettings eval_settings;
+            eval_settings.max_windows = request.eval_windows;
+            auto out = std::make_shared<RunResult>();
+            QuantizedModel q;
+            if (!request.qat) {
+                const int seqlen = cfg.seqlen > 0 ? cfg.seqlen : model->context;
+                q = quantize_model(*model->model, sample_calibration_windows(tokens, cfg.nsamples, seqlen, cfg.seed),
+                                   request.plan, [&](double f, std::string_view stage) {
+                                       return progress(0.05 + 0.8 * f, stage);
+                                   });
+                out->method = QString::fromStdString(to_string(cfg.layer.method));
+            } else {
+                QatSettings s;
+                s.salient_ratio = cfg.layer.salient_ratio;
+                s.salient_bits = cfg.layer.salient_bits == 16 ? 8 : cfg.layer.salient_bits;
+                s.binarizer = cfg.layer.binarizer == Binarizer::Sign ? Binarizer::Sign : Binarizer::Xnor;
+                s.steps = request.qat_steps;
+                s.lr = request.qat_lr;
+                s.kd = request.qat_kd;
+                s.seed = cfg.seed;
+                s.seqlen = cfg.seqlen;
+                QatResult r = train_qat(*model->model, tokens, s, std::nullopt, {}, {}, [&](const QatProgress& p) {
+                    const TrainingStep step{p.step, p.steps, p.loss, p.eval_ppl.value_or(0.0)};
+                    QMetaObject::invokeMethod(
+                        self, [self, step] { if (self) Q_EMIT self->trainingStep(step); }, Qt::QueuedConnection);
+                    return progress(0.05 + 0.8 * p.step / std::max(p.steps, 1), "training step " + std::to_string(p.step));
+                });
+                if (r.stopped_early)
+                    throw Cancelled();
+                q = std::move(r.quantized);
+                out->method = QStringLiteral("qat");
+            }
+            q.tokenizer_bytes = model->tokenizer->model_bytes();
+            q.calibration_sha256 = sha256_of_bytes(text);
+            q.source_sha256 = QFileInfo(model->path).isFile() ? sha256_of_file(model->path.toStdString()) : "";
+            out->bits = packed_bits(q);
+            out->salient_ratio = q.salient_ratio();
+            if (!eval_tokens.empty()) {
+                const EvalResult before = evaluate_perplexity(*model->model, eval_tokens, eval_settings, [&](double f, std::string_view) {
+                    return progress(0.85 + 0.075 * f, "perplexity before");
+                });
+                const EvalResult after = evaluate_perplexity(q.model, eval_tokens, eval_settings, [&](double f, std::string_view) {
+                    return progress(0.925 + 0.075 * f, "perplexity after");
+                });
+                out->ppl_before = before.ppl;
+                out->ppl_after = after.ppl;
+                out->eval_windows = static_cast<int>(after.windows);
+            }
+            out->quantized = std::make_shared<const QuantizedModel>(std::move(q));
+            out->model = std::shared_ptr<const Model>(out->quantized, &out->quantized->model);
+            out->seconds = seconds_since(start);
+            report_progress(progress, 1.0, "done");
+            *result = out;
+        },
+        [this, result] { Q_EMIT quantized(*result); });
+}
+
+bool ExportJob::start(std::shared_ptr<const RunResult> result, const LoadedModel& source, const QString& path,
+                      bool overwrite, const QString& hf_dir)
+{
+    if (!result || !result->quantized)
+        throw Error("nothing to export: run a quantization first");
+    if (!overwrite && QFileInfo::exists(path))
+        throw Error(path.toStdString() + ": file exists (choose another name or allow replacing it)");
+    const std::int64_t fp16_bytes = source.fp16_bytes;
+    auto out = std::make_shared<ExportResult>();
+    return launch(
+        [=](const ProgressFn& progress) {
+            report_progress(progress, 0.0, "writing " + path.toStdString());
+            write_packed_checkpoint(*result->quantized, path.toStdString());
+            if (!hf_dir.isEmpty()) {
+                report_progress(progress, 0.6, "writing " + hf_dir.toStdString());
+                save_hf(result->quantized->model, hf_dir.toStdString());
+            }
+            out->path = path;
+            out->hf_dir = hf_dir;
+            out->file_bytes = QFileInfo(path).size();
+            out->bits = result->bits;
+            out->compression_vs_fp16 = out->file_bytes > 0 ? static_cast<double>(fp16_bytes) / static_cast<double>(out->file_bytes) : 0.0;
+            report_progress(progress, 1.0, "written");
+        },
+        [this, out] { Q_EMIT exported(*out); });
+}
+
+bool GenerateJob::start(std::shared_ptr<const Model> model, std::shared_ptr<const Tokenizer> tokenizer,
+                        const QString& prompt, const SamplerChoice& sampler)
+{
+    auto out = std::make_shared<GenerationOutcome>();
+    QPointer<GenerateJob> self(this);
+    return launch(
+        [=](const ProgressFn& progress) {
+            GenerationSettings settings;
+            settings.max_new_tokens = sampler.max_new_tokens;
+            settings.sampler.temperature = sampler.temperature;
+            settings.sampler.top_p = sampler.top_p;
+            settings.sampler.seed = sampler.seed;
+            settings.sampler.validate();
+            StreamingDetokenizer detok(*tokenizer);
+            int produced = 0;
+            const GenerationResult r = generate(*model, *tokenizer, prompt.toStdString(), settings, [&](int id, std::string_view) {
+                const QString piece = QString::fromStdString(detok.push(id));
+                if (!piece.isEmpty())
+                    QMetaObject::invokeMethod(self, [self, piece] { if (self) Q_EMIT self->token(piece); }, Qt::QueuedConnection);
+                return progress(static_cast<double>(++produced) / settings.max_new_tokens, "generating");
+            });
+            const QString tail = QString::fromStdString(detok.flush());
+            if (!tail.isEmpty())
+                QMetaObject::invokeMethod(self, [self, tail] { if (self) Q_EMIT self->token(tail); }, Qt::QueuedConnection);
+            out->text = QString::fromStdString(r.completion);
+            out->prompt_tokens = r.prompt_tokens;
+            out->tokens = r.tokens;
+            out->tokens_per_second = r.tokens_per_second;
+            out->seconds = r.seconds;
+            out->cancelled = r.cancelled;
+            std::int64_t bytes = 0;
+            for (const NamedTensor& t : model->named_tensors())
+                bytes += t.tensor.numel() * static_cast<std::int64_t>(t.tensor.element_size());
+            const ModelConfig& c = model->config;
+            const std::int64_t positions = static_cast<std::int64_t>(r.prompt_tokens.size() + r.tokens.size());
+            out->memory_bytes = bytes + 2LL * c.n_layers * positions * c.kv_dim() * 4; // + fp32 KV cache
+        },
+        [this, out] { Q_EMIT generated(*out); });
+}
+
+bool ScoreJob::start(std::shared_ptr<const Model> reference, std::vector<int> prompt_tokens, std::vector<int> tokens)
+{
+    auto nll = std::make_shared<double>(0.0);
+    return launch(
+        [=](const ProgressFn& progress) {
+            std::vector<int> all = prompt_tokens;
+            all.insert(all.end(), tokens.begin(), tokens.end());
+            all.resize(std::min<std::size_t>(all.size(), static_cast<std::size_t>(reference->config.max_seq_len)));
+            report_progress(progress, 0.0, "scoring");
+            *nll = all.size() > prompt_tokens.size() ? continuation_nll(*reference, all, prompt_tokens.size()) : 0.0;
+            report_progress(progress, 1.0, "scored");
+        },
+        [this, nll] { Q_EMIT scored(*nll); });
+}
+
+} // namespace pbllm

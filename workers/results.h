@@ -1,0 +1,130 @@
+#pragma once
+// The value structs workers hand to the GUI: computed once on a worker thread, then shared
+// read-only (std::shared_ptr<const T>). No libtorch headers here, so widgets compile fast.
+#include "core/quant_config.h"
+
+#include <QMetaType>
+#include <QString>
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+namespace pbllm {
+
+struct Model;
+class Tokenizer;
+struct CalibrationData;
+struct QuantizedModel;
+
+/// A histogram over [lo, hi] in equal bins.
+struct Bins {
+    double lo = 0.0, hi = 0.0;
+    std::vector<double> counts;
+};
+
+/// One quantizable Linear of the loaded model, in quantization order.
+struct LinearInfo {
+    int layer = 0;            ///< decoder block
+    QString name;             ///< "model.layers.3.self_attn.q_proj"
+    QString kind;             ///< "q_proj"
+    std::int64_t rows = 0, cols = 0;
+    double mean = 0.0, std = 0.0, abs_max = 0.0, kurtosis = 0.0, outlier_fraction = 0.0;
+    Bins weights;             ///< histogram of W
+    std::int64_t weight_count() const { return rows * cols; }
+};
+
+struct LoadedModel {
+    std::shared_ptr<const Model> model;
+    std::shared_ptr<const Tokenizer> tokenizer;
+    QString path;
+    QString display_name;
+    std::vector<std::pair<QString, QString>> summary; ///< label, value: what the Model page lists
+    std::vector<LinearInfo> linears;
+    int n_layers = 0;
+    int context = 0;
+    std::int64_t parameters = 0;
+    std::int64_t quantizable_weights = 0; ///< weights of the Linears above
+    std::int64_t fp16_bytes = 0;          ///< the whole model stored as FP16: the size to compare with
+    double load_seconds = 0.0;
+};
+
+struct CalibrationResult {
+    std::shared_ptr<const CalibrationData> data;
+    std::vector<double> hessian_trace; ///< per LinearInfo, tr H of its input
+    QString source;                    ///< the text or the calibration file it came from
+    int windows = 0, seqlen = 0;
+    std::int64_t tokens = 0;
+    double seconds = 0.0;
+};
+
+/// Slider preview of one Linear at its current settings.
+struct LinearPreview {
+    int linear = 0;                 ///< index into LoadedModel::linears
+    double salient_ratio = 0.0;     ///< achieved
+    double threshold = 0.0;         ///< saliency score threshold
+    double weight_error = 0.0;      ///< relative Frobenius
+    double hessian_error = -1.0;    ///< Hessian-diagonal-weighted relative error; -1 uncalibrated
+    int salient_bits = 8;
+    std::int64_t estimated_bytes = 0;
+};
+
+struct PreviewSnapshot {
+    std::uint64_t id = 0;
+    std::vector<LinearPreview> linears;
+    double headline_bits = 0.0, bitmap_bits = 0.0, index_bits = 0.0, estimated_bits = 0.0;
+    std::int64_t estimated_file_bytes = 0; ///< quantized Linears + FP16 rest + container overhead
+    double milliseconds = 0.0;
+};
+
+struct BitsSummary {
+    double headline = 0.0, with_bitmap = 0.0, with_index = 0.0, measured = 0.0;
+};
+
+/// Outcome of a PTQ or QAT run.
+struct RunResult {
+    std::shared_ptr<const QuantizedModel> quantized;
+    std::shared_ptr<const Model> model; ///< its dequantized weights (shares ownership of `quantized`)
+    QString method;
+    BitsSummary bits;
+    double salient_ratio = 0.0;
+    double ppl_before = 0.0, ppl_after = 0.0; ///< 0 when not evaluated
+    int eval_windows = 0;
+    double seconds = 0.0;
+};
+
+struct ExportResult {
+    QString path;
+    QString hf_dir;                     ///< "" when no dequantized copy was written
+    std::int64_t file_bytes = 0;
+    BitsSummary bits;
+    double compression_vs_fp16 = 0.0;   ///< FP16 bytes / file bytes
+};
+
+struct GenerationOutcome {
+    QString text;                 ///< completion only
+    std::vector<int> prompt_tokens;
+    std::vector<int> tokens;
+    double tokens_per_second = 0.0;
+    double seconds = 0.0;
+    std::int64_t memory_bytes = 0; ///< weights in memory + KV cache
+    bool cancelled = false;
+};
+
+/// QAT progress for the live loss curve.
+struct TrainingStep {
+    int step = 0, steps = 0;
+    double loss = 0.0;
+    double eval_ppl = 0.0; ///< 0 when not evaluated at this step
+};
+
+} // namespace pbllm
+
+Q_DECLARE_METATYPE(std::shared_ptr<const pbllm::LoadedModel>)
+Q_DECLARE_METATYPE(std::shared_ptr<const pbllm::CalibrationResult>)
+Q_DECLARE_METATYPE(std::shared_ptr<const pbllm::RunResult>)
+Q_DECLARE_METATYPE(pbllm::PreviewSnapshot)
+Q_DECLARE_METATYPE(pbllm::ExportResult)
+Q_DECLARE_METATYPE(pbllm::GenerationOutcome)
+Q_DECLARE_METATYPE(pbllm::TrainingStep)
