@@ -11,6 +11,9 @@
 #include <dlfcn.h>
 #include <mutex>
 
+#ifndef PBLLM_PLUGIN_RELATIVE_DIR
+#define PBLLM_PLUGIN_RELATIVE_DIR "../lib/pbllm"
+#endif
 #ifndef PBLLM_PLUGIN_INSTALL_DIR
 #define PBLLM_PLUGIN_INSTALL_DIR ""
 #endif
@@ -43,7 +46,8 @@ std::vector<std::string> plugin_candidates()
     const std::string exe = executable_dir();
     if (!exe.empty()) {
         out.push_back(exe + "/" + kPluginFile);
-        out.push_back(exe + "/../lib/pbllm/" + kPluginFile);
+        // An installed tree moved elsewhere (a package unpacked into a scratch root, say).
+        out.push_back(exe + "/" PBLLM_PLUGIN_RELATIVE_DIR "/" + kPluginFile);
     }
     if (*PBLLM_PLUGIN_INSTALL_DIR)
         out.push_back(std::string(PBLLM_PLUGIN_INSTALL_DIR) + "/" + kPluginFile);

@@ -13,8 +13,8 @@ packages=(
   libtorch-dev libopenblas0-pthread libopenblas0-openmp
   # tokenizer, checkpoints
   libsentencepiece-dev sentencepiece libhdf5-dev hdf5-tools
-  # default-model download, offscreen/X11 GUI tests, desktop metadata checks
-  curl ca-certificates xvfb xauth desktop-file-utils appstream
+  # default-model download, offscreen/X11 GUI tests, desktop metadata checks, .deb building
+  curl ca-certificates xvfb xauth desktop-file-utils appstream dpkg-dev file
 )
 
 missing=()

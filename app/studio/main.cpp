@@ -13,6 +13,7 @@
 #include <QDir>
 #include <QElapsedTimer>
 #include <QFileInfo>
+#include <QIcon>
 #include <QTemporaryDir>
 #include <QTimer>
 
@@ -97,6 +98,8 @@ int main(int argc, char** argv)
     QApplication::setOrganizationName("pbllm");
     QApplication::setApplicationName("PB-LLM Studio");
     QApplication::setApplicationVersion(PBLLM_VERSION);
+    QGuiApplication::setDesktopFileName("io.github.pbllm.Studio");
+    QApplication::setWindowIcon(QIcon::fromTheme("io.github.pbllm.Studio")); // installed by the package
     QCommandLineParser parser;
     parser.setApplicationDescription("PB-LLM Studio: analyse and compress Llama-family models to 1-2 bits.");
     parser.addHelpOption();
