@@ -15,6 +15,8 @@
 #include <QTemporaryDir>
 #include <QtTest>
 
+#include <random>
+
 using namespace pbllm;
 using namespace pbllm::test;
 
@@ -130,6 +132,65 @@ private Q_SLOTS:
         const auto result = again.first().first().value<std::shared_ptr<const RunResult>>();
         QCOMPARE(result->quantized->linears.size(), std::size_t(35));
         QVERIFY(result->bits.measured > 1.0 && result->bits.measured < 4.0);
+    }
+
+    void cancelAtARandomPointLeavesTheModel_data()
+    {
+        QTest::addColumn<QString>("kind");
+        QTest::addColumn<int>("seed");
+        for (const char* kind : {"calibrate", "pb-gptq", "qat"})
+            for (int seed : {1, 2})
+                QTest::newRow(qPrintable(QString("%1 #%2").arg(kind).arg(seed))) << QString(kind) << seed;
+    }
+
+    void cancelAtARandomPointLeavesTheModel()
+    {
+        QFETCH(QString, kind);
+        QFETCH(int, seed);
+        const auto m = loaded();
+        QVERIFY(m);
+        std::vector<at::Tensor> before;
+        for (const NamedTensor& t : m->model->named_tensors())
+            before.push_back(t.tensor.clone());
+        std::mt19937 rng(static_cast<unsigned>(seed));
+        const double cancel_at = std::uniform_real_distribution<double>(0.08, 0.7)(rng);
+
+        CalibrateJob calibrate;
+        QuantizeJob quantize;
+        Job* job = kind == "calibrate" ? static_cast<Job*>(&calibrate) : static_cast<Job*>(&quantize);
+        QSignalSpy cancelled(job, &Job::cancelled), finished(job, &Job::finished), failed(job, &Job::failed);
+        QMetaObject::Connection trigger = connect(job, &Job::progress, job, [job, cancel_at](double f, const QString&) {
+            if (f >= cancel_at)
+                job->cancel();
+        });
+        RunRequest r;
+        r.calibration_text = QString::fromStdString(tinystories_train_path());
+        r.plan.config.nsamples = 24;
+        r.qat = kind == "qat";
+        r.qat_steps = 150;
+        if (r.qat)
+            r.plan.config.seqlen = 64; // short windows: the test is about cancelling, not training
+        if (kind == "calibrate")
+            calibrate.start(m, r.calibration_text, 24, 0, 0);
+        else
+            quantize.start(m, r);
+        QVERIFY(finished.wait(120000));
+        QCOMPARE(failed.count(), 0);
+        QCOMPARE(cancelled.count(), 1);
+        const auto after = m->model->named_tensors();
+        for (std::size_t i = 0; i < before.size(); ++i)
+            QVERIFY2(at::equal(before[i], after[i].tensor), after[i].name.c_str());
+        // Still usable: the same job runs to its result.
+        disconnect(trigger);
+        QSignalSpy done(job, &Job::finished), errors(job, &Job::failed), stopped(job, &Job::cancelled);
+        r.plan.config.nsamples = 2;
+        r.qat_steps = 2;
+        if (kind == "calibrate")
+            calibrate.start(m, r.calibration_text, 2, 32, 0);
+        else
+            quantize.start(m, r);
+        QVERIFY(done.wait(120000));
+        QCOMPARE(errors.count() + stopped.count(), 0);
     }
 
     void destroyingARunningJobCancelsIt()
