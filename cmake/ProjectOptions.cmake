@@ -10,6 +10,17 @@ function(pbllm_target_warnings target)
   target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-unused-parameter)
 endfunction()
 
+option(PBLLM_OPENMP "Compile with OpenMP (libtorch's parallel_for needs it to run in parallel)" ON)
+option(PBLLM_FUZZ "Build the libFuzzer targets of tests/fuzz (clang; implies PBLLM_SANITIZE)" OFF)
+if(PBLLM_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "PBLLM_FUZZ needs clang (libFuzzer); configure with the 'fuzz' preset")
+  endif()
+  set(PBLLM_SANITIZE ON)
+  # Coverage instrumentation everywhere (core, the tokenizer plugin); the fuzzer main only in
+  # the fuzz targets.
+  add_compile_options(-fsanitize=fuzzer-no-link)
+endif()
 option(PBLLM_SANITIZE "Build with AddressSanitizer and UndefinedBehaviorSanitizer" OFF)
 if(PBLLM_SANITIZE)
   add_compile_options(-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined)

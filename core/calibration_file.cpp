@@ -47,7 +47,9 @@ void write_calibration_file(const CalibrationData& data, const ModelConfig& conf
     }
 }
 
-CalibrationData read_calibration_file(const std::string& path, const ModelConfig& config)
+namespace {
+
+CalibrationData read_calibration_file_unchecked(const std::string& path, const ModelConfig& config)
 {
     quiet_hdf5();
     Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
@@ -99,6 +101,17 @@ CalibrationData read_calibration_file(const std::string& path, const ModelConfig
         data.hessians.push_back(h);
     }
     return data;
+}
+
+} // namespace
+
+CalibrationData read_calibration_file(const std::string& path, const ModelConfig& config)
+{
+    // First in a child process: a file that crashes the HDF5 library must not crash this one.
+    check_hdf5_structure(path, [&] {
+        (void)read_calibration_file_unchecked(path, config);
+    });
+    return read_calibration_file_unchecked(path, config);
 }
 
 } // namespace pbllm

@@ -4,11 +4,16 @@
 #include "core/system.h"
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <csignal>
+#include <sys/wait.h>
 #include <unistd.h>
+#include <vector>
 
 namespace pbllm {
 
@@ -136,6 +141,55 @@ void Writer::attr(hid_t obj, const std::string& name, double value) const
     Hid space(H5Screate(H5S_SCALAR), H5Sclose);
     Hid a(H5Acreate2(obj, name.c_str(), H5T_IEEE_F64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
     check(a.ok() ? H5Awrite(a.get(), H5T_NATIVE_DOUBLE, &value) : -1, "attribute " + name);
+}
+
+// ---- Parsing in a child process -----------------------------------------------------------
+
+// libgomp (through libtorch) cannot run a parallel region in a forked child whose parent had
+// a thread team: the child limits OpenMP to one thread, so every parallel_for runs inline.
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+
+void check_hdf5_structure(const std::string& path, const std::function<void()>& read)
+{
+    std::fflush(nullptr);
+    const pid_t child = ::fork();
+    if (child < 0)
+        return; // cannot probe: the reader's own checks still apply
+    if (child == 0) {
+        // Default signal actions, so a crash reaches the parent as one; leave through _exit
+        // (no destructors or atexit handlers of the parent's state).
+        for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT})
+            std::signal(sig, SIG_DFL);
+        if (omp_set_num_threads)
+            omp_set_num_threads(1);
+        int code = 0;
+        try {
+            read();
+        } catch (...) {
+            code = 1; // an ordinary refusal: the parent's own read reports it
+        }
+        ::_exit(code);
+    }
+    // A child that hangs (a lock held by another thread at fork time) proves nothing about the
+    // file: after a generous wait it is killed and the read goes ahead here.
+    int status = 0;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(2);
+    for (;;) {
+        const pid_t done = ::waitpid(child, &status, WNOHANG);
+        if (done == child)
+            break;
+        if ((done < 0 && errno != EINTR) || std::chrono::steady_clock::now() > deadline) {
+            ::kill(child, SIGKILL);
+            ::waitpid(child, &status, 0);
+            return;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+    if (WIFSIGNALED(status))
+        throw Error(path + ": corrupt HDF5 file (the HDF5 library crashed parsing it: signal " +
+                    std::to_string(WTERMSIG(status)) + ")");
+    if (!WIFEXITED(status) || WEXITSTATUS(status) > 1) // e.g. a sanitizer's report
+        throw Error(path + ": corrupt HDF5 file (parsing it failed abnormally)");
 }
 
 // ---- Reader ----------------------------------------------------------------------------------

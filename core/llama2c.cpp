@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
+#include <limits>
 
 namespace pbllm {
 namespace {
@@ -65,8 +66,8 @@ Header parse_header(const MappedFile& file)
     if (h.version == 0) {
         // Legacy convention: a negative vocab_size means the classifier is stored separately.
         shared = c.vocab_size > 0;
-        if (c.vocab_size < 0)
-            c.vocab_size = -c.vocab_size;
+        if (c.vocab_size < 0) // INT_MIN has no positive counterpart: 0, which validate() refuses
+            c.vocab_size = c.vocab_size == std::numeric_limits<int>::min() ? 0 : -c.vocab_size;
     }
     c.tied_embeddings = shared;
     c.validate(path + " (llama2.c header)");

@@ -301,7 +301,9 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
     }
 }
 
-PackedCheckpoint read_packed_checkpoint(const std::string& path)
+namespace {
+
+PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
 {
     quiet_hdf5();
     if (!QFileInfo(QString::fromStdString(path)).isFile())
@@ -428,6 +430,17 @@ PackedCheckpoint read_packed_checkpoint(const std::string& path)
     m.output = c.tied_embeddings ? m.tok_embeddings : load_tensor("lm_head.weight", {v, d});
     m.validate_weights();
     return ck;
+}
+
+} // namespace
+
+PackedCheckpoint read_packed_checkpoint(const std::string& path)
+{
+    // First in a child process: a file that crashes the HDF5 library must not crash this one.
+    check_hdf5_structure(path, [&] {
+        (void)read_packed_checkpoint_unchecked(path);
+    });
+    return read_packed_checkpoint_unchecked(path);
 }
 
 } // namespace pbllm

@@ -23,6 +23,23 @@ namespace {
 
 constexpr const char* kPluginFile = "libpbllm_spm.so";
 
+// AddressSanitizer refuses RTLD_DEEPBIND (its interceptors must stay first in lookup), so
+// sanitizer builds load the plugin without it. SentencePiece then meets libtorch's protobuf and
+// aborts on its version check: in sanitizer builds the tokenizer is fuzzed through the plugin's
+// C interface without libtorch (tests/fuzz/fuzz_tokenizer.cpp).
+#if defined(__SANITIZE_ADDRESS__)
+#define PBLLM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define PBLLM_ASAN 1
+#endif
+#endif
+#ifdef PBLLM_ASAN
+constexpr int kDeepBind = 0;
+#else
+constexpr int kDeepBind = RTLD_DEEPBIND;
+#endif
+
 /// The plugin's entry points, resolved once per process.
 struct PluginApi {
     std::string path;
@@ -67,7 +84,7 @@ const PluginApi& plugin()
                 continue;
             }
             // RTLD_DEEPBIND: the plugin's SentencePiece binds to its own protobuf, not libtorch's.
-            void* handle = ::dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+            void* handle = ::dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
             if (!handle) {
                 tried += "\n  " + candidate + " (" + ::dlerror() + ")";
                 continue;

@@ -4,8 +4,8 @@
 set -euo pipefail
 
 packages=(
-  # toolchain
-  g++ cmake ninja-build ccache pkg-config git
+  # toolchain; clang and its runtime for the libFuzzer + ASan/UBSan build
+  g++ cmake ninja-build ccache pkg-config git clang libclang-rt-14-dev
   # Qt 6 (Widgets, Concurrent, Test, PrintSupport) and QCustomPlot's Qt 6 build
   qt6-base-dev qt6-base-dev-tools libqcustomplot-dev libqcustomplot2.1-qt6
   # libtorch; OpenBLAS explicitly (libtorch only recommends it; the reference BLAS is 20-30x

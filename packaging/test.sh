@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: install what is needed, build (dev preset), run every Qt Test through ctest.
+# The whole test suite: install what is needed, build (dev preset), run every Qt Test through
+# ctest; then the fuzz build (clang, ASan + UBSan) replays every saved regression input and runs
+# each libFuzzer target for PBLLM_FUZZ_SECONDS (default 60).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -7,3 +9,6 @@ bash packaging/setup-debian.sh
 cmake --preset dev
 cmake --build --preset dev
 ctest --preset dev
+cmake --preset fuzz -DPBLLM_FUZZ_SECONDS="${PBLLM_FUZZ_SECONDS:-60}"
+cmake --build --preset fuzz
+ctest --preset fuzz

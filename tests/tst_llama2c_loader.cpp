@@ -133,6 +133,10 @@ private Q_SLOTS:
                                               << "n_layers = -1 (must be positive)";
         QTest::newRow("garbage header") << with([](std::string& b) { put_i32(b, 0, 1 << 30); })
                                         << "implausibly large";
+        // Found by fuzz_llama2c (tests/fuzz/regressions/llama2c/v0-vocab-int-min.bin): negating
+        // INT_MIN for the legacy untied-classifier flag was undefined behaviour.
+        QTest::newRow("vocab_size INT_MIN") << with([](std::string& b) { put_i32(b, 20, std::numeric_limits<std::int32_t>::min()); })
+                                            << "vocab_size = 0 (must be positive)";
         QTest::newRow("layer count mismatch") << with([](std::string& b) { put_i32(b, 8, 6); }) << "truncated";
         QTest::newRow("NaN in wq") << with([](std::string& b) {
             put_f32(b, 28 + (512 * 64 + 5 * 64 + 10) * 4, std::numeric_limits<float>::quiet_NaN());

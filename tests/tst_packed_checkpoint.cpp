@@ -256,6 +256,22 @@ private Q_SLOTS:
         }
     }
 
+    void fileThatCrashesHdf5IsRefused()
+    {
+        // Found by fuzz_packed_checkpoint: a broken B-tree v2 header makes HDF5 1.10 memcpy from
+        // NULL inside H5Lexists. The reader parses in a child process first and refuses the file.
+        const std::string path = std::string(PBLLM_SOURCE_DIR) +
+                                 "/tests/fuzz/regressions/packed_checkpoint/hdf5-btree2-header-null-memcpy.pbllm.h5";
+        try {
+            read_packed_checkpoint(path);
+            QFAIL("the corrupt file was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("hdf5-btree2-header-null-memcpy.pbllm.h5") &&
+                         QString(e.what()).contains("corrupt HDF5 file"),
+                     e.what());
+        }
+    }
+
     void failedWriteLeavesNoPartialFileAndKeepsTheOldOne()
     {
         QTemporaryDir tmp;

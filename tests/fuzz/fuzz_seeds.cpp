@@ -1,0 +1,94 @@
+// Writes the seed corpora of the fuzz targets from valid files made here: a tiny synthetic model
+// as llama2.c v1 and as a Hugging Face folder, its RTN-quantized packed checkpoint, its
+// calibration file, QuantPlan JSON, and the shared tok512 SentencePiece model.
+// Usage: fuzz_seeds OUTPUT_DIR SHARED_DIR
+#include "core/calibration.h"
+#include "core/calibration_file.h"
+#include "core/hf_model.h"
+#include "core/llama2c.h"
+#include "core/packed_checkpoint.h"
+#include "core/ptq.h"
+#include "core/synthetic.h"
+#include "tests/fuzz/fuzz_common.h"
+
+#include <QDir>
+#include <QFile>
+
+#include <cstdio>
+#include <random>
+
+using namespace pbllm;
+
+namespace {
+
+QByteArray read_all(const QString& path)
+{
+    QFile f(path);
+    if (!f.open(QIODevice::ReadOnly))
+        throw Error(path.toStdString() + ": cannot read");
+    return f.readAll();
+}
+
+void write_all(const QString& path, const QByteArray& bytes)
+{
+    QFile f(path);
+    if (!f.open(QIODevice::WriteOnly) || f.write(bytes) != bytes.size())
+        throw Error(path.toStdString() + ": cannot write");
+}
+
+} // namespace
+
+int main(int argc, char** argv)
+{
+    if (argc != 3) {
+        std::fprintf(stderr, "usage: fuzz_seeds OUTPUT_DIR SHARED_DIR\n");
+        return 2;
+    }
+    try {
+        const QDir out(QString::fromLocal8Bit(argv[1]));
+        const QString shared = QString::fromLocal8Bit(argv[2]);
+        for (const char* target : {"llama2c", "hf", "packed_checkpoint", "calibration_file", "quant_plan", "tokenizer"})
+            out.mkpath(target);
+        const ModelConfig c = fuzz::tiny_config();
+        ModelConfig tied = c;
+        tied.tied_embeddings = true;
+        const Model model = make_synthetic_model(c, 1);
+
+        save_llama2c_v1(model, out.filePath("llama2c/tiny-v1.bin").toStdString());
+        save_llama2c_v1(make_synthetic_model(tied, 2), out.filePath("llama2c/tiny-v1-tied.bin").toStdString());
+
+        const QString hf = out.filePath("hf-folder");
+        save_hf(model, hf.toStdString());
+        const QByteArray config = read_all(hf + "/config.json");
+        QByteArray packed;
+        packed.append(static_cast<char>(config.size() & 0xFF)).append(static_cast<char>(config.size() >> 8));
+        write_all(out.filePath("hf/tiny"), packed + config + read_all(hf + "/model.safetensors"));
+        QDir(hf).removeRecursively();
+
+        std::mt19937 rng(3);
+        std::vector<std::vector<int>> windows(4, std::vector<int>(static_cast<std::size_t>(c.max_seq_len)));
+        for (auto& w : windows)
+            for (int& t : w)
+                t = static_cast<int>(rng() % static_cast<unsigned>(c.vocab_size));
+        for (QuantMethod method : {QuantMethod::Rtn, QuantMethod::PbGptq}) {
+            QuantPlan plan;
+            plan.config.layer.method = method;
+            plan.config.layer.salient_ratio = method == QuantMethod::Rtn ? 0.1 : 0.3;
+            write_packed_checkpoint(quantize_model(model, windows, plan),
+                                    out.filePath(QString("packed_checkpoint/tiny-%1.pbllm.h5").arg(int(method))).toStdString());
+        }
+        write_calibration_file(calibrate(model, windows), c, out.filePath("calibration_file/tiny.calib.h5").toStdString());
+
+        QuantPlan plan;
+        write_all(out.filePath("quant_plan/defaults.json"), QByteArray::fromStdString(plan.to_json()));
+        plan.rules.push_back(PlanRule{"model.layers.*.mlp.down_proj", 0.3, 4, {}, SaliencyMetric::Magnitude, Binarizer::Sign, {}, {}});
+        plan.rules.push_back(PlanRule{"model.layers.0.*", {}, {}, 3, {}, {}, QuantMethod::Gptq, {}});
+        write_all(out.filePath("quant_plan/rules.json"), QByteArray::fromStdString(plan.to_json()));
+
+        write_all(out.filePath("tokenizer/tok512.model"), read_all(shared + "/models/stories260K/tok512.model"));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "fuzz_seeds: %s\n", e.what());
+        return 1;
+    }
+    return 0;
+}
