@@ -9,10 +9,24 @@
 #include <QJsonObject>
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 
 namespace pbllm {
 namespace {
+
+/// A non-negative integer count from JSON (a double there) no larger than `max`; false for
+/// anything else (fractions, negatives, NaN, huge values that would not fit an int64).
+bool json_count(const QJsonValue& value, double max, std::int64_t& out)
+{
+    if (!value.isDouble())
+        return false;
+    const double v = value.toDouble();
+    if (!(v >= 0.0 && v <= max) || std::floor(v) != v)
+        return false;
+    out = static_cast<std::int64_t>(v);
+    return true;
+}
 
 int element_size(const std::string& dtype)
 {
@@ -93,18 +107,17 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_uniq
             fail("tensor '" + name + "' has unknown dtype '" + entry.dtype + "'");
         std::int64_t numel = 1;
         for (const QJsonValue& s : shape) {
-            const double v = s.toDouble(-1);
-            if (!s.isDouble() || v < 0 || v != static_cast<double>(static_cast<std::int64_t>(v)) || v > 1e12)
+            std::int64_t dim = 0;
+            if (!json_count(s, 1e12, dim))
                 fail("tensor '" + name + "' has an invalid shape");
-            entry.shape.push_back(static_cast<std::int64_t>(v));
+            entry.shape.push_back(dim);
             numel *= entry.shape.back();
             if (numel > (std::int64_t(1) << 40))
                 fail("tensor '" + name + "' is implausibly large");
         }
-        if (offsets.size() != 2 || !offsets[0].isDouble() || !offsets[1].isDouble())
-            fail("tensor '" + name + "' has no [begin, end] data_offsets");
-        entry.begin = static_cast<std::int64_t>(offsets[0].toDouble());
-        entry.end = static_cast<std::int64_t>(offsets[1].toDouble());
+        // Offsets beyond 2^62 cannot be in any file; the bounds check below names the real limit.
+        if (offsets.size() != 2 || !json_count(offsets[0], 4.6e18, entry.begin) || !json_count(offsets[1], 4.6e18, entry.end))
+            fail("tensor '" + name + "' has no valid [begin, end] data_offsets");
         if (entry.begin < 0 || entry.end < entry.begin || entry.end > data_size)
             fail("tensor '" + name + "' data_offsets [" + std::to_string(entry.begin) + ", " +
                  std::to_string(entry.end) + "] lie outside the " + std::to_string(data_size) + "-byte data section" +

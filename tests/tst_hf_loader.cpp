@@ -91,6 +91,39 @@ private Q_SLOTS:
         QVERIFY(at::equal(file.read("b"), b));
     }
 
+    void hugeNumbersInTheHeaderAreRefused_data()
+    {
+        QTest::addColumn<QString>("entry");
+        QTest::addColumn<QString>("message");
+        // Found by fuzz_hf (tests/fuzz/regressions/hf/data-offset-5e84): converting 5e84 to an
+        // int64 was undefined behaviour.
+        QTest::newRow("offset 5e84") << R"({"dtype":"F32","shape":[1],"data_offsets":[0,5e84]})" << "no valid [begin, end] data_offsets";
+        QTest::newRow("negative offset") << R"({"dtype":"F32","shape":[1],"data_offsets":[-4,0]})" << "no valid [begin, end] data_offsets";
+        QTest::newRow("dimension 1e300") << R"({"dtype":"F32","shape":[1e300],"data_offsets":[0,4]})" << "invalid shape";
+        QTest::newRow("fractional dimension") << R"({"dtype":"F32","shape":[1.5],"data_offsets":[0,4]})" << "invalid shape";
+    }
+
+    void hugeNumbersInTheHeaderAreRefused()
+    {
+        QFETCH(QString, entry);
+        QFETCH(QString, message);
+        QTemporaryDir dir;
+        const QString path = dir.filePath("h.safetensors");
+        std::string header = "{\"a\":" + entry.toStdString() + "}";
+        header.resize((header.size() + 7) / 8 * 8, ' ');
+        std::string bytes(8, '\0');
+        const std::uint64_t n = header.size();
+        std::memcpy(bytes.data(), &n, 8);
+        bytes += header + std::string(4, '\0');
+        write_bytes(path, bytes);
+        try {
+            SafetensorsFile file(path.toStdString());
+            QFAIL("accepted");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains(message), e.what());
+        }
+    }
+
     void halfAndBfloatStorage_data()
     {
         QTest::addColumn<int>("dtype");
