@@ -21,7 +21,7 @@ void write_calibration_file(const CalibrationData& data, const ModelConfig& conf
     quiet_hdf5();
     {
         const Hid file = create_memory_hdf5_file(path);
-        const Writer w(file.get(), path);
+        const Writer w(path);
         w.attr(file.get(), "format", std::string(kFormat));
         w.attr(file.get(), "format_version", std::int64_t(1));
         w.attr(file.get(), "seed", static_cast<std::int64_t>(data.seed));

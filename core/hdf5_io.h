@@ -52,7 +52,7 @@ void save_hdf5_image(hid_t file, const std::string& path);
 /// Writing with errors that name the file.
 class Writer {
 public:
-    Writer(hid_t file, std::string path) : file_(file), path_(std::move(path)) {}
+    explicit Writer(std::string path) : path_(std::move(path)) {}
     void check(herr_t status, const std::string& what) const;
     Hid group(hid_t parent, const std::string& name) const;
     void dataset(hid_t parent, const std::string& name, hid_t file_type, hid_t mem_type, std::vector<hsize_t> dims,
@@ -64,7 +64,6 @@ public:
     void attr(hid_t obj, const std::string& name, double value) const;
 
 private:
-    hid_t file_;
     std::string path_;
 };
 

@@ -237,7 +237,7 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
 
     {
         const Hid file = create_memory_hdf5_file(path);
-        const Writer w(file.get(), path);
+        const Writer w(path);
         const hid_t root = file.get();
         w.attr(root, "format", std::string(kFormat));
         w.attr(root, "format_version", kFormatVersion);
