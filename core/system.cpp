@@ -4,6 +4,7 @@
 
 #include <ATen/Context.h>
 #include <ATen/Parallel.h>
+#include <c10/core/CPUAllocator.h>
 #include <QCryptographicHash>
 #include <QFile>
 #include <QSaveFile>
@@ -13,10 +14,102 @@
 #include <cstdlib>
 #include <fstream>
 #include <malloc.h>
+#include <mutex>
 #include <thread>
 #include <unistd.h>
+#include <unordered_map>
+#include <vector>
+#ifdef PBLLM_SANITIZER_BUILD
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace pbllm {
+
+#ifdef PBLLM_SANITIZER_BUILD
+namespace {
+
+// Under AddressSanitizer, malloc is ASan's: it maps every block above 128 KiB afresh and unmaps
+// it on free, and mallopt (below) has no effect. libtorch's temporaries then page-fault on every
+// use and the unit suite ran 10-20x slower than without sanitizers. Sanitizer builds give libtorch
+// a CPU allocator that keeps freed large blocks by exact size for reuse, which is what the raised
+// mmap threshold does in normal builds. Every block is still an ASan allocation of its exact size,
+// so overflows are caught, and a cached block stays poisoned until it is handed out again, so a
+// use after free is caught too unless the block has been reused meanwhile.
+class ReusingCpuAllocator final : public c10::Allocator {
+public:
+    c10::DataPtr allocate(std::size_t bytes) const override
+    {
+        if (bytes < kSmallest) {
+            void* block = fresh(bytes);
+            return {block, block, &release_small, c10::Device(c10::DeviceType::CPU)}; // deleters get the context
+        }
+        void* block = nullptr;
+        {
+            std::lock_guard<std::mutex> lock(state().mutex);
+            std::vector<void*>& cached = state().free_by_size[bytes];
+            if (!cached.empty()) {
+                block = cached.back();
+                cached.pop_back();
+                state().cached_bytes -= bytes;
+                ASAN_UNPOISON_MEMORY_REGION(block, bytes);
+            }
+        }
+        if (!block)
+            block = fresh(bytes);
+        std::lock_guard<std::mutex> lock(state().mutex);
+        state().size_of[block] = bytes;
+        return {block, block, &release_large, c10::Device(c10::DeviceType::CPU)};
+    }
+
+private:
+    static constexpr std::size_t kSmallest = 128 << 10; // ASan's own allocator reuses smaller blocks
+    static constexpr std::size_t kCacheLimit = std::size_t(2) << 30;
+
+    struct State {
+        std::mutex mutex;
+        std::unordered_map<std::size_t, std::vector<void*>> free_by_size;
+        std::unordered_map<void*, std::size_t> size_of;
+        std::size_t cached_bytes = 0;
+    };
+    static State& state()
+    {
+        static State* s = new State; // never destroyed: tensors outlive static destructors
+        return *s;
+    }
+    static void* fresh(std::size_t bytes)
+    {
+        if (bytes == 0)
+            return nullptr;
+        void* p = nullptr;
+        if (posix_memalign(&p, c10::gAlignment, bytes) != 0)
+            throw std::bad_alloc();
+        return p;
+    }
+    static void release_small(void* p) { std::free(p); }
+    static void release_large(void* p)
+    {
+        std::unique_lock<std::mutex> lock(state().mutex);
+        auto it = state().size_of.find(p);
+        const std::size_t bytes = it->second;
+        state().size_of.erase(it);
+        if (state().cached_bytes + bytes > kCacheLimit) {
+            lock.unlock();
+            std::free(p);
+            return;
+        }
+        ASAN_POISON_MEMORY_REGION(p, bytes);
+        state().free_by_size[bytes].push_back(p);
+        state().cached_bytes += bytes;
+    }
+};
+
+[[maybe_unused]] const bool reusing_allocator_installed = [] {
+    c10::SetCPUAllocator(new ReusingCpuAllocator, /*priority=*/1); // lives as long as the process
+    return true;
+}();
+
+} // namespace
+#endif
 
 int configure_runtime(int threads)
 {

@@ -23,22 +23,19 @@ namespace {
 
 constexpr const char* kPluginFile = "libpbllm_spm.so";
 
-// AddressSanitizer refuses RTLD_DEEPBIND (its interceptors must stay first in lookup), so
-// sanitizer builds load the plugin without it. SentencePiece then meets libtorch's protobuf and
-// aborts on its version check: in sanitizer builds the tokenizer is fuzzed through the plugin's
-// C interface without libtorch (tests/fuzz/fuzz_tokenizer.cpp).
-#if defined(__SANITIZE_ADDRESS__)
-#define PBLLM_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define PBLLM_ASAN 1
-#endif
-#endif
-#ifdef PBLLM_ASAN
-constexpr int kDeepBind = 0;
+// How the plugin is isolated from libtorch's protobuf (see spm_plugin.h). Normally
+// RTLD_DEEPBIND: its SentencePiece binds to its own protobuf first. AddressSanitizer refuses
+// RTLD_DEEPBIND (its interceptors must stay first in lookup), so sanitizer builds compile the
+// plugin without sanitizers and load it into a link-map namespace of its own (dlmopen): there it
+// meets no libtorch at all. No memory crosses the C interface, so its separate libc is harmless.
+void* open_plugin(const std::string& path)
+{
+#ifdef PBLLM_SANITIZER_BUILD
+    return ::dlmopen(LM_ID_NEWLM, path.c_str(), RTLD_NOW | RTLD_LOCAL);
 #else
-constexpr int kDeepBind = RTLD_DEEPBIND;
+    return ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
 #endif
+}
 
 /// The plugin's entry points, resolved once per process.
 struct PluginApi {
@@ -83,8 +80,7 @@ const PluginApi& plugin()
                 tried += "\n  " + candidate + " (absent)";
                 continue;
             }
-            // RTLD_DEEPBIND: the plugin's SentencePiece binds to its own protobuf, not libtorch's.
-            void* handle = ::dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL | kDeepBind);
+            void* handle = open_plugin(candidate);
             if (!handle) {
                 tried += "\n  " + candidate + " (" + ::dlerror() + ")";
                 continue;

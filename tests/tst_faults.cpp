@@ -1,6 +1,7 @@
 // Faults from outside: an unwritable export folder, a model too large for memory (refused from
 // its header, before any allocation), and a QAT run killed with SIGKILL that resumes from its
-// last checkpoint to the same result as an uninterrupted run.
+// last checkpoint to the same result as an uninterrupted run; in the asan build, a read of a freed
+// tensor is still reported although freed tensor blocks are kept for reuse there.
 #include "tests/support/test_support.h"
 
 #include "core/error.h"
@@ -19,6 +20,7 @@
 
 #include <csignal>
 #include <cstring>
+#include <sys/wait.h>
 #include <unistd.h>
 
 using namespace pbllm;
@@ -85,6 +87,41 @@ private Q_SLOTS:
         } else {
             QVERIFY(!QFile::exists(target));
         }
+    }
+
+    void useAfterFreeOfATensorIsReportedUnderAsan()
+    {
+#if !defined(__SANITIZE_ADDRESS__)
+        QSKIP("meaningful only in the asan build");
+#else
+        // Sanitizer builds keep freed tensor blocks for reuse (core/system.cpp); a cached block
+        // must stay poisoned, or a read through a stale data pointer would go unnoticed.
+        int out[2];
+        QVERIFY(::pipe(out) == 0);
+        const pid_t child = ::fork();
+        QVERIFY(child >= 0);
+        if (child == 0) {
+            ::dup2(out[1], STDERR_FILENO);
+            ::close(out[0]);
+            ::close(out[1]);
+            at::Tensor block = at::empty({1 << 18}); // 1 MiB: large enough to be cached
+            volatile float* stale = block.data_ptr<float>();
+            stale[7] = 1.0f;
+            block.reset();
+            const float read = stale[7];
+            ::_exit(read == 1.0f ? 0 : 3); // reached only if the read was not reported
+        }
+        ::close(out[1]);
+        QByteArray report;
+        char buffer[4096];
+        for (ssize_t n; (n = ::read(out[0], buffer, sizeof buffer)) > 0;)
+            report.append(buffer, n);
+        ::close(out[0]);
+        int status = 0;
+        QCOMPARE(::waitpid(child, &status, 0), child);
+        QVERIFY2(WIFEXITED(status) && WEXITSTATUS(status) != 0 && WEXITSTATUS(status) != 3, report.constData());
+        QVERIFY2(report.contains("use-after-poison") || report.contains("heap-use-after-free"), report.constData());
+#endif
     }
 
     void modelLargerThanMemoryIsRefusedFromItsHeader()

@@ -1,7 +1,8 @@
 /* C interface of the SentencePiece plugin (libpbllm_spm.so).
  * SentencePiece and libtorch must never share a binary (Debian's libsentencepiece carries its
- * own protobuf), so core loads this module with dlopen(RTLD_LOCAL | RTLD_DEEPBIND) and talks to
- * it only through these plain C functions. */
+ * own protobuf), so core loads this module with dlopen(RTLD_LOCAL | RTLD_DEEPBIND), or into a
+ * link-map namespace of its own in sanitizer builds, and talks to it only through these plain C
+ * functions. No memory allocated on one side is freed on the other. */
 #ifndef PBLLM_SPM_PLUGIN_H
 #define PBLLM_SPM_PLUGIN_H
 

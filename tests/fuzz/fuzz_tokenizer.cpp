@@ -1,8 +1,8 @@
 // The tokenizer plugin's model loading (SentencePiece protobuf) through its C interface: any
 // bytes must load or be refused with a reason; a loaded model must encode, decode and list its
-// pieces. Linked with the plugin's source and SentencePiece only: with libtorch in the same
-// process, SentencePiece would bind to libtorch's protobuf (the plugin's RTLD_DEEPBIND, which
-// prevents that, is refused by AddressSanitizer).
+// pieces. Linked with the plugin's source and SentencePiece only (no libtorch, whose protobuf
+// SentencePiece would bind to), so that the plugin's own code runs instrumented; the plugin
+// module that sanitizer builds of core load is built without sanitizers (core/CMakeLists.txt).
 #include "core/spm_plugin/spm_plugin.h"
 
 #include <cstdlib>
