@@ -234,7 +234,10 @@ private Q_SLOTS:
         LayerPreview preview("w", W, H, s.metric);
         const PreviewResult p = preview.preview(ratio, bits, s.binarizer, /*exact_hessian_error=*/true);
         QCOMPARE(p.salient_ratio, q.salient_ratio);
-        QVERIFY2(std::abs(p.weight_error - q.weight_error) < 1e-6, qPrintable(QString("%1 vs %2").arg(p.weight_error).arg(q.weight_error)));
+        // Two code paths summing float errors in different orders (the preview's SIMD blocks depend
+        // on buffer alignment): equal to float rounding, relative 1e-5 (2e-6 absolute was seen).
+        QVERIFY2(std::abs(p.weight_error - q.weight_error) < 1e-5 * std::max(1.0, q.weight_error),
+                 qPrintable(QString("%1 vs %2").arg(p.weight_error, 0, 'g', 9).arg(q.weight_error, 0, 'g', 9)));
         QVERIFY2(std::abs(p.hessian_error - q.output_error) < 1e-5 * std::max(1.0, q.output_error),
                  qPrintable(QString("%1 vs %2").arg(p.hessian_error).arg(q.output_error)));
         QVERIFY(p.hessian_error_diag >= 0.0);
