@@ -1,7 +1,6 @@
 #include "widgets/pages.h"
 #include "widgets/studio_context.h"
 
-#include "core/system.h"
 #include "core/tokenizer.h"
 
 #include <QDoubleSpinBox>
@@ -143,7 +142,7 @@ void ComparePage::finishIfDone()
     compressed_text_->setHtml(render(b));
     auto stats = [](const GenerationOutcome& o) {
         return QObject::tr("%1 tokens, %2 tok/s, memory %3")
-            .arg(o.tokens.size()).arg(o.tokens_per_second, 0, 'f', 0).arg(QString::fromStdString(human_bytes(o.memory_bytes)));
+            .arg(o.tokens.size()).arg(o.tokens_per_second, 0, 'f', 0).arg(human_size(o.memory_bytes));
     };
     const QString where = diverge < std::min(a.tokens.size(), b.tokens.size())
                               ? tr("; first divergence at token %1 (highlighted)").arg(diverge + 1)

@@ -1,8 +1,6 @@
 #include "widgets/pages.h"
 #include "widgets/studio_context.h"
 
-#include "core/system.h"
-
 #include <QCheckBox>
 #include <QDir>
 #include <QFileDialog>
@@ -66,7 +64,7 @@ ExportPage::ExportPage(StudioContext& context, QWidget* parent) : QWidget(parent
     connect(&job_, &ExportJob::exported, this, [this](const ExportResult& r) {
         result_->setText(tr("Wrote <b>%1</b>: %2 (%3x smaller than FP16). Measured %4 bits per quantized weight "
                             "(headline %5, with index %6)%7")
-                             .arg(r.path.toHtmlEscaped(), QString::fromStdString(human_bytes(r.file_bytes)))
+                             .arg(r.path.toHtmlEscaped(), human_size(r.file_bytes))
                              .arg(r.compression_vs_fp16, 0, 'f', 2).arg(r.bits.measured, 0, 'f', 3)
                              .arg(r.bits.headline, 0, 'f', 3).arg(r.bits.with_index, 0, 'f', 3)
                              .arg(r.hf_dir.isEmpty() ? QString() : tr("; dequantized copy in %1").arg(r.hf_dir.toHtmlEscaped())));

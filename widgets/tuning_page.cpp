@@ -3,8 +3,6 @@
 #include "widgets/qcustomplot_include.h"
 #include "widgets/studio_context.h"
 
-#include "core/system.h"
-
 #include <QComboBox>
 #include <QHBoxLayout>
 #include <QHeaderView>
@@ -22,7 +20,6 @@ constexpr int kSliderSteps = 1000; // 0.05% per step over 0..50%
 constexpr double kMaxRatio = 0.5;
 constexpr qint64 kReplotIntervalMs = 40; // at most 25 redraws per second while dragging
 
-QString human(std::int64_t bytes) { return QString::fromStdString(human_bytes(bytes)); }
 } // namespace
 
 TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent), context_(context)
@@ -159,7 +156,7 @@ void TuningPage::replot()
                              .arg(s.headline_bits, 0, 'f', 3).arg(s.bitmap_bits, 0, 'f', 3).arg(s.index_bits, 0, 'f', 3)
                              .arg(s.estimated_bits, 0, 'f', 3).arg(s.milliseconds, 0, 'f', 1));
     size_label_->setText(tr("Projected file size %1 vs FP16 %2 (%3x smaller)")
-                             .arg(human(s.estimated_file_bytes), human(m->fp16_bytes))
+                             .arg(human_size(s.estimated_file_bytes), human_size(m->fp16_bytes))
                              .arg(s.estimated_file_bytes > 0 ? static_cast<double>(m->fp16_bytes) / s.estimated_file_bytes : 0.0, 0, 'f', 2));
     last_replot_.start();
     ++replots_;

@@ -31,8 +31,6 @@ double seconds_since(std::chrono::steady_clock::time_point start)
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-QString human(std::int64_t bytes) { return QString::fromStdString(human_bytes(bytes)); }
-
 Bins bins_of(const Histogram& h)
 {
     return {h.lo, h.hi, std::vector<double>(h.counts.begin(), h.counts.end())};
@@ -78,7 +76,7 @@ std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const Q
         {QStringLiteral("Architecture"), arch},
         {QStringLiteral("Parameters"), QStringLiteral("%L1 (Linears %L2, embedding %L3)").arg(out->parameters).arg(out->quantizable_weights).arg(embedding)},
         {QStringLiteral("Stored as"), QString::fromStdString(loaded.file_dtype)},
-        {QStringLiteral("File size"), human(loaded.file_bytes) + QStringLiteral(" (FP16 would be %1)").arg(human(out->fp16_bytes))},
+        {QStringLiteral("File size"), human_size(loaded.file_bytes) + QStringLiteral(" (FP16 would be %1)").arg(human_size(out->fp16_bytes))},
         {QStringLiteral("Tokenizer"), QStringLiteral("%1 (%2 pieces)").arg(QString::fromStdString(tokenizer.origin())).arg(tokenizer.vocab_size())},
         {QStringLiteral("Loaded in"), QStringLiteral("%1 s").arg(seconds, 0, 'f', 2)},
     };

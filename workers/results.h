@@ -2,6 +2,7 @@
 // The value structs workers hand to the GUI: computed once on a worker thread, then shared
 // read-only (std::shared_ptr<const T>). No libtorch headers here, so widgets compile fast.
 #include "core/quant_config.h"
+#include "core/system.h"
 
 #include <QMetaType>
 #include <QString>
@@ -12,6 +13,9 @@
 #include <vector>
 
 namespace pbllm {
+
+/// human_bytes as a QString, for labels and log lines.
+inline QString human_size(std::int64_t bytes) { return QString::fromStdString(human_bytes(bytes)); }
 
 struct Model;
 class Tokenizer;
