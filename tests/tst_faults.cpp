@@ -165,7 +165,7 @@ private Q_SLOTS:
         victim.start(QString::fromStdString(pbllm_executable()), qat_args(resumed, ckpt));
         QVERIFY(victim.waitForStarted());
         // Kill it as soon as a checkpoint exists (it keeps training past it).
-        QTRY_VERIFY_WITH_TIMEOUT(QFileInfo(ckpt).size() > 0, 120000);
+        QTRY_VERIFY_WITH_TIMEOUT(QFileInfo(ckpt).size() > 0, kPatientMs);
         QTest::qWait(100);
         ::kill(static_cast<pid_t>(victim.processId()), SIGKILL);
         QVERIFY(victim.waitForFinished(10000));

@@ -43,8 +43,8 @@ private Q_SLOTS:
         QSignalSpy loaded(&window_->loadJob(), &LoadModelJob::loaded);
         QSignalSpy prepared(&window_->context().previews(), &PreviewService::prepared);
         window_->openModel(QString::fromStdString(stories260k_path()));
-        QVERIFY(loaded.wait(60000));
-        QVERIFY(prepared.count() > 0 || prepared.wait(30000));
+        QVERIFY(loaded.wait(kPatientMs));
+        QVERIFY(prepared.count() > 0 || prepared.wait(kPatientMs));
     }
 
     void cleanupTestCase() { window_.reset(); }
@@ -69,16 +69,16 @@ private Q_SLOTS:
         TuningPage* page = window_->tuningPage();
         QSignalSpy updated(page, &TuningPage::chartUpdated);
         page->ratioSlider()->setValue(page->ratioSlider()->maximum() * 3 / 10); // 15%
-        QVERIFY(updated.wait(10000));
+        QVERIFY(updated.wait(kPatientMs));
         // headline = 8 r + (1 - r): 2.05 at 15%, 1.70 at 10% (achieved ratios are floor(r n) / n).
         auto headline = [page] {
             const QRegularExpressionMatch m = QRegularExpression("headline ([0-9.]+)").match(page->bitsLabel()->text());
             return m.hasMatch() ? m.captured(1).toDouble() : -1.0;
         };
-        QTRY_VERIFY_WITH_TIMEOUT(std::abs(headline() - 2.05) < 0.005, 5000);
+        QTRY_VERIFY_WITH_TIMEOUT(std::abs(headline() - 2.05) < 0.005, kPatientMs);
         const int before = page->replots();
         page->ratioSlider()->setValue(page->ratioSlider()->maximum() / 5); // 10%
-        QTRY_VERIFY_WITH_TIMEOUT(std::abs(headline() - 1.70) < 0.005, 5000);
+        QTRY_VERIFY_WITH_TIMEOUT(std::abs(headline() - 1.70) < 0.005, kPatientMs);
         QVERIFY(page->replots() > before);
         QCOMPARE(window_->context().plan().config.layer.salient_ratio, 0.1);
     }
@@ -104,12 +104,12 @@ private Q_SLOTS:
         StudioContext& ctx = window_->context();
         QSignalSpy calibrated(&ctx, &StudioContext::calibrationChanged);
         window_->distributionsPage()->calibrate();
-        QTRY_VERIFY_WITH_TIMEOUT(ctx.calibration() != nullptr, 60000);
+        QTRY_VERIFY_WITH_TIMEOUT(ctx.calibration() != nullptr, kPatientMs);
         QCOMPARE(ctx.calibration()->windows, 8);
 
         QSignalSpy ran(&window_->runPage()->job(), &QuantizeJob::quantized);
         window_->runPage()->start();
-        QVERIFY(ran.wait(120000));
+        QVERIFY(ran.wait(kPatientMs));
         const auto run = ctx.run();
         QVERIFY(run);
         QVERIFY(run->ppl_after > run->ppl_before); // binarization costs perplexity
@@ -119,7 +119,7 @@ private Q_SLOTS:
         const QString path = dir.filePath("studio.pbllm.h5");
         QSignalSpy exported(&window_->exportPage()->job(), &ExportJob::exported);
         window_->exportPage()->exportTo(path, true);
-        QVERIFY(exported.wait(60000));
+        QVERIFY(exported.wait(kPatientMs));
         const auto result = exported.first().first().value<ExportResult>();
         QCOMPARE(result.file_bytes, QFileInfo(path).size());
         QVERIFY(result.compression_vs_fp16 > 1.5);
@@ -128,7 +128,7 @@ private Q_SLOTS:
 
         QSignalSpy compared(window_->comparePage(), &ComparePage::comparisonDone);
         window_->comparePage()->start();
-        QVERIFY(compared.wait(60000));
+        QVERIFY(compared.wait(kPatientMs));
         QVERIFY2(window_->comparePage()->statsText().contains("tok/s"), qPrintable(window_->comparePage()->statsText()));
     }
 

@@ -31,7 +31,7 @@ class TestWorkers : public QObject {
             LoadModelJob job;
             QSignalSpy done(&job, &LoadModelJob::loaded);
             job.start(QString::fromStdString(stories260k_path()));
-            if (!done.wait(60000))
+            if (!done.wait(kPatientMs))
                 return nullptr;
             model_ = done.first().first().value<std::shared_ptr<const LoadedModel>>();
         }
@@ -45,7 +45,7 @@ private Q_SLOTS:
         QSignalSpy started(&job, &Job::started), progress(&job, &Job::progress), loaded(&job, &LoadModelJob::loaded),
             failed(&job, &Job::failed), finished(&job, &Job::finished);
         QVERIFY(job.start(QString::fromStdString(stories260k_path())));
-        QVERIFY(finished.wait(60000));
+        QVERIFY(finished.wait(kPatientMs));
         QCOMPARE(started.count(), 1);
         QCOMPARE(failed.count(), 0);
         QCOMPARE(loaded.count(), 1);
@@ -76,7 +76,7 @@ private Q_SLOTS:
         LoadModelJob job;
         QSignalSpy failed(&job, &Job::failed), loaded(&job, &LoadModelJob::loaded), finished(&job, &Job::finished);
         job.start(bad);
-        QVERIFY(finished.wait(30000));
+        QVERIFY(finished.wait(kPatientMs));
         QCOMPARE(loaded.count(), 0);
         QCOMPARE(failed.count(), 1);
         QVERIFY2(failed.first().first().toString().contains("broken.bin"), qPrintable(failed.first().first().toString()));
@@ -89,7 +89,7 @@ private Q_SLOTS:
         CalibrateJob job;
         QSignalSpy progress(&job, &Job::progress), done(&job, &CalibrateJob::calibrated);
         job.start(m, QString::fromStdString(tinystories_train_path()), 4, 64, 0);
-        QVERIFY(done.wait(60000));
+        QVERIFY(done.wait(kPatientMs));
         const auto c = done.first().first().value<std::shared_ptr<const CalibrationResult>>();
         QCOMPARE(c->windows, 4);
         QCOMPARE(c->tokens, std::int64_t(4 * 64));
@@ -118,7 +118,7 @@ private Q_SLOTS:
                 job.cancel();
         });
         job.start(m, r);
-        QVERIFY(finished.wait(60000));
+        QVERIFY(finished.wait(kPatientMs));
         QCOMPARE(cancelled.count(), 1);
         QCOMPARE(quantized.count(), 0);
         QVERIFY(at::equal(before, m->model->layers[0].weight(LinearKind::Q)));
@@ -128,7 +128,7 @@ private Q_SLOTS:
         r.eval_text.clear();
         job.disconnect(&job);
         QVERIFY(job.start(m, r));
-        QVERIFY(again.wait(60000));
+        QVERIFY(again.wait(kPatientMs));
         const auto result = again.first().first().value<std::shared_ptr<const RunResult>>();
         QCOMPARE(result->quantized->linears.size(), std::size_t(35));
         QVERIFY(result->bits.measured > 1.0 && result->bits.measured < 4.0);
@@ -174,7 +174,7 @@ private Q_SLOTS:
             calibrate.start(m, r.calibration_text, 24, 0, 0);
         else
             quantize.start(m, r);
-        QVERIFY(finished.wait(120000));
+        QVERIFY(finished.wait(kPatientMs));
         QCOMPARE(failed.count(), 0);
         QCOMPARE(cancelled.count(), 1);
         const auto after = m->model->named_tensors();
@@ -189,7 +189,7 @@ private Q_SLOTS:
             calibrate.start(m, r.calibration_text, 2, 32, 0);
         else
             quantize.start(m, r);
-        QVERIFY(done.wait(120000));
+        QVERIFY(done.wait(kPatientMs));
         QCOMPARE(errors.count() + stopped.count(), 0);
     }
 
@@ -213,7 +213,7 @@ private Q_SLOTS:
         PreviewService service;
         QSignalSpy prepared(&service, &PreviewService::prepared), ready(&service, &PreviewService::previewReady);
         service.prepare(m, nullptr, SaliencyMetric::Magnitude);
-        QVERIFY(prepared.wait(30000));
+        QVERIFY(prepared.wait(kPatientMs));
         QuantPlan plan;
         plan.config.layer.metric = SaliencyMetric::Magnitude;
         std::uint64_t last = 0;
@@ -221,7 +221,7 @@ private Q_SLOTS:
             plan.config.layer.salient_ratio = 0.01 * i;
             last = service.request(plan);
         }
-        QVERIFY(ready.wait(30000));
+        QVERIFY(ready.wait(kPatientMs));
         QTest::qWait(100);
         const auto snap = ready.last().first().value<PreviewSnapshot>();
         QCOMPARE(snap.id, last);

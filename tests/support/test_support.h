@@ -9,6 +9,10 @@
 
 namespace pbllm::test {
 
+/// How long a test waits for asynchronous work before calling it hung: a bound for hangs, not a
+/// speed expectation (a machine shared with other busy processes can be many times slower).
+constexpr int kPatientMs = 30 * 60 * 1000;
+
 /// ../shared beside the source tree, or $PBLLM_SHARED_DIR. Aborts the test run with a clear
 /// message when it is missing.
 std::string shared_dir();
