@@ -2,7 +2,7 @@
 
 #include "core/error.h"
 #include "core/llama.h"
-#include "core/simd.h"
+#include "core/kernels/matvec.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,28 +21,25 @@ void check_capacity(int position, int capacity)
 
 // ---- plain-loop CPU decoder -------------------------------------------------------------------
 
-/// y[r] = W[r, :] . x for rows [begin, end). W row-major (rows, cols).
-PBLLM_MULTIVERSION
-void matvec_rows(const float* W, const float* x, float* y, std::int64_t cols, std::int64_t begin, std::int64_t end)
+kernels::WeightFormat weight_format(const at::Tensor& W)
 {
-    for (std::int64_t r = begin; r < end; ++r) {
-        const float* w = W + r * cols;
-        float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-        for (std::int64_t c = 0; c < cols; ++c)
-            sum += w[c] * x[c];
-        y[r] = sum;
+    switch (W.scalar_type()) {
+    case at::kHalf: return kernels::WeightFormat::F16;
+    case at::kBFloat16: return kernels::WeightFormat::BF16;
+    default: return kernels::WeightFormat::F32;
     }
 }
 
 void matvec(const at::Tensor& W, const float* x, float* y)
 {
     const std::int64_t rows = W.size(0), cols = W.size(1);
-    const float* w = W.data_ptr<float>();
+    const kernels::WeightFormat format = weight_format(W);
+    const void* w = W.data_ptr();
     // Threads only pay off once a matrix is big enough (~64K MACs) to outweigh the wake-up cost.
     const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(cols, 1));
-    at::parallel_for(0, rows, grain,
-                     [&](std::int64_t begin, std::int64_t end) { matvec_rows(w, x, y, cols, begin, end); });
+    at::parallel_for(0, rows, grain, [&](std::int64_t begin, std::int64_t end) {
+        kernels::matvec_rows(format, w, x, y, cols, begin, end);
+    });
 }
 
 void rms_norm_vec(const float* x, const float* weight, float* out, int n, float eps)
@@ -68,13 +65,27 @@ void rope_vec(float* v, int heads, int hd, const float* cos, const float* sin)
     }
 }
 
+bool reads_directly(const at::Tensor& t)
+{
+    const at::ScalarType type = t.scalar_type();
+    return t.device().is_cpu() && t.is_contiguous() &&
+           (type == at::kFloat || type == at::kHalf || type == at::kBFloat16);
+}
+
 class CpuDecoder final : public Decoder {
 public:
     CpuDecoder(const Model& model, int capacity) : m_(model), c_(model.config), capacity_(capacity)
     {
         for (const NamedTensor& t : m_.named_tensors())
-            if (!t.tensor.device().is_cpu() || t.tensor.scalar_type() != at::kFloat || !t.tensor.is_contiguous())
-                throw Error("the CPU decoder needs contiguous float32 CPU weights; '" + t.name + "' is not");
+            if (!reads_directly(t.tensor))
+                throw Error("the CPU decoder needs contiguous float32, float16 or bfloat16 CPU weights; '" + t.name +
+                            "' is not");
+        // Norm weights are tiny: float32 copies keep the per-element loops simple.
+        for (const DecoderLayer& layer : m_.layers) {
+            attn_norm_.push_back(for_compute(layer.attn_norm).contiguous());
+            ffn_norm_.push_back(for_compute(layer.ffn_norm).contiguous());
+        }
+        final_norm_ = for_compute(m_.final_norm).contiguous();
         rope_ = make_rope_tables(c_, capacity_);
         const int d = c_.dim, kv = c_.kv_dim();
         x_.resize(d); xb_.resize(d); xb2_.resize(d);
@@ -94,14 +105,16 @@ public:
         const int d = c_.dim, kv = c_.kv_dim(), hd = c_.head_dim(), H = c_.n_heads;
         const int group = c_.n_heads / c_.n_kv_heads;
         const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-        const float* emb = m_.tok_embeddings.data_ptr<float>() + static_cast<std::int64_t>(token) * d;
-        std::copy(emb, emb + d, x_.begin());
+        const at::Tensor& emb = m_.tok_embeddings;
+        kernels::to_float(weight_format(emb),
+                          static_cast<const char*>(emb.data_ptr()) + static_cast<std::int64_t>(token) * d * emb.element_size(),
+                          x_.data(), d);
         const float* cos = rope_.cos.data_ptr<float>() + pos_ * (hd / 2);
         const float* sin = rope_.sin.data_ptr<float>() + pos_ * (hd / 2);
 
         for (int l = 0; l < c_.n_layers; ++l) {
             const DecoderLayer& layer = m_.layers[l];
-            rms_norm_vec(x_.data(), layer.attn_norm.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
+            rms_norm_vec(x_.data(), attn_norm_[l].data_ptr<float>(), xb_.data(), d, c_.norm_eps);
             float* kc = key_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
             float* vc = value_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
             matvec(layer.weight(LinearKind::Q), xb_.data(), q_.data());
@@ -140,7 +153,7 @@ public:
             for (int i = 0; i < d; ++i)
                 x_[i] += xb2_[i];
 
-            rms_norm_vec(x_.data(), layer.ffn_norm.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
+            rms_norm_vec(x_.data(), ffn_norm_[l].data_ptr<float>(), xb_.data(), d, c_.norm_eps);
             matvec(layer.weight(LinearKind::Gate), xb_.data(), hb_.data());
             matvec(layer.weight(LinearKind::Up), xb_.data(), hb2_.data());
             for (int i = 0; i < c_.hidden_dim; ++i) {
@@ -151,7 +164,7 @@ public:
             for (int i = 0; i < d; ++i)
                 x_[i] += xb2_[i];
         }
-        rms_norm_vec(x_.data(), m_.final_norm.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
+        rms_norm_vec(x_.data(), final_norm_.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
         matvec(m_.output, xb_.data(), logits_.data());
         ++pos_;
         return logits_.data();
@@ -164,6 +177,8 @@ public:
 private:
     Model m_; // shares the caller's tensors
     ModelConfig c_;
+    std::vector<at::Tensor> attn_norm_, ffn_norm_; // float32
+    at::Tensor final_norm_;
     int capacity_;
     int pos_ = 0;
     RopeTables rope_;
@@ -251,8 +266,10 @@ std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend
     if (capacity <= 0)
         capacity = model.config.max_seq_len;
     if (backend == DecoderBackend::Auto) {
-        const bool cpu_f32 = model.tok_embeddings.device().is_cpu() && model.tok_embeddings.scalar_type() == at::kFloat;
-        backend = cpu_f32 ? DecoderBackend::Cpu : DecoderBackend::Torch;
+        bool direct = true;
+        for (const NamedTensor& t : model.named_tensors())
+            direct = direct && reads_directly(t.tensor);
+        backend = direct ? DecoderBackend::Cpu : DecoderBackend::Torch;
     }
     if (backend == DecoderBackend::Cpu)
         return std::make_unique<CpuDecoder>(model, capacity);

@@ -19,8 +19,9 @@ public:
 };
 
 enum class DecoderBackend {
-    Auto,  ///< Cpu for float32 CPU models, Torch otherwise
-    Cpu,   ///< plain loops over float32 CPU weights: no per-op dispatch, fastest for batch 1 on CPU
+    Auto,  ///< Cpu for CPU models (float32 or mapped F16/BF16), Torch otherwise
+    Cpu,   ///< plain loops over CPU weights (F32, F16 or BF16, read in place by the matvec
+           ///< kernels): no per-op dispatch, fastest for batch 1 on CPU
     Torch, ///< libtorch ops on the model's device (CUDA, half precision)
 };
 

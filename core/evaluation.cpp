@@ -66,22 +66,51 @@ EvalResult evaluate_perplexity(const Model& model, const std::vector<int>& token
                                                                          c.hidden_dim * 3 + c.dim * 8) * 4;
     const std::int64_t batch = settings.batch > 0 ? settings.batch
                                                    : std::clamp<std::int64_t>((256ll << 20) / per_window, 1, 64);
+    if (model.tok_embeddings.device().is_cpu())
+        require_memory(for_compute_peak_bytes(model) + batch * per_window + (256ll << 20),
+                       "perplexity of " + model.source_path + " with " + std::to_string(batch) + " window(s) of " +
+                           std::to_string(seqlen) + " tokens per forward pass (fewer windows per pass or shorter "
+                           "windows need less)");
     const at::Device device = model.tok_embeddings.device();
     const at::Tensor all = at::tensor(std::vector<std::int64_t>(tokens.begin(), tokens.begin() + windows * seqlen))
                                .view({windows, seqlen});
+    // Layer-major over groups of windows: each decoder layer is made ready for compute (converted
+    // to float32 when the model keeps F16/BF16 weights mapped) once per group, not once per batch.
+    // A group's residual stream is kept near 256 MiB.
+    const std::int64_t stream_bytes = static_cast<std::int64_t>(seqlen) * c.dim * 4;
+    const std::int64_t group = std::max<std::int64_t>(batch, (256ll << 20) / stream_bytes / batch * batch);
+    const RopeTables rope = make_rope_tables(c, seqlen);
+    Model head = model; // final norm and output head ready for compute, shared by every batch
+    head.final_norm = for_compute(model.final_norm);
+    head.output = for_compute(model.output);
+    const double steps = static_cast<double>((windows + group - 1) / group) * (c.n_layers + 1);
+    double step = 0;
 
     c10::InferenceMode inference;
     const auto start = std::chrono::steady_clock::now();
     double total_nll = 0.0;
     report_progress(progress, 0.0, "perplexity");
-    for (std::int64_t w = 0; w < windows; w += batch) {
-        const std::int64_t n = std::min(batch, windows - w);
-        const at::Tensor ids = all.narrow(0, w, n).to(device);
-        const at::Tensor logits = forward(model, ids);
-        const at::Tensor logp = at::log_softmax(logits.narrow(1, 0, seqlen - 1), -1);
-        const at::Tensor target = ids.narrow(1, 1, seqlen - 1).unsqueeze(-1);
-        total_nll -= logp.gather(-1, target).to(at::kDouble).sum().item<double>();
-        report_progress(progress, static_cast<double>(w + n) / windows, "perplexity");
+    for (std::int64_t g = 0; g < windows; g += group) {
+        const std::int64_t gn = std::min(group, windows - g);
+        const at::Tensor ids = all.narrow(0, g, gn).to(device);
+        at::Tensor x = embed_tokens(model, ids);
+        for (int l = 0; l < c.n_layers; ++l) {
+            const DecoderLayer layer = for_compute(model.layers[l]);
+            for (std::int64_t b = 0; b < gn; b += batch) {
+                const std::int64_t n = std::min(batch, gn - b);
+                x.narrow(0, b, n).copy_(decoder_layer_forward(c, layer, x.narrow(0, b, n), rope));
+            }
+            report_progress(progress, ++step / steps,
+                            "perplexity: layer " + std::to_string(l + 1) + "/" + std::to_string(c.n_layers));
+        }
+        for (std::int64_t b = 0; b < gn; b += batch) {
+            const std::int64_t n = std::min(batch, gn - b);
+            const at::Tensor logits = output_logits(head, x.narrow(0, b, n));
+            const at::Tensor logp = at::log_softmax(logits.narrow(1, 0, seqlen - 1), -1);
+            const at::Tensor target = ids.narrow(0, b, n).narrow(1, 1, seqlen - 1).unsqueeze(-1);
+            total_nll -= logp.gather(-1, target).to(at::kDouble).sum().item<double>();
+        }
+        report_progress(progress, ++step / steps, "perplexity: output head");
     }
     EvalResult r;
     r.seqlen = seqlen;

@@ -60,9 +60,8 @@ QJsonObject read_json_object(const QString& path)
     return doc.object();
 }
 
-ModelConfig parse_config(const QString& path)
+ModelConfig parse_config(const QJsonObject& o, const QString& path)
 {
-    const QJsonObject o = read_json_object(path);
     const std::string where = path.toStdString();
     const QString type = o.value("model_type").toString();
     if (!type.isEmpty() && type != "llama")
@@ -118,13 +117,15 @@ bool looks_like_hf(const std::string& path)
            info.fileName() == "config.json";
 }
 
-Model load_hf(const std::string& path)
+Model load_hf(const std::string& path, bool check_finite)
 {
     const HfPaths paths = resolve_paths(path);
     if (!QFileInfo::exists(paths.config))
         throw Error(paths.config.toStdString() + ": missing; a Hugging Face model needs its config.json");
     Model m;
-    m.config = parse_config(paths.config);
+    const QJsonObject config_json = read_json_object(paths.config);
+    m.config = parse_config(config_json, paths.config);
+    m.synthetic = config_json.value(kSyntheticConfigKey).toString().toStdString();
     m.format = ModelFormat::HuggingFace;
     m.source_path = paths.dir.toStdString();
     const ModelConfig& c = m.config;
@@ -158,16 +159,17 @@ Model load_hf(const std::string& path)
     }
     for (const auto& f : files)
         m.file_bytes += QFileInfo(QString::fromStdString(f.first)).size();
-    require_memory(c.parameter_count() * 4, m.source_path + " (" + std::to_string(c.parameter_count()) + " parameters)");
-
     std::set<at::ScalarType> stored_types;
     auto take = [&](const std::string& name) {
         const auto it = where.find(name);
         if (it == where.end())
             throw Error(m.source_path + ": tensor '" + name + "' is missing");
-        at::Tensor t = files.at(it->second)->read(name);
+        at::Tensor t = files.at(it->second)->view(name);
+        if (!at::isFloatingType(t.scalar_type()) || t.scalar_type() == at::kDouble)
+            throw Error(it->second + ": tensor '" + name + "' is stored as " + c10::toString(t.scalar_type()) +
+                        "; weights must be F32, F16 or BF16");
         stored_types.insert(t.scalar_type());
-        return t.to(at::kFloat);
+        return t;
     };
     m.tok_embeddings = take("model.embed_tokens.weight");
     m.layers.resize(c.n_layers);
@@ -188,27 +190,25 @@ Model load_hf(const std::string& path)
         m.output = take("lm_head.weight");
     }
     m.file_dtype = stored_types.size() == 1 ? dtype_name(*stored_types.begin()) : "mixed";
-    m.validate_weights();
+    m.validate_shapes();
+    if (check_finite)
+        m.check_finite();
     return m;
 }
 
-void save_hf(const Model& model, const std::string& dir, const HfExportOptions& options)
+std::string prepare_hf_folder(const std::string& dir, bool overwrite)
 {
-    const ModelConfig& c = model.config;
     QDir qdir(QString::fromStdString(dir));
-    if (qdir.exists() && !qdir.isEmpty(QDir::AllEntries | QDir::NoDotAndDotDot) && !options.overwrite)
+    if (qdir.exists() && !qdir.isEmpty(QDir::AllEntries | QDir::NoDotAndDotDot) && !overwrite)
         throw Error(dir + ": folder exists and is not empty; refusing to overwrite (choose another folder or "
                           "allow overwriting)");
     if (!qdir.exists() && !QDir().mkpath(qdir.absolutePath()))
         throw Error(dir + ": cannot create folder");
+    return qdir.absolutePath().toStdString();
+}
 
-    const at::ScalarType dtype = model.file_dtype == "f16" ? at::kHalf
-                                 : model.file_dtype == "bf16" ? at::kBFloat16
-                                                              : at::kFloat;
-    std::vector<NamedTensor> tensors = model.named_tensors();
-    for (NamedTensor& t : tensors)
-        t.tensor = t.tensor.to(at::kCPU, dtype);
-
+std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std::string& synthetic)
+{
     QJsonObject cfg;
     cfg.insert("architectures", QJsonArray{"LlamaForCausalLM"});
     cfg.insert("model_type", "llama");
@@ -227,9 +227,25 @@ void save_hf(const Model& model, const std::string& dir, const HfExportOptions& 
     cfg.insert("eos_token_id", 2);
     cfg.insert("torch_dtype", dtype == at::kHalf ? "float16" : dtype == at::kBFloat16 ? "bfloat16" : "float32");
 
-    const std::string base = qdir.absolutePath().toStdString();
+    if (!synthetic.empty())
+        cfg.insert(kSyntheticConfigKey, QString::fromStdString(synthetic));
+    return QJsonDocument(cfg).toJson().toStdString();
+}
+
+void save_hf(const Model& model, const std::string& dir, const HfExportOptions& options)
+{
+    const ModelConfig& c = model.config;
+    const std::string base = prepare_hf_folder(dir, options.overwrite);
+
+    const at::ScalarType dtype = model.file_dtype == "f16" ? at::kHalf
+                                 : model.file_dtype == "bf16" ? at::kBFloat16
+                                                              : at::kFloat;
+    std::vector<NamedTensor> tensors = model.named_tensors();
+    for (NamedTensor& t : tensors)
+        t.tensor = t.tensor.to(at::kCPU, dtype);
+
     write_safetensors(base + "/model.safetensors", tensors, {{"format", "pt"}});
-    write_file_atomically(base + "/config.json", QJsonDocument(cfg).toJson().toStdString());
+    write_file_atomically(base + "/config.json", hf_config_json(c, dtype, model.synthetic));
     if (!options.tokenizer_path.empty())
         write_file_atomically(base + "/tokenizer.model", read_file_bytes(options.tokenizer_path));
 }

@@ -7,9 +7,14 @@
 
 namespace pbllm {
 
+/// config.json key of synthetic benchmark models (random weights): its value says what they are.
+constexpr const char* kSyntheticConfigKey = "pbllm_synthetic";
+
 /// `path` is the model folder, its config.json, a .safetensors file or the shard index.
-/// Throws Error naming the file and reason (missing/extra/mis-shaped tensor, bad JSON, NaN...).
-Model load_hf(const std::string& path);
+/// Tensors stay in the file's dtype as views of the memory-mapped files: loading reads headers
+/// only, plus one pass over the data for NaN/Inf when `check_finite`. Throws Error naming the
+/// file and reason (missing/extra/mis-shaped tensor, bad JSON, NaN...).
+Model load_hf(const std::string& path, bool check_finite = true);
 
 struct HfExportOptions {
     bool overwrite = false;        ///< replace an existing non-empty folder's files
@@ -20,6 +25,13 @@ struct HfExportOptions {
 /// `dir` (created if needed); each file is written atomically. Q/K stay in rotate-half order,
 /// which is Hugging Face's own convention.
 void save_hf(const Model& model, const std::string& dir, const HfExportOptions& options = {});
+
+/// Creates `dir` if needed and returns its absolute path; Error when it holds files and
+/// `overwrite` is false.
+std::string prepare_hf_folder(const std::string& dir, bool overwrite);
+
+/// config.json of a Llama model stored in `dtype` (with the synthetic label when given).
+std::string hf_config_json(const ModelConfig& config, at::ScalarType dtype, const std::string& synthetic = {});
 
 /// True when `path` looks like a Hugging Face model (folder with config.json, .safetensors, index).
 bool looks_like_hf(const std::string& path);

@@ -76,6 +76,38 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 } // namespace
 
+at::Tensor for_compute(const at::Tensor& weight)
+{
+    if (weight.device().is_cpu() && weight.scalar_type() != at::kFloat)
+        return weight.to(at::kFloat);
+    return weight;
+}
+
+DecoderLayer for_compute(const DecoderLayer& layer)
+{
+    DecoderLayer out;
+    out.attn_norm = for_compute(layer.attn_norm);
+    out.ffn_norm = for_compute(layer.ffn_norm);
+    for (int k = 0; k < kLinearKindCount; ++k)
+        out.linear[k] = for_compute(layer.linear[k]);
+    return out;
+}
+
+std::int64_t for_compute_peak_bytes(const Model& model)
+{
+    auto copy_bytes = [](const at::Tensor& t) {
+        return t.device().is_cpu() && t.scalar_type() != at::kFloat ? t.numel() * std::int64_t{4} : std::int64_t{0};
+    };
+    std::int64_t layer_bytes = 0;
+    for (const DecoderLayer& layer : model.layers) {
+        std::int64_t bytes = copy_bytes(layer.attn_norm) + copy_bytes(layer.ffn_norm);
+        for (const at::Tensor& w : layer.linear)
+            bytes += copy_bytes(w);
+        layer_bytes = std::max(layer_bytes, bytes);
+    }
+    return layer_bytes + copy_bytes(model.output);
+}
+
 at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens)
 {
     if (tokens.numel() > 0) {
@@ -84,7 +116,8 @@ at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens)
             throw Error("token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the model's vocabulary of " +
                         std::to_string(model.config.vocab_size));
     }
-    return at::embedding(model.tok_embeddings, tokens.to(model.tok_embeddings.device()));
+    // Gather the rows first: only they are converted to the compute precision.
+    return for_compute(at::embedding(model.tok_embeddings, tokens.to(model.tok_embeddings.device())));
 }
 
 at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer, const at::Tensor& x,
@@ -125,8 +158,8 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
 
 at::Tensor output_logits(const Model& model, const at::Tensor& x)
 {
-    const at::Tensor h = rms_norm(x, model.final_norm, model.config.norm_eps);
-    return at::matmul(h, model.output.t()).to(at::kFloat);
+    const at::Tensor h = rms_norm(x, for_compute(model.final_norm), model.config.norm_eps);
+    return at::matmul(h, for_compute(model.output).t()).to(at::kFloat);
 }
 
 at::Tensor forward(const Model& model, const at::Tensor& tokens)
@@ -136,7 +169,7 @@ at::Tensor forward(const Model& model, const at::Tensor& tokens)
     const RopeTables rope = make_rope_tables(model.config, static_cast<int>(tokens.size(1)));
     at::Tensor x = embed_tokens(model, tokens);
     for (const DecoderLayer& layer : model.layers)
-        x = decoder_layer_forward(model.config, layer, x, rope);
+        x = decoder_layer_forward(model.config, for_compute(layer), x, rope);
     return output_logits(model, x);
 }
 

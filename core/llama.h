@@ -19,6 +19,16 @@ RopeTables make_rope_tables(const ModelConfig& config, int max_len);
 /// receive the same tensor. Used by calibration to accumulate Hessians.
 using LinearInputObserver = std::function<void(LinearKind kind, const at::Tensor& input)>;
 
+/// A weight in the precision the batched forward computes in: float32 on the CPU (libtorch 1.13
+/// has no half-precision matmul there), as stored elsewhere. The same tensor when it already is.
+at::Tensor for_compute(const at::Tensor& weight);
+/// A decoder layer with every tensor for_compute: a model that keeps F16/BF16 weights mapped
+/// holds one layer in float32 at a time, never the whole model.
+DecoderLayer for_compute(const DecoderLayer& layer);
+/// Bytes forward() holds in for_compute copies at most at once: one decoder layer and the output
+/// head converted (0 for a float32 model).
+std::int64_t for_compute_peak_bytes(const Model& model);
+
 /// (B, T) int64 token ids -> (B, T, dim) embeddings. Throws Error for ids outside the vocabulary.
 at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens);
 /// One decoder block on x (B, T, dim) at positions 0..T-1 with a causal mask.
@@ -26,7 +36,8 @@ at::Tensor decoder_layer_forward(const ModelConfig& config, const DecoderLayer& 
                                  const RopeTables& rope, const LinearInputObserver& observer = {});
 /// Final RMSNorm and output head: (B, T, dim) -> (B, T, vocab) float32 logits.
 at::Tensor output_logits(const Model& model, const at::Tensor& x);
-/// All of the above: (B, T) token ids -> (B, T, vocab) float32 logits. T <= max_seq_len.
+/// All of the above, one layer for_compute at a time: (B, T) token ids -> (B, T, vocab) float32
+/// logits. T <= max_seq_len.
 at::Tensor forward(const Model& model, const at::Tensor& tokens);
 
 /// RMSNorm computed in float32, returned in x's dtype.

@@ -5,7 +5,10 @@
 
 namespace pbllm {
 
-/// A read-only memory map of a whole file (empty files map to size 0). Errors name the file.
+/// A read-only memory map of a whole file (empty files map to size 0). Errors name the file. Its
+/// pages are reclaimable page cache, so a model bigger than the free memory can be mapped and
+/// read; tensors that view it must not be written (writable private mappings would count
+/// against the kernel's commit limit, and a 70B file could not even be mapped).
 class MappedFile {
 public:
     explicit MappedFile(const std::string& path);

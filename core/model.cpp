@@ -1,6 +1,7 @@
 #include "core/model.h"
 
 #include "core/error.h"
+#include "core/tensor_stats.h"
 
 #include <ATen/ATen.h>
 #include <QJsonDocument>
@@ -160,6 +161,12 @@ std::string shape_string(at::IntArrayRef shape)
 
 void Model::validate_weights() const
 {
+    validate_shapes();
+    check_finite();
+}
+
+void Model::validate_shapes() const
+{
     if (static_cast<int>(layers.size()) != config.n_layers)
         throw Error(source_path + ": " + std::to_string(layers.size()) + " decoder layers found, config says " +
                     std::to_string(config.n_layers));
@@ -170,20 +177,23 @@ void Model::validate_weights() const
         if (t.tensor.sizes() != at::IntArrayRef(want))
             throw Error(source_path + ": tensor '" + t.name + "' has shape " + shape_string(t.tensor.sizes()) +
                         ", expected " + shape_string(want) + " from the model configuration");
-        const at::Tensor finite = at::isfinite(t.tensor);
-        if (!finite.all().item<bool>()) {
-            const std::int64_t bad = t.tensor.numel() - finite.sum().item<std::int64_t>();
-            const std::int64_t first = (~finite).flatten().nonzero()[0].item<std::int64_t>();
-            throw Error(source_path + ": tensor '" + t.name + "' contains " + std::to_string(bad) +
-                        " NaN/Inf value(s), the first at flat index " + std::to_string(first));
-        }
     }
 }
 
-Model Model::to(const at::Device& device, at::ScalarType dtype) const
+void Model::check_finite() const
+{
+    for (const NamedTensor& t : named_tensors()) {
+        const NonFinite bad = find_nonfinite(t.tensor);
+        if (bad.count > 0)
+            throw Error(source_path + ": tensor '" + t.name + "' contains " + std::to_string(bad.count) +
+                        " NaN/Inf value(s), the first at flat index " + std::to_string(bad.first));
+    }
+}
+
+Model Model::to(const at::Device& device, at::ScalarType dtype, bool copy) const
 {
     Model m = *this;
-    auto conv = [&](const at::Tensor& t) { return t.to(device, dtype).contiguous(); };
+    auto conv = [&](const at::Tensor& t) { return t.to(device, dtype, /*non_blocking=*/false, copy).contiguous(); };
     m.tok_embeddings = conv(tok_embeddings);
     m.final_norm = conv(final_norm);
     m.output = config.tied_embeddings ? m.tok_embeddings : conv(output);

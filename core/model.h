@@ -60,8 +60,10 @@ struct NamedTensor {
     at::Tensor tensor;
 };
 
-/// A loaded model. Compute tensors are float32 on CPU (libtorch has no fp16 matmul on CPU) and
-/// keep the file's precision on CUDA; `file_dtype` records what the file stored.
+/// A loaded model. Tensors are either float32 in memory (what training and quantization use on
+/// the CPU: libtorch has no fp16 matmul there) or, for big models, the file's own F16/BF16/F32
+/// data memory-mapped (LoadOptions::storage); on CUDA they keep the file's precision.
+/// `file_dtype` records what the file stored.
 struct Model {
     ModelConfig config;
     at::Tensor tok_embeddings; ///< (vocab, dim)
@@ -75,14 +77,20 @@ struct Model {
     std::int64_t file_bytes = 0;
     std::string tokenizer_path; ///< SentencePiece model found beside it ("" if none)
     std::string embedded_tokenizer; ///< serialized SentencePiece model stored in the file itself
+    std::string synthetic; ///< non-empty for random weights written for benchmarks: what they are
 
     /// Every tensor under its Hugging Face name, in a stable order (output head last, omitted
     /// when tied).
     std::vector<NamedTensor> named_tensors() const;
     /// Throws Error when a tensor's shape disagrees with the config or it holds NaN/Inf.
     void validate_weights() const;
-    /// Same weights converted to `device` / `dtype` (a no-op copy-free view when they match).
-    Model to(const at::Device& device, at::ScalarType dtype) const;
+    /// The shape half of validate_weights: reads no weight data.
+    void validate_shapes() const;
+    /// The NaN/Inf half: reads every weight once (in parallel, in the stored precision).
+    void check_finite() const;
+    /// Same weights converted to `device` / `dtype` (a no-op copy-free view when they match,
+    /// unless `copy`: then every tensor is new memory).
+    Model to(const at::Device& device, at::ScalarType dtype, bool copy = false) const;
 };
 
 /// "model.layers.3.self_attn.q_proj" (no ".weight"): the name a QuantPlan and the studio use.

@@ -127,7 +127,7 @@ Model load_model(const std::string& path, const LoadOptions& options)
         throw Error(path + ": no such file or folder");
     Model m;
     if (looks_like_hf(path)) {
-        m = load_hf(path);
+        m = load_hf(path, options.check_finite);
     } else if (info.isDir()) {
         throw Error(path + ": folder has no config.json; give the model file itself");
     } else if (has_hdf5_signature(path)) {
@@ -139,6 +139,12 @@ Model load_model(const std::string& path, const LoadOptions& options)
     if (!options.device.is_cpu()) {
         const at::ScalarType dtype = m.file_dtype == "bf16" ? at::kBFloat16 : at::kHalf;
         m = m.to(options.device, dtype);
+    } else if (options.storage == WeightStorage::Float32 && m.format == ModelFormat::HuggingFace) {
+        // Owned float32 memory, as the quantizers and QAT expect (they may write in place; the
+        // mapped views are read-only).
+        require_memory(m.config.parameter_count() * 4,
+                       m.source_path + " in float32 (" + std::to_string(m.config.parameter_count()) + " parameters)");
+        m = m.to(at::kCPU, at::kFloat, /*copy=*/true);
     }
     return m;
 }

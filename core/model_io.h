@@ -12,13 +12,25 @@
 
 namespace pbllm {
 
+/// How a loaded model holds its weights on the CPU.
+enum class WeightStorage {
+    Float32, ///< converted to float32 in memory: what quantization, QAT and the studio use today
+    Mapped,  ///< the file's own F16/BF16/F32 data, memory-mapped where the format allows
+             ///< (safetensors; other formats are float32 in memory): opening reads headers only,
+             ///< the batched forward converts one decoder layer at a time and the CPU decoder
+             ///< reads F16/BF16 directly, so models larger than the free memory run
+};
+
 struct LoadOptions {
     std::string tokenizer_path; ///< explicit SentencePiece model; "" = look beside the model
     c10::Device device = c10::Device(c10::kCPU);
+    WeightStorage storage = WeightStorage::Float32;
+    bool check_finite = true; ///< refuse NaN/Inf weights (one pass over the data)
 };
 
 /// Loads a llama2.c checkpoint, a Hugging Face folder/file or a .pbllm.h5 packed checkpoint.
-/// On CPU tensors are float32; on CUDA float16 (bfloat16 when the file stored bfloat16).
+/// On CPU tensors are float32 or mapped (options.storage); on CUDA float16 (bfloat16 when the
+/// file stored bfloat16). A float32 model that would not fit the available memory is refused.
 Model load_model(const std::string& path, const LoadOptions& options = {});
 
 /// Where a model was found.

@@ -67,7 +67,7 @@ std::string safetensors_dtype(at::ScalarType type)
     }
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_unique<MappedFile>(path))
+SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_shared<MappedFile>(path))
 {
     const std::int64_t size = static_cast<std::int64_t>(file_->size());
     auto fail = [&](const std::string& why) { throw Error(path + ": not a valid safetensors file: " + why); };
@@ -134,20 +134,36 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : file_(std::make_uniq
             fail("tensor data ranges overlap");
 }
 
-at::Tensor SafetensorsFile::read(const std::string& name) const
+const SafetensorsEntry& SafetensorsFile::entry(const std::string& name) const
 {
     const auto it = entries_.find(name);
     if (it == entries_.end())
         throw Error(path() + ": tensor '" + name + "' is missing");
-    const SafetensorsEntry& e = it->second;
+    return it->second;
+}
+
+at::Tensor SafetensorsFile::read(const std::string& name) const
+{
+    const SafetensorsEntry& e = entry(name);
     at::Tensor t = at::empty(e.shape, scalar_type_from_safetensors(e.dtype, path() + ": tensor '" + name + "'"));
-    // Copy rather than wrap: offsets need not be aligned for the element type.
     std::memcpy(t.data_ptr(), file_->data() + data_start_ + e.begin, static_cast<std::size_t>(e.end - e.begin));
     return t;
 }
 
-void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
-                       const std::map<std::string, std::string>& metadata)
+at::Tensor SafetensorsFile::view(const std::string& name) const
+{
+    const SafetensorsEntry& e = entry(name);
+    const at::ScalarType type = scalar_type_from_safetensors(e.dtype, path() + ": tensor '" + name + "'");
+    std::uint8_t* data = const_cast<std::uint8_t*>(file_->data()) + data_start_ + e.begin;
+    // Offsets need not be aligned for the element type; vector code may assume they are.
+    if (reinterpret_cast<std::uintptr_t>(data) % c10::elementSize(type) != 0 || e.end == e.begin)
+        return read(name);
+    std::shared_ptr<MappedFile> keep_alive = file_;
+    return at::from_blob(
+        data, e.shape, [keep_alive](void*) {}, at::TensorOptions().dtype(type));
+}
+
+std::string safetensors_header(const std::vector<TensorSpec>& tensors, const std::map<std::string, std::string>& metadata)
 {
     QJsonObject header;
     QJsonObject meta;
@@ -155,30 +171,43 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
         meta.insert(QString::fromStdString(k), QString::fromStdString(v));
     if (!meta.isEmpty())
         header.insert("__metadata__", meta);
-    std::vector<at::Tensor> contiguous;
     std::int64_t offset = 0;
-    for (const NamedTensor& nt : tensors) {
-        at::Tensor t = nt.tensor.to(at::kCPU).contiguous();
-        const std::int64_t bytes = t.numel() * static_cast<std::int64_t>(t.element_size());
+    for (const TensorSpec& t : tensors) {
+        std::int64_t bytes = static_cast<std::int64_t>(c10::elementSize(t.dtype));
         QJsonArray shape;
-        for (std::int64_t s : t.sizes())
+        for (std::int64_t s : t.shape) {
             shape.append(static_cast<double>(s));
+            bytes *= s;
+        }
         QJsonObject e;
-        e.insert("dtype", QString::fromStdString(safetensors_dtype(t.scalar_type())));
+        e.insert("dtype", QString::fromStdString(safetensors_dtype(t.dtype)));
         e.insert("shape", shape);
         e.insert("data_offsets", QJsonArray{static_cast<double>(offset), static_cast<double>(offset + bytes)});
-        header.insert(QString::fromStdString(nt.name), e);
+        header.insert(QString::fromStdString(t.name), e);
         offset += bytes;
-        contiguous.push_back(std::move(t));
     }
     QByteArray json = QJsonDocument(header).toJson(QJsonDocument::Compact);
     while (json.size() % 8 != 0)
         json.append(' '); // the format allows trailing spaces; keeps the data 8-byte aligned
     const std::uint64_t header_len = static_cast<std::uint64_t>(json.size());
+    std::string out(8, '\0');
+    std::memcpy(out.data(), &header_len, 8);
+    return out + json.toStdString();
+}
 
+void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,
+                       const std::map<std::string, std::string>& metadata)
+{
+    std::vector<TensorSpec> specs;
+    std::vector<at::Tensor> contiguous;
+    for (const NamedTensor& nt : tensors) {
+        at::Tensor t = nt.tensor.to(at::kCPU).contiguous();
+        specs.push_back({nt.name, t.scalar_type(), t.sizes().vec()});
+        contiguous.push_back(std::move(t));
+    }
+    const std::string header = safetensors_header(specs, metadata);
     AtomicFileWriter out(path);
-    out.write(&header_len, 8);
-    out.write(json.constData(), static_cast<std::size_t>(json.size()));
+    out.write(header.data(), header.size());
     for (const at::Tensor& t : contiguous)
         out.write(t.data_ptr(), static_cast<std::size_t>(t.numel()) * t.element_size());
     out.commit();

@@ -29,14 +29,33 @@ public:
     bool contains(const std::string& name) const { return entries_.count(name) != 0; }
     /// A CPU copy of tensor `name` in its stored dtype; throws Error if absent or unsupported.
     at::Tensor read(const std::string& name) const;
+    /// Tensor `name` in its stored dtype without copying: a read-only view of the mapped file
+    /// that keeps the mapping alive (a copy only when the data is not aligned for its element
+    /// type). Writing into it crashes: copy first.
+    at::Tensor view(const std::string& name) const;
     const std::string& path() const { return file_->path(); }
 
 private:
-    std::unique_ptr<MappedFile> file_;
+    const SafetensorsEntry& entry(const std::string& name) const;
+
+    std::shared_ptr<MappedFile> file_;
     std::int64_t data_start_ = 0;
     std::map<std::string, SafetensorsEntry> entries_;
     std::map<std::string, std::string> metadata_;
 };
+
+/// A tensor's name, dtype and shape: what a safetensors header records.
+struct TensorSpec {
+    std::string name;
+    at::ScalarType dtype;
+    std::vector<std::int64_t> shape;
+};
+
+/// The bytes before the data: the 8-byte header length and the JSON header (padded to 8 bytes)
+/// for tensors stored back to back in the given order. Lets a writer stream tensors it makes
+/// one at a time.
+std::string safetensors_header(const std::vector<TensorSpec>& tensors,
+                               const std::map<std::string, std::string>& metadata = {});
 
 /// Writes tensors (in the given order, each in its own dtype) atomically.
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors,

@@ -1,8 +1,15 @@
 #include "core/synthetic.h"
 
+#include "core/error.h"
+#include "core/hf_model.h"
+#include "core/safetensors.h"
 #include "core/system.h"
 
 #include <ATen/ATen.h>
+#include <sys/statvfs.h>
+
+#include <algorithm>
+#include <cstdio>
 
 namespace pbllm {
 
@@ -20,6 +27,117 @@ ModelConfig stories110m_shape()
     c.dim = 768; c.hidden_dim = 2048; c.n_layers = 12; c.n_heads = 12; c.n_kv_heads = 12;
     c.vocab_size = 32000; c.max_seq_len = 1024;
     return c;
+}
+
+ModelConfig tinyllama_1b_shape()
+{
+    ModelConfig c;
+    c.dim = 2048; c.hidden_dim = 5632; c.n_layers = 22; c.n_heads = 32; c.n_kv_heads = 4;
+    c.vocab_size = 32000; c.max_seq_len = 2048; c.norm_eps = 1e-5f;
+    return c;
+}
+
+ModelConfig llama_7b_shape()
+{
+    ModelConfig c;
+    c.dim = 4096; c.hidden_dim = 11008; c.n_layers = 32; c.n_heads = 32; c.n_kv_heads = 32;
+    c.vocab_size = 32000; c.max_seq_len = 2048; c.norm_eps = 1e-6f;
+    return c;
+}
+
+const std::vector<NamedShape>& synthetic_shapes()
+{
+    static const std::vector<NamedShape> shapes = {{"stories15m", stories15m_shape()},
+                                                   {"stories110m", stories110m_shape()},
+                                                   {"tinyllama-1.1b", tinyllama_1b_shape()},
+                                                   {"llama-7b", llama_7b_shape()}};
+    return shapes;
+}
+
+ModelConfig synthetic_shape(const std::string& name)
+{
+    std::string known;
+    for (const NamedShape& s : synthetic_shapes()) {
+        if (s.name == name)
+            return s.config;
+        known += (known.empty() ? "" : ", ") + s.name;
+    }
+    throw Error("unknown model shape '" + name + "' (known: " + known + ")");
+}
+
+void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, const ProgressFn& progress)
+{
+    const ModelConfig& c = spec.config;
+    c.validate("synthetic model");
+    if (spec.dtype != at::kHalf && spec.dtype != at::kBFloat16 && spec.dtype != at::kFloat)
+        throw Error("synthetic model: dtype must be F16, BF16 or F32");
+    const std::string label = "random N(0, 0.02^2) weights in the shape of " +
+                              (spec.shape_name.empty() ? std::string("a Llama model") : spec.shape_name) + " (" +
+                              std::to_string(c.n_layers) + " layers, seed " + std::to_string(spec.seed) +
+                              "): for speed and memory benchmarks only, says nothing about quality";
+
+    // The tensors in Model::named_tensors() order, as a loader reads them back.
+    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    std::vector<TensorSpec> tensors;
+    tensors.push_back({"model.embed_tokens.weight", spec.dtype, {v, d}});
+    for (int i = 0; i < c.n_layers; ++i) {
+        const std::string prefix = "model.layers." + std::to_string(i) + ".";
+        tensors.push_back({prefix + "input_layernorm.weight", spec.dtype, {d}});
+        for (LinearKind k : kAllLinearKinds) {
+            const bool narrow_out = k == LinearKind::K || k == LinearKind::V;
+            const bool wide_out = k == LinearKind::Gate || k == LinearKind::Up;
+            const std::int64_t rows = narrow_out ? kv : wide_out ? h : d;
+            tensors.push_back({linear_name(i, k) + ".weight", spec.dtype, {rows, k == LinearKind::Down ? h : d}});
+        }
+        tensors.push_back({prefix + "post_attention_layernorm.weight", spec.dtype, {d}});
+    }
+    tensors.push_back({"model.norm.weight", spec.dtype, {d}});
+    if (!c.tied_embeddings)
+        tensors.push_back({"lm_head.weight", spec.dtype, {v, d}});
+
+    const std::string header = safetensors_header(tensors, {{"format", "pt"}, {kSyntheticConfigKey, label}});
+    std::int64_t total = static_cast<std::int64_t>(header.size());
+    for (const TensorSpec& t : tensors) {
+        std::int64_t n = 1;
+        for (std::int64_t s : t.shape)
+            n *= s;
+        total += n * static_cast<std::int64_t>(c10::elementSize(spec.dtype));
+    }
+    const std::string base = prepare_hf_folder(dir, false);
+    struct statvfs fs {};
+    if (::statvfs(base.c_str(), &fs) == 0) {
+        const std::int64_t free_bytes = static_cast<std::int64_t>(fs.f_bavail) * static_cast<std::int64_t>(fs.f_frsize);
+        if (free_bytes < total + (64ll << 20))
+            throw Error(base + ": the synthetic model needs " + human_bytes(total) + " but the disk has " +
+                        human_bytes(free_bytes) + " free");
+    }
+
+    at::Generator gen = at::detail::createCPUGenerator(spec.seed);
+    AtomicFileWriter out(base + "/model.safetensors");
+    out.write(header.data(), header.size());
+    std::int64_t written = 0;
+    for (const TensorSpec& t : tensors) {
+        const std::int64_t rows = t.shape[0], cols = t.shape.size() > 1 ? t.shape[1] : 1;
+        if (t.shape.size() == 1) { // norm weights
+            const at::Tensor ones = at::ones({rows}, at::kFloat).to(spec.dtype);
+            out.write(ones.data_ptr(), static_cast<std::size_t>(ones.numel() * ones.element_size()));
+            continue;
+        }
+        // About 16M weights at a time keeps the float32 staging buffer near 64 MiB.
+        const std::int64_t chunk = std::max<std::int64_t>(1, (16ll << 20) / cols);
+        for (std::int64_t r = 0; r < rows; r += chunk) {
+            const std::int64_t n = std::min(chunk, rows - r);
+            const at::Tensor block = at::normal(0.0, 0.02, {n, cols}, gen).to(spec.dtype).contiguous();
+            out.write(block.data_ptr(), static_cast<std::size_t>(block.numel() * block.element_size()));
+            written += block.numel() * block.element_size();
+            report_progress(progress, static_cast<double>(written) / static_cast<double>(total), "writing weights");
+        }
+    }
+    out.commit();
+    write_file_atomically(base + "/config.json", hf_config_json(c, spec.dtype, label));
+    if (!spec.tokenizer_path.empty())
+        write_file_atomically(base + "/tokenizer.model", read_file_bytes(spec.tokenizer_path));
+    report_progress(progress, 1.0, "writing weights");
 }
 
 Model make_synthetic_model(const ModelConfig& config, std::uint64_t seed)

@@ -9,6 +9,7 @@
 #include <QFile>
 #include <QSaveFile>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -131,18 +132,92 @@ int configure_runtime(int threads)
     return threads;
 }
 
+namespace {
+
+/// "key value" lines of a cgroup memory.stat file.
+std::int64_t stat_value(const std::string& file, const std::string& wanted)
+{
+    std::ifstream in(file);
+    std::string key;
+    std::int64_t value = 0;
+    while (in >> key >> value)
+        if (key == wanted)
+            return value;
+    return -1;
+}
+
+std::int64_t read_number(const std::string& file)
+{
+    std::ifstream in(file);
+    std::string text;
+    if (!(in >> text) || text == "max")
+        return -1;
+    try {
+        return std::stoll(text);
+    } catch (const std::exception&) {
+        return -1;
+    }
+}
+
+/// What the process's memory cgroup still allows: its limit less its anonymous memory (file pages,
+/// a mapped model's included, are reclaimable inside the limit). -1 when there is no limit.
+std::int64_t cgroup_available_bytes()
+{
+    std::ifstream in("/proc/self/cgroup");
+    std::string line;
+    while (std::getline(in, line)) {
+        const auto first = line.find(':'), second = line.find(':', first + 1);
+        if (first == std::string::npos || second == std::string::npos)
+            continue;
+        const std::string controllers = line.substr(first + 1, second - first - 1);
+        const std::string path = line.substr(second + 1);
+        if (controllers == "memory") { // cgroup v1: the limit of the whole hierarchy above too
+            const std::string dir = "/sys/fs/cgroup/memory" + path;
+            const std::int64_t limit = stat_value(dir + "/memory.stat", "hierarchical_memory_limit");
+            const std::int64_t anon = stat_value(dir + "/memory.stat", "total_rss");
+            if (limit > 0 && limit < (std::int64_t(1) << 60) && anon >= 0)
+                return std::max<std::int64_t>(0, limit - anon);
+            return -1;
+        }
+        if (controllers.empty() && first == 1 && line[0] == '0') { // cgroup v2: the tightest limit up the tree
+            std::int64_t best = -1;
+            for (std::string dir = "/sys/fs/cgroup" + path;; dir = dir.substr(0, dir.rfind('/'))) {
+                const std::int64_t limit = read_number(dir + "/memory.max");
+                const std::int64_t anon = stat_value(dir + "/memory.stat", "anon");
+                if (limit > 0 && anon >= 0) {
+                    const std::int64_t left = std::max<std::int64_t>(0, limit - anon);
+                    best = best < 0 ? left : std::min(best, left);
+                }
+                if (dir.size() <= std::string("/sys/fs/cgroup").size())
+                    break;
+            }
+            if (best >= 0)
+                return best;
+        }
+    }
+    return -1;
+}
+
+} // namespace
+
 std::int64_t available_memory_bytes()
 {
+    std::int64_t available = -1;
     std::ifstream in("/proc/meminfo");
     std::string key;
     std::int64_t value = 0;
     std::string unit;
     while (in >> key >> value) {
         std::getline(in, unit);
-        if (key == "MemAvailable:")
-            return value * 1024;
+        if (key == "MemAvailable:") {
+            available = value * 1024;
+            break;
+        }
     }
-    return -1;
+    const std::int64_t cgroup = cgroup_available_bytes();
+    if (cgroup >= 0)
+        available = available < 0 ? cgroup : std::min(available, cgroup);
+    return available;
 }
 
 void require_memory(std::int64_t bytes, const std::string& what)

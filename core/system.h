@@ -11,7 +11,8 @@ namespace pbllm {
 /// tensor allocation. Call once at start-up; returns the thread count in use.
 int configure_runtime(int threads = 0);
 
-/// Bytes the kernel says can be allocated without swapping (MemAvailable); -1 if unknown.
+/// Bytes that can be allocated without swapping or being killed: MemAvailable, or less when the
+/// process's memory cgroup (a container, ../shared/tools/memcap.sh) allows less; -1 if unknown.
 std::int64_t available_memory_bytes();
 
 /// Throws Error naming `what` when `bytes` clearly exceeds the available memory, so a model too

@@ -87,12 +87,19 @@ private Q_SLOTS:
         s.max_windows = 6;
         s.batch = 2;
         std::vector<double> seen;
-        evaluate_perplexity(stories260k(), val_tokens(), s, [&](double f, std::string_view) {
+        std::vector<std::string> stages;
+        evaluate_perplexity(stories260k(), val_tokens(), s, [&](double f, std::string_view stage) {
             seen.push_back(f);
+            stages.emplace_back(stage);
             return true;
         });
-        QCOMPARE(seen.size(), std::size_t(4));
+        // Layer by layer over all six windows (one group): the start, 5 decoder layers, the head.
+        QCOMPARE(seen.size(), std::size_t(7));
+        QCOMPARE(seen.front(), 0.0);
+        for (std::size_t i = 1; i < seen.size(); ++i)
+            QVERIFY(seen[i] > seen[i - 1]);
         QCOMPARE(seen.back(), 1.0);
+        QCOMPARE(stages[3], std::string("perplexity: layer 3/5"));
         QVERIFY_THROWS_EXCEPTION(Cancelled, evaluate_perplexity(stories260k(), val_tokens(), s,
                                                                 [](double f, std::string_view) { return f < 0.3; }));
     }

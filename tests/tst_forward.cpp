@@ -2,11 +2,14 @@
 // plain-loop CPU decoder and the libtorch KV-cache decoder (the CUDA path, run here on CPU).
 #include "core/decoder.h"
 #include "core/error.h"
+#include "core/hf_model.h"
 #include "core/llama.h"
+#include "core/model_io.h"
 #include "core/synthetic.h"
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
+#include <QTemporaryDir>
 #include <QtTest>
 
 #include <cstring>
@@ -56,6 +59,38 @@ private Q_SLOTS:
         const double scale = full.abs().max().item<double>();
         QVERIFY2(max_abs_diff(full, cpu) < 1e-4 * std::max(1.0, scale), qPrintable(QString::number(max_abs_diff(full, cpu))));
         QVERIFY2(max_abs_diff(full, torch) < 1e-4 * std::max(1.0, scale), qPrintable(QString::number(max_abs_diff(full, torch))));
+    }
+
+    void mappedHalfWeightsGiveTheFloat32Logits_data()
+    {
+        QTest::addColumn<int>("dtype");
+        QTest::newRow("f16") << static_cast<int>(at::kHalf);
+        QTest::newRow("bf16") << static_cast<int>(at::kBFloat16);
+    }
+
+    // A model kept as mapped F16/BF16 (converted a layer at a time in the batched forward, inside
+    // the matvec kernel in the decoder) computes exactly what its float32 conversion computes.
+    void mappedHalfWeightsGiveTheFloat32Logits()
+    {
+        QFETCH(int, dtype);
+        const auto type = static_cast<at::ScalarType>(dtype);
+        QTemporaryDir tmp;
+        Model half = stories260k();
+        half.file_dtype = type == at::kHalf ? "f16" : "bf16";
+        save_hf(half, tmp.path().toStdString());
+        LoadOptions options;
+        options.storage = WeightStorage::Mapped;
+        const Model mapped = load_model(tmp.path().toStdString(), options);
+        QVERIFY(mapped.layers[0].weight(LinearKind::Q).scalar_type() == type);
+        QVERIFY(mapped.tok_embeddings.scalar_type() == type);
+        const Model f32 = load_model(tmp.path().toStdString());
+        QVERIFY(f32.layers[0].weight(LinearKind::Q).scalar_type() == at::kFloat);
+
+        const at::Tensor ids = at::randint(512, {2, 64}, at::kLong);
+        QCOMPARE(max_abs_diff(forward(mapped, ids), forward(f32, ids)), 0.0);
+        // Auto must pick the plain-loop decoder (libtorch has no half matmul on the CPU).
+        QCOMPARE(max_abs_diff(decode_all(mapped, ids[0], DecoderBackend::Auto), decode_all(f32, ids[0], DecoderBackend::Cpu)),
+                 0.0);
     }
 
     void batchRowsAreIndependent()

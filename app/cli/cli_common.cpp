@@ -72,11 +72,16 @@ std::string CommandLine::model_path()
     return where.model_path;
 }
 
-Model CommandLine::load_model() { return load_model_at(model_path()); }
+Model CommandLine::load_model(bool mapped, bool check_finite)
+{
+    return load_model_at(model_path(), mapped, check_finite);
+}
 
-Model CommandLine::load_model_at(const std::string& path)
+Model CommandLine::load_model_at(const std::string& path, bool mapped, bool check_finite)
 {
     LoadOptions options;
+    options.storage = mapped ? WeightStorage::Mapped : WeightStorage::Float32;
+    options.check_finite = check_finite;
     if (parser_.optionNames().contains("tokenizer") && parser_.isSet("tokenizer"))
         options.tokenizer_path = parser_.value("tokenizer").toStdString();
     else

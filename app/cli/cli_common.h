@@ -35,8 +35,10 @@ public:
     /// MODEL argument, or the default model when it was omitted.
     std::string model_path();
     /// Loads the model (on --device) and remembers its tokenizer path (--tokenizer wins).
-    Model load_model();
-    Model load_model_at(const std::string& path);
+    /// `mapped`: keep the file's F16/BF16 weights memory-mapped instead of converting them to
+    /// float32 (the commands whose engine reads them so: eval, generate, info).
+    Model load_model(bool mapped = false, bool check_finite = true);
+    Model load_model_at(const std::string& path, bool mapped = false, bool check_finite = true);
     /// The model's tokenizer; Error when there is none.
     Tokenizer load_tokenizer(const Model& model) const;
 
@@ -55,6 +57,7 @@ int run_info(const QStringList& args);
 int run_eval(const QStringList& args);
 int run_generate(const QStringList& args);
 int run_convert(const QStringList& args);
+int run_synth(const QStringList& args);
 int run_bench(const QStringList& args);
 int run_calibrate(const QStringList& args);
 int run_saliency(const QStringList& args);

@@ -8,6 +8,7 @@
 #include "core/llama2c.h"
 #include "core/model.h"
 #include "core/packed_checkpoint.h"
+#include "core/synthetic.h"
 #include "core/system.h"
 #include "core/tensor_stats.h"
 #include "core/tokenizer.h"
@@ -27,29 +28,41 @@ namespace {
 
 int run_info(const QStringList& args)
 {
-    CommandLine cl("info", "Describe a model: format, architecture, tensors and their statistics.", "[MODEL]");
+    CommandLine cl("info", "Describe a model: format, architecture, tensors (statistics with --stats).", "[MODEL]");
     cl.parser().addOption({"tokenizer", "SentencePiece model to report (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"stats", "Also compute each tensor's mean, std, max and kurtosis (reads every weight "
+                                    "once; without it only the headers are read)."});
     cl.parse(args);
+    const bool with_stats = cl.is_set("stats");
     const std::string path = cl.model_path();
     std::optional<PackedCheckpoint> packed;
     if (has_hdf5_signature(path))
         packed = read_packed_checkpoint(path);
-    const Model m = packed ? packed->quantized.model : cl.load_model_at(path);
+    // Headers only: the weights stay mapped and unread unless statistics are asked for.
+    const Model m = packed ? packed->quantized.model : cl.load_model_at(path, /*mapped=*/true, /*check_finite=*/false);
     const ModelConfig& c = m.config;
 
     QJsonArray tensors;
-    for (const NamedTensor& t : m.named_tensors()) {
-        const TensorStats s = tensor_stats(t.tensor);
+    const std::vector<NamedTensor> named = m.named_tensors();
+    std::int64_t done = 0;
+    for (const NamedTensor& t : named) {
         QJsonArray shape;
         for (std::int64_t d : t.tensor.sizes())
             shape.append(static_cast<double>(d));
-        tensors.append(QJsonObject{{"name", QString::fromStdString(t.name)},
-                                   {"shape", shape},
-                                   {"parameters", static_cast<double>(t.tensor.numel())},
-                                   {"mean", s.mean},
-                                   {"std", s.std},
-                                   {"abs_max", s.abs_max},
-                                   {"kurtosis", s.kurtosis}});
+        QJsonObject o{{"name", QString::fromStdString(t.name)},
+                      {"shape", shape},
+                      {"dtype", QString::fromStdString(c10::toString(t.tensor.scalar_type()))},
+                      {"parameters", static_cast<double>(t.tensor.numel())}};
+        if (with_stats) {
+            const TensorStats s = tensor_stats(t.tensor);
+            o.insert("mean", s.mean);
+            o.insert("std", s.std);
+            o.insert("abs_max", s.abs_max);
+            o.insert("kurtosis", s.kurtosis);
+            done += t.tensor.numel();
+            print_progress(static_cast<double>(done) / static_cast<double>(c.parameter_count()), "statistics");
+        }
+        tensors.append(o);
     }
     int tokenizer_vocab = 0;
     if (!m.tokenizer_path.empty() || !m.embedded_tokenizer.empty())
@@ -81,6 +94,7 @@ int run_info(const QStringList& args)
                                {"format", QString::fromStdString(std::string(to_string(m.format)))},
                                {"file_bytes", static_cast<double>(m.file_bytes)},
                                {"file_dtype", QString::fromStdString(m.file_dtype)},
+                               {"synthetic", QString::fromStdString(m.synthetic)},
                                {"config", QJsonDocument::fromJson(QByteArray::fromStdString(c.to_json())).object()},
                                {"parameters", static_cast<double>(c.parameter_count())},
                                {"tokenizer", QString::fromStdString(m.tokenizer_path.empty() && !m.embedded_tokenizer.empty() ? std::string("(embedded)") : m.tokenizer_path)},
@@ -99,6 +113,8 @@ int run_info(const QStringList& args)
                 c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.n_kv_heads < c.n_heads ? ", grouped-query" : "",
                 c.head_dim(), c.hidden_dim, c.vocab_size, c.max_seq_len, c.tied_embeddings ? "tied" : "separate");
     std::printf("parameters    %lld\n", static_cast<long long>(c.parameter_count()));
+    if (!m.synthetic.empty())
+        std::printf("SYNTHETIC     %s\n", m.synthetic.c_str());
     std::printf("tokenizer     %s\n",
                 !m.tokenizer_path.empty() ? (m.tokenizer_path + " (" + std::to_string(tokenizer_vocab) + " pieces)").c_str()
                 : !m.embedded_tokenizer.empty() ? ("embedded in the file (" + std::to_string(tokenizer_vocab) + " pieces)").c_str()
@@ -115,15 +131,19 @@ int run_info(const QStringList& args)
                     human_bytes(c.parameter_count() * 2).c_str(),
                     static_cast<double>(c.parameter_count() * 2) / static_cast<double>(m.file_bytes));
     }
-    std::printf("\n%-46s %-13s %10s %10s %9s %9s\n", "tensor", "shape", "mean", "std", "abs max", "kurtosis");
+    std::printf("\n%-46s %-13s %-9s", "tensor", "shape", "dtype");
+    std::printf(with_stats ? " %10s %10s %9s %9s\n" : "\n", "mean", "std", "abs max", "kurtosis");
     for (const QJsonValue& v : tensors) {
         const QJsonObject o = v.toObject();
         QStringList dims;
         for (const QJsonValue& d : o["shape"].toArray())
             dims << QString::number(d.toInteger());
-        std::printf("%-46s %-13s %10.5f %10.5f %9.4f %9.2f\n", qPrintable(o["name"].toString()),
-                    qPrintable(dims.join(" x ")), o["mean"].toDouble(), o["std"].toDouble(), o["abs_max"].toDouble(),
-                    o["kurtosis"].toDouble());
+        std::printf("%-46s %-13s %-9s", qPrintable(o["name"].toString()), qPrintable(dims.join(" x ")),
+                    qPrintable(o["dtype"].toString()));
+        if (with_stats)
+            std::printf(" %10.5f %10.5f %9.4f %9.2f", o["mean"].toDouble(), o["std"].toDouble(),
+                        o["abs_max"].toDouble(), o["kurtosis"].toDouble());
+        std::printf("\n");
     }
     return 0;
 }
@@ -144,7 +164,7 @@ int run_eval(const QStringList& args)
     settings.max_windows = cl.int_value("max-windows", 0, 1 << 30);
     settings.batch = cl.int_value("batch", 0, 4096);
     const std::string text_path = cl.value("text").toStdString();
-    const Model m = cl.load_model();
+    const Model m = cl.load_model(/*mapped=*/true);
     const Tokenizer tok = cl.load_tokenizer(m);
     const std::string text = read_text_file(text_path);
     const std::vector<int> tokens = tok.encode(text);
@@ -194,7 +214,7 @@ int run_generate(const QStringList& args)
     else if (backend == "torch") s.backend = DecoderBackend::Torch;
     else if (backend != "auto") throw UsageError{"--backend must be auto, cpu or torch"};
 
-    const Model m = cl.load_model();
+    const Model m = cl.load_model(/*mapped=*/s.backend != DecoderBackend::Torch);
     const Tokenizer tok = cl.load_tokenizer(m);
     const std::string prompt = cl.value("prompt").toStdString();
     const bool stream = !cl.json();
@@ -221,6 +241,57 @@ int run_generate(const QStringList& args)
         std::fprintf(stderr, "\n[%zu tokens, %.1f tokens/s, first token after %.1f ms]\n", r.tokens.size(),
                      r.tokens_per_second, r.time_to_first_token * 1e3);
     }
+    return 0;
+}
+
+int run_synth(const QStringList& args)
+{
+    CommandLine cl("synth", "Write a SYNTHETIC Hugging Face model (random weights of a real model's shape) for "
+                            "speed and memory benchmarks. Its outputs mean nothing.", "");
+    QStringList shapes;
+    for (const NamedShape& shape : synthetic_shapes())
+        shapes << QString::fromStdString(shape.name);
+    cl.parser().addOption({"shape", "Model shape: " + shapes.join(", ") + ".", "NAME"});
+    cl.parser().addOption({"dtype", "Stored precision: f16 (default), bf16 or f32.", "DTYPE", "f16"});
+    cl.parser().addOption({"layers", "Decoder layers (default: the shape's; fewer make a quick stand-in).", "N", "0"});
+    cl.parser().addOption({"seed", "Random seed.", "S", "0"});
+    cl.parser().addOption({"tokenizer", "SentencePiece model to copy in as tokenizer.model (its vocabulary must "
+                                        "match the shape's).", "TOK"});
+    cl.parser().addOption({{"o", "output"}, "Output folder (must be empty or new).", "DIR"});
+    cl.parse(args);
+    if (!cl.is_set("shape") || !cl.is_set("o"))
+        throw UsageError{"--shape NAME and -o DIR are required"};
+    SyntheticHfSpec spec;
+    spec.shape_name = cl.value("shape").toStdString();
+    spec.config = synthetic_shape(spec.shape_name);
+    if (const int layers = cl.int_value("layers", 0, 1024); layers > 0)
+        spec.config.n_layers = layers;
+    const QString dtype = cl.value("dtype");
+    if (dtype == "f16") spec.dtype = at::kHalf;
+    else if (dtype == "bf16") spec.dtype = at::kBFloat16;
+    else if (dtype == "f32") spec.dtype = at::kFloat;
+    else throw UsageError{"--dtype must be f16, bf16 or f32 (got '" + dtype.toStdString() + "')"};
+    spec.seed = static_cast<std::uint64_t>(cl.int_value("seed", 0, 1 << 30));
+    if (cl.is_set("tokenizer")) {
+        spec.tokenizer_path = cl.value("tokenizer").toStdString();
+        const Tokenizer tok = Tokenizer::from_file(spec.tokenizer_path);
+        if (tok.vocab_size() != spec.config.vocab_size)
+            throw Error(spec.tokenizer_path + ": tokenizer has " + std::to_string(tok.vocab_size()) +
+                        " pieces but the " + spec.shape_name + " shape has a vocabulary of " +
+                        std::to_string(spec.config.vocab_size));
+    }
+    const std::string out = cl.value("o").toStdString();
+    write_synthetic_hf(spec, out, print_progress);
+    const std::int64_t params = spec.config.parameter_count();
+    if (cl.json())
+        print_json(QJsonObject{{"output", QString::fromStdString(out)},
+                               {"shape", QString::fromStdString(spec.shape_name)},
+                               {"parameters", static_cast<double>(params)},
+                               {"layers", spec.config.n_layers},
+                               {"dtype", dtype}});
+    else
+        std::printf("wrote %s: SYNTHETIC %s shape, %d layers, %lld parameters, %s\n", out.c_str(),
+                    spec.shape_name.c_str(), spec.config.n_layers, static_cast<long long>(params), qPrintable(dtype));
     return 0;
 }
 

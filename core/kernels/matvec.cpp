@@ -1,0 +1,101 @@
+#include "core/kernels/matvec.h"
+
+#include "core/kernels/matvec_avx2.h"
+
+#include <cstring>
+
+namespace pbllm::kernels {
+namespace {
+
+float f16_to_float(std::uint16_t h)
+{
+    // IEEE half -> single, subnormals included (exact: every half is a float).
+    const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000) << 16;
+    std::uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+    if (exponent == 0x1f) {
+        bits = sign | 0x7f800000u | (mantissa << 13);
+    } else if (exponent != 0) {
+        bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+    } else if (mantissa == 0) {
+        bits = sign;
+    } else {
+        exponent = 113;
+        while ((mantissa & 0x400) == 0) {
+            mantissa <<= 1;
+            --exponent;
+        }
+        bits = sign | (exponent << 23) | ((mantissa & 0x3ff) << 13);
+    }
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+float bf16_to_float(std::uint16_t b)
+{
+    const std::uint32_t bits = static_cast<std::uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+}
+
+float weight_at(WeightFormat format, const void* W, std::int64_t i)
+{
+    switch (format) {
+    case WeightFormat::F16: return f16_to_float(static_cast<const std::uint16_t*>(W)[i]);
+    case WeightFormat::BF16: return bf16_to_float(static_cast<const std::uint16_t*>(W)[i]);
+    case WeightFormat::F32: break;
+    }
+    return static_cast<const float*>(W)[i];
+}
+
+bool cpu_has_avx2_kernels()
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                            __builtin_cpu_supports("f16c");
+    return has;
+#else
+    return false;
+#endif
+}
+
+} // namespace
+
+void matvec_rows_reference(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
+                           std::int64_t begin, std::int64_t end)
+{
+    for (std::int64_t r = begin; r < end; ++r) {
+        float sum = 0.0f;
+        for (std::int64_t c = 0; c < cols; ++c)
+            sum += weight_at(format, W, r * cols + c) * x[c];
+        y[r] = sum;
+    }
+}
+
+void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
+                 std::int64_t begin, std::int64_t end)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx2_kernels()) {
+        switch (format) {
+        case WeightFormat::F32: return avx2::matvec_f32(static_cast<const float*>(W), x, y, cols, begin, end);
+        case WeightFormat::F16:
+            return avx2::matvec_f16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
+        case WeightFormat::BF16:
+            return avx2::matvec_bf16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
+        }
+    }
+#endif
+    matvec_rows_reference(format, W, x, y, cols, begin, end);
+}
+
+const char* matvec_kernel_name() { return cpu_has_avx2_kernels() ? "avx2-fma-f16c" : "reference"; }
+
+void to_float(WeightFormat format, const void* src, float* dst, std::int64_t n)
+{
+    for (std::int64_t i = 0; i < n; ++i)
+        dst[i] = weight_at(format, src, i);
+}
+
+} // namespace pbllm::kernels

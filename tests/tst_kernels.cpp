@@ -1,0 +1,196 @@
+// The matvec kernels against their reference and an independent float64 product, the NaN/Inf
+// scan, streamed tensor statistics, and synthetic models written for benchmarks.
+#include "core/error.h"
+#include "core/hf_model.h"
+#include "core/kernels/matvec.h"
+#include "core/model_io.h"
+#include "core/synthetic.h"
+#include "core/tensor_stats.h"
+#include "tests/support/test_support.h"
+
+#include <ATen/ATen.h>
+#include <QDir>
+#include <QFile>
+#include <QJsonDocument>
+#include <QJsonObject>
+#include <QTemporaryDir>
+#include <QtTest>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+namespace {
+
+kernels::WeightFormat format_of(at::ScalarType type)
+{
+    return type == at::kHalf ? kernels::WeightFormat::F16
+           : type == at::kBFloat16 ? kernels::WeightFormat::BF16
+                                   : kernels::WeightFormat::F32;
+}
+
+} // namespace
+
+class TestKernels : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void matvecMatchesFloat64Product_data()
+    {
+        QTest::addColumn<int>("dtype");
+        QTest::addColumn<int>("cols");
+        for (const auto& [name, type] : {std::pair{"f32", at::kFloat}, {"f16", at::kHalf}, {"bf16", at::kBFloat16}})
+            for (int cols : {1, 7, 8, 31, 32, 33, 100, 2048 + 13})
+                QTest::newRow((std::string(name) + " x " + std::to_string(cols)).c_str()) << static_cast<int>(type) << cols;
+    }
+
+    void matvecMatchesFloat64Product()
+    {
+        QFETCH(int, dtype);
+        QFETCH(int, cols);
+        const auto type = static_cast<at::ScalarType>(dtype);
+        const int rows = 37;
+        const at::Tensor W = at::randn({rows, cols}).to(type).contiguous();
+        const at::Tensor x = at::randn({cols});
+        // Independent: the stored values widened to float64, multiplied by ATen.
+        const at::Tensor expected = at::matmul(W.to(at::kDouble), x.to(at::kDouble));
+        at::Tensor fast = at::zeros({rows}), ref = at::zeros({rows});
+        kernels::matvec_rows(format_of(type), W.data_ptr(), x.data_ptr<float>(), fast.data_ptr<float>(), cols, 0, rows);
+        kernels::matvec_rows_reference(format_of(type), W.data_ptr(), x.data_ptr<float>(), ref.data_ptr<float>(), cols,
+                                       0, rows);
+        // float32 accumulation of cols products: error grows like sqrt(cols) * eps * |w||x|.
+        const double tolerance = 1e-5 * std::sqrt(static_cast<double>(cols)) * (1.0 + std::sqrt(cols));
+        QVERIFY2(max_abs_diff(fast, expected) < tolerance, qPrintable(QString::number(max_abs_diff(fast, expected))));
+        QVERIFY2(max_abs_diff(ref, expected) < tolerance, qPrintable(QString::number(max_abs_diff(ref, expected))));
+        // Rows outside [begin, end) are left alone.
+        at::Tensor part = at::full({rows}, 7.0f);
+        kernels::matvec_rows(format_of(type), W.data_ptr(), x.data_ptr<float>(), part.data_ptr<float>(), cols, 3, 5);
+        QCOMPARE(part[2].item<float>(), 7.0f);
+        QCOMPARE(part[5].item<float>(), 7.0f);
+        QCOMPARE(part[4].item<float>(), fast[4].item<float>());
+    }
+
+    void toFloatIsExact_data()
+    {
+        QTest::addColumn<int>("dtype");
+        QTest::newRow("f16") << static_cast<int>(at::kHalf);
+        QTest::newRow("bf16") << static_cast<int>(at::kBFloat16);
+    }
+
+    void toFloatIsExact()
+    {
+        QFETCH(int, dtype);
+        const auto type = static_cast<at::ScalarType>(dtype);
+        // Normal, subnormal, zero, negative zero and infinite values.
+        const at::Tensor v = at::cat({at::randn({1000}) * 100, at::tensor({0.0f, -0.0f, 1e-7f, -3e-6f, 65504.0f}),
+                                      at::tensor({INFINITY, -INFINITY})})
+                                 .to(type);
+        at::Tensor out = at::empty({v.numel()});
+        kernels::to_float(format_of(type), v.data_ptr(), out.data_ptr<float>(), v.numel());
+        QVERIFY(at::equal(out, v.to(at::kFloat)));
+    }
+
+    void findNonfiniteCountsAndLocates_data()
+    {
+        QTest::addColumn<int>("dtype");
+        QTest::newRow("f32") << static_cast<int>(at::kFloat);
+        QTest::newRow("f16") << static_cast<int>(at::kHalf);
+        QTest::newRow("bf16") << static_cast<int>(at::kBFloat16);
+        QTest::newRow("f64 (through ATen)") << static_cast<int>(at::kDouble);
+    }
+
+    void findNonfiniteCountsAndLocates()
+    {
+        QFETCH(int, dtype);
+        const auto type = static_cast<at::ScalarType>(dtype);
+        at::Tensor t = at::randn({3, 1 << 20}).to(type); // three scan chunks
+        QCOMPARE(find_nonfinite(t).count, 0);
+        QCOMPARE(find_nonfinite(t).first, -1);
+        t.view({-1})[(1 << 20) + 5] = NAN;
+        t.view({-1})[(2 << 20) + 9] = INFINITY;
+        t.view({-1})[(2 << 20) + 10] = -INFINITY;
+        const NonFinite bad = find_nonfinite(t);
+        QCOMPARE(bad.count, 3);
+        QCOMPARE(bad.first, (1 << 20) + 5);
+    }
+
+    void streamedStatisticsMatchTheDefinition()
+    {
+        // Over three chunks, with a non-zero mean and heavy tails.
+        const at::Tensor t = (at::randn({3 << 20}).pow(3) + 0.5).to(at::kBFloat16);
+        const TensorStats s = tensor_stats(t);
+        const at::Tensor x = t.to(at::kDouble);
+        const double mean = x.mean().item<double>();
+        const at::Tensor c = x - mean;
+        const double var = c.pow(2).mean().item<double>();
+        QCOMPARE(s.count, t.numel());
+        QVERIFY(std::abs(s.mean - mean) < 1e-9);
+        QVERIFY(std::abs(s.std - std::sqrt(var)) < 1e-9);
+        QCOMPARE(s.abs_max, x.abs().max().item<double>());
+        QVERIFY(std::abs(s.kurtosis - (c.pow(4).mean().item<double>() / (var * var) - 3.0)) < 1e-6);
+        QCOMPARE(s.outlier_fraction, (c.abs() > 3.0 * std::sqrt(var)).to(at::kDouble).mean().item<double>());
+    }
+
+    void synthesizedModelLoadsLabelled()
+    {
+        QTemporaryDir tmp;
+        SyntheticHfSpec spec;
+        spec.config = stories15m_shape();
+        spec.config.n_layers = 2;
+        spec.config.vocab_size = 512;
+        spec.shape_name = "stories15m";
+        spec.dtype = at::kBFloat16;
+        spec.seed = 5;
+        spec.tokenizer_path = tok512_path();
+        const std::string dir = tmp.filePath("synth").toStdString();
+        double last = 0.0;
+        write_synthetic_hf(spec, dir, [&](double f, std::string_view) {
+            last = f;
+            return true;
+        });
+        QCOMPARE(last, 1.0);
+        LoadOptions options;
+        options.storage = WeightStorage::Mapped;
+        const Model m = load_model(dir, options);
+        QCOMPARE(m.config.dim, 288);
+        QCOMPARE(m.config.n_layers, 2);
+        QCOMPARE(m.file_dtype, std::string("bf16"));
+        QVERIFY2(QString::fromStdString(m.synthetic).contains("benchmarks only"), m.synthetic.c_str());
+        QVERIFY(QString::fromStdString(m.synthetic).contains("stories15m"));
+        QCOMPARE(m.tokenizer_path, dir + "/tokenizer.model");
+        const TensorStats s = tensor_stats(m.layers[1].weight(LinearKind::Down));
+        QVERIFY2(std::abs(s.std - 0.02) < 0.001, qPrintable(QString::number(s.std)));
+        QCOMPARE(tensor_stats(m.final_norm).mean, 1.0);
+        // The same seed writes the same bytes; another folder is needed (refuses a non-empty one).
+        try {
+            write_synthetic_hf(spec, dir);
+            QFAIL("wrote into a non-empty folder");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("not empty"), e.what());
+        }
+        const std::string again = tmp.filePath("again").toStdString();
+        write_synthetic_hf(spec, again);
+        QCOMPARE(read_bytes(QString::fromStdString(again + "/model.safetensors")),
+                 read_bytes(QString::fromStdString(dir + "/model.safetensors")));
+        // A cancelled write leaves no model file behind.
+        const std::string cancelled = tmp.filePath("cancelled").toStdString();
+        QVERIFY_THROWS_EXCEPTION(Cancelled, write_synthetic_hf(spec, cancelled, [](double f, std::string_view) {
+                                     return f < 0.5;
+                                 }));
+        QVERIFY(QDir(QString::fromStdString(cancelled)).entryList(QDir::Files).isEmpty());
+    }
+
+    void unknownShapeIsNamed()
+    {
+        try {
+            synthetic_shape("llama-9000b");
+            QFAIL("accepted an unknown shape");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("llama-9000b") && QString(e.what()).contains("tinyllama-1.1b"), e.what());
+        }
+        QCOMPARE(synthetic_shape("llama-7b").parameter_count(), std::int64_t{6738415616});
+        QCOMPARE(synthetic_shape("tinyllama-1.1b").parameter_count(), std::int64_t{1100048384});
+    }
+};
+
+QTEST_GUILESS_MAIN(TestKernels)
+#include "tst_kernels.moc"
