@@ -98,6 +98,7 @@ EvalResult evaluate_perplexity(const Model& model, const std::vector<int>& token
             const DecoderLayer layer = for_compute(model.layers[l]);
             for (std::int64_t b = 0; b < gn; b += batch) {
                 const std::int64_t n = std::min(batch, gn - b);
+                adapt_threads_to_load();
                 x.narrow(0, b, n).copy_(decoder_layer_forward(c, layer, x.narrow(0, b, n), rope));
             }
             report_progress(progress, ++step / steps,

@@ -1,6 +1,7 @@
 #include "core/generation.h"
 
 #include "core/error.h"
+#include "core/system.h"
 
 #include <c10/core/InferenceMode.h>
 
@@ -23,18 +24,25 @@ GenerationResult generate(const Model& model, const Tokenizer& tokenizer, const 
     GenerationResult result;
     result.prompt = prompt;
     result.prompt_tokens = tokenizer.encode(prompt, /*add_bos=*/true);
-    auto decoder = make_decoder(model, settings.backend);
-    if (static_cast<int>(result.prompt_tokens.size()) >= decoder->capacity())
-        throw Error("the prompt has " + std::to_string(result.prompt_tokens.size()) +
-                    " tokens; the model's context is " + std::to_string(decoder->capacity()));
+    const std::int64_t context = model.config.max_seq_len;
+    const std::int64_t prompt_length = static_cast<std::int64_t>(result.prompt_tokens.size());
+    if (prompt_length >= context)
+        throw Error("the prompt has " + std::to_string(prompt_length) + " tokens; the model's context is " +
+                    std::to_string(context));
+    // The KV cache holds what this run can reach, not the whole context (a 7B model's full
+    // 2048-token float32 cache is 2 GiB).
+    auto decoder = make_decoder(model, settings.backend,
+                                static_cast<int>(std::min<std::int64_t>(context, prompt_length + settings.max_new_tokens)));
     Sampler sampler(settings.sampler);
     StreamingDetokenizer detok(tokenizer);
     for (int id : result.prompt_tokens)
         result.text += detok.push(id);
 
     const float* logits = nullptr;
-    for (int id : result.prompt_tokens)
+    for (int id : result.prompt_tokens) {
+        adapt_threads_to_load();
         logits = decoder->step(id);
+    }
     Clock::time_point first{};
     while (static_cast<int>(result.tokens.size()) < settings.max_new_tokens) {
         const int next = sampler.sample(logits, model.config.vocab_size);
@@ -53,8 +61,10 @@ GenerationResult generate(const Model& model, const Tokenizer& tokenizer, const 
         }
         if (decoder->position() >= decoder->capacity())
             break;
-        if (static_cast<int>(result.tokens.size()) < settings.max_new_tokens)
+        if (static_cast<int>(result.tokens.size()) < settings.max_new_tokens) {
+            adapt_threads_to_load();
             logits = decoder->step(next);
+        }
     }
     const std::string rest = detok.flush();
     result.completion += rest;

@@ -10,6 +10,9 @@
 #include <QSaveFile>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <dirent.h>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -112,6 +115,17 @@ private:
 } // namespace
 #endif
 
+namespace {
+
+/// The thread count configure_runtime chose: the ceiling adapt_threads_to_load works under.
+std::atomic<int>& configured_threads()
+{
+    static std::atomic<int> threads{0};
+    return threads;
+}
+
+} // namespace
+
 int configure_runtime(int threads)
 {
     // Tensors above glibc's default 128 KiB mmap threshold are mapped and unmapped on every
@@ -129,7 +143,77 @@ int configure_runtime(int threads)
     if (threads <= 0)
         threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     at::set_num_threads(threads);
+    configured_threads().store(threads);
     return threads;
+}
+
+namespace {
+
+/// Runnable tasks of the whole system (the running/total field of /proc/loadavg); -1 if unknown.
+int runnable_tasks()
+{
+    std::ifstream in("/proc/loadavg");
+    std::string a, b, c, running;
+    if (!(in >> a >> b >> c >> running))
+        return -1;
+    return std::atoi(running.c_str());
+}
+
+/// This process's threads that are running or runnable now (state R in /proc/self/task/N/stat).
+int own_runnable_tasks()
+{
+    int count = 0;
+    if (DIR* dir = ::opendir("/proc/self/task")) {
+        while (const dirent* entry = ::readdir(dir)) {
+            if (entry->d_name[0] == '.')
+                continue;
+            std::ifstream stat(std::string("/proc/self/task/") + entry->d_name + "/stat");
+            std::string line;
+            std::getline(stat, line);
+            const auto paren = line.rfind(')'); // the command name may hold spaces
+            if (paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'R')
+                ++count;
+        }
+        ::closedir(dir);
+    }
+    return count;
+}
+
+} // namespace
+
+int threads_beside(int other_runnable_tasks, int cores, int configured)
+{
+    return std::clamp(cores - std::max(0, other_runnable_tasks), 1, std::max(1, configured));
+}
+
+void adapt_threads_to_load()
+{
+    const int configured = configured_threads().load();
+    static const bool fixed = std::getenv("PBLLM_FIXED_THREADS") != nullptr; // for A/B benchmarks
+    if (configured <= 1 || fixed)
+        return;
+    static std::mutex mutex;
+    static std::chrono::steady_clock::time_point last{};
+    std::unique_lock<std::mutex> lock(mutex, std::try_to_lock);
+    const auto now = std::chrono::steady_clock::now();
+    if (!lock.owns_lock() || now - last < std::chrono::milliseconds(500))
+        return;
+    last = now;
+    // The fewest other runnable tasks over three looks a millisecond apart: a task that only
+    // passes through the run queue (a shell, a page-in) should not take a thread away.
+    int others = 1 << 20;
+    for (int sample = 0; sample < 3 && others > 0; ++sample) {
+        if (sample > 0)
+            std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        const int all = runnable_tasks();
+        if (all < 0)
+            return;
+        others = std::min(others, std::max(0, all - own_runnable_tasks()));
+    }
+    const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    const int wanted = threads_beside(others, cores, configured);
+    if (wanted != at::get_num_threads())
+        at::set_num_threads(wanted);
 }
 
 namespace {

@@ -11,6 +11,21 @@ namespace pbllm {
 /// tensor allocation. Call once at start-up; returns the thread count in use.
 int configure_runtime(int threads = 0);
 
+/// Matches libtorch's (and OpenMP OpenBLAS's) thread count to the CPUs that other processes
+/// leave free, never above what configure_runtime set. An OpenMP parallel region ends only when
+/// every one of its threads has run, so on a machine shared with busy processes each region
+/// waits for a descheduled thread: evaluating stories260K on 2 cores beside one busy process ran
+/// 5.3x slower with 2 threads. Long jobs call this between parallel regions; it looks at the
+/// system (runnable tasks other than this process's, from /proc) at most every 0.5 s, so calling
+/// it often is cheap. Affects parallel regions started by the calling thread. Only evaluation and
+/// generation adapt: quantization and QAT write files that must be identical run to run, and a
+/// reduction split over another number of threads rounds differently. PBLLM_FIXED_THREADS in the
+/// environment turns it off.
+void adapt_threads_to_load();
+/// The rule adapt_threads_to_load applies: the cores other runnable tasks leave, at least one,
+/// at most `configured`.
+int threads_beside(int other_runnable_tasks, int cores, int configured);
+
 /// Bytes that can be allocated without swapping or being killed: MemAvailable, or less when the
 /// process's memory cgroup (a container, ../shared/tools/memcap.sh) allows less; -1 if unknown.
 std::int64_t available_memory_bytes();

@@ -3,6 +3,7 @@
 #include "core/decoder.h"
 #include "core/error.h"
 #include "core/evaluation.h"
+#include "core/system.h"
 #include "core/hf_model.h"
 #include "core/tokenizer.h"
 #include "tests/support/test_support.h"
@@ -102,6 +103,29 @@ private Q_SLOTS:
         QCOMPARE(stages[3], std::string("perplexity: layer 3/5"));
         QVERIFY_THROWS_EXCEPTION(Cancelled, evaluate_perplexity(stories260k(), val_tokens(), s,
                                                                 [](double f, std::string_view) { return f < 0.3; }));
+    }
+
+    void threadsFollowTheLoad_data()
+    {
+        QTest::addColumn<int>("others");
+        QTest::addColumn<int>("cores");
+        QTest::addColumn<int>("configured");
+        QTest::addColumn<int>("threads");
+        QTest::newRow("quiet") << 0 << 2 << 2 << 2;
+        QTest::newRow("one busy process on 2 cores") << 1 << 2 << 2 << 1;
+        QTest::newRow("overloaded") << 5 << 2 << 2 << 1;
+        QTest::newRow("busy, 16 cores, 8 asked for") << 3 << 16 << 8 << 8;
+        QTest::newRow("busy, 16 cores, 16 asked for") << 3 << 16 << 16 << 13;
+        QTest::newRow("unknown count") << -1 << 4 << 4 << 4;
+    }
+
+    void threadsFollowTheLoad()
+    {
+        QFETCH(int, others);
+        QFETCH(int, cores);
+        QFETCH(int, configured);
+        QFETCH(int, threads);
+        QCOMPARE(threads_beside(others, cores, configured), threads);
     }
 
     void readsTextFiles()
