@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/llama.h"
+#include "core/system.h"
 #include "core/kernels/matvec.h"
 
 #include <ATen/ATen.h>
@@ -93,6 +94,8 @@ public:
         hb_.resize(c_.hidden_dim); hb2_.resize(c_.hidden_dim);
         att_.resize(capacity_);
         logits_.resize(c_.vocab_size);
+        require_memory(static_cast<std::int64_t>(c_.n_layers) * capacity_ * kv * 2 * 4,
+                       "a KV cache of " + std::to_string(capacity_) + " tokens (fewer tokens to generate need less)");
         key_cache_.assign(static_cast<std::size_t>(c_.n_layers) * capacity_ * kv, 0.0f);
         value_cache_.assign(key_cache_.size(), 0.0f);
     }
