@@ -14,6 +14,7 @@
 #include <QStandardPaths>
 
 #include <cstdlib>
+#include <sys/mman.h>
 #include <cstring>
 #include <fstream>
 
@@ -145,6 +146,37 @@ Model load_model(const std::string& path, const LoadOptions& options)
         require_memory(m.config.parameter_count() * 4,
                        m.source_path + " in float32 (" + std::to_string(m.config.parameter_count()) + " parameters)");
         m = m.to(at::kCPU, at::kFloat, /*copy=*/true);
+    }
+    return m;
+}
+
+Model resident_copy(const Model& model)
+{
+    std::int64_t bytes = 0;
+    for (const NamedTensor& t : model.named_tensors())
+        bytes += t.tensor.numel() * static_cast<std::int64_t>(t.tensor.element_size());
+    require_memory(bytes, model.source_path + " held in memory");
+    auto copy = [](const at::Tensor& t) {
+        if (!t.device().is_cpu())
+            return t;
+        at::Tensor out = at::empty(t.sizes(), t.options());
+        const std::size_t huge = 2u << 20, size = static_cast<std::size_t>(out.nbytes());
+        const auto begin = reinterpret_cast<std::uintptr_t>(out.data_ptr());
+        const std::uintptr_t first = (begin + huge - 1) / huge * huge, last = (begin + size) / huge * huge;
+        if (last > first) // before the first touch, so the pages come in huge
+            ::madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+        out.copy_(t);
+        return out;
+    };
+    Model m = model;
+    m.tok_embeddings = copy(model.tok_embeddings);
+    m.output = model.config.tied_embeddings ? m.tok_embeddings : copy(model.output);
+    m.final_norm = copy(model.final_norm);
+    for (DecoderLayer& layer : m.layers) {
+        layer.attn_norm = copy(layer.attn_norm);
+        layer.ffn_norm = copy(layer.ffn_norm);
+        for (at::Tensor& w : layer.linear)
+            w = copy(w);
     }
     return m;
 }

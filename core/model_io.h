@@ -33,6 +33,12 @@ struct LoadOptions {
 /// file stored bfloat16). A float32 model that would not fit the available memory is refused.
 Model load_model(const std::string& path, const LoadOptions& options = {});
 
+/// The same model with every CPU tensor copied into anonymous memory, backed by transparent huge
+/// pages where the kernel allows (file dtype kept). Batch-1 decoding streams every weight once
+/// per token: through 4 KiB page-cache mappings of a 2 GB model this machine read 2-15 GB/s
+/// (page walks), from huge pages 21 GB/s. Throws Error (memory) when it would not fit.
+Model resident_copy(const Model& model);
+
 /// Where a model was found.
 struct ModelLocation {
     std::string model_path;

@@ -304,6 +304,21 @@ std::int64_t available_memory_bytes()
     return available;
 }
 
+std::int64_t peak_resident_bytes()
+{
+    std::ifstream in("/proc/self/status");
+    std::string key;
+    while (in >> key) {
+        if (key == "VmHWM:") {
+            std::int64_t kib = -1;
+            in >> kib;
+            return kib < 0 ? -1 : kib * 1024;
+        }
+        in.ignore(1 << 20, '\n');
+    }
+    return -1;
+}
+
 void require_memory(std::int64_t bytes, const std::string& what)
 {
     const std::int64_t available = available_memory_bytes();

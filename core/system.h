@@ -30,6 +30,10 @@ int threads_beside(int other_runnable_tasks, int cores, int configured);
 /// process's memory cgroup (a container, ../shared/tools/memcap.sh) allows less; -1 if unknown.
 std::int64_t available_memory_bytes();
 
+/// The most resident memory this process has had (VmHWM: anonymous memory plus resident pages of
+/// mapped files such as a model); -1 if unknown.
+std::int64_t peak_resident_bytes();
+
 /// Throws Error naming `what` when `bytes` clearly exceeds the available memory, so a model too
 /// big for the machine is refused before allocation rather than by the OOM killer.
 void require_memory(std::int64_t bytes, const std::string& what);

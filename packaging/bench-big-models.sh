@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Big-model figures of the README (by hand, not in CI: writes ~15 GB and runs for ~30 minutes):
+# Big-model figures of the README (by hand, not in CI: writes ~15 GB and runs for ~15 minutes):
 # synthetic TinyLlama-1.1B (BF16) and LLaMA-7B (F16) folders, then info / eval / generate of each
-# inside memory caps (../shared/tools/memcap.sh prints the cgroup's peak). Synthetic weights:
-# speed and memory only, never quality.
+# with their peak memory: anonymous (what the job allocates) and resident file pages (the mapped
+# model, reclaimable), sampled from /proc every 0.25 s. Synthetic weights: speed and memory only,
+# never quality.
 #   packaging/bench-big-models.sh [BUILD_DIR] [WORK_DIR]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -10,18 +11,29 @@ build="${1:-$root/build/release}"
 work="${2:-/tmp/pbllm-big}"
 shared="${PBLLM_SHARED_DIR:-$root/../shared}"
 pbllm="$build/bin/pbllm"
-memcap="$shared/tools/memcap.sh"
 tok="$shared/models/llama2-tokenizer/tokenizer.model"
 text="$shared/data/tinystories/tinystories_val.txt"
 mkdir -p "$work"
 
-timed() { # label, cap (GiB), command...
-  local label=$1 cap=$2; shift 2
-  local start end
+measured() { # label, command...: wall time, peak anonymous and file-backed resident memory
+  local label=$1; shift
+  local start end anon=0 file=0 key value
   start=$(date +%s.%N)
-  bash "$memcap" "$cap" "$@" > "$work/$label.out" 2> "$work/$label.err" || { echo "$label: FAILED"; tail -3 "$work/$label.err"; return 1; }
+  "$@" > "$work/$label.out" 2> "$work/$label.err" &
+  local pid=$!
+  while kill -0 "$pid" 2>/dev/null; do # bash built-ins only: a sampler that forks would steal a core
+    while read -r key value _; do
+      case "$key" in
+        RssAnon:) [ "$value" -gt "$anon" ] && anon=$value ;;
+        RssFile:) [ "$value" -gt "$file" ] && file=$value ;;
+      esac
+    done < "/proc/$pid/status" 2>/dev/null || true
+    sleep 0.25
+  done
+  wait "$pid" || { echo "$label: FAILED"; tail -3 "$work/$label.err"; return 1; }
   end=$(date +%s.%N)
-  printf '%-28s %8.2f s   %s\n' "$label" "$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')" "$(grep cgroup: "$work/$label.err")"
+  printf '%-30s %8.2f s   peak anonymous %6d MiB, mapped/file resident %6d MiB\n' "$label" \
+    "$(awk -v a="$start" -v b="$end" 'BEGIN {print b - a}')" $((anon / 1024)) $((file / 1024))
 }
 
 [ -d "$work/tinyllama-1.1b-bf16" ] || "$pbllm" synth --shape tinyllama-1.1b --dtype bf16 --tokenizer "$tok" -o "$work/tinyllama-1.1b-bf16"
@@ -29,12 +41,12 @@ timed() { # label, cap (GiB), command...
 
 for model in tinyllama-1.1b-bf16 llama-7b-f16; do
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true # cold page cache, as after a reboot
-  timed "$model.info-cold" 0.5 "$pbllm" info "$work/$model"
-  timed "$model.info" 0.5 "$pbllm" info "$work/$model"
+  measured "$model.info-cold" "$pbllm" info "$work/$model"
+  measured "$model.info" "$pbllm" info "$work/$model"
 done
-timed tinyllama.eval-8x512 2 "$pbllm" eval "$work/tinyllama-1.1b-bf16" --text "$text" --seqlen 512 --max-windows 8 --json
+measured tinyllama.eval-8x512 "$pbllm" eval "$work/tinyllama-1.1b-bf16" --text "$text" --seqlen 512 --max-windows 8 --json
 for run in 1 2 3; do
-  timed "tinyllama.generate-$run" 3 "$pbllm" generate "$work/tinyllama-1.1b-bf16" --prompt "Once upon a time" -n 32 --json
+  measured "tinyllama.generate-$run" "$pbllm" generate "$work/tinyllama-1.1b-bf16" --prompt "Once upon a time" -n 32 --json
   grep tokens_per_second "$work/tinyllama.generate-$run.out"
 done
-timed llama7b.eval-4x512 3 "$pbllm" eval "$work/llama-7b-f16" --text "$text" --seqlen 512 --max-windows 4 --json
+measured llama7b.eval-4x512 "$pbllm" eval "$work/llama-7b-f16" --text "$text" --seqlen 512 --max-windows 4 --json

@@ -88,6 +88,14 @@ private Q_SLOTS:
 
         const at::Tensor ids = at::randint(512, {2, 64}, at::kLong);
         QCOMPARE(max_abs_diff(forward(mapped, ids), forward(f32, ids)), 0.0);
+        // Held in (huge-page) memory instead of the mapping: same dtype and values, its own storage.
+        const Model resident = resident_copy(mapped);
+        QVERIFY(resident.layers[4].weight(LinearKind::Down).scalar_type() == type);
+        QVERIFY(resident.layers[4].weight(LinearKind::Down).data_ptr() != mapped.layers[4].weight(LinearKind::Down).data_ptr());
+        QVERIFY(at::equal(resident.layers[4].weight(LinearKind::Down), mapped.layers[4].weight(LinearKind::Down)));
+        QVERIFY(at::equal(resident.output, mapped.output));
+        QCOMPARE(max_abs_diff(decode_all(resident, ids[1], DecoderBackend::Auto), decode_all(f32, ids[1], DecoderBackend::Cpu)),
+                 0.0);
         // Auto must pick the plain-loop decoder (libtorch has no half matmul on the CPU).
         QCOMPARE(max_abs_diff(decode_all(mapped, ids[0], DecoderBackend::Auto), decode_all(f32, ids[0], DecoderBackend::Cpu)),
                  0.0);

@@ -5,6 +5,7 @@
 
 #include "core/decoder.h"
 #include "core/evaluation.h"
+#include "core/kernels/matvec.h"
 #include "core/model_io.h"
 #include "core/synthetic.h"
 #include "core/system.h"
@@ -79,8 +80,11 @@ ModelBench bench_model(const std::string& name, const Model& model, const std::v
         });
     };
     r.gen_cpu_tokens_per_second = decode_rate(DecoderBackend::Cpu);
-    r.gen_torch_tokens_per_second = decode_rate(DecoderBackend::Torch);
-    r.gen_cpu_gbps = r.gen_cpu_tokens_per_second * static_cast<double>(c.parameter_count()) * 4.0 / 1e9;
+    // libtorch has no half-precision matmul on the CPU: its decoder runs float32 models only.
+    const bool float32 = model.tok_embeddings.scalar_type() == at::kFloat;
+    r.gen_torch_tokens_per_second = float32 ? decode_rate(DecoderBackend::Torch) : 0.0;
+    r.gen_cpu_gbps = r.gen_cpu_tokens_per_second * static_cast<double>(c.parameter_count()) *
+                     static_cast<double>(model.tok_embeddings.element_size()) / 1e9;
     return r;
 }
 
@@ -90,8 +94,9 @@ int run_bench(const QStringList& args)
 {
     CommandLine cl("bench", "Measure evaluation and generation speed (medians of several runs).", "");
     cl.parser().addOption({"runs", "Timed runs per measurement (after one warm-up).", "N", "5"});
-    cl.parser().addOption({"models", "Comma-separated: stories260K, synthetic-15M, synthetic-110M.", "LIST",
-                           "stories260K,synthetic-15M,synthetic-110M"});
+    cl.parser().addOption({"models", "Comma-separated: stories260K, synthetic-15M, synthetic-110M; a synthetic "
+                                     "name ending in -f16 or -bf16 stores its weights so (the decoder reads them as "
+                                     "they are).", "LIST", "stories260K,synthetic-15M,synthetic-110M"});
     cl.parser().addOption({"gen-tokens", "Tokens per generation run.", "N", "128"});
     cl.parser().addOption({"suite", "eval (evaluation and generation) or quant (PB-GPTQ, previews).", "S", "eval"});
     cl.parse(args);
@@ -116,12 +121,15 @@ int run_bench(const QStringList& args)
                 tokens = Tokenizer::from_file(where.tokenizer_path).encode(text);
             }
             results.push_back(bench_model("stories260K", m, tokens, runs, gen_tokens, false));
-        } else if (which == "synthetic-15M") {
-            results.push_back(bench_model("synthetic-15M", make_synthetic_model(stories15m_shape()), {}, runs,
-                                          gen_tokens, true));
-        } else if (which == "synthetic-110M") {
-            results.push_back(bench_model("synthetic-110M", make_synthetic_model(stories110m_shape()), {}, runs,
-                                          gen_tokens, true));
+        } else if (which.startsWith("synthetic-")) {
+            // synthetic-<15M|110M>[-f16|-bf16]
+            const QStringList parts = which.split('-');
+            const QString size = parts.value(1), dtype = parts.value(2, "f32");
+            if ((size != "15M" && size != "110M") || parts.size() > 3 || (dtype != "f32" && dtype != "f16" && dtype != "bf16"))
+                throw UsageError{"unknown model '" + which.toStdString() + "' in --models"};
+            const at::ScalarType type = dtype == "f16" ? at::kHalf : dtype == "bf16" ? at::kBFloat16 : at::kFloat;
+            const Model m = make_synthetic_model(size == "15M" ? stories15m_shape() : stories110m_shape());
+            results.push_back(bench_model(which.toStdString(), m.to(at::kCPU, type), {}, runs, gen_tokens, true));
         } else {
             throw UsageError{"unknown model '" + which.toStdString() + "' in --models"};
         }
@@ -141,27 +149,32 @@ int run_bench(const QStringList& args)
                                       {"gen_tokens", r.gen_tokens},
                                       {"gen_cpu_tokens_per_second", r.gen_cpu_tokens_per_second},
                                       {"gen_torch_tokens_per_second", r.gen_torch_tokens_per_second},
-                                      {"gen_cpu_over_torch", r.gen_cpu_tokens_per_second / r.gen_torch_tokens_per_second},
+                                      {"gen_cpu_over_torch", r.gen_torch_tokens_per_second > 0 ? r.gen_cpu_tokens_per_second / r.gen_torch_tokens_per_second : 0.0},
                                       {"gen_cpu_weight_gbps", r.gen_cpu_gbps},
                                       {"gen_fraction_of_memory_bandwidth", r.gen_cpu_gbps / base.memory_gbps}});
         print_json(QJsonObject{{"threads", at::get_num_threads()},
+                               {"matvec_kernel", kernels::matvec_kernel_name()},
                                {"runs", runs},
                                {"matmul_gflops", base.matmul_gflops},
                                {"memory_gbps", base.memory_gbps},
                                {"models", models}});
         return 0;
     }
-    std::printf("threads %d, medians of %d runs\n", at::get_num_threads(), runs);
+    std::printf("threads %d, medians of %d runs, matvec kernel %s\n", at::get_num_threads(), runs,
+                kernels::matvec_kernel_name());
     std::printf("baselines: fp32 GEMM 2048^2 %.1f GFLOP/s, memory read %.1f GB/s\n\n", base.matmul_gflops,
                 base.memory_gbps);
-    std::printf("%-16s %11s | %-26s | %-52s\n", "model", "params", "perplexity eval", "batch-1 generation");
+    std::printf("%-21s %11s | %-26s | %-52s\n", "model", "params", "perplexity eval", "batch-1 generation");
     for (const ModelBench& r : results) {
-        std::printf("%-16s %11lld | %8.0f tok/s %5.1f%% GEMM | plain loop %7.1f tok/s (%4.1f%% of mem bw), "
-                    "libtorch ops %7.1f tok/s (x%.2f)\n",
+        std::printf("%-21s %11lld | %8.0f tok/s %5.1f%% GEMM | plain loop %7.1f tok/s (%4.1f%% of mem bw), ",
                     r.name.c_str(), static_cast<long long>(r.parameters), r.eval_tokens_per_second,
                     100.0 * r.eval_gflops / base.matmul_gflops, r.gen_cpu_tokens_per_second,
-                    100.0 * r.gen_cpu_gbps / base.memory_gbps, r.gen_torch_tokens_per_second,
-                    r.gen_cpu_tokens_per_second / r.gen_torch_tokens_per_second);
+                    100.0 * r.gen_cpu_gbps / base.memory_gbps);
+        if (r.gen_torch_tokens_per_second > 0)
+            std::printf("libtorch ops %7.1f tok/s (x%.2f)\n", r.gen_torch_tokens_per_second,
+                        r.gen_cpu_tokens_per_second / r.gen_torch_tokens_per_second);
+        else
+            std::printf("libtorch ops: float32 only\n");
     }
     std::printf("\nsynthetic-* models have random weights of the real shapes: speed only, never quality.\n");
     return 0;
