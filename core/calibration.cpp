@@ -1,6 +1,7 @@
 #include "core/calibration.h"
 
 #include "core/error.h"
+#include "core/system.h"
 #include "core/llama.h"
 
 #include <ATen/ATen.h>
@@ -82,6 +83,17 @@ void for_each_batch(std::int64_t windows, std::int64_t seqlen, const ModelConfig
         fn(b, std::min(batch, windows - b));
 }
 
+std::int64_t layer_hessian_bytes(const ModelConfig& c)
+{
+    const std::int64_t d = c.dim, h = c.hidden_dim;
+    return (3 * d * d + h * h) * 8;
+}
+
+std::int64_t residual_stream_bytes(const ModelConfig& c, std::int64_t windows, std::int64_t seqlen)
+{
+    return 2 * windows * seqlen * c.dim * 4;
+}
+
 CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> windows, const ProgressFn& progress)
 {
     c10::InferenceMode inference;
@@ -98,6 +110,10 @@ CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> wind
     }
     data.windows = std::move(windows);
     const std::int64_t n = static_cast<std::int64_t>(data.windows.size());
+    require_memory(c.n_layers * layer_hessian_bytes(c) + residual_stream_bytes(c, n, data.seqlen),
+                   "calibration of " + std::to_string(c.n_layers) + " layers (it keeps every layer's float64 Hessians, " +
+                       human_bytes(layer_hessian_bytes(c)) + " a layer; quantize --calib TEXT computes them one layer "
+                       "at a time instead)");
     const at::Tensor ids = at::tensor(flat).view({n, data.seqlen});
     const RopeTables rope = make_rope_tables(c, data.seqlen);
     at::Tensor x = embed_tokens(model, ids);

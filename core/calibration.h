@@ -52,7 +52,14 @@ struct CalibrationData {
 void for_each_batch(std::int64_t windows, std::int64_t seqlen, const ModelConfig& config,
                     const std::function<void(std::int64_t, std::int64_t)>& fn);
 
-/// Full-precision Hessians of every Linear input, layer by layer.
+/// Bytes of one decoder layer's Hessian accumulators (float64: three dim x dim, one hidden x hidden).
+std::int64_t layer_hessian_bytes(const ModelConfig& config);
+/// Bytes of the residual streams a layer-by-layer pass over `windows` x `seqlen` tokens holds
+/// (a layer's input and output, float32).
+std::int64_t residual_stream_bytes(const ModelConfig& config, std::int64_t windows, std::int64_t seqlen);
+
+/// Full-precision Hessians of every Linear input, layer by layer. Refuses up front, with the
+/// figures, when every layer's Hessians would not fit the available memory.
 CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> windows, const ProgressFn& progress = {});
 
 } // namespace pbllm

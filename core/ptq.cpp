@@ -2,6 +2,7 @@
 
 #include "core/calibration.h"
 #include "core/error.h"
+#include "core/system.h"
 #include "core/llama.h"
 #include "core/quantizers.h"
 
@@ -60,6 +61,19 @@ QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<
     options.groupsize = cfg.groupsize;
     options.percdamp = cfg.percdamp;
     options.act_order = cfg.act_order;
+
+    // What this pass holds besides the model: float32 dequantized copies of the quantized weights
+    // (the result computes with them), one layer's Hessians, the calibration residual streams.
+    std::int64_t linear_weights = 0;
+    for (const DecoderLayer& layer : model.layers)
+        for (const at::Tensor& w : layer.linear)
+            linear_weights += w.numel();
+    require_memory(linear_weights * 4 + layer_hessian_bytes(c) +
+                       residual_stream_bytes(c, static_cast<std::int64_t>(windows.size()),
+                                             static_cast<std::int64_t>(windows[0].size())),
+                   "quantizing " + model.source_path + " (float32 copies of its " + std::to_string(linear_weights) +
+                       " quantized weights, one layer's Hessians, " + std::to_string(windows.size()) +
+                       " calibration windows; fewer or shorter windows need less)");
 
     QuantizedModel out;
     out.plan = plan;

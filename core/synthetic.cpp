@@ -152,6 +152,7 @@ Model make_synthetic_model(const ModelConfig& config, std::uint64_t seed)
     Model m;
     m.config = config;
     m.source_path = "synthetic";
+    m.synthetic = "random N(0, 0.02^2) weights made in memory: for speed and memory benchmarks only";
     m.file_dtype = "f32";
     m.tok_embeddings = randn(v, d);
     for (int i = 0; i < config.n_layers; ++i) {

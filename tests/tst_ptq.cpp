@@ -6,6 +6,7 @@
 #include "core/evaluation.h"
 #include "core/llama.h"
 #include "core/ptq.h"
+#include "core/synthetic.h"
 #include "core/tokenizer.h"
 #include "tests/support/test_support.h"
 
@@ -28,6 +29,30 @@ class TestPtq : public QObject {
     Q_OBJECT
 
 private Q_SLOTS:
+    void jobsTooBigForTheMachineAreRefusedUpFront()
+    {
+        // Tiny weights but a 262144-wide MLP: one layer's float64 Hessians would need 550 GB.
+        ModelConfig c;
+        c.dim = 2; c.hidden_dim = 262144; c.n_layers = 1; c.n_heads = 1; c.n_kv_heads = 1; c.vocab_size = 8;
+        c.max_seq_len = 16;
+        const Model m = make_synthetic_model(c);
+        const std::vector<std::vector<int>> windows = {{1, 2, 3, 4}};
+        try {
+            calibrate(m, windows);
+            QFAIL("calibration started");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("calibration of 1 layers") && QString(e.what()).contains("of memory but only"),
+                     e.what());
+        }
+        try {
+            quantize_model(m, windows, QuantPlan{});
+            QFAIL("quantization started");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("quantizing synthetic") && QString(e.what()).contains("of memory but only"),
+                     e.what());
+        }
+    }
+
     void calibrationWindowsAreSeededAndInRange()
     {
         const auto a = sample_calibration_windows(train_tokens(), 8, 64, 0);
