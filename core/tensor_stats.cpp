@@ -22,8 +22,14 @@ void for_each_chunk(const at::Tensor& flat, F&& f)
 
 /// Elements whose exponent bits (mask) are all ones are NaN or Inf.
 template <typename Bits>
-NonFinite scan_exponent(const Bits* data, std::int64_t n, Bits mask)
+NonFinite scan_exponent(const void* bytes, std::int64_t n, Bits mask)
 {
+    // Through memcpy: reading float storage as integers directly would break aliasing rules.
+    const auto bits = [bytes](std::int64_t i) {
+        Bits v;
+        std::memcpy(&v, static_cast<const char*>(bytes) + i * static_cast<std::int64_t>(sizeof(Bits)), sizeof(Bits));
+        return v;
+    };
     const std::int64_t chunks = (n + kChunk - 1) / kChunk;
     std::vector<NonFinite> per_chunk(static_cast<std::size_t>(chunks));
     at::parallel_for(0, chunks, 1, [&](std::int64_t begin, std::int64_t end) {
@@ -31,11 +37,11 @@ NonFinite scan_exponent(const Bits* data, std::int64_t n, Bits mask)
             const std::int64_t lo = c * kChunk, hi = std::min(n, lo + kChunk);
             std::int64_t count = 0;
             for (std::int64_t i = lo; i < hi; ++i)
-                count += (data[i] & mask) == mask;
+                count += (bits(i) & mask) == mask;
             NonFinite& r = per_chunk[static_cast<std::size_t>(c)];
             r.count = count;
             for (std::int64_t i = lo; count > 0 && i < hi; ++i)
-                if ((data[i] & mask) == mask) {
+                if ((bits(i) & mask) == mask) {
                     r.first = i;
                     break;
                 }
@@ -92,11 +98,11 @@ NonFinite find_nonfinite(const at::Tensor& t)
         const std::int64_t n = t.numel();
         switch (t.scalar_type()) {
         case at::kFloat:
-            return scan_exponent(static_cast<const std::uint32_t*>(t.data_ptr()), n, std::uint32_t{0x7f800000});
+            return scan_exponent(t.data_ptr(), n, std::uint32_t{0x7f800000});
         case at::kHalf:
-            return scan_exponent(static_cast<const std::uint16_t*>(t.data_ptr()), n, std::uint16_t{0x7c00});
+            return scan_exponent(t.data_ptr(), n, std::uint16_t{0x7c00});
         case at::kBFloat16:
-            return scan_exponent(static_cast<const std::uint16_t*>(t.data_ptr()), n, std::uint16_t{0x7f80});
+            return scan_exponent(t.data_ptr(), n, std::uint16_t{0x7f80});
         default: break;
         }
     }
