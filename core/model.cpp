@@ -190,20 +190,24 @@ void Model::check_finite() const
     }
 }
 
-Model Model::to(const at::Device& device, at::ScalarType dtype, bool copy) const
+Model Model::map(const std::function<at::Tensor(const at::Tensor&)>& fn) const
 {
     Model m = *this;
-    auto conv = [&](const at::Tensor& t) { return t.to(device, dtype, /*non_blocking=*/false, copy).contiguous(); };
-    m.tok_embeddings = conv(tok_embeddings);
-    m.final_norm = conv(final_norm);
-    m.output = config.tied_embeddings ? m.tok_embeddings : conv(output);
+    m.tok_embeddings = fn(tok_embeddings);
+    m.final_norm = fn(final_norm);
+    m.output = config.tied_embeddings ? m.tok_embeddings : fn(output);
     for (DecoderLayer& layer : m.layers) {
-        layer.attn_norm = conv(layer.attn_norm);
-        layer.ffn_norm = conv(layer.ffn_norm);
+        layer.attn_norm = fn(layer.attn_norm);
+        layer.ffn_norm = fn(layer.ffn_norm);
         for (at::Tensor& w : layer.linear)
-            w = conv(w);
+            w = fn(w);
     }
     return m;
+}
+
+Model Model::to(const at::Device& device, at::ScalarType dtype, bool copy) const
+{
+    return map([&](const at::Tensor& t) { return t.to(device, dtype, /*non_blocking=*/false, copy).contiguous(); });
 }
 
 at::Tensor interleaved_to_rotate_half(const at::Tensor& w, int n_heads)

@@ -3,6 +3,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <array>
+#include <functional>
 #include <cstdint>
 #include <string>
 #include <string_view>
@@ -88,6 +89,8 @@ struct Model {
     void validate_shapes() const;
     /// The NaN/Inf half: reads every weight once (in parallel, in the stored precision).
     void check_finite() const;
+    /// The same model with every tensor replaced by fn(tensor); a tied head stays the embedding.
+    Model map(const std::function<at::Tensor(const at::Tensor&)>& fn) const;
     /// Same weights converted to `device` / `dtype` (a no-op copy-free view when they match,
     /// unless `copy`: then every tensor is new memory).
     Model to(const at::Device& device, at::ScalarType dtype, bool copy = false) const;

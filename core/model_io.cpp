@@ -168,17 +168,7 @@ Model resident_copy(const Model& model)
         out.copy_(t);
         return out;
     };
-    Model m = model;
-    m.tok_embeddings = copy(model.tok_embeddings);
-    m.output = model.config.tied_embeddings ? m.tok_embeddings : copy(model.output);
-    m.final_norm = copy(model.final_norm);
-    for (DecoderLayer& layer : m.layers) {
-        layer.attn_norm = copy(layer.attn_norm);
-        layer.ffn_norm = copy(layer.ffn_norm);
-        for (at::Tensor& w : layer.linear)
-            w = copy(w);
-    }
-    return m;
+    return model.map(copy);
 }
 
 DefaultModelSearch default_model_search()
