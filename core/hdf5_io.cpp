@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 #include <csignal>
+#include <fcntl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
@@ -23,6 +24,9 @@ namespace pbllm {
 void quiet_hdf5()
 {
     static const bool once = [] {
+        // No library clean-up at exit: a file whose close failed (disk full, file size limit)
+        // stays registered in HDF5 1.10, and closing it again from the exit handler crashes.
+        H5dont_atexit();
         H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
         return true;
     }();
@@ -70,6 +74,42 @@ void save_hdf5_image(hid_t file, const std::string& path)
     out.commit();
 }
 
+StagedHdf5File::StagedHdf5File(std::string path) : path_(std::move(path))
+{
+    quiet_hdf5();
+    temp_ = path_ + ".tmp-" + std::to_string(::getpid());
+    Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+    H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
+    Hid fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+    H5Pset_obj_track_times(fcpl.get(), false); // same content, same bytes
+    errno = 0;
+    file_ = Hid(H5Fcreate(temp_.c_str(), H5F_ACC_TRUNC, fcpl.get(), fapl.get()), H5Fclose);
+    if (!file_.ok())
+        throw Error(path_ + ": cannot write: " + std::strerror(errno ? errno : EIO));
+}
+
+StagedHdf5File::~StagedHdf5File()
+{
+    if (!temp_.empty()) {
+        file_ = Hid();
+        std::remove(temp_.c_str());
+    }
+}
+
+void StagedHdf5File::commit()
+{
+    if (H5Fflush(file_.get(), H5F_SCOPE_GLOBAL) < 0)
+        throw Error(path_ + ": HDF5 could not finish the file (disk full or file size limit?)");
+    file_ = Hid(); // closes it
+    const int fd = ::open(temp_.c_str(), O_RDONLY);
+    const bool synced = fd >= 0 && ::fsync(fd) == 0;
+    if (fd >= 0)
+        ::close(fd);
+    if (!synced || std::rename(temp_.c_str(), path_.c_str()) != 0)
+        throw Error(path_ + ": could not complete the write: " + std::strerror(errno));
+    temp_.clear();
+}
+
 // ---- Writer ----------------------------------------------------------------------------------
 
 void Writer::check(herr_t status, const std::string& what) const
@@ -86,6 +126,7 @@ Hid Writer::group(hid_t parent, const std::string& name) const
     H5Pset_attr_phase_change(gcpl.get(), 32, 16);
     H5Pset_link_phase_change(gcpl.get(), 64, 32);
     H5Pset_link_creation_order(gcpl.get(), H5P_CRT_ORDER_TRACKED); // forces the compact 1.8 group form
+    H5Pset_obj_track_times(gcpl.get(), false); // same content, same bytes
     Hid g(H5Gcreate2(parent, name.c_str(), H5P_DEFAULT, gcpl.get(), H5P_DEFAULT), H5Gclose);
     if (!g.ok())
         throw Error(path_ + ": HDF5 could not create group " + name);

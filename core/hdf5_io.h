@@ -49,6 +49,26 @@ Hid half_type();
 Hid create_memory_hdf5_file(const std::string& display_path);
 void save_hdf5_image(hid_t file, const std::string& path);
 
+/// An HDF5 file written straight to a temporary beside `path`, in the same compact format as
+/// create_memory_hdf5_file, and renamed over `path` by commit(): memory stays small however big
+/// the file (a 7B model's packed file is ~2 GB), and a failure (disk full, file size limit)
+/// leaves no partial file and an existing one intact. Destroying it uncommitted removes the
+/// temporary.
+class StagedHdf5File {
+public:
+    explicit StagedHdf5File(std::string path);
+    ~StagedHdf5File();
+    StagedHdf5File(const StagedHdf5File&) = delete;
+    StagedHdf5File& operator=(const StagedHdf5File&) = delete;
+    hid_t get() const { return file_.get(); }
+    /// Closes the file, flushes it to disk and renames it over the path.
+    void commit();
+
+private:
+    std::string path_, temp_;
+    Hid file_;
+};
+
 /// Writing with errors that name the file.
 class Writer {
 public:

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/hdf5_io.h"
+#include "core/packed_hdf5.h"
 #include "core/quantizers.h"
 #include "core/system.h"
 
@@ -191,18 +192,30 @@ QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
     return q;
 }
 
-BitsPerWeight bits_per_weight(const std::vector<PackedLinear>& linears)
+LinearBits linear_bits(const PackedLinear& p)
+{
+    LinearBits b;
+    b.weights = p.weights();
+    b.salient_count = p.salient_count;
+    b.index_bytes = p.index_bytes();
+    b.bytes = p.bytes();
+    b.grid_bits = p.grid_bits;
+    b.method = p.method;
+    return b;
+}
+
+BitsPerWeight bits_per_weight(const std::vector<LinearBits>& linears)
 {
     BitsPerWeight b;
     double n = 0.0;
-    for (const PackedLinear& p : linears) {
-        const double w = static_cast<double>(p.weights());
+    for (const LinearBits& p : linears) {
+        const double w = static_cast<double>(p.weights);
         const double r = static_cast<double>(p.salient_count) / w;
         const double headline = p.method == QuantMethod::Gptq ? p.grid_bits : p.grid_bits * r + (1.0 - r);
         b.headline += headline * w;
         b.with_bitmap += (headline + (p.method == QuantMethod::Gptq ? 0.0 : 1.0)) * w;
-        b.with_index += headline * w + 8.0 * static_cast<double>(p.index_bytes());
-        b.measured += 8.0 * static_cast<double>(p.bytes());
+        b.with_index += headline * w + 8.0 * static_cast<double>(p.index_bytes);
+        b.measured += 8.0 * static_cast<double>(p.bytes);
         n += w;
     }
     if (n > 0) {
@@ -212,6 +225,14 @@ BitsPerWeight bits_per_weight(const std::vector<PackedLinear>& linears)
         b.measured /= n;
     }
     return b;
+}
+
+BitsPerWeight bits_per_weight(const std::vector<PackedLinear>& linears)
+{
+    std::vector<LinearBits> bits;
+    for (const PackedLinear& p : linears)
+        bits.push_back(linear_bits(p));
+    return bits_per_weight(bits);
 }
 
 bool has_hdf5_signature(const std::string& path)
@@ -224,9 +245,157 @@ bool has_hdf5_signature(const std::string& path)
 
 // ---- HDF5 ------------------------------------------------------------------------------------
 
-namespace {
+void write_packed_linear(const Writer& w, hid_t parent, const PackedLinear& p)
+{
+    const Hid g = w.group(parent, p.name);
+    w.attr(g.get(), "rows", p.rows);
+    w.attr(g.get(), "cols", p.cols);
+    w.attr(g.get(), "method", to_string(p.method));
+    w.attr(g.get(), "binarizer", to_string(p.binarizer));
+    w.attr(g.get(), "salient_bits", static_cast<std::int64_t>(p.grid_bits));
+    w.attr(g.get(), "groupsize", static_cast<std::int64_t>(p.groupsize));
+    w.attr(g.get(), "salient_ratio_requested", p.salient_ratio_requested);
+    w.attr(g.get(), "salient_count", p.salient_count);
+    w.attr(g.get(), "index_encoding", to_string(p.index.encoding));
+    w.attr(g.get(), "rice_k", static_cast<std::int64_t>(p.index.rice_k));
+    w.bytes(g.get(), "index", p.index.bytes);
+    w.bytes(g.get(), "codes", p.codes);
+    w.bytes(g.get(), "signs", p.signs);
+    if (p.grid_bits != 16) {
+        w.halves(g.get(), "grid_scale", p.grid_scale, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)});
+        w.dataset(g.get(), "grid_zero", H5T_STD_U8LE, H5T_NATIVE_UINT8,
+                  {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)}, p.grid_zero.data());
+    }
+    if (p.method != QuantMethod::Gptq) {
+        w.halves(g.get(), "mu", p.mu, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
+        w.halves(g.get(), "alpha", p.alpha, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
+    }
+}
 
-} // namespace
+PackedLinear read_packed_linear(const Reader& r, hid_t parent, const std::string& name, const std::string& what,
+                                const std::int64_t* expected_rows_cols)
+{
+    const Hid g = r.group(parent, name);
+    PackedLinear p;
+    p.name = name;
+    p.rows = r.attr_int(g.get(), "rows");
+    p.cols = r.attr_int(g.get(), "cols");
+    if (expected_rows_cols && (p.rows != expected_rows_cols[0] || p.cols != expected_rows_cols[1]))
+        throw Error(what + ": stored shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols) +
+                    " does not match the model configuration");
+    try {
+        p.method = parse_method(r.attr_string(g.get(), "method"));
+        p.binarizer = parse_binarizer(r.attr_string(g.get(), "binarizer"));
+    } catch (const Error& e) {
+        throw Error(what + ": " + e.what());
+    }
+    p.grid_bits = static_cast<int>(r.attr_int(g.get(), "salient_bits"));
+    p.groupsize = static_cast<int>(r.attr_int(g.get(), "groupsize"));
+    p.salient_ratio_requested = r.attr_double(g.get(), "salient_ratio_requested");
+    p.salient_count = r.attr_int(g.get(), "salient_count");
+    const std::string enc = r.attr_string(g.get(), "index_encoding");
+    p.index.encoding = enc == "rice" ? IndexEncoding::Rice : enc == "all" ? IndexEncoding::All : IndexEncoding::Bitmap;
+    if (enc != "rice" && enc != "all" && enc != "bitmap")
+        throw Error(what + ": unknown index encoding '" + enc + "'");
+    p.index.rice_k = static_cast<int>(r.attr_int(g.get(), "rice_k"));
+    p.index.bytes = r.bytes(g.get(), "index");
+    p.codes = r.bytes(g.get(), "codes");
+    p.signs = r.bytes(g.get(), "signs");
+    if (p.grid_bits != 16) {
+        std::vector<hsize_t> gshape;
+        r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, nullptr, &gshape);
+        if (gshape.size() != 2 || gshape[0] != static_cast<hsize_t>(p.rows))
+            throw Error(what + ": grid parameters do not match the shape");
+        p.grid_groups = static_cast<std::int64_t>(gshape[1]);
+        p.grid_scale = r.halves(g.get(), "grid_scale", gshape);
+        p.grid_zero = r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, &gshape);
+    }
+    if (p.method != QuantMethod::Gptq) {
+        std::vector<hsize_t> sshape;
+        const Hid t = half_type();
+        r.read_raw(g.get(), "mu", t.get(), 2, nullptr, &sshape);
+        if (sshape.size() != 2 || sshape[0] != static_cast<hsize_t>(p.rows))
+            throw Error(what + ": binarization statistics do not match the shape");
+        p.stat_groups = static_cast<std::int64_t>(sshape[1]);
+        p.mu = r.halves(g.get(), "mu", sshape);
+        p.alpha = r.halves(g.get(), "alpha", sshape);
+    }
+    return p;
+}
+
+std::string packed_creation_time()
+{
+    if (const char* epoch = std::getenv("SOURCE_DATE_EPOCH")) {
+        bool ok = false;
+        const qint64 seconds = QByteArray(epoch).toLongLong(&ok);
+        if (ok)
+            return QDateTime::fromSecsSinceEpoch(seconds, Qt::UTC).toString(Qt::ISODate).toStdString();
+    }
+    return QDateTime::currentDateTimeUtc().toString(Qt::ISODate).toStdString();
+}
+
+struct PackedCheckpointWriter::Parts {
+    explicit Parts(const std::string& path) : file(path), w(path) {}
+    StagedHdf5File file;
+    Writer w;
+    Hid tensors, linear;
+};
+
+PackedCheckpointWriter::PackedCheckpointWriter(const std::string& path, const PackedHeader& h)
+    : parts_(std::make_unique<Parts>(path))
+{
+    const Writer& w = parts_->w;
+    const hid_t root = parts_->file.get();
+    w.attr(root, "format", std::string(kFormat));
+    w.attr(root, "format_version", kFormatVersion);
+    w.attr(root, "program_version", std::string(PBLLM_VERSION));
+    w.attr(root, "model_config", h.config.to_json());
+    w.attr(root, "plan", h.plan.to_json());
+    w.attr(root, "source_sha256", h.source_sha256);
+    w.attr(root, "calibration_sha256", h.calibration_sha256);
+    w.attr(root, "seed", static_cast<std::int64_t>(h.plan.config.seed));
+    w.attr(root, "created", h.created.empty() ? packed_creation_time() : h.created);
+    if (!h.training_json.empty())
+        w.attr(root, "training", h.training_json);
+    w.bytes(root, "tokenizer", std::vector<std::uint8_t>(h.tokenizer_bytes.begin(), h.tokenizer_bytes.end()));
+    parts_->tensors = w.group(root, "tensors");
+    parts_->linear = w.group(root, "linear");
+}
+
+PackedCheckpointWriter::~PackedCheckpointWriter() = default;
+
+void PackedCheckpointWriter::add_tensor(const std::string& name, const at::Tensor& tensor)
+{
+    const at::Tensor h = tensor.to(at::kCPU).to(at::kHalf).contiguous();
+    std::vector<std::uint16_t> bits(static_cast<std::size_t>(h.numel()));
+    std::memcpy(bits.data(), h.data_ptr(), bits.size() * 2);
+    std::vector<hsize_t> dims(h.sizes().begin(), h.sizes().end());
+    parts_->w.halves(parts_->tensors.get(), name, bits, dims);
+}
+
+void PackedCheckpointWriter::add_linear(const PackedLinear& linear)
+{
+    write_packed_linear(parts_->w, parts_->linear.get(), linear);
+}
+
+void PackedCheckpointWriter::commit()
+{
+    parts_->tensors = Hid();
+    parts_->linear = Hid();
+    parts_->file.commit();
+}
+
+PackedHeader packed_header(const QuantizedModel& qm)
+{
+    PackedHeader h;
+    h.config = qm.model.config;
+    h.plan = qm.plan;
+    h.source_sha256 = qm.source_sha256;
+    h.calibration_sha256 = qm.calibration_sha256;
+    h.tokenizer_bytes = qm.tokenizer_bytes;
+    h.training_json = qm.training_json;
+    return h;
+}
 
 void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
 {
@@ -234,71 +403,17 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
     std::vector<PackedLinear> packed;
     for (const QuantizedLinear& q : qm.linears)
         packed.push_back(pack_linear(q));
+    std::set<std::string> quantized;
+    for (const PackedLinear& p : packed)
+        quantized.insert(p.name + ".weight");
 
-    {
-        const Hid file = create_memory_hdf5_file(path);
-        const Writer w(path);
-        const hid_t root = file.get();
-        w.attr(root, "format", std::string(kFormat));
-        w.attr(root, "format_version", kFormatVersion);
-        w.attr(root, "program_version", std::string(PBLLM_VERSION));
-        w.attr(root, "model_config", qm.model.config.to_json());
-        w.attr(root, "plan", qm.plan.to_json());
-        w.attr(root, "source_sha256", qm.source_sha256);
-        w.attr(root, "calibration_sha256", qm.calibration_sha256);
-        w.attr(root, "seed", static_cast<std::int64_t>(qm.plan.config.seed));
-        w.attr(root, "created", QDateTime::currentDateTimeUtc().toString(Qt::ISODate).toStdString());
-        if (!qm.training_json.empty())
-            w.attr(root, "training", qm.training_json);
-        const std::vector<std::uint8_t> tok(qm.tokenizer_bytes.begin(), qm.tokenizer_bytes.end());
-        w.bytes(root, "tokenizer", tok);
-
-        std::set<std::string> quantized;
-        for (const PackedLinear& p : packed)
-            quantized.insert(p.name + ".weight");
-        quantized.insert("lm_head.weight"); // handled below when the head is quantized
-        {
-        const Hid tensors = w.group(root, "tensors");
-        for (const NamedTensor& t : qm.model.named_tensors()) {
-            const bool head_quantized = t.name == "lm_head.weight" &&
-                                        std::any_of(packed.begin(), packed.end(), [](const PackedLinear& p) { return p.name == "lm_head"; });
-            if (quantized.count(t.name) && (t.name != "lm_head.weight" || head_quantized))
-                continue;
-            const at::Tensor h = t.tensor.to(at::kCPU).to(at::kHalf).contiguous();
-            std::vector<std::uint16_t> bits(static_cast<std::size_t>(h.numel()));
-            std::memcpy(bits.data(), h.data_ptr(), bits.size() * 2);
-            std::vector<hsize_t> dims(h.sizes().begin(), h.sizes().end());
-            w.halves(tensors.get(), t.name, bits, dims);
-        }
-        const Hid linear = w.group(root, "linear");
-        for (const PackedLinear& p : packed) {
-            const Hid g = w.group(linear.get(), p.name);
-            w.attr(g.get(), "rows", p.rows);
-            w.attr(g.get(), "cols", p.cols);
-            w.attr(g.get(), "method", to_string(p.method));
-            w.attr(g.get(), "binarizer", to_string(p.binarizer));
-            w.attr(g.get(), "salient_bits", static_cast<std::int64_t>(p.grid_bits));
-            w.attr(g.get(), "groupsize", static_cast<std::int64_t>(p.groupsize));
-            w.attr(g.get(), "salient_ratio_requested", p.salient_ratio_requested);
-            w.attr(g.get(), "salient_count", p.salient_count);
-            w.attr(g.get(), "index_encoding", to_string(p.index.encoding));
-            w.attr(g.get(), "rice_k", static_cast<std::int64_t>(p.index.rice_k));
-            w.bytes(g.get(), "index", p.index.bytes);
-            w.bytes(g.get(), "codes", p.codes);
-            w.bytes(g.get(), "signs", p.signs);
-            if (p.grid_bits != 16) {
-                w.halves(g.get(), "grid_scale", p.grid_scale, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)});
-                w.dataset(g.get(), "grid_zero", H5T_STD_U8LE, H5T_NATIVE_UINT8,
-                          {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)}, p.grid_zero.data());
-            }
-            if (p.method != QuantMethod::Gptq) {
-                w.halves(g.get(), "mu", p.mu, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
-                w.halves(g.get(), "alpha", p.alpha, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
-            }
-        }
-        }
-        save_hdf5_image(file.get(), path);
-    }
+    PackedCheckpointWriter writer(path, packed_header(qm));
+    for (const NamedTensor& t : qm.model.named_tensors())
+        if (!quantized.count(t.name))
+            writer.add_tensor(t.name, t.tensor);
+    for (const PackedLinear& p : packed)
+        writer.add_linear(p);
+    writer.commit();
 }
 
 namespace {
@@ -350,52 +465,9 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
     auto load_tensor = [&](const std::string& name, std::vector<hsize_t> shape) -> at::Tensor {
         const std::string linear_group = name.substr(0, name.size() - std::string(".weight").size());
         if (shape.size() == 2 && r.exists(linear.get(), linear_group)) {
-            const Hid g = r.group(linear.get(), linear_group);
-            PackedLinear p;
-            p.name = linear_group;
-            p.rows = r.attr_int(g.get(), "rows");
-            p.cols = r.attr_int(g.get(), "cols");
             const std::string what = path + ": Linear '" + linear_group + "'";
-            if (p.rows != static_cast<std::int64_t>(shape[0]) || p.cols != static_cast<std::int64_t>(shape[1]))
-                throw Error(what + ": stored shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols) +
-                            " does not match the model configuration");
-            try {
-                p.method = parse_method(r.attr_string(g.get(), "method"));
-                p.binarizer = parse_binarizer(r.attr_string(g.get(), "binarizer"));
-            } catch (const Error& e) {
-                throw Error(what + ": " + e.what());
-            }
-            p.grid_bits = static_cast<int>(r.attr_int(g.get(), "salient_bits"));
-            p.groupsize = static_cast<int>(r.attr_int(g.get(), "groupsize"));
-            p.salient_ratio_requested = r.attr_double(g.get(), "salient_ratio_requested");
-            p.salient_count = r.attr_int(g.get(), "salient_count");
-            const std::string enc = r.attr_string(g.get(), "index_encoding");
-            p.index.encoding = enc == "rice" ? IndexEncoding::Rice : enc == "all" ? IndexEncoding::All : IndexEncoding::Bitmap;
-            if (enc != "rice" && enc != "all" && enc != "bitmap")
-                throw Error(what + ": unknown index encoding '" + enc + "'");
-            p.index.rice_k = static_cast<int>(r.attr_int(g.get(), "rice_k"));
-            p.index.bytes = r.bytes(g.get(), "index");
-            p.codes = r.bytes(g.get(), "codes");
-            p.signs = r.bytes(g.get(), "signs");
-            if (p.grid_bits != 16) {
-                std::vector<hsize_t> gshape;
-                r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, nullptr, &gshape);
-                if (gshape.size() != 2 || gshape[0] != shape[0])
-                    throw Error(what + ": grid parameters do not match the shape");
-                p.grid_groups = static_cast<std::int64_t>(gshape[1]);
-                p.grid_scale = r.halves(g.get(), "grid_scale", gshape);
-                p.grid_zero = r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, &gshape);
-            }
-            if (p.method != QuantMethod::Gptq) {
-                std::vector<hsize_t> sshape;
-                const Hid t = half_type();
-                r.read_raw(g.get(), "mu", t.get(), 2, nullptr, &sshape);
-                if (sshape.size() != 2 || sshape[0] != shape[0])
-                    throw Error(what + ": binarization statistics do not match the shape");
-                p.stat_groups = static_cast<std::int64_t>(sshape[1]);
-                p.mu = r.halves(g.get(), "mu", sshape);
-                p.alpha = r.halves(g.get(), "alpha", sshape);
-            }
+            const std::int64_t expected[2] = {static_cast<std::int64_t>(shape[0]), static_cast<std::int64_t>(shape[1])};
+            PackedLinear p = read_packed_linear(r, linear.get(), linear_group, what, expected);
             QuantizedLinear q = unpack_linear(p, what);
             at::Tensor w = q.dequantized;
             ck.packed.push_back(std::move(p));

@@ -11,6 +11,7 @@
 #include "core/ptq.h"
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -45,6 +46,14 @@ PackedLinear pack_linear(const QuantizedLinear& q);
 /// `dequantized` included. Error messages name `what` (file and Linear).
 QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what);
 
+/// What bit accounting needs of a PackedLinear (kept when its arrays are gone).
+struct LinearBits {
+    std::int64_t weights = 0, salient_count = 0, index_bytes = 0, bytes = 0;
+    int grid_bits = 8;
+    QuantMethod method = QuantMethod::PbGptq;
+};
+LinearBits linear_bits(const PackedLinear& linear);
+
 /// Average bits per quantized weight in the four conventions of METHOD.md section 6.
 struct BitsPerWeight {
     double headline = 0.0;    ///< b*r + (1 - r)
@@ -52,7 +61,40 @@ struct BitsPerWeight {
     double with_index = 0.0;  ///< headline + the stored sparse index
     double measured = 0.0;    ///< all stored bytes of the quantized Linears (scales, means, index...) * 8 / n
 };
+BitsPerWeight bits_per_weight(const std::vector<LinearBits>& linears);
 BitsPerWeight bits_per_weight(const std::vector<PackedLinear>& linears);
+
+/// What the root of a packed checkpoint records besides its tensors.
+struct PackedHeader {
+    ModelConfig config;
+    QuantPlan plan;
+    std::string source_sha256;
+    std::string calibration_sha256;
+    std::string tokenizer_bytes;
+    std::string training_json;
+    std::string created; ///< ISO 8601 UTC; "" = packed_creation_time()
+};
+/// Now in ISO 8601 UTC, or SOURCE_DATE_EPOCH when set (the reproducible-builds convention: two
+/// runs of the same job then write identical bytes).
+std::string packed_creation_time();
+PackedHeader packed_header(const QuantizedModel& model);
+
+/// Writes a packed checkpoint piece by piece, straight to a temporary file beside `path` that
+/// commit() renames over it: a model far larger than memory is written holding one tensor at a
+/// time, a failure leaves no partial file and an existing one intact. Errors name the file.
+class PackedCheckpointWriter {
+public:
+    PackedCheckpointWriter(const std::string& path, const PackedHeader& header);
+    ~PackedCheckpointWriter(); ///< removes the temporary unless committed
+    /// A full-precision tensor (embedding, norm, skipped Linear, head), stored as FP16.
+    void add_tensor(const std::string& name, const at::Tensor& tensor);
+    void add_linear(const PackedLinear& linear);
+    void commit();
+
+private:
+    struct Parts;
+    std::unique_ptr<Parts> parts_;
+};
 
 /// Writes `model` to `path` atomically (temporary file renamed on success; an existing file
 /// stays intact on failure). Throws Error naming the file and the reason.

@@ -46,94 +46,186 @@ Model with_fp16_full_precision(const Model& model, bool head_quantized)
     return m;
 }
 
+namespace {
+
+bool first_of_input(LinearKind kind)
+{
+    return kind == LinearKind::Q || kind == LinearKind::O || kind == LinearKind::Gate || kind == LinearKind::Down;
+}
+
+} // namespace
+
+LayerwiseQuantizer::LayerwiseQuantizer(const Model& model, const std::vector<std::vector<int>>& windows,
+                                       const QuantPlan& plan)
+    : model_(model), plan_(plan)
+{
+    plan_.validate();
+    if (windows.empty())
+        throw Error("quantization needs calibration windows");
+    const QuantConfig& cfg = plan_.config;
+    if (cfg.quantize_head && model.config.tied_embeddings)
+        throw Error("quantize_head: the output head is tied to the token embedding, which stays full precision");
+    options_.blocksize = cfg.blocksize;
+    options_.groupsize = cfg.groupsize;
+    options_.percdamp = cfg.percdamp;
+    options_.act_order = cfg.act_order;
+    n_ = static_cast<std::int64_t>(windows.size());
+    seqlen_ = static_cast<std::int64_t>(windows[0].size());
+    std::vector<std::int64_t> flat;
+    flat.reserve(static_cast<std::size_t>(n_ * seqlen_));
+    for (const auto& w : windows) {
+        if (static_cast<std::int64_t>(w.size()) != seqlen_)
+            throw Error("calibration windows must all have the same length");
+        flat.insert(flat.end(), w.begin(), w.end());
+    }
+    ids_ = at::tensor(flat).view({n_, seqlen_});
+    rope_ = make_rope_tables(model.config, static_cast<int>(seqlen_));
+}
+
+at::Tensor LayerwiseQuantizer::embed() const
+{
+    c10::InferenceMode inference;
+    return round_to_fp16(embed_tokens(model_, ids_).to(at::kCPU, at::kFloat));
+}
+
+std::vector<QuantizedLinear> LayerwiseQuantizer::quantize_layer(int l, at::Tensor& x, const StageFn& stage,
+                                                                 DecoderLayer* computed) const
+{
+    c10::InferenceMode inference;
+    const ModelConfig& c = model_.config;
+    auto enter = [&](std::string_view s) {
+        if (stage)
+            stage(s);
+    };
+    const DecoderLayer& source = model_.layers[static_cast<std::size_t>(l)];
+    DecoderLayer layer;
+    layer.attn_norm = round_to_fp16(source.attn_norm.to(at::kCPU, at::kFloat));
+    layer.ffn_norm = round_to_fp16(source.ffn_norm.to(at::kCPU, at::kFloat));
+    for (int k = 0; k < kLinearKindCount; ++k)
+        layer.linear[k] = source.linear[k].to(at::kCPU, at::kFloat);
+
+    // 1. Hessians of this layer's inputs, with the (already quantized) earlier layers.
+    enter("hessians");
+    std::vector<HessianAccumulator> acc;
+    for (int features : {c.dim, c.dim, c.dim, c.hidden_dim})
+        acc.emplace_back(features);
+    for_each_batch(n_, seqlen_, c, [&](std::int64_t b, std::int64_t count) {
+        decoder_layer_forward(c, layer, x.narrow(0, b, count), rope_, [&](LinearKind kind, const at::Tensor& input) {
+            if (first_of_input(kind))
+                acc[static_cast<int>(input_of(kind))].add(input);
+        });
+    });
+    // 2. Quantize every Linear of the layer.
+    std::vector<QuantizedLinear> out;
+    for (LinearKind kind : kAllLinearKinds) {
+        enter(linear_short_name(kind));
+        const std::string name = linear_name(l, kind);
+        const LayerQuantSettings s = plan_.settings_for(name);
+        if (s.skip) {
+            layer.weight(kind) = round_to_fp16(layer.weight(kind));
+        } else {
+            QuantizedLinear q =
+                quantize_linear(name, layer.weight(kind), acc[static_cast<int>(input_of(kind))].hessian(), s, options_);
+            layer.weight(kind) = q.dequantized;
+            out.push_back(std::move(q));
+        }
+        // The last Linear of an input releases its Hessian.
+        if (kind == LinearKind::V || kind == LinearKind::O || kind == LinearKind::Up || kind == LinearKind::Down)
+            acc[static_cast<int>(input_of(kind))] = HessianAccumulator(0);
+    }
+    // 3. The quantized layer produces the next layer's inputs.
+    enter("output");
+    at::Tensor next = at::empty_like(x);
+    for_each_batch(n_, seqlen_, c, [&](std::int64_t b, std::int64_t count) {
+        next.narrow(0, b, count).copy_(decoder_layer_forward(c, layer, x.narrow(0, b, count), rope_));
+    });
+    x = next;
+    if (computed)
+        *computed = std::move(layer);
+    return out;
+}
+
+QuantizedLinear LayerwiseQuantizer::quantize_head(const at::Tensor& x) const
+{
+    c10::InferenceMode inference;
+    const ModelConfig& c = model_.config;
+    HessianAccumulator acc(c.dim);
+    acc.add(rms_norm(x, round_to_fp16(model_.final_norm.to(at::kCPU, at::kFloat)), c.norm_eps));
+    return quantize_linear("lm_head", model_.output.to(at::kCPU, at::kFloat), acc.hessian(),
+                           plan_.settings_for("lm_head"), options_);
+}
+
+std::int64_t LayerwiseQuantizer::working_bytes() const
+{
+    const ModelConfig& c = model_.config;
+    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
+    const std::int64_t layer_weights = 2 * d * d + 2 * d * kv + 3 * d * h;
+    // The largest Linear's quantizer state: W, its working copy, errors, the dequantized result
+    // (float32), codes (int16), masks, and the inverse Hessian with its Cholesky factor (float64).
+    const std::int64_t rows_cols = std::max(h * d, d * d);
+    const std::int64_t cols = std::max(d, h);
+    const std::int64_t quantizer = rows_cols * 20 + cols * cols * 8 * 3;
+    // Attention scratch of one batch of windows (for_each_batch aims at 128 MiB).
+    const std::int64_t scratch = 256ll << 20;
+    return residual_stream_bytes(c, n_, seqlen_) + layer_weights * 4 + layer_hessian_bytes(c) + quantizer + scratch;
+}
+
+double LayerwiseQuantizer::layer_flops() const
+{
+    const ModelConfig& c = model_.config;
+    const double d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
+    const double tokens = static_cast<double>(n_ * seqlen_);
+    const double weights = 2 * d * d + 2 * d * kv + 3 * d * h;
+    const double attention = 4.0 * static_cast<double>(seqlen_) * d; // scores and weighted sum, per token
+    const double forward = tokens * (2.0 * weights + attention);
+    const double hessians = 2.0 * tokens * (3 * d * d + h * h);
+    // GPTQ sweeps rows x cols^2 multiply-adds per Linear, the error measurement as many again.
+    const double gptq = 2.0 * 2.0 * (d * d * d + 2 * kv * d * d + d * d * d + 2 * h * d * d + d * h * h);
+    return 2.0 * forward + hessians + gptq;
+}
+
 QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<int>>& windows, const QuantPlan& plan,
                               const ProgressFn& progress)
 {
-    plan.validate();
-    if (windows.empty())
-        throw Error("quantization needs calibration windows");
-    c10::InferenceMode inference;
+    const LayerwiseQuantizer quantizer(model, windows, plan);
     const auto start = std::chrono::steady_clock::now();
     const ModelConfig& c = model.config;
     const QuantConfig& cfg = plan.config;
-    GptqOptions options;
-    options.blocksize = cfg.blocksize;
-    options.groupsize = cfg.groupsize;
-    options.percdamp = cfg.percdamp;
-    options.act_order = cfg.act_order;
 
-    // What this pass holds besides the model: float32 dequantized copies of the quantized weights
-    // (the result computes with them), one layer's Hessians, the calibration residual streams.
+    // What this pass holds besides the model: float32 dequantized copies of the quantized
+    // weights (the result computes with them) and the quantizer's working memory.
     std::int64_t linear_weights = 0;
     for (const DecoderLayer& layer : model.layers)
         for (const at::Tensor& w : layer.linear)
             linear_weights += w.numel();
-    require_memory(linear_weights * 4 + layer_hessian_bytes(c) +
-                       residual_stream_bytes(c, static_cast<std::int64_t>(windows.size()),
-                                             static_cast<std::int64_t>(windows[0].size())),
+    require_memory(linear_weights * 4 + quantizer.working_bytes(),
                    "quantizing " + model.source_path + " (float32 copies of its " + std::to_string(linear_weights) +
                        " quantized weights, one layer's Hessians, " + std::to_string(windows.size()) +
-                       " calibration windows; fewer or shorter windows need less)");
+                       " calibration windows; fewer or shorter windows need less, and pbllm quantize keeps one "
+                       "layer at a time)");
 
     QuantizedModel out;
     out.plan = plan;
-    // Linear weights are replaced by new tensors below, so `model` is untouched.
     out.model = with_fp16_full_precision(model, cfg.quantize_head);
-
-    const std::int64_t n = static_cast<std::int64_t>(windows.size());
-    const std::int64_t seqlen = static_cast<std::int64_t>(windows[0].size());
-    std::vector<std::int64_t> flat;
-    for (const auto& w : windows)
-        flat.insert(flat.end(), w.begin(), w.end());
-    const at::Tensor ids = at::tensor(flat).view({n, seqlen});
-    const RopeTables rope = make_rope_tables(c, static_cast<int>(seqlen));
-    at::Tensor x = embed_tokens(out.model, ids);
-
+    at::Tensor x = quantizer.embed();
     const int total_steps = c.n_layers * kLinearKindCount + 1;
     int step = 0;
     report_progress(progress, 0.0, "quantizing");
     for (int l = 0; l < c.n_layers; ++l) {
-        DecoderLayer& layer = out.model.layers[l];
-        for (at::Tensor& w : layer.linear)
-            w = w.to(at::kCPU, at::kFloat);
-        // 1. Hessians of this layer's inputs, with the (already quantized) earlier layers.
-        std::vector<HessianAccumulator> acc;
-        for (int features : {c.dim, c.dim, c.dim, c.hidden_dim})
-            acc.emplace_back(features);
-        for_each_batch(n, seqlen, c, [&](std::int64_t b, std::int64_t count) {
-            decoder_layer_forward(c, layer, x.narrow(0, b, count), rope, [&](LinearKind kind, const at::Tensor& input) {
-                if (kind == LinearKind::Q || kind == LinearKind::O || kind == LinearKind::Gate || kind == LinearKind::Down)
-                    acc[static_cast<int>(input_of(kind))].add(input);
-            });
-        });
-        // 2. Quantize every Linear of the layer.
-        for (LinearKind kind : kAllLinearKinds) {
-            const std::string name = linear_name(l, kind);
-            const LayerQuantSettings s = plan.settings_for(name);
-            if (s.skip) {
-                layer.weight(kind) = round_to_fp16(layer.weight(kind));
-            } else {
-                QuantizedLinear q =
-                    quantize_linear(name, layer.weight(kind), acc[static_cast<int>(input_of(kind))].hessian(), s, options);
-                layer.weight(kind) = q.dequantized;
-                out.linears.push_back(std::move(q));
-            }
-            report_progress(progress, static_cast<double>(++step) / total_steps, "quantizing " + name);
-        }
-        // 3. The quantized layer produces the next layer's inputs.
-        at::Tensor next = at::empty_like(x);
-        for_each_batch(n, seqlen, c, [&](std::int64_t b, std::int64_t count) {
-            next.narrow(0, b, count).copy_(decoder_layer_forward(c, layer, x.narrow(0, b, count), rope));
-        });
-        x = next;
+        std::vector<QuantizedLinear> linears = quantizer.quantize_layer(
+            l, x,
+            [&](std::string_view stage) {
+                if (stage != "hessians" && stage != "output")
+                    report_progress(progress, static_cast<double>(step++) / total_steps,
+                                    "quantizing layer " + std::to_string(l + 1) + "/" + std::to_string(c.n_layers) +
+                                        ", " + std::string(stage));
+            },
+            &out.model.layers[static_cast<std::size_t>(l)]);
+        for (QuantizedLinear& q : linears)
+            out.linears.push_back(std::move(q));
     }
     if (cfg.quantize_head) {
-        if (c.tied_embeddings)
-            throw Error("quantize_head: the output head is tied to the token embedding, which stays full precision");
-        HessianAccumulator acc(c.dim);
-        acc.add(rms_norm(x, out.model.final_norm, c.norm_eps));
-        const LayerQuantSettings s = plan.settings_for("lm_head");
-        QuantizedLinear q = quantize_linear("lm_head", out.model.output, acc.hessian(), s, options);
+        QuantizedLinear q = quantizer.quantize_head(x);
         out.model.output = q.dequantized;
         out.linears.push_back(std::move(q));
     }
