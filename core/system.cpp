@@ -319,6 +319,21 @@ std::int64_t peak_resident_bytes()
     return -1;
 }
 
+std::int64_t current_resident_bytes()
+{
+    std::ifstream in("/proc/self/status");
+    std::string key;
+    while (in >> key) {
+        if (key == "VmRSS:") {
+            std::int64_t kib = -1;
+            in >> kib;
+            return kib < 0 ? -1 : kib * 1024;
+        }
+        in.ignore(1 << 20, '\n');
+    }
+    return -1;
+}
+
 void require_memory(std::int64_t bytes, const std::string& what)
 {
     const std::int64_t available = available_memory_bytes();
@@ -346,6 +361,32 @@ std::string sha256_of_file(const std::string& path)
     QCryptographicHash hash(QCryptographicHash::Sha256);
     if (!hash.addData(&file))
         throw Error(path + ": read error while hashing");
+    return hash.result().toHex().toStdString();
+}
+
+std::string sampled_sha256_of_file(const std::string& path)
+{
+    QFile file(QString::fromStdString(path));
+    if (!file.open(QIODevice::ReadOnly))
+        throw Error(path + ": cannot open for hashing: " + file.errorString().toStdString());
+    const qint64 size = file.size();
+    constexpr qint64 kSample = 1 << 20, kSamples = 64;
+    QCryptographicHash hash(QCryptographicHash::Sha256);
+    hash.addData(QByteArray::number(size));
+    if (size <= kSample * kSamples) {
+        if (!hash.addData(&file))
+            throw Error(path + ": read error while hashing");
+    } else {
+        for (qint64 i = 0; i < kSamples; ++i) {
+            const qint64 offset = (size - kSample) / (kSamples - 1) * i;
+            if (!file.seek(i == kSamples - 1 ? size - kSample : offset))
+                throw Error(path + ": read error while hashing");
+            const QByteArray chunk = file.read(kSample);
+            if (chunk.size() != kSample)
+                throw Error(path + ": read error while hashing");
+            hash.addData(chunk);
+        }
+    }
     return hash.result().toHex().toStdString();
 }
 

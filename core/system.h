@@ -34,6 +34,9 @@ std::int64_t available_memory_bytes();
 /// mapped files such as a model); -1 if unknown.
 std::int64_t peak_resident_bytes();
 
+/// Resident memory now (VmRSS: anonymous plus resident mapped-file pages); -1 if unknown.
+std::int64_t current_resident_bytes();
+
 /// Throws Error naming `what` when `bytes` clearly exceeds the available memory, so a model too
 /// big for the machine is refused before allocation rather than by the OOM killer.
 void require_memory(std::int64_t bytes, const std::string& what);
@@ -46,6 +49,10 @@ std::string sha256_of_file(const std::string& path);
 /// True when the linked libtorch has CUDA and a GPU is visible.
 bool cuda_available();
 std::string sha256_of_bytes(const std::string& bytes);
+/// A cheap content fingerprint of a possibly huge file: SHA-256 of its size and bytes, whole up to
+/// 64 MiB; past that the first and last MiB and 62 MiB-long samples evenly spaced between (64 MiB
+/// read however big the file). Throws Error naming the file if it cannot be read.
+std::string sampled_sha256_of_file(const std::string& path);
 
 /// Whole file as bytes; throws Error naming the file.
 std::string read_file_bytes(const std::string& path);

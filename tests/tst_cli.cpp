@@ -203,6 +203,44 @@ private Q_SLOTS:
         QVERIFY2(bad.err.contains("groupsize 100"), bad.err.constData());
     }
 
+    void quantizeKilledMidwayResumesToTheSameFile()
+    {
+        QTemporaryDir tmp;
+        QProcessEnvironment env = QProcessEnvironment::systemEnvironment();
+        env.insert("SOURCE_DATE_EPOCH", "1700000000"); // the files' creation time, so bytes compare
+        const QStringList common = {"quantize", model(), "--calib", QString::fromStdString(tinystories_train_path()),
+                                    "--nsamples", "8", "--seqlen", "128"};
+        const QString whole = tmp.filePath("whole.pbllm.h5"), cut = tmp.filePath("cut.pbllm.h5");
+        QCOMPARE(pbllm_run(common + QStringList{"-o", whole}, env).code, 0);
+        QProcessEnvironment killer = env;
+        killer.insert("PBLLM_KILL_AFTER_LAYER", "3");
+        const Run killed = pbllm_run(common + QStringList{"-o", cut}, killer);
+        QCOMPARE(killed.code, -1); // died by SIGKILL
+        QVERIFY2(killed.err.contains("layer 3/5:"), killed.err.constData());
+        QVERIFY(!QFileInfo::exists(cut));
+        QVERIFY(QFileInfo(cut + ".partial").isDir());
+        const Run fresh = pbllm_run(common + QStringList{"-o", cut}, env);
+        QCOMPARE(fresh.code, 1);
+        QVERIFY2(fresh.err.contains("--resume"), fresh.err.constData());
+        const Run other = pbllm_run(common + QStringList{"-o", cut, "--resume", "--salient", "0.3"}, env);
+        QCOMPARE(other.code, 1);
+        QVERIFY2(other.err.contains("different plan") && other.err.contains("salient_ratio"), other.err.constData());
+        const Run resumed = pbllm_run(common + QStringList{"-o", cut, "--resume", "--json"}, env);
+        QCOMPARE(resumed.code, 0);
+        QVERIFY(read_bytes(cut) == read_bytes(whole));
+        QVERIFY(!QFileInfo::exists(cut + ".partial"));
+        const QJsonObject o = resumed.json();
+        QCOMPARE(o["resumed_layers"].toInt(), 3);
+        QVERIFY(o["peak_resident_bytes"].toDouble() > 0);
+        const QJsonArray times = o["layer_times"].toArray();
+        QCOMPARE(times.size(), 5);
+        for (int l = 0; l < 5; ++l) {
+            QCOMPARE(times[l].toObject()["resumed"].toBool(), l < 3);
+            QCOMPARE(times[l].toObject()["seconds"].toDouble() > 0, l >= 3);
+        }
+        QCOMPARE(o["layers"].toArray().size(), 35);
+    }
+
     void qatCommand()
     {
         QTemporaryDir tmp;

@@ -5,13 +5,19 @@
 #include "core/error.h"
 #include "core/evaluation.h"
 #include "core/llama.h"
+#include "core/packed_checkpoint.h"
 #include "core/ptq.h"
+#include "core/streamed_ptq.h"
+#include "core/model_io.h"
 #include "core/synthetic.h"
 #include "core/tokenizer.h"
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
+#include <QDir>
 #include <QTemporaryDir>
+
+#include <random>
 #include <QtTest>
 
 using namespace pbllm;
@@ -22,6 +28,36 @@ namespace {
 const std::vector<int>& train_tokens() { return tinystories_train_tokens(); }
 
 std::vector<std::vector<int>> small_windows() { return sample_calibration_windows(train_tokens(), 16, 128, 0); }
+
+/// Packed files carry their creation time; a fixed one makes two writes comparable byte for byte.
+struct FixedCreationTime {
+    FixedCreationTime() { qputenv("SOURCE_DATE_EPOCH", "1700000000"); }
+    ~FixedCreationTime() { qunsetenv("SOURCE_DATE_EPOCH"); }
+};
+
+/// A plan that skips one Linear (stored in FP16 under /tensors) and stores another's salient
+/// weights in 4 bits, so the file has every kind of part.
+QuantPlan mixed_plan()
+{
+    QuantPlan plan;
+    plan.config.layer.salient_ratio = 0.15;
+    PlanRule skip;
+    skip.pattern = "model.layers.1.self_attn.k_proj";
+    skip.skip = true;
+    PlanRule four;
+    four.pattern = "*.mlp.down_proj";
+    four.salient_bits = 4;
+    plan.rules = {skip, four};
+    return plan;
+}
+
+QuantizeToFileOptions file_options(const QString& out)
+{
+    QuantizeToFileOptions o;
+    o.output = out.toStdString();
+    o.model_fingerprint = "test-model";
+    return o;
+}
 
 } // namespace
 
@@ -164,6 +200,125 @@ private Q_SLOTS:
         const std::vector<int> val = Tokenizer::from_file(tok512_path()).encode(read_text_file(tinystories_val_path()));
         const double pa = evaluate_perplexity(a.model, val, ps).ppl, pbb = evaluate_perplexity(b.model, val, ps).ppl;
         QVERIFY2(pa < pbb, qPrintable(QString("PB-GPTQ %1 vs RTN %2").arg(pa).arg(pbb)));
+    }
+
+    void streamedQuantizationWritesTheSameFileAsTheInMemoryOne()
+    {
+        const FixedCreationTime fixed;
+        QTemporaryDir tmp;
+        const QuantPlan plan = mixed_plan();
+        const QString a = tmp.filePath("memory.pbllm.h5"), b = tmp.filePath("streamed.pbllm.h5");
+        write_packed_checkpoint(quantize_model(stories260k(), small_windows(), plan), a.toStdString());
+        std::vector<int> layers_seen;
+        QuantizeToFileOptions o = file_options(b);
+        o.layer_done = [&](const LayerReport& r) { layers_seen.push_back(r.layer); };
+        const QuantizeToFileResult r = quantize_to_file(stories260k(), small_windows(), plan, o);
+        QVERIFY(read_bytes(a) == read_bytes(b));
+        QCOMPARE(layers_seen, (std::vector<int>{0, 1, 2, 3, 4}));
+        QCOMPARE(static_cast<int>(r.linears.size()), 5 * 7 - 1);
+        QCOMPARE(r.file_bytes, QFileInfo(b).size());
+        QVERIFY(!QFileInfo::exists(QString::fromStdString(partial_folder(b.toStdString())))); // cleaned up
+        // The report agrees with what the file holds.
+        const PackedCheckpoint back = read_packed_checkpoint(b.toStdString());
+        QCOMPARE(r.bits.measured, bits_per_weight(back.packed).measured);
+        QCOMPARE(r.salient_ratio, back.quantized.salient_ratio());
+    }
+
+    void mappedBf16ModelQuantizesExactlyLikeItsFloat32Load()
+    {
+        const FixedCreationTime fixed;
+        QTemporaryDir tmp;
+        SyntheticHfSpec spec;
+        spec.config = stories260k().config;
+        spec.config.n_layers = 2;
+        spec.config.tied_embeddings = false;
+        spec.dtype = at::kBFloat16;
+        spec.seed = 3;
+        const std::string folder = tmp.filePath("bf16").toStdString();
+        write_synthetic_hf(spec, folder);
+        LoadOptions mapped;
+        mapped.storage = WeightStorage::Mapped;
+        const Model m = load_model(folder, mapped);
+        QVERIFY(m.layers[0].weight(LinearKind::Up).scalar_type() == at::kBFloat16); // really mapped
+        QuantPlan plan;
+        plan.config.quantize_head = true;
+        const QString a = tmp.filePath("float32.pbllm.h5"), b = tmp.filePath("mapped.pbllm.h5");
+        write_packed_checkpoint(quantize_model(load_model(folder), small_windows(), plan), a.toStdString());
+        const QuantizeToFileResult r = quantize_to_file(m, small_windows(), plan, file_options(b));
+        QVERIFY(read_bytes(a) == read_bytes(b));
+        QCOMPARE(static_cast<int>(r.linears.size()), 2 * 7 + 1);
+        QCOMPARE(r.linears.back().name, std::string("lm_head"));
+    }
+
+    void anInterruptedRunResumesToTheSameBytes()
+    {
+        const FixedCreationTime fixed;
+        QTemporaryDir tmp;
+        const QuantPlan plan = mixed_plan();
+        const QString whole = tmp.filePath("whole.pbllm.h5");
+        quantize_to_file(stories260k(), small_windows(), plan, file_options(whole));
+        // 5 layers x 9 stages, then the final write: stop at random points, each after another.
+        std::random_device device;
+        const unsigned seed = device();
+        std::mt19937 rng(seed);
+        for (int attempt = 0; attempt < 3; ++attempt) {
+            const int stop_at = std::uniform_int_distribution<int>(1, 46)(rng);
+            const QString out = tmp.filePath(QString("cut%1.pbllm.h5").arg(attempt));
+            int calls = 0;
+            const std::string where = "seed " + std::to_string(seed) + ", stop at call " + std::to_string(stop_at);
+            try {
+                quantize_to_file(stories260k(), small_windows(), plan, file_options(out),
+                                 [&](double, std::string_view) { return ++calls < stop_at; });
+                QFAIL(("not interrupted: " + where).c_str());
+            } catch (const Cancelled&) {
+            }
+            QVERIFY2(!QFileInfo::exists(out), where.c_str()); // no partial output
+            QVERIFY2(QFileInfo(QString::fromStdString(partial_folder(out.toStdString()))).isDir(), where.c_str());
+            QuantizeToFileOptions o = file_options(out);
+            o.resume = true;
+            const QuantizeToFileResult r = quantize_to_file(stories260k(), small_windows(), plan, o);
+            QVERIFY2(read_bytes(out) == read_bytes(whole), where.c_str());
+            QVERIFY2(r.resumed_layers == std::min(5, (stop_at - 1) / 9), where.c_str());
+            QCOMPARE(static_cast<int>(r.linears.size()), 5 * 7 - 1); // reports of resumed layers included
+        }
+    }
+
+    void resumeRefusesAnotherRun()
+    {
+        QTemporaryDir tmp;
+        const QString out = tmp.filePath("q.pbllm.h5");
+        const QuantPlan plan = mixed_plan();
+        int calls = 0;
+        QVERIFY_THROWS_EXCEPTION(Cancelled, quantize_to_file(stories260k(), small_windows(), plan, file_options(out),
+                                                             [&](double, std::string_view) { return ++calls < 20; }));
+        auto refusal = [&](const QuantPlan& p, const std::vector<std::vector<int>>& windows, const std::string& fingerprint,
+                           bool resume) {
+            QuantizeToFileOptions o = file_options(out);
+            o.resume = resume;
+            o.model_fingerprint = fingerprint;
+            try {
+                quantize_to_file(stories260k(), windows, p, o);
+            } catch (const Error& e) {
+                return QString(e.what());
+            }
+            return QString("accepted");
+        };
+        QuantPlan other = plan;
+        other.config.layer.salient_ratio = 0.2;
+        const QString plan_refusal = refusal(other, small_windows(), "test-model", true);
+        QVERIFY2(plan_refusal.contains("different plan") && plan_refusal.contains("salient_ratio: 0.15 then, 0.2 now"),
+                 qPrintable(plan_refusal));
+        const QString windows_refusal = refusal(plan, sample_calibration_windows(train_tokens(), 16, 128, 1), "test-model", true);
+        QVERIFY2(windows_refusal.contains("different calibration"), qPrintable(windows_refusal));
+        const QString model_refusal = refusal(plan, small_windows(), "another-model", true);
+        QVERIFY2(model_refusal.contains("different model"), qPrintable(model_refusal));
+        const QString fresh = refusal(plan, small_windows(), "test-model", false);
+        QVERIFY2(fresh.contains(".partial") && fresh.contains("--resume"), qPrintable(fresh));
+        // A damaged state is named, not trusted.
+        write_bytes(QString::fromStdString(partial_folder(out.toStdString()) + "/state.json"), "{");
+        const QString corrupt = refusal(plan, small_windows(), "test-model", true);
+        QVERIFY2(corrupt.contains("state.json") && corrupt.contains("corrupt"), qPrintable(corrupt));
+        QVERIFY(!QFileInfo::exists(out));
     }
 
     void cancelLeavesModelUnchanged()

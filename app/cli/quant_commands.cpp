@@ -9,6 +9,7 @@
 #include "core/packed_checkpoint.h"
 #include "core/ptq.h"
 #include "core/saliency.h"
+#include "core/streamed_ptq.h"
 #include "core/system.h"
 #include "core/tokenizer.h"
 
@@ -17,6 +18,7 @@
 #include <QJsonArray>
 #include <QJsonDocument>
 
+#include <csignal>
 #include <cstdio>
 
 namespace pbllm::cli {
@@ -211,10 +213,14 @@ int run_quantize(const QStringList& args)
     cl.parser().addOption({"plan", "QuantPlan JSON (defaults and per-layer rules); flags override its defaults.", "PLAN.json"});
     cl.parser().addOption({"eval", "Text for perplexity before and after.", "TEXT"});
     cl.parser().addOption({"eval-windows", "Evaluate only the first N windows (0 = all).", "N", "0"});
-    cl.parser().addOption({"force", "Overwrite an existing output file."});
+    cl.parser().addOption({"force", "Overwrite an existing output file (and discard an interrupted run of it)."});
+    cl.parser().addOption({"resume", "Continue an interrupted run of the same output (OUT.pbllm.h5.partial): same "
+                                     "model, plan and calibration, or it is refused."});
     cl.parse(args);
     if (!cl.is_set("calib") || !cl.is_set("o"))
         throw UsageError{"--calib FILE and -o OUT.pbllm.h5 are required"};
+    if (cl.is_set("resume") && cl.is_set("force"))
+        throw UsageError{"--resume continues an interrupted run and --force discards it: choose one"};
     const std::string out = cl.value("o").toStdString();
     if (QFileInfo::exists(QString::fromStdString(out)) && !cl.is_set("force"))
         throw Error(out + ": exists; refusing to overwrite (use --force)");
@@ -248,7 +254,8 @@ int run_quantize(const QStringList& args)
         throw UsageError{e.what()};
     }
 
-    const Model m = cl.load_model();
+    // F16/BF16 weights stay mapped: the quantizer converts one decoder layer at a time.
+    const Model m = cl.load_model(/*mapped=*/true);
     const Tokenizer tok = cl.load_tokenizer(m);
     const Calibration calib = calibration_input(cl, m, tok, c.nsamples, c.seqlen, c.seed);
     if (calib.from_file) {
@@ -256,34 +263,64 @@ int run_quantize(const QStringList& args)
         c.nsamples = static_cast<int>(calib.windows.size());
         c.seqlen = calib.data.seqlen;
     }
-    QuantizedModel q = quantize_model(m, calib.windows, plan, print_progress);
-    q.source_sha256 = model_sha256(m);
-    q.calibration_sha256 = calib.text_sha256;
-    q.tokenizer_bytes = tok.model_bytes();
-    write_packed_checkpoint(q, out);
-    const PackedCheckpoint written = read_packed_checkpoint(out); // what the file really holds
-    const BitsPerWeight bits = bits_per_weight(written.packed);
+    QuantizeToFileOptions options;
+    options.output = out;
+    options.resume = cl.is_set("resume");
+    options.overwrite = cl.is_set("force");
+    options.model_fingerprint = model_fingerprint(m);
+    options.header.source_sha256 = model_sha256(m);
+    options.header.calibration_sha256 = calib.text_sha256;
+    options.header.tokenizer_bytes = tok.model_bytes();
+    options.layer_done = [&](const LayerReport& r) {
+        // One line per layer whether or not stderr is a terminal: long runs are watched in logs.
+        const std::string what = r.layer < m.config.n_layers
+                                     ? "layer " + std::to_string(r.layer + 1) + "/" + std::to_string(m.config.n_layers)
+                                     : std::string("lm_head");
+        if (r.resumed)
+            std::fprintf(stderr, "%s: done by the interrupted run\n", what.c_str());
+        else if (r.gflop > 0)
+            std::fprintf(stderr, "%s: %.1f s (%.0f GFLOP, %.1f GFLOP/s), resident %s\n", what.c_str(), r.seconds, r.gflop,
+                         r.gflop / std::max(r.seconds, 1e-9), human_bytes(r.resident_bytes).c_str());
+        else
+            std::fprintf(stderr, "%s: %.1f s, resident %s\n", what.c_str(), r.seconds, human_bytes(r.resident_bytes).c_str());
+        std::fflush(stderr);
+        // Fault injection for the tests: die as a crash or the OOM killer would, after this layer.
+        static const int kill_after = qEnvironmentVariableIntValue("PBLLM_KILL_AFTER_LAYER");
+        if (kill_after > 0 && r.layer + 1 == kill_after && !r.resumed)
+            ::raise(SIGKILL);
+    };
+    const QuantizeToFileResult q = quantize_to_file(m, calib.windows, plan, options, print_progress);
+    const BitsPerWeight& bits = q.bits;
 
     QJsonObject report{{"output", QString::fromStdString(out)},
-                       {"file_bytes", static_cast<double>(written.file_bytes)},
-                       {"salient_ratio", q.salient_ratio()},
+                       {"file_bytes", static_cast<double>(q.file_bytes)},
+                       {"salient_ratio", q.salient_ratio},
                        {"bits_per_weight", bits_json(bits)},
-                       {"quantized_weights", static_cast<double>(q.quantized_weights())},
+                       {"quantized_weights", static_cast<double>(q.quantized_weights)},
                        {"method", QString::fromStdString(to_string(c.layer.method))},
                        {"seconds", q.seconds},
+                       {"resumed_layers", q.resumed_layers},
+                       {"peak_resident_bytes", static_cast<double>(q.peak_resident_bytes)},
+                       {"planned_working_bytes", static_cast<double>(q.working_bytes)},
                        {"plan", QJsonDocument::fromJson(QByteArray::fromStdString(plan.to_json())).object()}};
+    QJsonArray layer_times;
+    for (const LayerReport& r : q.layers)
+        layer_times.append(QJsonObject{{"layer", r.layer < m.config.n_layers ? QJsonValue(r.layer) : QJsonValue("lm_head")},
+                                       {"seconds", r.seconds},
+                                       {"gflop", r.gflop},
+                                       {"resumed", r.resumed},
+                                       {"resident_bytes", static_cast<double>(r.resident_bytes)}});
+    report.insert("layer_times", layer_times);
     QJsonArray layers;
-    for (std::size_t i = 0; i < q.linears.size(); ++i) {
-        const QuantizedLinear& l = q.linears[i];
-        const BitsPerWeight lb = bits_per_weight({written.packed[i]});
+    for (const LinearReport& l : q.linears) {
         layers.append(QJsonObject{{"name", QString::fromStdString(l.name)},
                                   {"rows", static_cast<double>(l.rows)},
                                   {"cols", static_cast<double>(l.cols)},
                                   {"salient_ratio", l.salient_ratio},
                                   {"weight_error", l.weight_error},
                                   {"output_error", l.output_error},
-                                  {"bits_per_weight", bits_json(lb)},
-                                  {"index_encoding", QString::fromStdString(to_string(written.packed[i].index.encoding))},
+                                  {"bits_per_weight", bits_json(bits_per_weight(std::vector<LinearBits>{l.bits}))},
+                                  {"index_encoding", QString::fromStdString(l.index_encoding)},
                                   {"seconds", l.seconds},
                                   {"note", QString::fromStdString(l.note)}});
     }
@@ -293,7 +330,7 @@ int run_quantize(const QStringList& args)
         ps.max_windows = cl.int_value("eval-windows", 0, 1 << 30);
         const std::vector<int> tokens = tok.encode(read_text_file(cl.value("eval").toStdString()));
         const EvalResult before = evaluate_perplexity(m, tokens, ps, print_progress);
-        const EvalResult after = evaluate_perplexity(written.quantized.model, tokens, ps, print_progress);
+        const EvalResult after = evaluate_perplexity(read_packed_checkpoint(out).quantized.model, tokens, ps, print_progress);
         report.insert("ppl_before", before.ppl);
         report.insert("ppl_after", after.ppl);
         report.insert("eval_windows", static_cast<double>(after.windows));
@@ -309,9 +346,12 @@ int run_quantize(const QStringList& args)
                     100.0 * o["salient_ratio"].toDouble(), o["weight_error"].toDouble(), o["output_error"].toDouble(),
                     o["bits_per_weight"].toObject()["measured"].toDouble(), qPrintable(o["index_encoding"].toString()));
     }
-    std::printf("\nwrote %s (%s) in %.1f s\n", out.c_str(), human_bytes(written.file_bytes).c_str(), q.seconds);
+    std::printf("\nwrote %s (%s) in %.1f s%s\n", out.c_str(), human_bytes(q.file_bytes).c_str(), q.seconds,
+                q.resumed_layers > 0 ? (", resuming after " + std::to_string(q.resumed_layers) + " layers").c_str() : "");
     std::printf("salient ratio %.4f; bits per weight: headline %.3f, with bitmap %.3f, with index %.3f, measured %.3f\n",
-                q.salient_ratio(), bits.headline, bits.with_bitmap, bits.with_index, bits.measured);
+                q.salient_ratio, bits.headline, bits.with_bitmap, bits.with_index, bits.measured);
+    if (q.peak_resident_bytes > 0)
+        std::printf("peak resident memory %s (model pages included)\n", human_bytes(q.peak_resident_bytes).c_str());
     if (report.contains("ppl_before"))
         std::printf("perplexity before %.4f, after %.4f (%lld windows)\n", report["ppl_before"].toDouble(),
                     report["ppl_after"].toDouble(), static_cast<long long>(report["eval_windows"].toDouble()));
