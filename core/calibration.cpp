@@ -5,6 +5,7 @@
 #include "core/llama.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <c10/core/InferenceMode.h>
 
 #include <random>
@@ -60,7 +61,17 @@ HessianAccumulator::HessianAccumulator(std::int64_t features) : sum_(at::zeros({
 void HessianAccumulator::add(const at::Tensor& x)
 {
     const at::Tensor rows = x.reshape({-1, x.size(-1)}).to(at::kCPU, at::kFloat);
-    sum_.add_(at::matmul(rows.t(), rows).to(at::kDouble));
+    if (!product_.defined())
+        product_ = at::empty({rows.size(1), rows.size(1)}, at::kFloat);
+    at::mm_out(product_, rows.t(), rows);
+    // sum += double(product), element by element. sum_.add_(product_) would first copy the whole
+    // product to float64 (a fresh tensor: page faults on every call, a quarter of the time).
+    double* sum = sum_.data_ptr<double>();
+    const float* product = product_.data_ptr<float>();
+    at::parallel_for(0, product_.numel(), 1 << 16, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t i = begin; i < end; ++i)
+            sum[i] += static_cast<double>(product[i]);
+    });
     tokens_ += rows.size(0);
 }
 

@@ -32,7 +32,9 @@ public:
     std::int64_t tokens() const { return tokens_; }
 
 private:
-    at::Tensor sum_; // float64 sum of x x^T
+    at::Tensor sum_;     // float64 sum of x x^T
+    at::Tensor product_; // float32 x^T x of one call, reused: a fresh (features x features) tensor
+                         // per call cost more in page faults than the product itself
     std::int64_t tokens_ = 0;
 };
 

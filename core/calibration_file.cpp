@@ -49,7 +49,7 @@ void write_calibration_file(const CalibrationData& data, const ModelConfig& conf
 
 namespace {
 
-CalibrationData read_calibration_file_unchecked(const std::string& path, const ModelConfig& config)
+CalibrationData read_calibration_file_unchecked(const std::string& path, const ModelConfig& config, bool hessians_too)
 {
     quiet_hdf5();
     Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
@@ -83,6 +83,8 @@ CalibrationData read_calibration_file_unchecked(const std::string& path, const M
     for (hsize_t i = 0; i < shape[0]; ++i)
         data.windows.emplace_back(flat.begin() + static_cast<std::ptrdiff_t>(i * shape[1]),
                                   flat.begin() + static_cast<std::ptrdiff_t>((i + 1) * shape[1]));
+    if (!hessians_too)
+        return data;
     const Hid hessians = r.group(file.get(), "hessians");
     for (int l = 0; l < config.n_layers; ++l) {
         const Hid g = r.group(hessians.get(), layer_group(l));
@@ -105,13 +107,13 @@ CalibrationData read_calibration_file_unchecked(const std::string& path, const M
 
 } // namespace
 
-CalibrationData read_calibration_file(const std::string& path, const ModelConfig& config)
+CalibrationData read_calibration_file(const std::string& path, const ModelConfig& config, bool hessians)
 {
     // First in a child process: a file that crashes the HDF5 library must not crash this one.
     check_hdf5_structure(path, [&] {
-        (void)read_calibration_file_unchecked(path, config);
+        (void)read_calibration_file_unchecked(path, config, hessians);
     });
-    return read_calibration_file_unchecked(path, config);
+    return read_calibration_file_unchecked(path, config, hessians);
 }
 
 } // namespace pbllm

@@ -14,6 +14,8 @@ namespace pbllm {
 /// Writes atomically; Error names the file.
 void write_calibration_file(const CalibrationData& data, const ModelConfig& config, const std::string& path);
 /// Reads and validates against `config` (layer count, Hessian shapes); Error names the file.
-CalibrationData read_calibration_file(const std::string& path, const ModelConfig& config);
+/// Without `hessians`, only the windows and attributes (what a quantizer replays): a 7B model's
+/// Hessians are 1.4 GB a layer.
+CalibrationData read_calibration_file(const std::string& path, const ModelConfig& config, bool hessians = true);
 
 } // namespace pbllm

@@ -74,10 +74,11 @@ void save_hdf5_image(hid_t file, const std::string& path)
     out.commit();
 }
 
-StagedHdf5File::StagedHdf5File(std::string path) : path_(std::move(path))
+StagedHdf5File::StagedHdf5File(std::string path, const std::string& staging_dir) : path_(std::move(path))
 {
     quiet_hdf5();
-    temp_ = path_ + ".tmp-" + std::to_string(::getpid());
+    const std::string base = path_.substr(path_.find_last_of('/') + 1);
+    temp_ = (staging_dir.empty() ? path_ : staging_dir + "/" + base) + ".tmp-" + std::to_string(::getpid());
     Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
     H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_EARLIEST, H5F_LIBVER_V18);
     Hid fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
@@ -108,6 +109,14 @@ void StagedHdf5File::commit()
     if (!synced || std::rename(temp_.c_str(), path_.c_str()) != 0)
         throw Error(path_ + ": could not complete the write: " + std::strerror(errno));
     temp_.clear();
+    // The rename itself reaches the disk only with its folder.
+    const std::size_t slash = path_.find_last_of('/');
+    const std::string folder = slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash);
+    const int dir = ::open(folder.c_str(), O_RDONLY | O_DIRECTORY);
+    if (dir >= 0) {
+        ::fsync(dir);
+        ::close(dir);
+    }
 }
 
 // ---- Writer ----------------------------------------------------------------------------------

@@ -56,12 +56,13 @@ void save_hdf5_image(hid_t file, const std::string& path);
 /// temporary.
 class StagedHdf5File {
 public:
-    explicit StagedHdf5File(std::string path);
+    /// The temporary goes in `staging_dir` (same file system as `path`) when given, else beside.
+    explicit StagedHdf5File(std::string path, const std::string& staging_dir = "");
     ~StagedHdf5File();
     StagedHdf5File(const StagedHdf5File&) = delete;
     StagedHdf5File& operator=(const StagedHdf5File&) = delete;
     hid_t get() const { return file_.get(); }
-    /// Closes the file, flushes it to disk and renames it over the path.
+    /// Closes the file, flushes it to disk, renames it over the path and flushes the folder.
     void commit();
 
 private:

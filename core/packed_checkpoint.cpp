@@ -335,14 +335,15 @@ std::string packed_creation_time()
 }
 
 struct PackedCheckpointWriter::Parts {
-    explicit Parts(const std::string& path) : file(path), w(path) {}
+    Parts(const std::string& path, const std::string& staging_dir) : file(path, staging_dir), w(path) {}
     StagedHdf5File file;
     Writer w;
     Hid tensors, linear;
 };
 
-PackedCheckpointWriter::PackedCheckpointWriter(const std::string& path, const PackedHeader& h)
-    : parts_(std::make_unique<Parts>(path))
+PackedCheckpointWriter::PackedCheckpointWriter(const std::string& path, const PackedHeader& h,
+                                               const std::string& staging_dir)
+    : parts_(std::make_unique<Parts>(path, staging_dir))
 {
     const Writer& w = parts_->w;
     const hid_t root = parts_->file.get();

@@ -84,7 +84,8 @@ PackedHeader packed_header(const QuantizedModel& model);
 /// time, a failure leaves no partial file and an existing one intact. Errors name the file.
 class PackedCheckpointWriter {
 public:
-    PackedCheckpointWriter(const std::string& path, const PackedHeader& header);
+    /// `staging_dir`: where the temporary goes (same file system), default beside `path`.
+    PackedCheckpointWriter(const std::string& path, const PackedHeader& header, const std::string& staging_dir = "");
     ~PackedCheckpointWriter(); ///< removes the temporary unless committed
     /// A full-precision tensor (embedding, norm, skipped Linear, head), stored as FP16.
     void add_tensor(const std::string& name, const at::Tensor& tensor);

@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <chrono>
 
 namespace pbllm {
@@ -162,12 +163,15 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
     const std::int64_t layer_weights = 2 * d * d + 2 * d * kv + 3 * d * h;
     // The largest Linear's quantizer state: W, its working copy, errors, the dequantized result
     // (float32), codes (int16), masks, and the inverse Hessian with its Cholesky factor (float64).
-    const std::int64_t rows_cols = std::max(h * d, d * d);
+    // The head, when quantized, is the largest Linear (vocab x dim), and it is held in float32.
+    const std::int64_t head = plan_.config.quantize_head ? static_cast<std::int64_t>(c.vocab_size) * d : 0;
+    const std::int64_t rows_cols = std::max({h * d, d * d, head});
     const std::int64_t cols = std::max(d, h);
     const std::int64_t quantizer = rows_cols * 20 + cols * cols * 8 * 3;
     // Attention scratch of one batch of windows (for_each_batch aims at 128 MiB).
     const std::int64_t scratch = 256ll << 20;
-    return residual_stream_bytes(c, n_, seqlen_) + layer_weights * 4 + layer_hessian_bytes(c) + quantizer + scratch;
+    return residual_stream_bytes(c, n_, seqlen_) + std::max(layer_weights, head) * 4 + layer_hessian_bytes(c) +
+           quantizer + scratch;
 }
 
 double LayerwiseQuantizer::layer_flops() const

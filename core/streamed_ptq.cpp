@@ -7,6 +7,7 @@
 #include "core/system.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <QDateTime>
 #include <QDir>
 #include <QFileInfo>
@@ -19,6 +20,9 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
 #include <set>
 
 #ifndef PBLLM_VERSION
@@ -51,8 +55,10 @@ std::string head_file(const std::string& dir) { return dir + "/head.h5"; }
 
 struct RunState {
     std::string program_version, model, plan, calibration, created;
+    int threads = 0; ///< a reduction split over another thread count rounds differently
     int layers_done = 0;
     bool head_done = false;
+    std::vector<std::string> layer_sha256; ///< of each finished layer file (the head's last)
 };
 
 void write_state(const std::string& dir, const RunState& s)
@@ -63,8 +69,15 @@ void write_state(const std::string& dir, const RunState& s)
                         {"plan", QString::fromStdString(s.plan)},
                         {"calibration_fingerprint", QString::fromStdString(s.calibration)},
                         {"created", QString::fromStdString(s.created)},
+                        {"threads", s.threads},
                         {"layers_done", s.layers_done},
-                        {"head_done", s.head_done}};
+                        {"head_done", s.head_done},
+                        {"layer_sha256", QJsonArray::fromStringList([&] {
+                             QStringList l;
+                             for (const std::string& h : s.layer_sha256)
+                                 l << QString::fromStdString(h);
+                             return l;
+                         }())}};
     write_file_atomically(dir + "/state.json", QJsonDocument(o).toJson().toStdString());
 }
 
@@ -84,8 +97,13 @@ RunState read_state(const std::string& dir)
     s.plan = o.value("plan").toString().toStdString();
     s.calibration = o.value("calibration_fingerprint").toString().toStdString();
     s.created = o.value("created").toString().toStdString();
+    s.threads = o.value("threads").toInt(-1);
     s.layers_done = o.value("layers_done").toInt(-1);
     s.head_done = o.value("head_done").toBool();
+    for (const QJsonValue& v : o.value("layer_sha256").toArray())
+        s.layer_sha256.push_back(v.toString().toStdString());
+    if (s.layers_done < 0 || static_cast<int>(s.layer_sha256.size()) != s.layers_done + (s.head_done ? 1 : 0))
+        throw Error(path + ": its layer count and file checksums disagree (corrupt?); start over with --force");
     return s;
 }
 
@@ -135,11 +153,51 @@ void check_same_run(const std::string& dir, const RunState& then, const RunState
     }
     if (then.calibration != now.calibration)
         refuse("calibration", "the windows' token ids differ: another text, seed, window count or length");
+    if (then.threads != now.threads)
+        refuse("thread count", std::to_string(then.threads) + " then, " + std::to_string(now.threads) +
+                                   " now; sums split over other threads round differently: use --threads " +
+                                   std::to_string(then.threads));
+}
+
+/// An exclusive lock on OUT.partial: two runs writing one output would undo each other's state.
+class FolderLock {
+public:
+    FolderLock() = default;
+    FolderLock(const FolderLock&) = delete;
+    FolderLock& operator=(const FolderLock&) = delete;
+    ~FolderLock() { release(); }
+    void take(const std::string& dir)
+    {
+        release();
+        fd_ = ::open((dir + "/lock").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+        if (fd_ < 0)
+            throw Error(dir + ": cannot create its lock file: " + std::strerror(errno));
+        if (::flock(fd_, LOCK_EX | LOCK_NB) != 0)
+            throw Error(dir + ": another pbllm quantize is writing this output right now");
+    }
+
+private:
+    void release()
+    {
+        if (fd_ >= 0)
+            ::close(fd_);
+        fd_ = -1;
+    }
+    int fd_ = -1;
+};
+
+/// Removes OUT.partial, state.json first: a removal cut short leaves no state that would claim
+/// layer files already gone.
+void remove_folder(const std::string& dir)
+{
+    std::remove((dir + "/state.json").c_str());
+    QDir(QString::fromStdString(dir)).removeRecursively();
 }
 
 // ---- per-layer files -------------------------------------------------------------------------
 
-void write_linears_file(const std::string& path, const std::vector<QuantizedLinear>& linears)
+/// Writes the layer file and returns its SHA-256 (recorded in state.json, checked before use).
+std::string write_linears_file(const std::string& path, const std::vector<QuantizedLinear>& linears)
 {
     StagedHdf5File file(path);
     const Writer w(path);
@@ -153,6 +211,18 @@ void write_linears_file(const std::string& path, const std::vector<QuantizedLine
         w.attr(g.get(), "report_note", q.note);
     }
     file.commit();
+    return sha256_of_file(path);
+}
+
+/// Error unless the layer file exists with the checksum state.json recorded for it: a damaged
+/// file is named before anything trusts (or HDF5 parses) it.
+void verify_layer_file(const std::string& path, const std::string& sha256)
+{
+    if (!QFileInfo::exists(QString::fromStdString(path)))
+        throw Error(path + ": missing; the interrupted run's folder is incomplete (start over with --force)");
+    if (sha256_of_file(path) != sha256)
+        throw Error(path + ": its checksum differs from the one recorded when it was written (damaged?); start over "
+                           "with --force");
 }
 
 /// Reads the Linears `names` from a per-layer file and hands each to `fn` with its report.
@@ -160,8 +230,6 @@ void read_linears_file(const std::string& path, const std::vector<std::string>& 
                        const std::function<void(PackedLinear&&, LinearReport&&)>& fn)
 {
     quiet_hdf5();
-    if (!QFileInfo::exists(QString::fromStdString(path)))
-        throw Error(path + ": missing; the interrupted run's folder is incomplete (start over with --force)");
     const Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
     if (!file.ok())
         throw Error(path + ": HDF5 cannot open the file (truncated or corrupt); start over with --force");
@@ -170,8 +238,7 @@ void read_linears_file(const std::string& path, const std::vector<std::string>& 
         const std::string what = path + ": Linear '" + name + "'";
         if (!r.exists(file.get(), name))
             r.fail("Linear '" + name + "' is missing");
-        PackedLinear p = read_packed_linear(r, file.get(), name, what);
-        unpack_linear(p, what); // validates every field before it goes into the output
+        PackedLinear p = read_packed_linear(r, file.get(), name, what); // checked by pack_linear when written
         const Hid g = r.group(file.get(), name);
         LinearReport rep;
         rep.name = name;
@@ -214,8 +281,8 @@ at::Tensor read_stream(const std::string& path, int layer, std::int64_t n, std::
                     " of this run (corrupt?); start over with --force");
     at::Tensor x = at::empty({n, seqlen, dim}, at::kFloat);
     in.read(reinterpret_cast<char*>(x.data_ptr<float>()), static_cast<std::streamsize>(x.numel() * 4));
-    if (!in)
-        throw Error(path + ": truncated; start over with --force");
+    if (!in || in.peek() != std::char_traits<char>::eof())
+        throw Error(path + ": not the size of the residual stream (truncated or corrupt); start over with --force");
     return x;
 }
 
@@ -293,39 +360,56 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
     if (QFileInfo::exists(QString::fromStdString(out)) && !options.overwrite)
         throw Error(out + ": exists; refusing to overwrite (use --force)");
 
-    RunState now;
-    now.program_version = PBLLM_VERSION;
-    now.model = options.model_fingerprint;
-    now.plan = plan.to_json();
-    now.calibration = windows_sha256(windows);
-    now.created = packed_creation_time();
-    RunState state = now;
-    if (options.resume) {
-        if (!QFileInfo(qdir).isDir())
-            throw Error(dir + ": no interrupted run of " + out + " to resume");
-        state = read_state(dir);
-        check_same_run(dir, state, now);
-        if (state.layers_done < 0 || state.layers_done > c.n_layers)
-            throw Error(dir + "/state.json: " + std::to_string(state.layers_done) + " layers done of " +
-                        std::to_string(c.n_layers) + " (corrupt?); start over with --force");
-    } else {
-        if (QFileInfo::exists(qdir)) {
-            if (!options.overwrite)
-                throw Error(dir + ": an interrupted run of this output is here; continue it with --resume, or start "
-                                  "over with --force");
-            QDir(qdir).removeRecursively();
-        }
-        if (!QDir().mkpath(qdir))
-            throw Error(dir + ": cannot create the folder for the layers as they are made");
-        write_state(dir, state);
-    }
-
     QuantizeToFileResult result;
     result.working_bytes = quantizer.working_bytes();
     require_memory(result.working_bytes,
                    "quantizing " + model.source_path + " layer by layer (" + std::to_string(windows.size()) + " x " +
                        std::to_string(quantizer.seqlen()) + " calibration tokens twice in float32, one decoder layer "
                        "in float32 with its Hessians; fewer or shorter windows need less)");
+
+    RunState now;
+    now.program_version = PBLLM_VERSION;
+    now.model = options.model_fingerprint;
+    now.plan = plan.to_json();
+    now.calibration = windows_sha256(windows);
+    now.created = packed_creation_time();
+    now.threads = at::get_num_threads();
+    RunState state = now;
+    FolderLock lock;
+    at::Tensor x; // the residual stream entering the next layer to quantize
+    if (options.resume) {
+        if (!QFileInfo(qdir).isDir())
+            throw Error(dir + ": no interrupted run of " + out + " to resume");
+        lock.take(dir);
+        state = read_state(dir);
+        check_same_run(dir, state, now);
+        if (state.layers_done > c.n_layers || (state.head_done && !plan.config.quantize_head))
+            throw Error(dir + "/state.json: " + std::to_string(state.layers_done) + " layers done of " +
+                        std::to_string(c.n_layers) + " (corrupt?); start over with --force");
+        // Everything the run will rely on, checked before hours are spent on the layers left.
+        for (int l = 0; l < state.layers_done; ++l)
+            verify_layer_file(layer_file(dir, l), state.layer_sha256[static_cast<std::size_t>(l)]);
+        if (state.head_done)
+            verify_layer_file(head_file(dir), state.layer_sha256.back());
+        else if (state.layers_done > 0 && (state.layers_done < c.n_layers || plan.config.quantize_head))
+            x = read_stream(stream_file(dir, state.layers_done), state.layers_done, quantizer.windows(),
+                            quantizer.seqlen(), c.dim);
+    } else {
+        x = quantizer.embed(); // checks the token ids before anything is written
+        if (QFileInfo::exists(qdir)) {
+            if (!options.overwrite)
+                throw Error(dir + ": an interrupted run of this output is here; continue it with --resume, or start "
+                                  "over with --force");
+            lock.take(dir);
+            remove_folder(dir);
+        }
+        if (!QDir().mkpath(qdir))
+            throw Error(dir + ": cannot create the folder for the layers as they are made");
+        lock.take(dir);
+        write_state(dir, state);
+    }
+    if (!x.defined() && state.layers_done == 0)
+        x = quantizer.embed();
 
     const bool head = plan.config.quantize_head;
     const int steps = c.n_layers + (head ? 1 : 0);
@@ -343,34 +427,40 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
 
     // The layers still to do, each written as soon as it is finished.
     if (state.layers_done < c.n_layers || (head && !state.head_done)) {
-        at::Tensor x = state.layers_done == 0
-                           ? quantizer.embed()
-                           : read_stream(stream_file(dir, state.layers_done), state.layers_done, quantizer.windows(),
-                                         quantizer.seqlen(), c.dim);
         double this_run_seconds = 0.0;
         int this_run_layers = 0;
         for (int l = state.layers_done; l < c.n_layers; ++l) {
             const auto layer_start = std::chrono::steady_clock::now();
             int stage_index = 0;
+            LayerReport r;
+            auto stage_start = layer_start;
+            double* stage_seconds = nullptr;
             const std::string eta =
                 this_run_layers == 0
                     ? std::string()
                     : ", " + minutes_text(this_run_seconds / this_run_layers) + "/layer, ETA " +
                           minutes_text(this_run_seconds / this_run_layers * (steps - l));
             const std::vector<QuantizedLinear> linears = quantizer.quantize_layer(l, x, [&](std::string_view stage) {
+                const auto t = std::chrono::steady_clock::now();
+                if (stage_seconds)
+                    *stage_seconds += std::chrono::duration<double>(t - stage_start).count();
+                stage_start = t;
+                stage_seconds = stage == "hessians" ? &r.hessian_seconds
+                                : stage == "output" ? &r.output_seconds
+                                                    : &r.quantize_seconds;
                 const std::int64_t rss = current_resident_bytes();
                 report_progress(progress, (l + stage_index++ / 9.0) / (steps + 0.5),
                                 "layer " + std::to_string(l + 1) + "/" + std::to_string(c.n_layers) + ", " +
                                     std::string(stage) + eta + (rss > 0 ? ", " + human_bytes(rss) : std::string()));
             });
-            write_linears_file(layer_file(dir, l), linears);
+            *stage_seconds += seconds_since(stage_start);
+            state.layer_sha256.push_back(write_linears_file(layer_file(dir, l), linears));
             const bool need_stream = l + 1 < c.n_layers || head;
             if (need_stream)
                 write_stream(stream_file(dir, l + 1), l + 1, x);
             state.layers_done = l + 1;
             write_state(dir, state);
             std::remove(stream_file(dir, l).c_str());
-            LayerReport r;
             r.layer = l;
             r.seconds = seconds_since(layer_start);
             r.gflop = layer_gflop;
@@ -384,7 +474,7 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
         if (head && !state.head_done) {
             const auto head_start = std::chrono::steady_clock::now();
             report_progress(progress, c.n_layers / (steps + 0.5), "lm_head");
-            write_linears_file(head_file(dir), {quantizer.quantize_head(x)});
+            state.layer_sha256.push_back(write_linears_file(head_file(dir), {quantizer.quantize_head(x)}));
             state.head_done = true;
             write_state(dir, state);
             std::remove(stream_file(dir, c.n_layers).c_str());
@@ -411,7 +501,8 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
             quantized.insert(name + ".weight");
     if (head)
         quantized.insert("lm_head.weight");
-    PackedCheckpointWriter writer(out, header);
+    x = at::Tensor();
+    PackedCheckpointWriter writer(out, header, dir);
     for (const NamedTensor& t : model.named_tensors())
         if (!quantized.count(t.name))
             writer.add_tensor(t.name, t.tensor);
@@ -427,12 +518,16 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
         bits.push_back(r.bits);
         result.linears.push_back(std::move(r));
     };
-    for (int l = 0; l < c.n_layers; ++l)
+    for (int l = 0; l < c.n_layers; ++l) {
+        verify_layer_file(layer_file(dir, l), state.layer_sha256[static_cast<std::size_t>(l)]);
         read_linears_file(layer_file(dir, l), quantized_names(plan, l), add);
-    if (head)
+    }
+    if (head) {
+        verify_layer_file(head_file(dir), state.layer_sha256.back());
         read_linears_file(head_file(dir), {"lm_head"}, add);
+    }
     writer.commit();
-    QDir(qdir).removeRecursively();
+    remove_folder(dir);
 
     result.bits = bits_per_weight(bits);
     result.salient_ratio = binarized > 0 ? salient / binarized : 0.0;

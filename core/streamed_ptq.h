@@ -40,6 +40,9 @@ struct LayerReport {
     double gflop = 0.0;          ///< LayerwiseQuantizer::layer_flops() / 1e9
     bool resumed = false;        ///< done by an earlier run
     std::int64_t resident_bytes = -1; ///< VmRSS when it finished
+    /// Where the time went: the forward pass with Hessian accumulation, the quantizers (every
+    /// Linear), the forward pass of the quantized layer.
+    double hessian_seconds = 0.0, quantize_seconds = 0.0, output_seconds = 0.0;
 };
 
 struct QuantizeToFileOptions {
@@ -47,7 +50,6 @@ struct QuantizeToFileOptions {
     bool resume = false;         ///< continue OUT.partial (refused when any fingerprint differs)
     bool overwrite = false;      ///< replace an existing output / discard an existing OUT.partial
     std::string model_fingerprint;       ///< model_fingerprint() of the source
-    std::string calibration_sha256;      ///< of the calibration text (stored in the file)
     PackedHeader header;         ///< source_sha256, calibration_sha256, tokenizer: stored in the file
     std::function<void(const LayerReport&)> layer_done; ///< after each layer, resumed ones included
 };

@@ -3,16 +3,19 @@
 # synthetic TinyLlama-1.1B (BF16) and LLaMA-7B (F16) folders, then info / eval / generate of each
 # with their peak memory: anonymous (what the job allocates) and resident file pages (the mapped
 # model, reclaimable), sampled from /proc every 0.25 s. Synthetic weights: speed and memory only,
-# never quality.
-#   packaging/bench-big-models.sh [BUILD_DIR] [WORK_DIR]
+# never quality. ONLY picks one group: read (info/eval/generate) or quantize (PB-GPTQ 10%,
+# 32 x 512 calibration tokens: the 1.1B model, and a 4-layer LLaMA-7B-shaped stand-in; ~40 min).
+#   packaging/bench-big-models.sh [BUILD_DIR] [WORK_DIR] [all|read|quantize]
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${1:-$root/build/release}"
 work="${2:-/tmp/pbllm-big}"
+only="${3:-all}"
 shared="${PBLLM_SHARED_DIR:-$root/../shared}"
 pbllm="$build/bin/pbllm"
 tok="$shared/models/llama2-tokenizer/tokenizer.model"
 text="$shared/data/tinystories/tinystories_val.txt"
+calib="$shared/data/tinystories/tinystories_train_head.txt"
 mkdir -p "$work"
 
 measured() { # label, command...: wall time, peak anonymous and file-backed resident memory
@@ -39,6 +42,7 @@ measured() { # label, command...: wall time, peak anonymous and file-backed resi
 [ -d "$work/tinyllama-1.1b-bf16" ] || "$pbllm" synth --shape tinyllama-1.1b --dtype bf16 --tokenizer "$tok" -o "$work/tinyllama-1.1b-bf16"
 [ -d "$work/llama-7b-f16" ] || "$pbllm" synth --shape llama-7b --dtype f16 --tokenizer "$tok" -o "$work/llama-7b-f16"
 
+if [ "$only" = all ] || [ "$only" = read ]; then
 for model in tinyllama-1.1b-bf16 llama-7b-f16; do
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true # cold page cache, as after a reboot
   measured "$model.info-cold" "$pbllm" info "$work/$model"
@@ -50,3 +54,16 @@ for run in 1 2 3; do
   grep tokens_per_second "$work/tinyllama.generate-$run.out"
 done
 measured llama7b.eval-4x512 "$pbllm" eval "$work/llama-7b-f16" --text "$text" --seqlen 512 --max-windows 4 --json
+fi
+
+if [ "$only" = all ] || [ "$only" = quantize ]; then
+  [ -d "$work/llama-7b-f16-4layers" ] ||
+    "$pbllm" synth --shape llama-7b --layers 4 --dtype f16 --tokenizer "$tok" -o "$work/llama-7b-f16-4layers"
+  for model in tinyllama-1.1b-bf16 llama-7b-f16-4layers; do
+    rm -rf "$work/$model.pbllm.h5" "$work/$model.pbllm.h5.partial"
+    measured "$model.quantize-32x512" "$pbllm" quantize "$work/$model" --calib "$calib" --nsamples 32 --seqlen 512 \
+      --salient 0.1 -o "$work/$model.pbllm.h5" --json
+    grep -E '"(file_bytes|peak_resident_bytes|planned_working_bytes|seconds)"' "$work/$model.quantize-32x512.out" | tail -4
+    grep -E '^layer' "$work/$model.quantize-32x512.err" | tail -3
+  done
+fi

@@ -14,6 +14,7 @@
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <QDir>
 #include <QTemporaryDir>
 
@@ -314,6 +315,19 @@ private Q_SLOTS:
         QVERIFY2(model_refusal.contains("different model"), qPrintable(model_refusal));
         const QString fresh = refusal(plan, small_windows(), "test-model", false);
         QVERIFY2(fresh.contains(".partial") && fresh.contains("--resume"), qPrintable(fresh));
+        const int threads = at::get_num_threads();
+        at::set_num_threads(threads + 1);
+        const QString thread_refusal = refusal(plan, small_windows(), "test-model", true);
+        at::set_num_threads(threads);
+        QVERIFY2(thread_refusal.contains("different thread count") && thread_refusal.contains("--threads"),
+                 qPrintable(thread_refusal));
+        // A damaged layer file is named before the run goes on.
+        const QString layer0 = QString::fromStdString(partial_folder(out.toStdString()) + "/layer-0000.h5");
+        const std::string intact = read_bytes(layer0);
+        write_bytes(layer0, intact + "x");
+        const QString damaged = refusal(plan, small_windows(), "test-model", true);
+        QVERIFY2(damaged.contains("layer-0000.h5") && damaged.contains("checksum"), qPrintable(damaged));
+        write_bytes(layer0, intact);
         // A damaged state is named, not trusted.
         write_bytes(QString::fromStdString(partial_folder(out.toStdString()) + "/state.json"), "{");
         const QString corrupt = refusal(plan, small_windows(), "test-model", true);

@@ -42,12 +42,12 @@ struct Calibration {
 };
 
 Calibration calibration_input(const CommandLine& cl, const Model& model, const Tokenizer& tok, int nsamples, int seqlen,
-                              std::uint64_t seed)
+                              std::uint64_t seed, bool hessians = true)
 {
     const std::string path = cl.value("calib").toStdString();
     Calibration c;
     if (has_hdf5_signature(path)) {
-        c.data = read_calibration_file(path, model.config);
+        c.data = read_calibration_file(path, model.config, hessians);
         c.windows = c.data.windows;
         c.text_sha256 = c.data.text_sha256;
         c.from_file = true;
@@ -257,7 +257,9 @@ int run_quantize(const QStringList& args)
     // F16/BF16 weights stay mapped: the quantizer converts one decoder layer at a time.
     const Model m = cl.load_model(/*mapped=*/true);
     const Tokenizer tok = cl.load_tokenizer(m);
-    const Calibration calib = calibration_input(cl, m, tok, c.nsamples, c.seqlen, c.seed);
+    // Only the windows of a calibration file: the quantizer recomputes each layer's Hessians from
+    // the quantized layers before it.
+    const Calibration calib = calibration_input(cl, m, tok, c.nsamples, c.seqlen, c.seed, /*hessians=*/false);
     if (calib.from_file) {
         c.seed = calib.data.seed;
         c.nsamples = static_cast<int>(calib.windows.size());
@@ -279,8 +281,11 @@ int run_quantize(const QStringList& args)
         if (r.resumed)
             std::fprintf(stderr, "%s: done by the interrupted run\n", what.c_str());
         else if (r.gflop > 0)
-            std::fprintf(stderr, "%s: %.1f s (%.0f GFLOP, %.1f GFLOP/s), resident %s\n", what.c_str(), r.seconds, r.gflop,
-                         r.gflop / std::max(r.seconds, 1e-9), human_bytes(r.resident_bytes).c_str());
+            std::fprintf(stderr,
+                         "%s: %.1f s (%.0f GFLOP, %.1f GFLOP/s; forward + Hessians %.1f s, quantizers %.1f s, "
+                         "quantized forward %.1f s), resident %s\n",
+                         what.c_str(), r.seconds, r.gflop, r.gflop / std::max(r.seconds, 1e-9), r.hessian_seconds,
+                         r.quantize_seconds, r.output_seconds, human_bytes(r.resident_bytes).c_str());
         else
             std::fprintf(stderr, "%s: %.1f s, resident %s\n", what.c_str(), r.seconds, human_bytes(r.resident_bytes).c_str());
         std::fflush(stderr);
@@ -309,6 +314,9 @@ int run_quantize(const QStringList& args)
                                        {"seconds", r.seconds},
                                        {"gflop", r.gflop},
                                        {"resumed", r.resumed},
+                                       {"hessian_seconds", r.hessian_seconds},
+                                       {"quantize_seconds", r.quantize_seconds},
+                                       {"output_seconds", r.output_seconds},
                                        {"resident_bytes", static_cast<double>(r.resident_bytes)}});
     report.insert("layer_times", layer_times);
     QJsonArray layers;
