@@ -80,6 +80,16 @@ at::Tensor HessianAccumulator::hessian() const
     return tokens_ > 0 ? sum_ * (2.0 / static_cast<double>(tokens_)) : sum_.clone();
 }
 
+at::Tensor HessianAccumulator::take_hessian()
+{
+    at::Tensor h = std::move(sum_);
+    if (tokens_ > 0)
+        h.mul_(2.0 / static_cast<double>(tokens_));
+    product_ = at::Tensor();
+    tokens_ = 0;
+    return h;
+}
+
 std::int64_t CalibrationData::tokens() const
 {
     return windows.empty() ? 0 : static_cast<std::int64_t>(windows.size()) * static_cast<std::int64_t>(windows[0].size());

@@ -29,6 +29,8 @@ public:
     /// x (..., features): every row is one token.
     void add(const at::Tensor& x);
     at::Tensor hessian() const; ///< float64 (features, features); zeros before any token
+    /// hessian(), made in place of the running sum (no copy); the accumulator is empty after.
+    at::Tensor take_hessian();
     std::int64_t tokens() const { return tokens_; }
 
 private:

@@ -116,23 +116,27 @@ std::vector<QuantizedLinear> LayerwiseQuantizer::quantize_layer(int l, at::Tenso
                 acc[static_cast<int>(input_of(kind))].add(input);
         });
     });
-    // 2. Quantize every Linear of the layer.
+    // 2. Quantize every Linear of the layer. Each Hessian is made once, in place of its sum, and
+    // released after the last Linear that reads it.
+    std::array<at::Tensor, kLinearInputCount> hessians;
+    for (int i = 0; i < kLinearInputCount; ++i)
+        hessians[static_cast<std::size_t>(i)] = acc[static_cast<std::size_t>(i)].take_hessian();
+    acc.clear();
     std::vector<QuantizedLinear> out;
     for (LinearKind kind : kAllLinearKinds) {
         enter(linear_short_name(kind));
         const std::string name = linear_name(l, kind);
         const LayerQuantSettings s = plan_.settings_for(name);
+        at::Tensor& H = hessians[static_cast<std::size_t>(input_of(kind))];
         if (s.skip) {
             layer.weight(kind) = round_to_fp16(layer.weight(kind));
         } else {
-            QuantizedLinear q =
-                quantize_linear(name, layer.weight(kind), acc[static_cast<int>(input_of(kind))].hessian(), s, options_);
+            QuantizedLinear q = quantize_linear(name, layer.weight(kind), H, s, options_);
             layer.weight(kind) = q.dequantized;
             out.push_back(std::move(q));
         }
-        // The last Linear of an input releases its Hessian.
         if (kind == LinearKind::V || kind == LinearKind::O || kind == LinearKind::Up || kind == LinearKind::Down)
-            acc[static_cast<int>(input_of(kind))] = HessianAccumulator(0);
+            H = at::Tensor();
     }
     // 3. The quantized layer produces the next layer's inputs.
     enter("output");
@@ -167,10 +171,12 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
     const std::int64_t head = plan_.config.quantize_head ? static_cast<std::int64_t>(c.vocab_size) * d : 0;
     const std::int64_t rows_cols = std::max({h * d, d * d, head});
     const std::int64_t cols = std::max(d, h);
-    const std::int64_t quantizer = rows_cols * 20 + cols * cols * 8 * 3;
+    // Its factor_hessian peak: a float64 copy of H and the damped float64 matrix, then float32 factors.
+    const std::int64_t quantizer = rows_cols * 20 + cols * cols * 8 * 2;
     // Attention scratch of one batch of windows (for_each_batch aims at 128 MiB).
     const std::int64_t scratch = 256ll << 20;
-    return residual_stream_bytes(c, n_, seqlen_) + std::max(layer_weights, head) * 4 + layer_hessian_bytes(c) +
+    // The Hessians while they accumulate come with a float32 product buffer each (half again).
+    return residual_stream_bytes(c, n_, seqlen_) + std::max(layer_weights, head) * 4 + layer_hessian_bytes(c) * 3 / 2 +
            quantizer + scratch;
 }
 

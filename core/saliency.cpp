@@ -16,25 +16,30 @@ HessianFactors factor_hessian(const at::Tensor& H_in, double percdamp, const std
 {
     if (H_in.dim() != 2 || H_in.size(0) != H_in.size(1))
         throw Error(what + ": Hessian must be square");
-    at::Tensor H = H_in.to(at::kDouble).clone();
+    const at::Tensor H = H_in.to(at::kDouble);
     if (!at::isfinite(H).all().item<bool>())
         throw Error(what + ": Hessian contains NaN/Inf (the calibration inputs were not finite)");
     HessianFactors f;
-    at::Tensor diag = H.diagonal();
+    // Only the diagonal changes (dead columns get 1, then the damping): it is handled on its own,
+    // so no full-size float64 copy is made (a 7B down_proj's H is 0.97 GB in float64).
+    at::Tensor diag = H.diagonal().clone();
     f.dead = diag == 0;
     diag.masked_fill_(f.dead, 1.0);
     const double mean_diag = diag.mean().item<double>();
     if (!(mean_diag > 0.0))
         throw Error(what + ": Hessian diagonal has a non-positive mean; it cannot come from real inputs");
     double damping = percdamp * mean_diag;
-    const std::int64_t n = H.size(0);
     // Factorised in float32 like the GPTQ reference (LAPACK's float64 is 2-3x slower here); the
-    // accumulated Hessian stays float64 until this point.
+    // accumulated Hessian stays float64 until this point, and the damped diagonal is summed in
+    // float64 before rounding.
     for (int attempt = 0; attempt < 5; ++attempt) {
-        const at::Tensor damped = (H + damping * at::eye(n, H.options())).to(at::kFloat);
+        at::Tensor damped = H.to(at::kFloat);
+        damped.diagonal().copy_(diag + damping);
         auto [L, info] = at::linalg_cholesky_ex(damped);
+        damped.reset(); // the factors below each take as much again
         if (info.item<int>() == 0) {
             const at::Tensor inverse = at::cholesky_inverse(L);
+            L.reset();
             auto [U, info2] = at::linalg_cholesky_ex(inverse, /*upper=*/true);
             if (info2.item<int>() == 0) {
                 f.upper_inverse = U.to(at::kFloat).contiguous();
