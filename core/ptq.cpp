@@ -165,19 +165,20 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
     const ModelConfig& c = model_.config;
     const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
     const std::int64_t layer_weights = 2 * d * d + 2 * d * kv + 3 * d * h;
-    // The largest Linear's quantizer state: W, its working copy, errors, the dequantized result
-    // (float32), codes (int16), masks, and the inverse Hessian with its Cholesky factor (float64).
     // The head, when quantized, is the largest Linear (vocab x dim), and it is held in float32.
     const std::int64_t head = plan_.config.quantize_head ? static_cast<std::int64_t>(c.vocab_size) * d : 0;
+    // Throughout: the residual streams, the layer (or head) in float32, attention scratch of one
+    // batch of windows (for_each_batch aims at 128 MiB).
+    const std::int64_t base = residual_stream_bytes(c, n_, seqlen_) + std::max(layer_weights, head) * 4 + (256ll << 20);
+    // While the Hessians accumulate: all four in float64, with a float32 product buffer each.
+    const std::int64_t accumulating = layer_hessian_bytes(c) * 3 / 2;
+    // While the largest Linear is quantized: its input's Hessian (the others are released by
+    // then), its weights, working copy, result, codes and masks (~20 bytes a weight), and at most
+    // four float32 matrices of the Hessian's size at once (factors, the output-error product).
     const std::int64_t rows_cols = std::max({h * d, d * d, head});
     const std::int64_t cols = std::max(d, h);
-    // Its factor_hessian peak: a float64 copy of H and the damped float64 matrix, then float32 factors.
-    const std::int64_t quantizer = rows_cols * 20 + cols * cols * 8 * 2;
-    // Attention scratch of one batch of windows (for_each_batch aims at 128 MiB).
-    const std::int64_t scratch = 256ll << 20;
-    // The Hessians while they accumulate come with a float32 product buffer each (half again).
-    return residual_stream_bytes(c, n_, seqlen_) + std::max(layer_weights, head) * 4 + layer_hessian_bytes(c) * 3 / 2 +
-           quantizer + scratch;
+    const std::int64_t quantizing = cols * cols * 8 + rows_cols * 20 + cols * cols * 4 * 4;
+    return base + std::max(accumulating, quantizing);
 }
 
 double LayerwiseQuantizer::layer_flops() const
