@@ -304,12 +304,15 @@ std::int64_t available_memory_bytes()
     return available;
 }
 
-std::int64_t peak_resident_bytes()
+namespace {
+
+/// A "Key: N kB" line of /proc/self/status in bytes; -1 if absent.
+std::int64_t proc_status_bytes(const std::string& wanted)
 {
     std::ifstream in("/proc/self/status");
     std::string key;
     while (in >> key) {
-        if (key == "VmHWM:") {
+        if (key == wanted) {
             std::int64_t kib = -1;
             in >> kib;
             return kib < 0 ? -1 : kib * 1024;
@@ -319,20 +322,11 @@ std::int64_t peak_resident_bytes()
     return -1;
 }
 
-std::int64_t current_resident_bytes()
-{
-    std::ifstream in("/proc/self/status");
-    std::string key;
-    while (in >> key) {
-        if (key == "VmRSS:") {
-            std::int64_t kib = -1;
-            in >> kib;
-            return kib < 0 ? -1 : kib * 1024;
-        }
-        in.ignore(1 << 20, '\n');
-    }
-    return -1;
-}
+} // namespace
+
+std::int64_t peak_resident_bytes() { return proc_status_bytes("VmHWM:"); }
+
+std::int64_t current_resident_bytes() { return proc_status_bytes("VmRSS:"); }
 
 void require_memory(std::int64_t bytes, const std::string& what)
 {
