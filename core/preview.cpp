@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <vector>
 
 namespace pbllm {
 
@@ -107,18 +108,44 @@ RowError preview_row(const float* __restrict w, const float* __restrict sc, cons
 } // namespace
 
 LayerPreview::LayerPreview(std::string name, const at::Tensor& W, const at::Tensor& H, SaliencyMetric metric,
-                           double percdamp)
+                           const PreviewOptions& options)
     : name_(std::move(name)), metric_(metric)
 {
-    W_ = W.to(at::kCPU, at::kFloat).contiguous().clone();
+    if (W.dim() != 2)
+        throw Error(name_ + ": a Linear weight must be 2-D");
+    full_rows_ = W.size(0);
+    const std::int64_t sample_rows =
+        options.max_weights > 0 ? std::clamp<std::int64_t>(options.max_weights / std::max<std::int64_t>(W.size(1), 1), 8, full_rows_)
+                                : full_rows_;
+    if (sample_rows < full_rows_) {
+        // 16 evenly spaced runs of consecutive rows: index_select reads only their pages of a
+        // mapped tensor, and a run is one sequential read when the file is not in the page cache
+        // (single rows spread over a 7B model cost a random read each: 30 s from a cold disk).
+        const std::int64_t runs = std::min<std::int64_t>(16, sample_rows);
+        std::vector<std::int64_t> rows;
+        rows.reserve(static_cast<std::size_t>(sample_rows));
+        for (std::int64_t b = 0; b < runs; ++b) {
+            const std::int64_t length = sample_rows / runs + (b < sample_rows % runs ? 1 : 0);
+            const std::int64_t first = b * full_rows_ / runs;
+            for (std::int64_t k = 0; k < length; ++k)
+                rows.push_back(first + k);
+        }
+        W_ = W.index_select(0, at::tensor(rows, at::kLong)).to(at::kCPU, at::kFloat).contiguous();
+    } else {
+        W_ = W.to(at::kCPU, at::kFloat).contiguous().clone();
+    }
     rows_ = W_.size(0);
     cols_ = W_.size(1);
     HessianFactors factors;
     if (H.defined()) {
-        factors = factor_hessian(H, percdamp, name_);
+        factors = factor_hessian(H, options.percdamp, name_);
         W_.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
-        H_ = H.to(at::kCPU, at::kFloat).contiguous();
-        hdiag_ = H_.diagonal().contiguous();
+        if (options.keep_hessian) {
+            H_ = H.to(at::kCPU, at::kFloat).contiguous();
+            hdiag_ = H_.diagonal().contiguous();
+        } else {
+            hdiag_ = H.diagonal().to(at::kCPU, at::kFloat).contiguous();
+        }
         weighted_norm2_ = (W_.pow(2) * hdiag_.unsqueeze(0)).sum().item<double>();
     } else if (metric != SaliencyMetric::Magnitude) {
         throw Error(name_ + ": the " + to_string(metric) + " metric needs calibration (a Hessian)");
@@ -229,12 +256,14 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     res.headline_bits = b * r + (1.0 - r);
     res.bitmap_bits = res.headline_bits + 1.0;
     res.index_bits = res.headline_bits + expected_index_bits_per_weight(r);
-    // What pack_linear will store: codes, signs, index, FP16 scale/mu/alpha and a uint8 zero per row.
-    const double bytes = (static_cast<double>(nsal) * b + static_cast<double>(n - nsal)) / 8.0 +
-                         expected_index_bits_per_weight(r) * static_cast<double>(n) / 8.0 +
-                         static_cast<double>(rows_) * (salient_bits == 16 ? 4 : 7);
+    // What pack_linear will store for the whole matrix (a sample's ratio stands for all rows):
+    // codes, signs, index, FP16 scale/mu/alpha and a uint8 zero per row.
+    const double full_n = static_cast<double>(full_rows_) * static_cast<double>(cols_);
+    const double salient_full = sampled() ? r * full_n : static_cast<double>(nsal);
+    const double bytes = (salient_full * b + (full_n - salient_full)) / 8.0 + expected_index_bits_per_weight(r) * full_n / 8.0 +
+                         static_cast<double>(full_rows_) * (salient_bits == 16 ? 4 : 7);
     res.estimated_bytes = static_cast<std::int64_t>(std::ceil(bytes));
-    res.estimated_bits = 8.0 * static_cast<double>(res.estimated_bytes) / static_cast<double>(n);
+    res.estimated_bits = 8.0 * static_cast<double>(res.estimated_bytes) / full_n;
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return res;
 }

@@ -27,11 +27,23 @@ struct PreviewResult {
     double seconds = 0.0;
 };
 
+struct PreviewOptions {
+    double percdamp = 0.01;
+    /// 0 = every row. Else about this many weights in evenly spaced rows (at least 8 rows): the
+    /// threshold, error, ratio and bits are then estimates for the whole matrix from the sample,
+    /// so previews of a 7B model fit in a few hundred MiB and stay fast.
+    std::int64_t max_weights = 0;
+    /// Keep a float32 copy of H for preview(..., exact_hessian_error = true).
+    bool keep_hessian = true;
+};
+
 class LayerPreview {
 public:
-    /// W (d_out, d_in); H (d_in, d_in) may be undefined (magnitude metric only). The Hessian
-    /// metrics factor H once here (the expensive part: a Cholesky).
-    LayerPreview(std::string name, const at::Tensor& W, const at::Tensor& H, SaliencyMetric metric, double percdamp = 0.01);
+    /// W (d_out, d_in), any dtype (a mapped F16 Linear is read only in the sampled rows);
+    /// H (d_in, d_in) may be undefined (magnitude metric only). The Hessian metrics factor H
+    /// once here (the expensive part: a Cholesky).
+    LayerPreview(std::string name, const at::Tensor& W, const at::Tensor& H, SaliencyMetric metric,
+                 const PreviewOptions& options = {});
 
     /// Error and bits at these settings. Not for concurrent calls on one object (it reuses its
     /// buffers); previews of different Linears may run in parallel.
@@ -44,8 +56,11 @@ public:
     std::vector<double> log10_score_histogram(int bins, double& lo, double& hi) const;
 
     const std::string& name() const { return name_; }
-    std::int64_t rows() const { return rows_; }
+    std::int64_t rows() const { return full_rows_; } ///< of the whole matrix
     std::int64_t cols() const { return cols_; }
+    /// Rows the figures come from: rows() unless built from a sample.
+    std::int64_t sampled_rows() const { return rows_; }
+    bool sampled() const { return rows_ < full_rows_; }
     SaliencyMetric metric() const { return metric_; }
 
 private:
@@ -53,7 +68,8 @@ private:
 
     std::string name_;
     SaliencyMetric metric_;
-    std::int64_t rows_ = 0, cols_ = 0;
+    std::int64_t rows_ = 0, cols_ = 0; ///< of W_ (the sample when sampled)
+    std::int64_t full_rows_ = 0;
     at::Tensor W_;      ///< float32 contiguous, dead columns zeroed
     at::Tensor scores_; ///< float32 contiguous
     at::Tensor hdiag_;  ///< float32 (d_in) or undefined

@@ -60,7 +60,12 @@ private Q_SLOTS:
         PlanTableModel* plan = window_->tuningPage()->tableModel();
         QAbstractItemModelTester plan_tester(plan, QAbstractItemModelTester::FailureReportingMode::QtTest);
         QCOMPARE(plan->rowCount(), 35);
-        tree->setModel(window_->context().model()); // a reset under the tester
+        // Statistics fill in from the background pass, each row as it arrives.
+        LinearStatsService& stats = window_->context().stats();
+        QTRY_VERIFY_WITH_TIMEOUT(stats.complete(), kPatientMs);
+        const QModelIndex kurtosis = tree->index(6, LayerTreeModel::Kurtosis, tree->index(0, 0));
+        QCOMPARE(kurtosis.data(Qt::EditRole).toDouble(), stats.stats(6)->kurtosis);
+        tree->setModel(window_->context().model(), &stats); // a reset under the tester
         plan->refresh();
     }
 
@@ -138,6 +143,26 @@ private Q_SLOTS:
         QVERIFY(!window_->showPage("nonsense"));
         const QImage shot = window_->grab().toImage();
         QVERIFY(shot.width() > 600 && shot.height() > 400);
+    }
+
+    void sampledPreviewsSaySoUntilTheSliderIsReleased()
+    {
+        // A preview budget of a quarter of the weights stands in for a 7B model's 0.5%.
+        StudioContext& ctx = window_->context();
+        TuningPage* page = window_->tuningPage();
+        QSignalSpy prepared(&ctx.previews(), &PreviewService::prepared);
+        ctx.previews().setSampleBudget(ctx.model()->quantizable_weights / 4);
+        ctx.setModel(ctx.model());
+        QVERIFY(prepared.wait(kPatientMs));
+        QSlider* slider = page->ratioSlider();
+        slider->setSliderDown(true);
+        slider->setValue(slider->maximum() * 3 / 10); // 15%
+        QTRY_VERIFY_WITH_TIMEOUT(page->bitsLabel()->text().contains("estimated from 25% of each Linear's rows"), kPatientMs);
+        slider->setSliderDown(false); // the release asks for the exact figures
+        QTRY_VERIFY_WITH_TIMEOUT(page->bitsLabel()->text().contains(", exact)"), kPatientMs);
+        // The exact figures are the unsampled ones: headline 2.05 at 15% (as sliderUpdatesChartAndBits).
+        QVERIFY2(page->bitsLabel()->text().contains("headline 2.05"), qPrintable(page->bitsLabel()->text()));
+        ctx.previews().setSampleBudget(PreviewService::kDefaultSampleBudget);
     }
 };
 

@@ -3,11 +3,13 @@
 // preview service's stale-result dropping.
 #include "tests/support/test_support.h"
 #include "workers/jobs.h"
+#include "workers/linear_stats_service.h"
 #include "workers/preview_service.h"
 
 #include "core/calibration.h"
 #include "core/model.h"
 #include "core/ptq.h"
+#include "core/synthetic.h"
 #include "core/tokenizer.h"
 
 #include <ATen/ATen.h>
@@ -60,12 +62,154 @@ private Q_SLOTS:
         for (const LinearInfo& l : m->linears)
             total += l.weight_count();
         QCOMPARE(m->quantizable_weights, total);
-        // The histogram counts every weight once.
-        double counted = 0;
-        for (double c : m->linears[0].weights.counts)
-            counted += c;
-        QCOMPARE(counted, double(64 * 64));
+        QVERIFY(!m->mapped); // a llama2.c file is float32 in memory
         QCOMPARE(m->tokenizer->vocab_size(), 512);
+    }
+
+    void linearStatsMatchAnIndependentComputation()
+    {
+        const auto m = loaded();
+        QVERIFY(m);
+        LinearStatsService stats;
+        QSignalSpy progress(&stats, &LinearStatsService::progress);
+        stats.reset(m);
+        QTRY_VERIFY_WITH_TIMEOUT(stats.complete(), kPatientMs);
+        QCOMPARE(progress.last().at(0).toInt(), 35);
+        for (int i : {0, 4, 34}) {
+            const LinearStats* st = stats.stats(i);
+            QVERIFY(st && st->error.isEmpty());
+            const at::Tensor w = m->model->layers[static_cast<std::size_t>(m->linears[i].layer)]
+                                     .weight(kAllLinearKinds[static_cast<std::size_t>(i) % kLinearKindCount]).to(at::kDouble);
+            QVERIFY(std::abs(st->mean - w.mean().item<double>()) < 1e-12);
+            QVERIFY(std::abs(st->std - w.std(/*unbiased=*/false).item<double>()) < 1e-12);
+            QCOMPARE(st->abs_max, w.abs().max().item<double>());
+            QCOMPARE(st->weights.lo, w.min().item<double>());
+            QCOMPARE(st->weights.hi, w.max().item<double>());
+            double counted = 0; // the histogram counts every weight once
+            for (double c : st->weights.counts)
+                counted += c;
+            QCOMPARE(counted, double(m->linears[i].weight_count()));
+            QCOMPARE(st->nonfinite, std::int64_t(0));
+        }
+    }
+
+    void linearStatsBackgroundPassStopsButRequestsAreServed()
+    {
+        const auto m = loaded();
+        QVERIFY(m);
+        LinearStatsService stats;
+        stats.reset(m, /*background=*/false);
+        stats.request(20);
+        QTRY_VERIFY_WITH_TIMEOUT(stats.stats(20) != nullptr, kPatientMs);
+        stats.waitForIdle();
+        QTest::qWait(50); // deliveries queued to this thread
+        QCOMPARE(stats.computed(), 1);
+        QVERIFY(stats.stats(30) == nullptr);
+        stats.setBackground(true);
+        QTRY_VERIFY_WITH_TIMEOUT(stats.complete(), kPatientMs);
+    }
+
+    void bigHuggingFaceModelsOpenMappedWithTheSameStatistics()
+    {
+        // A small BF16 folder forced to open mapped, against its float32 opening.
+        const auto small = loaded();
+        QVERIFY(small);
+        QTemporaryDir dir;
+        SyntheticHfSpec spec;
+        spec.config = small->model->config; // tok512's vocabulary
+        spec.dtype = at::kBFloat16;
+        spec.tokenizer_path = tok512_path();
+        const QString folder = dir.filePath("bf16");
+        write_synthetic_hf(spec, folder.toStdString());
+        std::shared_ptr<const LoadedModel> opened[2];
+        for (int mapped = 0; mapped < 2; ++mapped) {
+            LoadModelJob job;
+            QSignalSpy done(&job, &LoadModelJob::loaded), failed(&job, &Job::failed);
+            job.start(folder, QStringLiteral("cpu"), mapped ? StudioStorage::Mapped : StudioStorage::Float32);
+            QVERIFY2(done.wait(kPatientMs), failed.isEmpty() ? "" : qPrintable(failed.first().first().toString()));
+            opened[mapped] = done.first().first().value<std::shared_ptr<const LoadedModel>>();
+            QCOMPARE(opened[mapped]->mapped, mapped == 1);
+        }
+        QVERIFY(opened[1]->model->layers[0].weight(LinearKind::Q).scalar_type() == at::kBFloat16);
+        QVERIFY(opened[0]->model->layers[0].weight(LinearKind::Q).scalar_type() == at::kFloat);
+        bool says_mapped = false;
+        for (const auto& [label, value] : opened[1]->summary)
+            says_mapped |= label == "Stored as" && value.contains("memory-mapped");
+        QVERIFY(says_mapped);
+        for (int i : {0, 6, 13}) {
+            const LinearStats a = compute_linear_stats(*opened[0], i), b = compute_linear_stats(*opened[1], i);
+            QCOMPARE(a.mean, b.mean); // BF16 -> float32 is exact, so the figures are identical
+            QCOMPARE(a.kurtosis, b.kurtosis);
+            QVERIFY(a.weights.counts == b.weights.counts);
+        }
+        // The automatic choice maps from 1 GiB of float32 weights up.
+        QVERIFY(!studio_maps_weights(stories110m_shape(), ModelFormat::HuggingFace, StudioStorage::Auto));
+        QVERIFY(studio_maps_weights(tinyllama_1b_shape(), ModelFormat::HuggingFace, StudioStorage::Auto));
+        QVERIFY(!studio_maps_weights(tinyllama_1b_shape(), ModelFormat::Llama2cV1, StudioStorage::Auto));
+    }
+
+    void sampledPreviewsEstimateAndTheExactPassMatchesUnsampled()
+    {
+        const auto m = loaded();
+        QVERIFY(m);
+        QuantPlan plan;
+        plan.config.layer.metric = SaliencyMetric::Magnitude;
+        plan.config.layer.salient_ratio = 0.1;
+        PreviewService whole, sampled;
+        sampled.setSampleBudget(m->quantizable_weights / 4);
+        QSignalSpy prepared_whole(&whole, &PreviewService::prepared), prepared_sampled(&sampled, &PreviewService::prepared);
+        whole.prepare(m, nullptr, SaliencyMetric::Magnitude);
+        sampled.prepare(m, nullptr, SaliencyMetric::Magnitude);
+        QVERIFY(prepared_whole.count() == 1 || prepared_whole.wait(kPatientMs));
+        QVERIFY(prepared_sampled.count() == 1 || prepared_sampled.wait(kPatientMs));
+        QCOMPARE(whole.sampledFraction(), 1.0);
+        QVERIFY(std::abs(sampled.sampledFraction() - 0.25) < 1e-9);
+
+        QSignalSpy ready_whole(&whole, &PreviewService::previewReady), ready_sampled(&sampled, &PreviewService::previewReady),
+            exact_progress(&sampled, &PreviewService::exactProgress);
+        whole.request(plan);
+        QVERIFY(ready_whole.wait(kPatientMs));
+        const auto reference = ready_whole.first().first().value<PreviewSnapshot>();
+        QVERIFY(reference.exact());
+        sampled.requestExact(plan);
+        QTRY_COMPARE_WITH_TIMEOUT(ready_sampled.count(), 2, kPatientMs);
+        const auto estimate = ready_sampled.at(0).first().value<PreviewSnapshot>();
+        const auto exact = ready_sampled.at(1).first().value<PreviewSnapshot>();
+        QVERIFY(!estimate.exact());
+        QVERIFY(exact.exact());
+        QCOMPARE(exact_progress.last().at(1).toInt(), 35);
+        // The exact pass is the unsampled preview, to the last bit.
+        QCOMPARE(exact.estimated_file_bytes, reference.estimated_file_bytes);
+        QCOMPARE(exact.headline_bits, reference.headline_bits);
+        for (std::size_t i = 0; i < reference.linears.size(); ++i)
+            QCOMPARE(exact.linears[i].weight_error, reference.linears[i].weight_error);
+        // A quarter of the rows estimates the whole: bits within 0.05, file size within 3%,
+        // the mean error within 10%.
+        QVERIFY(std::abs(estimate.headline_bits - reference.headline_bits) < 0.05);
+        QVERIFY(std::abs(double(estimate.estimated_file_bytes) / double(reference.estimated_file_bytes) - 1.0) < 0.03);
+        double e_est = 0, e_ref = 0;
+        for (std::size_t i = 0; i < reference.linears.size(); ++i) {
+            e_est += estimate.linears[i].weight_error;
+            e_ref += reference.linears[i].weight_error;
+        }
+        QVERIFY2(std::abs(e_est / e_ref - 1.0) < 0.1, qPrintable(QString::number(e_est / e_ref)));
+
+        // A selected Linear's detail: at once from the sample, then from the whole Linear, which
+        // is what the unsampled service shows.
+        QSignalSpy detail_whole(&whole, &PreviewService::detailReady), detail_sampled(&sampled, &PreviewService::detailReady);
+        whole.requestDetail(6, 0.1);
+        sampled.requestDetail(6, 0.1);
+        QVERIFY(detail_whole.wait(kPatientMs));
+        QTRY_COMPARE_WITH_TIMEOUT(detail_sampled.count(), 2, kPatientMs);
+        const auto first = detail_sampled.at(0).at(1).value<LinearDetail>();
+        const auto second = detail_sampled.at(1).at(1).value<LinearDetail>();
+        const auto expected = detail_whole.first().at(1).value<LinearDetail>();
+        QVERIFY(first.sampled);
+        QVERIFY(!second.sampled && !expected.sampled);
+        QCOMPARE(second.achieved_ratio, expected.achieved_ratio);
+        QCOMPARE(second.threshold, expected.threshold);
+        QVERIFY(second.density == expected.density);
+        QVERIFY(second.log10_scores.counts == expected.log10_scores.counts);
     }
 
     void loadFailureNamesTheFile()

@@ -181,6 +181,17 @@ DistributionsPage::DistributionsPage(StudioContext& context, QWidget* parent) : 
         refreshLinear();
     });
     connect(log_y_, &QCheckBox::toggled, this, &DistributionsPage::refreshLinear);
+    connect(&context_.stats(), &LinearStatsService::statsReady, this, [this](int linear) {
+        if (linear == linear_->currentIndex()) {
+            if (const LinearStats* st = context_.stats().stats(linear); st && st->error.isEmpty())
+                show_bins(weights_plot_, st->weights, log_y_->isChecked());
+        }
+        if (across_metric_->currentIndex() < 2)
+            across_refresh_.start(); // coalesced: the background pass delivers many in a row
+    });
+    across_refresh_.setSingleShot(true);
+    across_refresh_.setInterval(200);
+    connect(&across_refresh_, &QTimer::timeout, this, &DistributionsPage::refreshAcrossLayers);
     connect(across_metric_, qOverload<int>(&QComboBox::currentIndexChanged), this, &DistributionsPage::refreshAcrossLayers);
     // The threshold follows the plan's ratio for this Linear and the previews' metric.
     connect(&context_, &StudioContext::planChanged, this, &DistributionsPage::refreshLinear);
@@ -189,6 +200,12 @@ DistributionsPage::DistributionsPage(StudioContext& context, QWidget* parent) : 
             [this](std::uint64_t, const LinearDetail& d) { showDetail(d); });
     save_->setEnabled(false);
     refreshModel();
+}
+
+void DistributionsPage::showEvent(QShowEvent* event)
+{
+    QWidget::showEvent(event);
+    refreshLinear();
 }
 
 void DistributionsPage::calibrate()
@@ -218,8 +235,12 @@ void DistributionsPage::refreshLinear()
     if (!m || i < 0)
         return;
     const LinearInfo& info = m->linears[static_cast<std::size_t>(i)];
-    show_bins(weights_plot_, info.weights, log_y_->isChecked());
-    if (context_.previews().ready()) {
+    if (const LinearStats* st = context_.stats().stats(i); st && st->error.isEmpty())
+        show_bins(weights_plot_, st->weights, log_y_->isChecked());
+    else
+        context_.stats().request(i); // drawn when statsReady arrives
+    // The saliency detail costs a pass over the whole Linear: only for a page someone looks at.
+    if (context_.previews().ready() && isVisibleTo(window())) {
         const double ratio = context_.plan().settings_for(info.name.toStdString()).salient_ratio;
         context_.previews().requestDetail(i, ratio);
     }
@@ -235,9 +256,10 @@ void DistributionsPage::showDetail(const LinearDetail& d)
     threshold_line_->setVisible(d.ratio > 0 && d.threshold > 0);
     threshold_line_->point1->setCoords(x, 0);
     threshold_line_->point2->setCoords(x, 1);
-    threshold_label_->setText(tr("%1: %2% above the threshold")
+    threshold_label_->setText(tr("%1: %2% above the threshold%3")
                                   .arg(QString::fromStdString(to_string(context_.previews().metric())))
-                                  .arg(100.0 * d.achieved_ratio, 0, 'f', 2));
+                                  .arg(100.0 * d.achieved_ratio, 0, 'f', 2)
+                                  .arg(d.sampled ? tr(" (row sample; the whole Linear follows)") : QString()));
     scores_plot_->replot(QCustomPlot::rpQueuedReplot);
 
     heat_->data()->setSize(d.cols, d.rows);
@@ -270,8 +292,10 @@ void DistributionsPage::refreshAcrossLayers()
         g->setScatterStyle(QCPScatterStyle::ssCircle);
         for (int l = 0; l < m->n_layers; ++l) {
             const std::size_t i = static_cast<std::size_t>(l * kinds + k);
-            const LinearInfo& info = m->linears[i];
-            double y = metric == 0 ? info.kurtosis : metric == 1 ? 100.0 * info.outlier_fraction : 0.0;
+            const LinearStats* st = context_.stats().stats(static_cast<int>(i));
+            if (metric < 2 && (!st || !st->error.isEmpty()))
+                continue; // not computed yet: the point appears when it is
+            double y = metric == 0 ? st->kurtosis : metric == 1 ? 100.0 * st->outlier_fraction : 0.0;
             if (metric == 2) {
                 if (!calib)
                     continue;

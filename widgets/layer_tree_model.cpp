@@ -1,16 +1,28 @@
 #include "widgets/layer_tree_model.h"
 
+#include "workers/linear_stats_service.h"
+
 #include <QLocale>
 
 namespace pbllm {
 
 // Internal ids: 0 for block rows, 1 + block for Linear rows (so parent() can find the block).
 
-void LayerTreeModel::setModel(std::shared_ptr<const LoadedModel> model)
+void LayerTreeModel::setModel(std::shared_ptr<const LoadedModel> model, const LinearStatsService* stats)
 {
     beginResetModel();
     model_ = std::move(model);
+    stats_ = stats;
     endResetModel();
+}
+
+void LayerTreeModel::statsChanged(int linear)
+{
+    const int per_block = linearsPerBlock();
+    if (!model_ || per_block == 0 || linear < 0 || linear >= static_cast<int>(model_->linears.size()))
+        return;
+    const QModelIndex block = index(linear / per_block, 0);
+    Q_EMIT dataChanged(index(linear % per_block, Mean, block), index(linear % per_block, Outliers, block));
 }
 
 int LayerTreeModel::linearsPerBlock() const
@@ -68,8 +80,18 @@ QVariant LayerTreeModel::data(const QModelIndex& index, int role) const
     }
     const int linear = static_cast<int>(index.internalId() - 1) * linearsPerBlock() + index.row();
     const LinearInfo& l = model_->linears[static_cast<std::size_t>(linear)];
+    const LinearStats* st = stats_ ? stats_->stats(linear) : nullptr;
     if (role == LinearIndexRole)
         return linear;
+    if (index.column() >= Mean && (!st || !st->error.isEmpty())) {
+        if (role == Qt::ToolTipRole)
+            return st ? st->error : tr("computing the statistics (selected Linears first)");
+        if (role == Qt::DisplayRole)
+            return st ? tr("error") : QStringLiteral("…");
+        if (role == Qt::TextAlignmentRole)
+            return QVariant(Qt::AlignRight | Qt::AlignVCenter);
+        return {};
+    }
     if (role == Qt::TextAlignmentRole && index.column() != Name)
         return QVariant(Qt::AlignRight | Qt::AlignVCenter);
     if (role == Qt::ToolTipRole)
@@ -81,11 +103,11 @@ QVariant LayerTreeModel::data(const QModelIndex& index, int role) const
     case Name: return display ? QVariant(l.kind) : QVariant(linear);
     case Shape: return display ? QVariant(QStringLiteral("%1 x %2").arg(l.rows).arg(l.cols)) : QVariant(static_cast<qlonglong>(l.weight_count()));
     case Parameters: return display ? QVariant(QLocale().toString(static_cast<qlonglong>(l.weight_count()))) : QVariant(static_cast<qlonglong>(l.weight_count()));
-    case Mean: return display ? QVariant(QString::number(l.mean, 'g', 3)) : QVariant(l.mean);
-    case Std: return display ? QVariant(QString::number(l.std, 'g', 3)) : QVariant(l.std);
-    case AbsMax: return display ? QVariant(QString::number(l.abs_max, 'g', 3)) : QVariant(l.abs_max);
-    case Kurtosis: return display ? QVariant(QString::number(l.kurtosis, 'f', 2)) : QVariant(l.kurtosis);
-    case Outliers: return display ? QVariant(QString::number(100.0 * l.outlier_fraction, 'f', 2) + QLatin1Char('%')) : QVariant(l.outlier_fraction);
+    case Mean: return display ? QVariant(QString::number(st->mean, 'g', 3)) : QVariant(st->mean);
+    case Std: return display ? QVariant(QString::number(st->std, 'g', 3)) : QVariant(st->std);
+    case AbsMax: return display ? QVariant(QString::number(st->abs_max, 'g', 3)) : QVariant(st->abs_max);
+    case Kurtosis: return display ? QVariant(QString::number(st->kurtosis, 'f', 2)) : QVariant(st->kurtosis);
+    case Outliers: return display ? QVariant(QString::number(100.0 * st->outlier_fraction, 'f', 2) + QLatin1Char('%')) : QVariant(st->outlier_fraction);
     default: return {};
     }
 }

@@ -1,6 +1,6 @@
 #pragma once
 // Decoder blocks -> Linears, with shape, parameter count and weight statistics; set whole from
-// a LoadedModel (one model reset).
+// a LoadedModel (one model reset); statistics fill in as LinearStatsService computes them.
 #include "workers/results.h"
 
 #include <QAbstractItemModel>
@@ -8,6 +8,8 @@
 #include <memory>
 
 namespace pbllm {
+
+class LinearStatsService;
 
 class LayerTreeModel : public QAbstractItemModel {
     Q_OBJECT
@@ -17,7 +19,10 @@ public:
     static constexpr int LinearIndexRole = Qt::UserRole + 1;
 
     using QAbstractItemModel::QAbstractItemModel;
-    void setModel(std::shared_ptr<const LoadedModel> model);
+    /// `stats` (may be null) supplies the statistics columns; it must outlive this model.
+    void setModel(std::shared_ptr<const LoadedModel> model, const LinearStatsService* stats = nullptr);
+    /// The statistics of `linear` arrived: its row changes.
+    void statsChanged(int linear);
 
     QModelIndex index(int row, int column, const QModelIndex& parent = {}) const override;
     QModelIndex parent(const QModelIndex& child) const override;
@@ -29,6 +34,7 @@ public:
 private:
     int linearsPerBlock() const;
     std::shared_ptr<const LoadedModel> model_;
+    const LinearStatsService* stats_ = nullptr;
 };
 
 } // namespace pbllm

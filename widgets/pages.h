@@ -59,8 +59,11 @@ public:
 
 private:
     void refresh();
+    void showStatsProgress();
     StudioContext& context_;
     QLabel* summary_;
+    QLabel* stats_progress_;
+    QPushButton* stats_toggle_;
     QTreeView* tree_;
     LayerTreeModel* tree_model_;
 };
@@ -72,6 +75,9 @@ public:
     CalibrateJob& calibrateJob() { return job_; }
     /// Starts calibration with the page's settings (the Calibrate button).
     void calibrate();
+
+protected:
+    void showEvent(QShowEvent* event) override;
 
 private:
     void refreshModel();
@@ -98,6 +104,7 @@ private:
     QCPItemStraightLine* threshold_line_ = nullptr;
     QCPItemText* threshold_label_ = nullptr;
     QCPColorMap* heat_ = nullptr;
+    QTimer across_refresh_;
 };
 
 class TuningPage : public QWidget {
@@ -135,6 +142,8 @@ private:
     QElapsedTimer last_replot_;
     PreviewSnapshot latest_;
     int replots_ = 0;
+    std::uint64_t exact_id_ = 0;         ///< request whose exact pass is running (0 = none)
+    int exact_done_ = 0, exact_total_ = 0;
 };
 
 class RunPage : public QWidget {

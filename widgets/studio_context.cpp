@@ -33,6 +33,13 @@ StudioContext::StudioContext(QObject* parent) : QObject(parent), settings_(Studi
 {
     plan_.config.nsamples = settings_.nsamples;
     connect(&previews_, &PreviewService::failed, this, &StudioContext::status);
+    connect(&previews_, &PreviewService::prepared, this, &StudioContext::startStatsPass);
+    connect(&previews_, &PreviewService::failed, this, &StudioContext::startStatsPass);
+    connect(&stats_, &LinearStatsService::nonFinite, this, [this](int linear, qint64 count) {
+        if (model_)
+            Q_EMIT status(tr("%1 holds %L2 NaN/Inf weights: this model cannot be quantized or evaluated")
+                              .arg(model_->linears[static_cast<std::size_t>(linear)].name).arg(count));
+    });
 }
 
 QString StudioContext::findSharedData(const QString& relative)
@@ -58,6 +65,9 @@ void StudioContext::setModel(std::shared_ptr<const LoadedModel> model)
     calibration_.reset();
     run_.reset();
     selected_ = 0;
+    // Selected Linears at once; the background pass waits for the previews (both read the file).
+    stats_.reset(model_, /*background=*/false);
+    start_stats_after_previews_ = true;
     Q_EMIT modelChanged();
     Q_EMIT calibrationChanged();
     Q_EMIT runChanged();
@@ -95,7 +105,15 @@ void StudioContext::selectLinear(int index)
     if (!model_ || index < 0 || index >= static_cast<int>(model_->linears.size()) || index == selected_)
         return;
     selected_ = index;
+    stats_.request(index);
     Q_EMIT selectedLinearChanged(index);
+}
+
+void StudioContext::startStatsPass()
+{
+    if (start_stats_after_previews_ && model_)
+        stats_.setBackground(true);
+    start_stats_after_previews_ = false;
 }
 
 void StudioContext::preparePreviews()

@@ -2,6 +2,7 @@
 // The studio's session: the loaded model, its calibration, the plan the sliders edit and the
 // last quantization result, with change signals the pages follow. Pages own their jobs; this
 // object owns only shared state and the preview service.
+#include "workers/linear_stats_service.h"
 #include "workers/preview_service.h"
 #include "workers/results.h"
 
@@ -34,6 +35,7 @@ public:
     const std::shared_ptr<const RunResult>& run() const { return run_; }
     int selectedLinear() const { return selected_; }
     PreviewService& previews() { return previews_; }
+    LinearStatsService& stats() { return stats_; }
     StudioSettings& settings() { return settings_; }
 
     void setModel(std::shared_ptr<const LoadedModel> model);
@@ -56,6 +58,7 @@ Q_SIGNALS:
 
 private:
     void preparePreviews();
+    void startStatsPass();
 
     std::shared_ptr<const LoadedModel> model_;
     std::shared_ptr<const CalibrationResult> calibration_;
@@ -63,6 +66,8 @@ private:
     std::shared_ptr<const RunResult> run_;
     int selected_ = 0;
     PreviewService previews_;
+    LinearStatsService stats_;
+    bool start_stats_after_previews_ = false;
     StudioSettings settings_;
 };
 

@@ -85,6 +85,15 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     replot_timer_.setSingleShot(true);
     connect(&replot_timer_, &QTimer::timeout, this, &TuningPage::replot);
     connect(ratio_, &QSlider::valueChanged, this, &TuningPage::applyControls);
+    // Sampled previews follow the drag; the release asks for the exact figures.
+    connect(ratio_, &QSlider::sliderReleased, this, &TuningPage::requestPreview);
+    connect(&context_.previews(), &PreviewService::exactProgress, this, [this](quint64 id, int done, int total) {
+        exact_id_ = id;
+        exact_done_ = done;
+        exact_total_ = total;
+        if (id == latest_.id && !latest_.exact())
+            replot();
+    });
     connect(bits_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
     connect(metric_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
     connect(binarizer_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
@@ -115,8 +124,13 @@ void TuningPage::applyControls()
 
 void TuningPage::requestPreview()
 {
-    if (context_.model() && context_.previews().ready())
+    if (!context_.model() || !context_.previews().ready())
+        return;
+    exact_id_ = 0;
+    if (ratio_->isSliderDown())
         context_.previews().request(context_.plan());
+    else
+        context_.previews().requestExact(context_.plan());
 }
 
 void TuningPage::showPreview(const PreviewSnapshot& snapshot)
@@ -151,10 +165,18 @@ void TuningPage::replot()
     error_plot_->rescaleAxes();
     error_plot_->yAxis->setRangeLower(0);
     error_plot_->replot(QCustomPlot::rpQueuedReplot);
+    QString kind = tr("exact");
+    if (!s.exact()) {
+        kind = tr("estimated from %1% of each Linear's rows").arg(100.0 * s.sampled_fraction, 0, 'g', 2);
+        if (exact_id_ == s.id && exact_total_ > 0)
+            kind += tr("; exact figures: %1 of %2 Linears").arg(exact_done_).arg(exact_total_);
+        else if (ratio_->isSliderDown())
+            kind += tr("; exact on release");
+    }
     bits_label_->setText(tr("Bits per weight of the quantized Linears: headline %1 · with bitmap %2 · with index %3 · "
-                            "estimated stored %4   (preview %5 ms)")
+                            "estimated stored %4   (preview %5 ms, %6)")
                              .arg(s.headline_bits, 0, 'f', 3).arg(s.bitmap_bits, 0, 'f', 3).arg(s.index_bits, 0, 'f', 3)
-                             .arg(s.estimated_bits, 0, 'f', 3).arg(s.milliseconds, 0, 'f', 1));
+                             .arg(s.estimated_bits, 0, 'f', 3).arg(s.milliseconds, 0, 'f', 1).arg(kind));
     size_label_->setText(tr("Projected file size %1 vs FP16 %2 (%3x smaller)")
                              .arg(human_size(s.estimated_file_bytes), human_size(m->fp16_bytes))
                              .arg(s.estimated_file_bytes > 0 ? static_cast<double>(m->fp16_bytes) / s.estimated_file_bytes : 0.0, 0, 'f', 2));

@@ -31,12 +31,7 @@ double seconds_since(std::chrono::steady_clock::time_point start)
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-Bins bins_of(const Histogram& h)
-{
-    return {h.lo, h.hi, std::vector<double>(h.counts.begin(), h.counts.end())};
-}
-
-std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const QString& path, double seconds)
+std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const QString& path, double seconds, bool mapped)
 {
     auto out = std::make_shared<LoadedModel>();
     const ModelConfig& c = loaded.config;
@@ -47,22 +42,17 @@ std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const Q
     out->parameters = c.parameter_count();
     out->fp16_bytes = 2 * out->parameters;
     out->load_seconds = seconds;
+    out->mapped = mapped;
+    // Shapes only: the statistics are LinearStatsService's, on demand.
     for (int l = 0; l < c.n_layers; ++l)
         for (LinearKind kind : kAllLinearKinds) {
             const at::Tensor& w = loaded.layers[l].weight(kind);
-            const TensorStats s = tensor_stats(w);
             LinearInfo info;
             info.layer = l;
             info.name = QString::fromStdString(linear_name(l, kind));
             info.kind = QString::fromUtf8(linear_short_name(kind).data(), static_cast<int>(linear_short_name(kind).size()));
             info.rows = w.size(0);
             info.cols = w.size(1);
-            info.mean = s.mean;
-            info.std = s.std;
-            info.abs_max = s.abs_max;
-            info.kurtosis = s.kurtosis;
-            info.outlier_fraction = s.outlier_fraction;
-            info.weights = bins_of(histogram(w, 80));
             out->quantizable_weights += info.weight_count();
             out->linears.push_back(std::move(info));
         }
@@ -75,7 +65,8 @@ std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const Q
         {QStringLiteral("Format"), QString::fromUtf8(to_string(loaded.format).data(), static_cast<int>(to_string(loaded.format).size()))},
         {QStringLiteral("Architecture"), arch},
         {QStringLiteral("Parameters"), QStringLiteral("%L1 (Linears %L2, embedding %L3)").arg(out->parameters).arg(out->quantizable_weights).arg(embedding)},
-        {QStringLiteral("Stored as"), QString::fromStdString(loaded.file_dtype)},
+        {QStringLiteral("Stored as"), QString::fromStdString(loaded.file_dtype) +
+                                          (mapped ? QStringLiteral(", memory-mapped (weights read when used)") : QStringLiteral(", float32 in memory"))},
         {QStringLiteral("File size"), human_size(loaded.file_bytes) + QStringLiteral(" (FP16 would be %1)").arg(human_size(out->fp16_bytes))},
         {QStringLiteral("Tokenizer"), QStringLiteral("%1 (%2 pieces)").arg(QString::fromStdString(tokenizer.origin())).arg(tokenizer.vocab_size())},
         {QStringLiteral("Loaded in"), QStringLiteral("%1 s").arg(seconds, 0, 'f', 2)},
@@ -120,22 +111,41 @@ BitsSummary packed_bits(const QuantizedModel& q)
 
 } // namespace
 
-bool LoadModelJob::start(const QString& path, const QString& device)
+bool studio_maps_weights(const ModelConfig& config, ModelFormat format, StudioStorage choice)
+{
+    if (choice != StudioStorage::Auto)
+        return choice == StudioStorage::Mapped && format == ModelFormat::HuggingFace;
+    return format == ModelFormat::HuggingFace && config.parameter_count() * 4 > kStudioMapAboveBytes;
+}
+
+bool LoadModelJob::start(const QString& path, const QString& device, StudioStorage storage)
 {
     auto result = std::make_shared<std::shared_ptr<LoadedModel>>();
     return launch(
-        [path, device, result](const ProgressFn& progress) {
+        [path, device, storage, result](const ProgressFn& progress) {
             const auto start = std::chrono::steady_clock::now();
             report_progress(progress, 0.0, "loading " + path.toStdString());
             LoadOptions options;
             options.device = c10::Device(device.toStdString());
             if (options.device.is_cuda() && !cuda_available())
                 throw Error("device " + device.toStdString() + ": this build's libtorch has no CUDA (or no GPU is visible)");
+            // Headers first: a big Hugging Face model stays mapped in its file's precision, and
+            // its NaN/Inf scan is left to the statistics pass (a 7B scan reads 12.6 GB).
+            options.storage = WeightStorage::Mapped;
+            options.check_finite = false;
             Model m = load_model(path.toStdString(), options);
-            report_progress(progress, 0.6, "loading the tokenizer");
+            const bool mapped = options.device.is_cpu() && studio_maps_weights(m.config, m.format, storage);
+            if (options.device.is_cpu() && !mapped && m.format == ModelFormat::HuggingFace) {
+                report_progress(progress, 0.3, "converting to float32");
+                options.storage = WeightStorage::Float32;
+                options.check_finite = true;
+                m = load_model(path.toStdString(), options);
+            } else if (!mapped) {
+                m.check_finite();
+            }
+            report_progress(progress, 0.8, "loading the tokenizer");
             Tokenizer tok = tokenizer_for(m);
-            report_progress(progress, 0.7, "weight statistics");
-            *result = describe(std::move(m), std::move(tok), path, seconds_since(start));
+            *result = describe(std::move(m), std::move(tok), path, seconds_since(start), mapped);
             report_progress(progress, 1.0, "loaded");
         },
         [this, result] { Q_EMIT loaded(*result); });

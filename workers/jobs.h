@@ -14,15 +14,29 @@
 namespace pbllm {
 
 struct QatSettings;
+struct ModelConfig;
+enum class ModelFormat;
 
-/// Opens a model file or folder (llama2.c, Hugging Face, .pbllm.h5) with its tokenizer and
-/// computes what the Model and Distributions pages show.
+/// How the studio holds a model's weights on the CPU.
+enum class StudioStorage {
+    Auto,    ///< mapped when a Hugging Face model's float32 copy would pass kStudioMapAboveBytes
+    Float32, ///< float32 copies (every studio job works on them)
+    Mapped,  ///< the file's F16/BF16/F32 data mapped (Hugging Face folders; other formats are float32)
+};
+/// 1 GiB of float32 weights (about 270M parameters): stories110M stays float32, TinyLlama-1.1B
+/// and larger open mapped.
+constexpr std::int64_t kStudioMapAboveBytes = std::int64_t(1) << 30;
+bool studio_maps_weights(const ModelConfig& config, ModelFormat format, StudioStorage choice);
+
+/// Opens a model file or folder (llama2.c, Hugging Face, .pbllm.h5) with its tokenizer: shapes
+/// and the summary only (weight statistics are LinearStatsService's), in seconds for 7B.
 class LoadModelJob : public Job {
     Q_OBJECT
 public:
     using Job::Job;
     /// `device`: "cpu" or "cuda[:N]" (an error when libtorch has no CUDA).
-    bool start(const QString& path, const QString& device = QStringLiteral("cpu"));
+    bool start(const QString& path, const QString& device = QStringLiteral("cpu"),
+               StudioStorage storage = StudioStorage::Auto);
 Q_SIGNALS:
     void loaded(std::shared_ptr<const pbllm::LoadedModel> model);
 };

@@ -34,9 +34,17 @@ struct LinearInfo {
     QString name;             ///< "model.layers.3.self_attn.q_proj"
     QString kind;             ///< "q_proj"
     std::int64_t rows = 0, cols = 0;
-    double mean = 0.0, std = 0.0, abs_max = 0.0, kurtosis = 0.0, outlier_fraction = 0.0;
-    Bins weights;             ///< histogram of W
     std::int64_t weight_count() const { return rows * cols; }
+};
+
+/// Weight statistics of one Linear, computed on demand (LinearStatsService): opening a model
+/// reads no weight data, so a 7B folder opens in seconds.
+struct LinearStats {
+    double mean = 0.0, std = 0.0, abs_max = 0.0, kurtosis = 0.0, outlier_fraction = 0.0;
+    std::int64_t nonfinite = 0; ///< NaN/Inf weights (a mapped model is opened without a full scan)
+    Bins weights;               ///< histogram of W
+    double seconds = 0.0;       ///< what computing them took
+    QString error;              ///< why they could not be computed ("" when they were)
 };
 
 struct LoadedModel {
@@ -52,6 +60,7 @@ struct LoadedModel {
     std::int64_t quantizable_weights = 0; ///< weights of the Linears above
     std::int64_t fp16_bytes = 0;          ///< the whole model stored as FP16: the size to compare with
     double load_seconds = 0.0;
+    bool mapped = false; ///< weights memory-mapped in the file's precision (big models), not float32 copies
 };
 
 struct CalibrationResult {
@@ -80,6 +89,10 @@ struct PreviewSnapshot {
     double headline_bits = 0.0, bitmap_bits = 0.0, index_bits = 0.0, estimated_bits = 0.0;
     std::int64_t estimated_file_bytes = 0; ///< quantized Linears + FP16 rest + container overhead
     double milliseconds = 0.0;
+    /// Share of the weights the figures come from: 1 = every row (exact), below 1 = estimates
+    /// from evenly spaced rows of each Linear (big models while the slider moves).
+    double sampled_fraction = 1.0;
+    bool exact() const { return sampled_fraction >= 1.0; }
 };
 
 struct BitsSummary {
@@ -129,6 +142,7 @@ Q_DECLARE_METATYPE(std::shared_ptr<const pbllm::LoadedModel>)
 Q_DECLARE_METATYPE(std::shared_ptr<const pbllm::CalibrationResult>)
 Q_DECLARE_METATYPE(std::shared_ptr<const pbllm::RunResult>)
 Q_DECLARE_METATYPE(pbllm::PreviewSnapshot)
+Q_DECLARE_METATYPE(pbllm::LinearStats)
 Q_DECLARE_METATYPE(pbllm::ExportResult)
 Q_DECLARE_METATYPE(pbllm::GenerationOutcome)
 Q_DECLARE_METATYPE(pbllm::TrainingStep)

@@ -106,7 +106,7 @@ int main(int argc, char** argv)
     parser.addVersionOption();
     parser.addOption({"screenshot", "Render a page with the model loaded to FILE.png and exit.", "FILE"});
     parser.addOption({"page", "Page for --screenshot: model, distributions, tuning, run, export, compare.", "PAGE", "model"});
-    parser.addOption({"bench", "Measure opening, slider latency and compare memory on SHAPE (stories260K or synthetic-110M), print JSON, exit.", "SHAPE"});
+    parser.addOption({"bench", "Measure opening, slider latency and memory on SHAPE (stories260K, synthetic-110M or a model folder), print JSON, exit.", "SHAPE"});
     parser.addPositionalArgument("MODEL", "Model file or folder (default: stories260K).", "[MODEL]");
     parser.process(app);
     configure_runtime(StudioSettings::load().threads);

@@ -7,10 +7,12 @@
 #include "core/llama2c.h"
 #include "core/model_io.h"
 #include "core/synthetic.h"
+#include "core/system.h"
 
 #include <QElapsedTimer>
 #include <QEventLoop>
 #include <QFile>
+#include <QFileInfo>
 #include <QJsonDocument>
 #include <QJsonObject>
 #include <QSlider>
@@ -43,22 +45,118 @@ bool wait_for(Sender* sender, Signal signal, int ms)
 /// VmHWM and VmRSS of this process in bytes.
 std::pair<double, double> memory_now()
 {
-    QFile f("/proc/self/status");
-    double hwm = 0, rss = 0;
-    if (f.open(QIODevice::ReadOnly))
-        for (const QByteArray& line : f.readAll().split('\n')) {
-            if (line.startsWith("VmHWM:"))
-                hwm = line.mid(6).trimmed().split(' ').first().toDouble() * 1024;
-            if (line.startsWith("VmRSS:"))
-                rss = line.mid(6).trimmed().split(' ').first().toDouble() * 1024;
-        }
-    return {hwm, rss};
+    return {static_cast<double>(peak_resident_bytes()), static_cast<double>(current_resident_bytes())};
 }
 
 double median(std::vector<double> v)
 {
     std::sort(v.begin(), v.end());
     return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+/// RssAnon of this process in bytes: its own memory, without the mapped model's page cache.
+double anonymous_now()
+{
+    QFile f("/proc/self/status");
+    if (f.open(QIODevice::ReadOnly))
+        for (const QByteArray& line : f.readAll().split('\n'))
+            if (line.startsWith("RssAnon:"))
+                return line.mid(8).trimmed().split(' ').first().toDouble() * 1024;
+    return 0.0;
+}
+
+/// A big model opened from its folder (mapped): Model page, one Linear's distributions,
+/// sampled slider previews and the exact pass after a release. Magnitude metric (calibrating a
+/// 7B model keeps every Hessian: the studio refuses it with the figures).
+int bench_big_model(MainWindow& window, const QString& path)
+{
+    StudioContext& ctx = window.context();
+    TuningPage* tuning = window.tuningPage();
+    QuantPlan plan = ctx.plan();
+    plan.config.layer.metric = SaliencyMetric::Magnitude;
+    ctx.setPlan(plan);
+    window.showPage("model");
+    QElapsedTimer clock;
+    clock.start();
+    window.openModel(path);
+    if (!wait_for(&ctx, &StudioContext::modelChanged, 600000))
+        return 1;
+    const double model_page_s = clock.nsecsElapsed() / 1e9;
+    const double anon_open = anonymous_now();
+    if (!wait_for(tuning, &TuningPage::chartUpdated, 600000))
+        return 1;
+    const double first_preview_s = clock.nsecsElapsed() / 1e9;
+
+    // The largest Linear of the middle block: its statistics and its saliency detail.
+    const auto& m = ctx.model();
+    const int linear = (m->n_layers / 2) * 7 + 6;
+    window.showPage("distributions");
+    clock.restart();
+    double stats_s = -1, detail_s = -1;
+    QEventLoop loop;
+    QObject::connect(&ctx.stats(), &LinearStatsService::statsReady, &loop, [&](int i) {
+        if (i == linear && stats_s < 0)
+            stats_s = clock.nsecsElapsed() / 1e9;
+        if (stats_s >= 0 && detail_s >= 0)
+            loop.quit();
+    });
+    QObject::connect(&ctx.previews(), &PreviewService::detailReady, &loop, [&](std::uint64_t, const LinearDetail& d) {
+        if (d.linear == linear && detail_s < 0)
+            detail_s = clock.nsecsElapsed() / 1e9;
+        if (stats_s >= 0 && detail_s >= 0)
+            loop.quit();
+    });
+    QTimer::singleShot(600000, &loop, &QEventLoop::quit);
+    ctx.selectLinear(linear);
+    loop.exec();
+
+    window.showPage("tuning");
+    QSlider* slider = tuning->ratioSlider();
+    slider->setSliderDown(true); // a drag: sampled previews
+    std::vector<double> latency_ms;
+    for (int i = 0; i < 21; ++i) {
+        QEventLoop pause;
+        QTimer::singleShot(100, &pause, &QEventLoop::quit);
+        pause.exec();
+        QElapsedTimer t;
+        t.start();
+        slider->setValue(slider->maximum() * (i % 2 ? 1 : 3) / 10 + i);
+        if (!wait_for(tuning, &TuningPage::chartUpdated, 60000))
+            return 1;
+        latency_ms.push_back(t.nsecsElapsed() / 1e6);
+    }
+    clock.restart();
+    double exact_s = -1;
+    QEventLoop exact_loop;
+    QObject::connect(&ctx.previews(), &PreviewService::previewReady, &exact_loop, [&](const PreviewSnapshot& snap) {
+        if (snap.exact()) {
+            exact_s = clock.nsecsElapsed() / 1e9;
+            exact_loop.quit();
+        }
+    });
+    QTimer::singleShot(1800000, &exact_loop, &QEventLoop::quit);
+    slider->setSliderDown(false); // the release asks for the exact figures
+    exact_loop.exec();
+    const auto [hwm, rss] = memory_now();
+    QJsonObject out{{"model", path},
+                    {"linears", static_cast<int>(m->linears.size())},
+                    {"mapped", m->mapped},
+                    {"model_page_seconds", model_page_s},
+                    {"first_preview_seconds", first_preview_s},
+                    {"anon_mb_at_model_page", anon_open / 1e6},
+                    {"selected_linear", m->linears[static_cast<std::size_t>(linear)].name},
+                    {"selected_stats_seconds", stats_s},
+                    {"selected_detail_seconds", detail_s},
+                    {"sampled_fraction", ctx.previews().sampledFraction()},
+                    {"slider_sampled_ms_median", median(latency_ms)},
+                    {"slider_sampled_ms_max", *std::max_element(latency_ms.begin(), latency_ms.end())},
+                    {"exact_pass_seconds", exact_s},
+                    {"stats_computed_by_then", ctx.stats().computed()},
+                    {"peak_rss_mb", hwm / 1e6},
+                    {"rss_mb", rss / 1e6},
+                    {"anon_mb", anonymous_now() / 1e6}};
+    std::printf("%s", QJsonDocument(out).toJson(QJsonDocument::Indented).constData());
+    return 0;
 }
 
 } // namespace
@@ -76,8 +174,10 @@ int run_studio_bench(MainWindow& window, const QString& shape, const QElapsedTim
         path = scratch.filePath("synthetic-110M.bin");
         save_llama2c_v1(make_synthetic_model(c, 0), path.toStdString());
         QFile::copy(QString::fromStdString(def.tokenizer_path), scratch.filePath("tokenizer.model"));
+    } else if (QFileInfo(shape).isDir()) {
+        return bench_big_model(window, QFileInfo(shape).absoluteFilePath());
     } else {
-        std::fprintf(stderr, "pbllm-studio: --bench %s: use stories260K or synthetic-110M\n", qPrintable(shape));
+        std::fprintf(stderr, "pbllm-studio: --bench %s: use stories260K, synthetic-110M or a model folder\n", qPrintable(shape));
         return 2;
     }
     StudioContext& ctx = window.context();
