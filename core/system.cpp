@@ -21,6 +21,10 @@
 #include <mutex>
 #include <thread>
 #include <unistd.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include <unordered_map>
 #include <vector>
 #ifdef PBLLM_SANITIZER_BUILD
@@ -126,6 +130,12 @@ std::atomic<int>& configured_threads()
 
 } // namespace
 
+int configured_thread_count()
+{
+    const int threads = configured_threads().load();
+    return threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 int configure_runtime(int threads)
 {
     // Tensors above glibc's default 128 KiB mmap threshold are mapped and unmapped on every
@@ -214,6 +224,14 @@ void adapt_threads_to_load()
     const int wanted = threads_beside(others, cores, configured);
     if (wanted != at::get_num_threads())
         at::set_num_threads(wanted);
+}
+
+void set_threads_here(int threads)
+{
+    at::init_num_threads(); // ATen's lazy per-thread set-up first, or its first use would undo this
+#ifdef _OPENMP
+    omp_set_num_threads(std::max(threads, 1)); // this thread's own; at::set_num_threads changes the default
+#endif
 }
 
 namespace {

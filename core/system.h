@@ -22,6 +22,13 @@ int configure_runtime(int threads = 0);
 /// reduction split over another number of threads rounds differently. PBLLM_FIXED_THREADS in the
 /// environment turns it off.
 void adapt_threads_to_load();
+/// Sets how many threads the parallel regions the calling thread starts use (other threads
+/// keep theirs), for background work beside interactive work in one process: on 2 cores, three
+/// threads each starting 2-thread regions made a studio slider move wait seconds on OpenMP
+/// barriers.
+void set_threads_here(int threads);
+/// The thread count configure_runtime chose (the hardware threads before it is called).
+int configured_thread_count();
 /// The rule adapt_threads_to_load applies: the cores other runnable tasks leave, at least one,
 /// at most `configured`.
 int threads_beside(int other_runnable_tasks, int cores, int configured);

@@ -2,6 +2,7 @@
 // input with a readable message, prompt cancellation that leaves the inputs untouched, and the
 // preview service's stale-result dropping.
 #include "tests/support/test_support.h"
+#include "workers/background.h"
 #include "workers/jobs.h"
 #include "workers/linear_stats_service.h"
 #include "workers/preview_service.h"
@@ -10,6 +11,7 @@
 #include "core/model.h"
 #include "core/ptq.h"
 #include "core/synthetic.h"
+#include "core/system.h"
 #include "core/tokenizer.h"
 
 #include <ATen/ATen.h>
@@ -146,6 +148,26 @@ private Q_SLOTS:
         QVERIFY(!studio_maps_weights(stories110m_shape(), ModelFormat::HuggingFace, StudioStorage::Auto));
         QVERIFY(studio_maps_weights(tinyllama_1b_shape(), ModelFormat::HuggingFace, StudioStorage::Auto));
         QVERIFY(!studio_maps_weights(tinyllama_1b_shape(), ModelFormat::Llama2cV1, StudioStorage::Auto));
+    }
+
+    void backgroundWorkYieldsToInteractiveWork()
+    {
+        // Each running unit takes one core from interactive work (never below one), and a unit
+        // boundary waits until interactive work has been quiet for 300 ms.
+        const int all = configured_thread_count();
+        QCOMPARE(background::interactive_threads(), all);
+        {
+            const background::Unit unit;
+            QCOMPARE(background::interactive_threads(), std::max(1, all - 1));
+            const background::Unit another;
+            QCOMPARE(background::interactive_threads(), std::max(1, all - 2));
+        }
+        QCOMPARE(background::interactive_threads(), all);
+        background::interactive_now();
+        QElapsedTimer waited;
+        waited.start();
+        background::yield_to_interactive();
+        QVERIFY2(waited.elapsed() >= 250, qPrintable(QString::number(waited.elapsed())));
     }
 
     void sampledPreviewsEstimateAndTheExactPassMatchesUnsampled()

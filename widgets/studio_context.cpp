@@ -87,7 +87,12 @@ void StudioContext::setCalibration(std::shared_ptr<const CalibrationResult> cali
 
 void StudioContext::setPlan(const QuantPlan& plan)
 {
-    const bool metric_changed = plan.config.layer.metric != plan_.config.layer.metric;
+    // Before calibration every Hessian metric is previewed as magnitude: switching between them
+    // changes nothing to prepare again (for 7B that is seconds of reading the file).
+    const auto previewed = [this](SaliencyMetric m) {
+        return m != SaliencyMetric::Magnitude && !calibration_ ? SaliencyMetric::Magnitude : m;
+    };
+    const bool metric_changed = previewed(plan.config.layer.metric) != previewed(plan_.config.layer.metric);
     plan_ = plan;
     if (metric_changed)
         preparePreviews();

@@ -215,6 +215,11 @@ bool QuantizeJob::start(std::shared_ptr<const LoadedModel> model, const RunReque
                                    });
                 out->method = QString::fromStdString(to_string(cfg.layer.method));
             } else {
+                // A float32 teacher and student, their gradients and AdamW's two moments: refused
+                // with the figures rather than killed (a 1.1B model needs about 26 GB).
+                require_memory(model->parameters * 24, "QAT of " + model->display_name.toStdString() +
+                                                           " (float32 teacher, student, gradients and AdamW state: "
+                                                           "about 24 bytes a parameter)");
                 QatSettings s;
                 s.salient_ratio = cfg.layer.salient_ratio;
                 s.salient_bits = cfg.layer.salient_bits == 16 ? 8 : cfg.layer.salient_bits;

@@ -1,5 +1,7 @@
 #include "workers/linear_stats_service.h"
 
+#include "workers/background.h"
+
 #include "core/model.h"
 #include "core/tensor_stats.h"
 
@@ -107,12 +109,19 @@ void LinearStatsService::work()
 {
     QPointer<LinearStatsService> self(this);
     for (;;) {
+        bool asked = false;
+        {
+            const std::lock_guard<std::mutex> lock(mutex_);
+            asked = !requested_.empty();
+        }
+        if (!asked)
+            background::yield_to_interactive(); // the background pass waits while sliders move
         std::shared_ptr<const LoadedModel> model;
         std::uint64_t generation = 0;
         int linear = -1;
         {
             const std::lock_guard<std::mutex> lock(mutex_);
-            while (!requested_.empty() && linear < 0) {
+            while (!requested_.empty() && linear < 0) { // asked for: served at once
                 const int i = requested_.front();
                 requested_.pop_front();
                 if (!taken_[static_cast<std::size_t>(i)])
@@ -134,6 +143,7 @@ void LinearStatsService::work()
         }
         LinearStats stats;
         try {
+            const background::Unit unit;
             stats = compute_linear_stats(*model, linear);
         } catch (const std::exception& e) {
             stats.error = QString::fromUtf8(e.what()); // shown in place of the figures, never a crash

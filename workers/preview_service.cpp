@@ -4,6 +4,8 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "core/preview.h"
+#include "core/system.h"
+#include "workers/background.h"
 #include "core/tokenizer.h"
 
 #include <ATen/ATen.h>
@@ -47,6 +49,7 @@ void PreviewService::prepare(std::shared_ptr<const LoadedModel> model, std::shar
     const double fraction =
         model->quantizable_weights > sample_budget_ ? static_cast<double>(sample_budget_) / static_cast<double>(model->quantizable_weights) : 1.0;
     pool_.start([this, self, gen, model, calibration, metric, fraction] {
+        set_threads_here(background::interactive_threads());
         std::vector<std::shared_ptr<LayerPreview>> previews;
         QString error;
         try {
@@ -195,6 +198,8 @@ std::uint64_t PreviewService::enqueue(const QuantPlan& plan, bool exact)
     pool_.start([this, self, id, plan, exact] {
         if (id != latest_.load() || previews_.empty())
             return;
+        background::interactive_now();
+        set_threads_here(background::interactive_threads());
         const auto stale = [&](std::size_t) { return id != latest_.load(); };
         const auto deliver = [&](const PreviewSnapshot& snap) {
             QMetaObject::invokeMethod(
@@ -227,7 +232,11 @@ void PreviewService::exact_pass(std::uint64_t id, const QuantPlan& plan, const L
                                 const CalibrationResult* calibration, SaliencyMetric metric)
 {
     QPointer<PreviewService> self(this);
-    const auto stale = [&](std::size_t) { return id != latest_.load(); };
+    const background::Unit unit;
+    const auto stale = [&](std::size_t) {
+        background::yield_to_interactive(); // between Linears: the sliders first
+        return id != latest_.load();
+    };
     try {
         // The exact pass: each whole Linear built, previewed and dropped in turn.
         const int total = static_cast<int>(model.linears.size());
@@ -310,6 +319,8 @@ void PreviewService::serve_detail()
             self, [self, id, d] { if (self && id == self->latest_detail_.load()) Q_EMIT self->detailReady(id, d); },
             Qt::QueuedConnection);
     };
+    background::interactive_now();
+    set_threads_here(background::interactive_threads());
     const std::shared_ptr<LayerPreview>& p = previews_[static_cast<std::size_t>(r.linear)];
     if (!p->sampled() || whole_detail_linear_.load() != r.linear) // at once (from the row sample if sampled)
         deliver(detail_of(p, r.linear, r.ratio, r.rows, r.cols, histogram_of_, histogram_));
@@ -321,6 +332,7 @@ void PreviewService::serve_detail()
     detail_pool_.start([this, r, deliver, generation, model = model_, calibration = calibration_, metric = prepared_metric_] {
         if (r.id != latest_detail_.load() || generation != generation_.load())
             return;
+        const background::Unit unit;
         if (!whole_detail_ || whole_detail_generation_ != generation || whole_detail_index_ != r.linear) {
             whole_detail_.reset(); // one whole Linear in memory at a time
             whole_histogram_of_.reset();
