@@ -57,6 +57,28 @@ double median(std::vector<double> v)
     return v.empty() ? 0.0 : v[v.size() / 2];
 }
 
+/// 21 slider moves 100 ms apart, each timed from the new value to the updated chart; empty when
+/// a chart did not come within a minute.
+std::vector<double> slider_latencies(TuningPage* tuning)
+{
+    std::vector<double> latency_ms;
+    QSlider* slider = tuning->ratioSlider();
+    for (int i = 0; i < 21; ++i) {
+        // A pause longer than the 40 ms redraw throttle: this measures a move's own latency
+        // (preview of every Linear + redraw), not the throttle.
+        QEventLoop pause;
+        QTimer::singleShot(100, &pause, &QEventLoop::quit);
+        pause.exec();
+        QElapsedTimer t;
+        t.start();
+        slider->setValue(slider->maximum() * (i % 2 ? 1 : 3) / 10 + i);
+        if (!wait_for(tuning, &TuningPage::chartUpdated, 60000))
+            return {};
+        latency_ms.push_back(t.nsecsElapsed() / 1e6);
+    }
+    return latency_ms;
+}
+
 /// RssAnon of this process in bytes: its own memory, without the mapped model's page cache.
 double anonymous_now()
 {
@@ -117,18 +139,9 @@ int bench_big_model(MainWindow& window, const QString& path)
     const double show_tuning_s = clock.nsecsElapsed() / 1e9;
     QSlider* slider = tuning->ratioSlider();
     slider->setSliderDown(true); // a drag: sampled previews
-    std::vector<double> latency_ms;
-    for (int i = 0; i < 21; ++i) {
-        QEventLoop pause;
-        QTimer::singleShot(100, &pause, &QEventLoop::quit);
-        pause.exec();
-        QElapsedTimer t;
-        t.start();
-        slider->setValue(slider->maximum() * (i % 2 ? 1 : 3) / 10 + i);
-        if (!wait_for(tuning, &TuningPage::chartUpdated, 60000))
-            return 1;
-        latency_ms.push_back(t.nsecsElapsed() / 1e6);
-    }
+    const std::vector<double> latency_ms = slider_latencies(tuning);
+    if (latency_ms.empty())
+        return 1;
     clock.restart();
     double exact_s = -1;
     QEventLoop exact_loop;
@@ -203,21 +216,9 @@ int run_studio_bench(MainWindow& window, const QString& shape, const QElapsedTim
     window.distributionsPage()->calibrateJob().start(ctx.model(), ctx.settings().calibration_text, 8, 256, 0);
     if (!wait_for(&ctx.previews(), &PreviewService::prepared, 600000) || !wait_for(tuning, &TuningPage::chartUpdated, 60000))
         return 1;
-    std::vector<double> latency_ms;
-    QSlider* slider = tuning->ratioSlider();
-    for (int i = 0; i < 21; ++i) {
-        // A pause longer than the 40 ms redraw throttle: this measures a move's own latency
-        // (preview of every Linear + redraw), not the throttle.
-        QEventLoop pause;
-        QTimer::singleShot(100, &pause, &QEventLoop::quit);
-        pause.exec();
-        QElapsedTimer t;
-        t.start();
-        slider->setValue(slider->maximum() * (i % 2 ? 1 : 3) / 10 + i);
-        if (!wait_for(tuning, &TuningPage::chartUpdated, 60000))
-            return 1;
-        latency_ms.push_back(t.nsecsElapsed() / 1e6);
-    }
+    const std::vector<double> latency_ms = slider_latencies(tuning);
+    if (latency_ms.empty())
+        return 1;
     QJsonObject out{{"model", shape},
                     {"open_seconds", open_seconds},
                     {"slider_ms_median", median(latency_ms)},
