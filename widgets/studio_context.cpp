@@ -71,11 +71,7 @@ void StudioContext::setModel(std::shared_ptr<const LoadedModel> model)
     Q_EMIT modelChanged();
     Q_EMIT calibrationChanged();
     Q_EMIT runChanged();
-    // Before calibration only the magnitude metric can be previewed.
-    if (plan_.config.layer.metric != SaliencyMetric::Magnitude)
-        previews_.prepare(model_, nullptr, SaliencyMetric::Magnitude);
-    else
-        preparePreviews();
+    previews_.prepare(model_, nullptr, previewedMetric(plan_.config.layer.metric)); // no calibration yet
 }
 
 void StudioContext::setCalibration(std::shared_ptr<const CalibrationResult> calibration)
@@ -87,12 +83,9 @@ void StudioContext::setCalibration(std::shared_ptr<const CalibrationResult> cali
 
 void StudioContext::setPlan(const QuantPlan& plan)
 {
-    // Before calibration every Hessian metric is previewed as magnitude: switching between them
-    // changes nothing to prepare again (for 7B that is seconds of reading the file).
-    const auto previewed = [this](SaliencyMetric m) {
-        return m != SaliencyMetric::Magnitude && !calibration_ ? SaliencyMetric::Magnitude : m;
-    };
-    const bool metric_changed = previewed(plan.config.layer.metric) != previewed(plan_.config.layer.metric);
+    // A switch that changes nothing to preview (between Hessian metrics before calibration) is
+    // not prepared again: for 7B that is seconds of reading the file.
+    const bool metric_changed = previewedMetric(plan.config.layer.metric) != previewedMetric(plan_.config.layer.metric);
     plan_ = plan;
     if (metric_changed)
         preparePreviews();
@@ -121,16 +114,19 @@ void StudioContext::startStatsPass()
     start_stats_after_previews_ = false;
 }
 
+SaliencyMetric StudioContext::previewedMetric(SaliencyMetric metric) const
+{
+    // The Hessian metrics need calibration; until then previews use the magnitude.
+    return metric != SaliencyMetric::Magnitude && !calibration_ ? SaliencyMetric::Magnitude : metric;
+}
+
 void StudioContext::preparePreviews()
 {
     if (!model_)
         return;
-    const SaliencyMetric metric = plan_.config.layer.metric;
-    if (metric != SaliencyMetric::Magnitude && !calibration_) {
-        previews_.prepare(model_, nullptr, SaliencyMetric::Magnitude);
+    const SaliencyMetric metric = previewedMetric(plan_.config.layer.metric);
+    if (metric != plan_.config.layer.metric)
         Q_EMIT status(tr("Previews use the magnitude metric until the model is calibrated"));
-        return;
-    }
     previews_.prepare(model_, calibration_, metric);
 }
 

@@ -59,6 +59,7 @@ Q_SIGNALS:
 private:
     void preparePreviews();
     void startStatsPass();
+    SaliencyMetric previewedMetric(SaliencyMetric metric) const;
 
     std::shared_ptr<const LoadedModel> model_;
     std::shared_ptr<const CalibrationResult> calibration_;
