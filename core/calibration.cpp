@@ -56,28 +56,62 @@ std::string_view to_string(LinearInput input)
     return "?";
 }
 
+namespace {
+
+/// x^T x is symmetric: only the column blocks on and right of the diagonal block are computed
+/// (5/8 of the product for 4096 features, 6/11 for 11008) and the rest is mirrored once at the end.
+constexpr std::int64_t kHessianBlock = 1024;
+
+std::int64_t first_computed_column(std::int64_t row) { return row / kHessianBlock * kHessianBlock; }
+
+/// Makes the square float64 `m` exactly symmetric from its upper triangle (the diagonal blocks'
+/// products are not, to rounding), in tiles so that both sides stay in cache.
+void mirror_upper_triangle(at::Tensor& m)
+{
+    const std::int64_t n = m.size(0), tile = 64;
+    double* p = m.data_ptr<double>();
+    at::parallel_for(0, (n + tile - 1) / tile, 1, [&](std::int64_t t0, std::int64_t t1) {
+        for (std::int64_t r0 = t0 * tile; r0 < std::min(n, t1 * tile); r0 += tile)
+            for (std::int64_t c0 = 0; c0 <= r0; c0 += tile)
+                for (std::int64_t r = r0; r < std::min(n, r0 + tile); ++r)
+                    for (std::int64_t c = c0; c < std::min(r, c0 + tile); ++c)
+                        p[r * n + c] = p[c * n + r];
+    });
+}
+
+} // namespace
+
 HessianAccumulator::HessianAccumulator(std::int64_t features) : sum_(at::zeros({features, features}, at::kDouble)) {}
 
 void HessianAccumulator::add(const at::Tensor& x)
 {
     const at::Tensor rows = x.reshape({-1, x.size(-1)}).to(at::kCPU, at::kFloat);
+    const std::int64_t n = rows.size(1);
     if (!product_.defined())
-        product_ = at::empty({rows.size(1), rows.size(1)}, at::kFloat);
-    at::mm_out(product_, rows.t(), rows);
-    // sum += double(product), element by element. sum_.add_(product_) would first copy the whole
-    // product to float64 (a fresh tensor: page faults on every call, a quarter of the time).
+        product_ = at::empty({n, n}, at::kFloat);
+    // One product per block row, straight into the (strided) buffer: ldc = n is a valid GEMM output.
+    for (std::int64_t r0 = 0; r0 < n; r0 += kHessianBlock) {
+        const std::int64_t height = std::min(kHessianBlock, n - r0);
+        at::Tensor out = product_.narrow(0, r0, height).narrow(1, r0, n - r0);
+        at::mm_out(out, rows.narrow(1, r0, height).t(), rows.narrow(1, r0, n - r0));
+    }
+    // sum += double(product) over the computed blocks, element by element: sum_.add_(product_)
+    // would first copy the whole product to float64 (a fresh tensor: page faults on every call).
     double* sum = sum_.data_ptr<double>();
     const float* product = product_.data_ptr<float>();
-    at::parallel_for(0, product_.numel(), 1 << 16, [&](std::int64_t begin, std::int64_t end) {
-        for (std::int64_t i = begin; i < end; ++i)
-            sum[i] += static_cast<double>(product[i]);
+    at::parallel_for(0, n, 16, [&](std::int64_t begin, std::int64_t end) {
+        for (std::int64_t r = begin; r < end; ++r)
+            for (std::int64_t c = first_computed_column(r); c < n; ++c)
+                sum[r * n + c] += static_cast<double>(product[r * n + c]);
     });
     tokens_ += rows.size(0);
 }
 
 at::Tensor HessianAccumulator::hessian() const
 {
-    return tokens_ > 0 ? sum_ * (2.0 / static_cast<double>(tokens_)) : sum_.clone();
+    at::Tensor h = tokens_ > 0 ? sum_ * (2.0 / static_cast<double>(tokens_)) : sum_.clone();
+    mirror_upper_triangle(h);
+    return h;
 }
 
 at::Tensor HessianAccumulator::take_hessian()
@@ -85,9 +119,18 @@ at::Tensor HessianAccumulator::take_hessian()
     at::Tensor h = std::move(sum_);
     if (tokens_ > 0)
         h.mul_(2.0 / static_cast<double>(tokens_));
+    mirror_upper_triangle(h);
     product_ = at::Tensor();
     tokens_ = 0;
     return h;
+}
+
+double HessianAccumulator::flops_per_token(std::int64_t features)
+{
+    double computed = 0.0; // multiply-adds of the computed blocks
+    for (std::int64_t r0 = 0; r0 < features; r0 += kHessianBlock)
+        computed += static_cast<double>(std::min(kHessianBlock, features - r0)) * static_cast<double>(features - r0);
+    return 2.0 * computed;
 }
 
 std::int64_t CalibrationData::tokens() const
@@ -147,7 +190,7 @@ CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> wind
         for_each_batch(n, data.seqlen, c, [&](std::int64_t b, std::int64_t count) {
             next.narrow(0, b, count)
                 .copy_(decoder_layer_forward(c, model.layers[l], x.narrow(0, b, count), rope,
-                                             [&](LinearKind kind, const at::Tensor& input) {
+                                             [&](LinearKind kind, const at::Tensor& input, const at::Tensor&) {
                                                  if (kind == LinearKind::Q || kind == LinearKind::O ||
                                                      kind == LinearKind::Gate || kind == LinearKind::Down)
                                                      acc[static_cast<int>(input_of(kind))].add(input);

@@ -32,9 +32,11 @@ public:
     /// hessian(), made in place of the running sum (no copy); the accumulator is empty after.
     at::Tensor take_hessian();
     std::int64_t tokens() const { return tokens_; }
+    /// Floating-point operations add() spends per token on `features` inputs.
+    static double flops_per_token(std::int64_t features);
 
 private:
-    at::Tensor sum_;     // float64 sum of x x^T
+    at::Tensor sum_;     // float64 sum of x x^T; only the blocks add() computes are kept up to date
     at::Tensor product_; // float32 x^T x of one call, reused: a fresh (features x features) tensor
                          // per call cost more in page faults than the product itself
     std::int64_t tokens_ = 0;

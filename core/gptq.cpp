@@ -90,6 +90,12 @@ struct BlockKernel {
     float* err = nullptr; ///< (rows, nb)
 };
 
+/// tr(A H A^T) with one (rows x cols x cols) product, in float32 with a float64 sum.
+double hessian_energy(const at::Tensor& A, const at::Tensor& Hf)
+{
+    return (at::matmul(A, Hf) * A).sum(at::kDouble).item<double>();
+}
+
 /// Quantizes columns [b0, b1) of rows [r0, r1) of W in place, feeding each column's error into
 /// the rest of the block. Rows are independent here, so callers split them across threads.
 PBLLM_MULTIVERSION
@@ -135,7 +141,8 @@ void quantize_block_rows(const BlockKernel& k, float* W, std::int64_t r0, std::i
 } // namespace
 
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in, const at::Tensor& H,
-                                const LayerQuantSettings& settings, const GptqOptions& options)
+                                const LayerQuantSettings& settings, const GptqOptions& options,
+                                double reference_energy)
 {
     const auto start = std::chrono::steady_clock::now();
     if (W_in.dim() != 2)
@@ -220,6 +227,10 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
     float* w = W.data_ptr<float>();
 
     const std::int64_t B = options.blocksize;
+    // GPTQ's own losses: quantizing column c with the optimal update of the later columns adds
+    // ((w_c - q_c) / U_cc)^2 to tr(dW H' dW^T), H' the damped Hessian, exactly (Frantar et al.,
+    // 2022). Their sum is the output error's numerator at no cost beyond one read of each block.
+    double damped_loss = 0.0;
     for (std::int64_t b0 = 0; b0 < cols; b0 += B) {
         const std::int64_t b1 = std::min(b0 + B, cols), nb = b1 - b0;
         if (plain_gptq && options.groupsize > 0 && b0 % options.groupsize == 0 && feedback) {
@@ -236,6 +247,8 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
         k.err = err.data_ptr<float>();
         at::parallel_for(0, rows, std::max<std::int64_t>(1, 4096 / std::max<std::int64_t>(nb, 1)),
                          [&](std::int64_t r0, std::int64_t r1) { quantize_block_rows(k, w, r0, r1); });
+        if (feedback)
+            damped_loss += (err * err).sum(at::kDouble).item<double>();
         if (feedback && b1 < cols) {
             // In place: the strided view is a valid GEMM output (ldc = cols), no temporary.
             at::Tensor rest = W.narrow(1, b1, cols - b1);
@@ -256,9 +269,23 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
     q.salient_ratio = plain_gptq ? 1.0 : q.salient.to(at::kDouble).mean().item<double>();
     q.weight_error = (dW.norm() / original.norm().clamp_min(1e-30)).item<double>();
     if (H.defined() && options.measure_output_error) {
-        const at::Tensor Hf = H.to(at::kCPU, at::kFloat);
-        const double num = (at::matmul(dW, Hf) * dW).sum().item<double>();
-        const double den = (at::matmul(original, Hf) * original).sum().item<double>();
+        at::Tensor Hf; // made only when a product is needed: the fed-back path needs none
+        auto product = [&](const at::Tensor& A) {
+            if (!Hf.defined())
+                Hf = H.to(at::kCPU, at::kFloat);
+            return hessian_energy(A, Hf);
+        };
+        double num;
+        if (feedback) {
+            // H' = H + damping on every diagonal entry, + 1 more on dead columns (H_jj = 0 there).
+            const at::Tensor dead = perm.defined() ? factors.dead.index_select(0, at::argsort(perm)) : factors.dead;
+            const double all = dW.pow(2).sum(at::kDouble).item<double>();
+            const double on_dead = dW.pow(2).sum(0, /*keepdim=*/false, at::kDouble).masked_select(dead).sum().item<double>();
+            num = std::max(0.0, damped_loss - factors.damping * all - on_dead);
+        } else {
+            num = product(dW);
+        }
+        const double den = reference_energy >= 0.0 ? reference_energy : product(original);
         q.output_error = den > 0 ? num / den : 0.0;
     }
     q.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -45,13 +45,18 @@ struct GptqOptions {
     int groupsize = 0;
     double percdamp = 0.01;
     bool act_order = false;
-    bool measure_output_error = true; ///< costs one (rows x cols x cols) product
+    /// The numerator comes free from GPTQ's losses (rtn: one rows x cols x cols product); the
+    /// denominator costs one such product unless the caller passes it.
+    bool measure_output_error = true;
 };
 
 /// Quantizes W (d_out, d_in) with `settings`. H (d_in, d_in) is the calibration Hessian; it may be
-/// undefined only for magnitude saliency with method rtn. Throws Error naming `name` for
-/// impossible settings, a non-finite W or an unusable Hessian.
+/// undefined only for magnitude saliency with method rtn. `reference_energy`, when >= 0, is
+/// tr(W H W^T), the output error's denominator, measured by the caller (the layer-streamed quantizer
+/// sums the Linear's squared outputs on the calibration tokens, which is the same quantity).
+/// Throws Error naming `name` for impossible settings, a non-finite W or an unusable Hessian.
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, const at::Tensor& H,
-                                const LayerQuantSettings& settings, const GptqOptions& options);
+                                const LayerQuantSettings& settings, const GptqOptions& options,
+                                double reference_energy = -1.0);
 
 } // namespace pbllm

@@ -121,7 +121,7 @@ at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens)
 }
 
 at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer, const at::Tensor& x,
-                                 const RopeTables& rope, const LinearInputObserver& observer)
+                                 const RopeTables& rope, const LinearObserver& observer)
 {
     const std::int64_t B = x.size(0), T = x.size(1);
     const int H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim();
@@ -129,9 +129,10 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
         throw Error("sequence of " + std::to_string(T) + " tokens exceeds the RoPE table of " +
                     std::to_string(rope.cos.size(0)) + " positions");
     auto linear = [&](LinearKind kind, const at::Tensor& input) {
+        at::Tensor output = at::matmul(input, layer.weight(kind).t());
         if (observer)
-            observer(kind, input);
-        return at::matmul(input, layer.weight(kind).t());
+            observer(kind, input, output);
+        return output;
     };
 
     const at::Tensor h = rms_norm(x, layer.attn_norm, c.norm_eps);

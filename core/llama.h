@@ -15,9 +15,10 @@ struct RopeTables {
 };
 RopeTables make_rope_tables(const ModelConfig& config, int max_len);
 
-/// Sees every Linear's input (B, T, d_in) just before the Linear is applied; Q/K/V and Gate/Up
-/// receive the same tensor. Used by calibration to accumulate Hessians.
-using LinearInputObserver = std::function<void(LinearKind kind, const at::Tensor& input)>;
+/// Sees every Linear's input (B, T, d_in) and output (B, T, d_out) just after the Linear is
+/// applied; Q/K/V and Gate/Up receive the same input tensor. Calibration accumulates Hessians from
+/// the inputs; the layer-streamed quantizer the outputs' energy tr(W H W^T) as well.
+using LinearObserver = std::function<void(LinearKind kind, const at::Tensor& input, const at::Tensor& output)>;
 
 /// A weight in the precision the batched forward computes in: float32 on the CPU (libtorch 1.13
 /// has no half-precision matmul there), as stored elsewhere. The same tensor when it already is.
@@ -33,7 +34,7 @@ std::int64_t for_compute_peak_bytes(const Model& model);
 at::Tensor embed_tokens(const Model& model, const at::Tensor& tokens);
 /// One decoder block on x (B, T, dim) at positions 0..T-1 with a causal mask.
 at::Tensor decoder_layer_forward(const ModelConfig& config, const DecoderLayer& layer, const at::Tensor& x,
-                                 const RopeTables& rope, const LinearInputObserver& observer = {});
+                                 const RopeTables& rope, const LinearObserver& observer = {});
 /// Final RMSNorm and output head: (B, T, dim) -> (B, T, vocab) float32 logits.
 at::Tensor output_logits(const Model& model, const at::Tensor& x);
 /// All of the above, one layer for_compute at a time: (B, T) token ids -> (B, T, vocab) float32

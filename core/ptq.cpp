@@ -110,12 +110,19 @@ std::vector<QuantizedLinear> LayerwiseQuantizer::quantize_layer(int l, at::Tenso
     std::vector<HessianAccumulator> acc;
     for (int features : {c.dim, c.dim, c.dim, c.hidden_dim})
         acc.emplace_back(features);
+    // Each Linear's squared outputs over the windows sum to N/2 tr(W H W^T): the output error's
+    // denominator, which would otherwise cost a (rows x cols x cols) product per Linear.
+    std::array<double, kLinearKindCount> output_energy{};
     for_each_batch(n_, seqlen_, c, [&](std::int64_t b, std::int64_t count) {
-        decoder_layer_forward(c, layer, x.narrow(0, b, count), rope_, [&](LinearKind kind, const at::Tensor& input) {
-            if (first_of_input(kind))
-                acc[static_cast<int>(input_of(kind))].add(input);
-        });
+        decoder_layer_forward(c, layer, x.narrow(0, b, count), rope_,
+                              [&](LinearKind kind, const at::Tensor& input, const at::Tensor& output) {
+                                  if (first_of_input(kind))
+                                      acc[static_cast<int>(input_of(kind))].add(input);
+                                  const double norm = output.norm().item<double>();
+                                  output_energy[static_cast<std::size_t>(kind)] += norm * norm;
+                              });
     });
+    const double energy_scale = 2.0 / static_cast<double>(n_ * seqlen_); // as HessianAccumulator
     // 2. Quantize every Linear of the layer. Each Hessian is made once, in place of its sum, and
     // released after the last Linear that reads it.
     std::array<at::Tensor, kLinearInputCount> hessians;
@@ -131,7 +138,8 @@ std::vector<QuantizedLinear> LayerwiseQuantizer::quantize_layer(int l, at::Tenso
         if (s.skip) {
             layer.weight(kind) = round_to_fp16(layer.weight(kind));
         } else {
-            QuantizedLinear q = quantize_linear(name, layer.weight(kind), H, s, options_);
+            QuantizedLinear q = quantize_linear(name, layer.weight(kind), H, s, options_,
+                                                energy_scale * output_energy[static_cast<std::size_t>(kind)]);
             layer.weight(kind) = q.dequantized;
             out.push_back(std::move(q));
         }
@@ -174,10 +182,11 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
     const std::int64_t accumulating = layer_hessian_bytes(c) * 3 / 2;
     // While the largest Linear is quantized: its input's Hessian (the others are released by
     // then), its weights, working copy, result, codes and masks (~20 bytes a weight), and at most
-    // four float32 matrices of the Hessian's size at once (factors, the output-error product).
+    // three float32 matrices of the Hessian's size at once (factor_hessian's steps). The head's
+    // output-error denominator takes a product and its temporary (8 bytes a weight).
     const std::int64_t rows_cols = std::max({h * d, d * d, head});
     const std::int64_t cols = std::max(d, h);
-    const std::int64_t quantizing = cols * cols * 8 + rows_cols * 20 + cols * cols * 4 * 4;
+    const std::int64_t quantizing = cols * cols * 8 + rows_cols * 20 + cols * cols * 4 * 3 + head * 8;
     return base + std::max(accumulating, quantizing);
 }
 
@@ -189,10 +198,13 @@ double LayerwiseQuantizer::layer_flops() const
     const double weights = 2 * d * d + 2 * d * kv + 3 * d * h;
     const double attention = 4.0 * static_cast<double>(seqlen_) * d; // scores and weighted sum, per token
     const double forward = tokens * (2.0 * weights + attention);
-    const double hessians = 2.0 * tokens * (3 * d * d + h * h);
-    // GPTQ sweeps rows x cols^2 multiply-adds per Linear, the error measurement as many again.
-    const double gptq = 2.0 * 2.0 * (d * d * d + 2 * kv * d * d + d * d * d + 2 * h * d * d + d * h * h);
-    return 2.0 * forward + hessians + gptq;
+    const double hessians =
+        tokens * (3 * HessianAccumulator::flops_per_token(c.dim) + HessianAccumulator::flops_per_token(c.hidden_dim));
+    // GPTQ sweeps rows x cols^2 multiply-adds per Linear (the output error comes free from its
+    // losses and the forward's outputs); each Linear factors its Hessian (~4/3 cols^3).
+    const double gptq = 2.0 * (d * d * d + 2 * kv * d * d + d * d * d + 2 * h * d * d + d * h * h);
+    const double factor = 4.0 / 3.0 * (6 * d * d * d + h * h * h);
+    return 2.0 * forward + hessians + gptq + factor;
 }
 
 QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<int>>& windows, const QuantPlan& plan,

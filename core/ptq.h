@@ -65,7 +65,7 @@ public:
     /// float32, its Hessians, the quantizer's work on the largest Linear and attention scratch.
     std::int64_t working_bytes() const;
     /// Floating-point operations of one decoder layer's step (two forwards over the windows,
-    /// the Hessians, the GPTQ sweeps and error measurement): what per-layer times are judged by.
+    /// the Hessians, the factorisations and GPTQ sweeps): what per-layer times are judged by.
     double layer_flops() const;
 
     std::int64_t windows() const { return n_; }

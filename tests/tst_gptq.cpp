@@ -94,6 +94,52 @@ private Q_SLOTS:
         QVERIFY(std::abs(q.output_error - gptq / (at::matmul(W.to(at::kDouble), H) * W.to(at::kDouble)).sum().item<double>()) < 1e-4);
     }
 
+    void outputErrorFromGptqLossesMatchesProduct_data()
+    {
+        QTest::addColumn<int>("method");
+        QTest::addColumn<int>("groupsize");
+        QTest::addColumn<bool>("actOrder");
+        QTest::addColumn<int>("deadColumns");
+        QTest::newRow("pb-gptq") << static_cast<int>(QuantMethod::PbGptq) << 0 << false << 0;
+        QTest::newRow("pb-gptq dead columns") << static_cast<int>(QuantMethod::PbGptq) << 0 << false << 5;
+        QTest::newRow("pb-gptq act-order dead") << static_cast<int>(QuantMethod::PbGptq) << 0 << true << 3;
+        QTest::newRow("gptq 3-bit groups of 32") << static_cast<int>(QuantMethod::Gptq) << 32 << false << 2;
+    }
+
+    void outputErrorFromGptqLossesMatchesProduct()
+    {
+        // The reported error's numerator is summed from GPTQ's per-column losses (minus the damping
+        // and dead-column terms) and its denominator may be supplied: both against the product.
+        QFETCH(int, method);
+        QFETCH(int, groupsize);
+        QFETCH(bool, actOrder);
+        QFETCH(int, deadColumns);
+        const std::int64_t rows = 40, cols = 128;
+        const at::Tensor W = at::randn({rows, cols}) * 0.05;
+        at::Tensor H = correlated_hessian(cols, 1024, 3);
+        for (int i = 0; i < deadColumns; ++i) {
+            const std::int64_t c = 7 + 11 * i;
+            H.select(0, c).zero_();
+            H.select(1, c).zero_();
+        }
+        LayerQuantSettings s = pb(static_cast<QuantMethod>(method), 0.1);
+        s.bits = 3;
+        GptqOptions o;
+        o.blocksize = 32;
+        o.groupsize = groupsize;
+        o.act_order = actOrder;
+        const QuantizedLinear q = quantize_linear("w", W, H, s, o);
+        at::Tensor Wm = W.clone(); // dead columns are zeroed before quantizing; H ignores them anyway
+        Wm.masked_fill_((H.diagonal() == 0).unsqueeze(0), 0.0f);
+        const double den = output_error(Wm, at::zeros_like(Wm), H);
+        const double want = output_error(Wm, q.dequantized, H) / den;
+        QVERIFY2(std::abs(q.output_error / want - 1.0) < 1e-4,
+                 qPrintable(QString("%1 vs %2").arg(q.output_error, 0, 'g', 9).arg(want, 0, 'g', 9)));
+        const QuantizedLinear given = quantize_linear("w", W, H, s, o, /*reference_energy=*/2.0 * den);
+        QVERIFY(at::equal(given.dequantized, q.dequantized));
+        QVERIFY(std::abs(given.output_error / (want / 2.0) - 1.0) < 1e-4);
+    }
+
     void blockedEqualsUnblockedReference()
     {
         // Lazy batching is exact algebra: a naive column-by-column GPTQ in float64, updating every

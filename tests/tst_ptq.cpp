@@ -106,17 +106,29 @@ private Q_SLOTS:
         QVERIFY_THROWS_EXCEPTION(Error, sample_calibration_windows({1, 2, 3}, 1, 64, 0));
     }
 
+    void hessianAccumulatorMatchesDirectProduct_data()
+    {
+        QTest::addColumn<int>("features");
+        QTest::newRow("16") << 16;
+        QTest::newRow("2500: three column blocks, two mirrored") << 2500;
+    }
+
     void hessianAccumulatorMatchesDirectProduct()
     {
-        const at::Tensor x = at::randn({3, 50, 16});
-        HessianAccumulator acc(16);
+        QFETCH(int, features);
+        const at::Tensor x = at::randn({3, 50, features});
+        HessianAccumulator acc(features);
         acc.add(x.narrow(0, 0, 2));
         acc.add(x.narrow(0, 2, 1));
-        const at::Tensor flat = x.reshape({-1, 16}).to(at::kDouble);
+        const at::Tensor flat = x.reshape({-1, features}).to(at::kDouble);
         QCOMPARE(acc.tokens(), std::int64_t(150));
         const at::Tensor direct = at::matmul(flat.t(), flat) * (2.0 / 150);
         // Float32 partial products, float64 accumulation: agreement to float32 precision.
-        QVERIFY(max_abs_diff(acc.hessian(), direct) < 1e-5 * direct.abs().max().item<double>());
+        const double tolerance = 1e-5 * direct.abs().max().item<double>();
+        QVERIFY(max_abs_diff(acc.hessian(), direct) < tolerance);
+        const at::Tensor taken = acc.take_hessian();
+        QVERIFY(max_abs_diff(taken, direct) < tolerance);
+        QVERIFY(at::equal(taken, taken.t())); // mirrored exactly, not recomputed
     }
 
     void calibrationFileRoundTrip()
@@ -177,6 +189,20 @@ private Q_SLOTS:
             QVERIFY2(std::abs(l.salient_ratio - want) < 0.005, l.name.c_str());
             QVERIFY(l.output_error >= 0.0 && l.output_error < 1.0);
             QVERIFY(l.name.find("layers.4.self_attn") == std::string::npos);
+        }
+        // Layer 0's reported output errors against the product with its Hessian, made here from the
+        // exported model's FP16 embedding and norm: attention input for q_proj.
+        {
+            const LayerwiseQuantizer quantizer(fp, small_windows(), plan);
+            const at::Tensor h = rms_norm(quantizer.embed(), round_to_fp16(fp.layers[0].attn_norm), fp.config.norm_eps)
+                                     .reshape({-1, fp.config.dim})
+                                     .to(at::kDouble);
+            const at::Tensor H = at::matmul(h.t(), h) * (2.0 / static_cast<double>(h.size(0)));
+            const at::Tensor W = fp.layers[0].weight(LinearKind::Q).to(at::kDouble);
+            const at::Tensor dW = W - q.linears[0].dequantized.to(at::kDouble);
+            const double want = (at::matmul(dW, H) * dW).sum().item<double>() / (at::matmul(W, H) * W).sum().item<double>();
+            QVERIFY2(std::abs(q.linears[0].output_error / want - 1.0) < 1e-4,
+                     qPrintable(QString("%1 vs %2").arg(q.linears[0].output_error, 0, 'g', 9).arg(want, 0, 'g', 9)));
         }
         // The model computes with the quantized weights; skipped ones are the FP16 originals.
         QVERIFY(at::equal(q.model.layers[0].weight(LinearKind::Q), q.linears[0].dequantized));
