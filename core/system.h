@@ -7,8 +7,10 @@
 namespace pbllm {
 
 /// Sets libtorch's intra-op threads (threads <= 0: OMP_NUM_THREADS if set, else all hardware
-/// threads) and raises glibc's mmap/trim thresholds so hot loops do not page-fault on every big
-/// tensor allocation. Call once at start-up; returns the thread count in use.
+/// threads), raises glibc's mmap/trim thresholds and puts big tensors on huge pages
+/// (core/cpu_allocator.h; PBLLM_HUGE_PAGES=0 in the environment keeps libtorch's allocator) so
+/// hot loops do not page-fault on every big tensor allocation. Call once at start-up; returns the
+/// thread count in use.
 int configure_runtime(int threads = 0);
 
 /// Matches libtorch's (and OpenMP OpenBLAS's) thread count to the CPUs that other processes

@@ -1,5 +1,6 @@
 // The matvec kernels against their reference and an independent float64 product, the NaN/Inf
 // scan, streamed tensor statistics, and synthetic models written for benchmarks.
+#include "core/cpu_allocator.h"
 #include "core/error.h"
 #include "core/hf_model.h"
 #include "core/kernels/matvec.h"
@@ -9,6 +10,7 @@
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
+#include <c10/core/CPUAllocator.h>
 #include <QDir>
 #include <QFile>
 #include <QJsonDocument>
@@ -128,6 +130,37 @@ private Q_SLOTS:
         QCOMPARE(s.abs_max, x.abs().max().item<double>());
         QVERIFY(std::abs(s.kurtosis - (c.pow(4).mean().item<double>() / (var * var) - 3.0)) < 1e-6);
         QCOMPARE(s.outlier_fraction, (c.abs() > 3.0 * std::sqrt(var)).to(at::kDouble).mean().item<double>());
+    }
+
+    void hugePageAllocatorServesLibtorch()
+    {
+        // Results and frees are those of libtorch's allocator; blocks from 4 MiB up are mapped on
+        // their own (and advised to use huge pages) and unmapped when the tensor goes.
+        const at::Tensor a = at::randn({1100, 1000}), b = at::randn({1000, 1200});
+        const at::Tensor before = at::matmul(a, b);
+        install_huge_page_allocator();
+        if (!huge_page_allocator_installed())
+            QSKIP("sanitizer builds keep the allocator that lets ASan check every block");
+        const std::size_t mapped = huge_page_allocator_mapped_bytes();
+        {
+            const at::Tensor a2 = a.clone(), b2 = b.clone(); // 4.4 MB, 4.8 MB
+            const at::Tensor after = at::matmul(a2, b2);     // 5.3 MB
+            QVERIFY(huge_page_allocator_mapped_bytes() >= mapped + after.nbytes() + a2.nbytes() + b2.nbytes());
+            QVERIFY(at::equal(after, before));
+            const at::Tensor small = at::arange(1000, at::kFloat); // 4 KB: from malloc
+            QCOMPARE(small.sum().item<double>(), 499500.0);
+            QVERIFY(huge_page_allocator_mapped_bytes() >= mapped + after.nbytes());
+        }
+        QCOMPARE(huge_page_allocator_mapped_bytes(), mapped);
+        c10::Allocator* cpu = c10::GetCPUAllocator();
+        for (std::size_t bytes : {std::size_t(1), std::size_t(100) << 10, kHugePageBlockBytes, std::size_t(9) << 20}) {
+            auto* p = static_cast<unsigned char*>(cpu->raw_allocate(bytes));
+            QVERIFY(reinterpret_cast<std::uintptr_t>(p) % 64 == 0);
+            p[0] = 1;
+            p[bytes - 1] = 2;
+            cpu->raw_deallocate(p);
+        }
+        QCOMPARE(huge_page_allocator_mapped_bytes(), mapped);
     }
 
     void synthesizedModelLoadsLabelled()
