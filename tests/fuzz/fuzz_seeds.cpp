@@ -1,6 +1,7 @@
 // Writes the seed corpora of the fuzz targets from valid files made here: a tiny synthetic model
 // as llama2.c v1 and as a Hugging Face folder, its RTN-quantized packed checkpoint, its
-// calibration file, QuantPlan JSON, and the shared tok512 SentencePiece model.
+// calibration file, QuantPlan JSON, the shared tok512 SentencePiece model, and the folder of a
+// `pbllm quantize` interrupted after its first layer.
 // Usage: fuzz_seeds OUTPUT_DIR SHARED_DIR
 #include "core/calibration.h"
 #include "core/calibration_file.h"
@@ -8,7 +9,9 @@
 #include "core/llama2c.h"
 #include "core/packed_checkpoint.h"
 #include "core/ptq.h"
+#include "core/streamed_ptq.h"
 #include "core/synthetic.h"
+#include "core/system.h"
 #include "tests/fuzz/fuzz_common.h"
 
 #include <QDir>
@@ -47,7 +50,7 @@ int main(int argc, char** argv)
     try {
         const QDir out(QString::fromLocal8Bit(argv[1]));
         const QString shared = QString::fromLocal8Bit(argv[2]);
-        for (const char* target : {"llama2c", "hf", "packed_checkpoint", "calibration_file", "quant_plan", "tokenizer"})
+        for (const char* target : {"llama2c", "hf", "packed_checkpoint", "calibration_file", "quant_plan", "tokenizer", "resume"})
             out.mkpath(target);
         const ModelConfig c = fuzz::tiny_config();
         ModelConfig tied = c;
@@ -85,6 +88,31 @@ int main(int argc, char** argv)
         plan.rules.push_back(PlanRule{"model.layers.0.*", {}, {}, 3, {}, {}, QuantMethod::Gptq, {}});
         write_all(out.filePath("quant_plan/rules.json"), QByteArray::fromStdString(plan.to_json()));
 
+        {
+            const fuzz::ResumeRun& run = fuzz::resume_run();
+            const QString work = out.filePath("resume-work");
+            QDir().mkpath(work);
+            QuantizeToFileOptions o;
+            o.output = (work + "/out.pbllm.h5").toStdString();
+            o.model_fingerprint = "fuzz";
+            try { // stopped as the second (last) layer begins
+                quantize_to_file(run.model, run.windows, run.plan, o, [](double, std::string_view stage) {
+                    return stage.find("layer 2/2") == std::string_view::npos;
+                });
+                throw Error("the interrupted run for the resume seed was not interrupted");
+            } catch (const Cancelled&) {
+            }
+            const QString dir = QString::fromStdString(partial_folder(o.output));
+            fuzz::ResumeFiles f{read_all(dir + "/state.json").toStdString(), read_all(dir + "/layer-0000.h5").toStdString(),
+                                read_all(dir + "/stream-0001.bin").toStdString()};
+            const std::string sha = sha256_of_bytes(f.layer);
+            const std::size_t at = f.state.find(sha);
+            if (at == std::string::npos)
+                throw Error("the interrupted run's state.json does not record its layer's checksum");
+            f.state.replace(at, sha.size(), fuzz::kLayerChecksum);
+            write_all(out.filePath("resume/interrupted-after-layer-0"), QByteArray::fromStdString(fuzz::pack_resume_files(f)));
+            QDir(work).removeRecursively();
+        }
         write_all(out.filePath("tokenizer/tok512.model"), read_all(shared + "/models/stories260K/tok512.model"));
     } catch (const std::exception& e) {
         std::fprintf(stderr, "fuzz_seeds: %s\n", e.what());
