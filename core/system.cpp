@@ -144,7 +144,7 @@ int configure_runtime(int threads)
     // accepts on 64-bit; hot loops keep their big temporaries below it.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
     mallopt(M_TRIM_THRESHOLD, 256 << 20);
-    // Past it, big tensors on huge pages (core/cpu_allocator.h): PB-GPTQ 2.2x faster per layer.
+    // Past it, big tensors on huge pages (core/cpu_allocator.h): a 7B PB-GPTQ layer 1.28x faster.
     const char* huge = std::getenv("PBLLM_HUGE_PAGES");
     if (!huge || std::string(huge) != "0")
         install_huge_page_allocator();

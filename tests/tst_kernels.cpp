@@ -134,17 +134,17 @@ private Q_SLOTS:
 
     void hugePageAllocatorServesLibtorch()
     {
-        // Results and frees are those of libtorch's allocator; blocks from 4 MiB up are mapped on
+        // Results and frees are those of libtorch's allocator; blocks from 32 MiB up are mapped on
         // their own (and advised to use huge pages) and unmapped when the tensor goes.
-        const at::Tensor a = at::randn({1100, 1000}), b = at::randn({1000, 1200});
+        const at::Tensor a = at::randn({3000, 2900}), b = at::randn({2900, 3100});
         const at::Tensor before = at::matmul(a, b);
         install_huge_page_allocator();
         if (!huge_page_allocator_installed())
             QSKIP("sanitizer builds keep the allocator that lets ASan check every block");
         const std::size_t mapped = huge_page_allocator_mapped_bytes();
         {
-            const at::Tensor a2 = a.clone(), b2 = b.clone(); // 4.4 MB, 4.8 MB
-            const at::Tensor after = at::matmul(a2, b2);     // 5.3 MB
+            const at::Tensor a2 = a.clone(), b2 = b.clone(); // 34.8 MB, 36.0 MB
+            const at::Tensor after = at::matmul(a2, b2);     // 37.2 MB
             QVERIFY(huge_page_allocator_mapped_bytes() >= mapped + after.nbytes() + a2.nbytes() + b2.nbytes());
             QVERIFY(at::equal(after, before));
             const at::Tensor small = at::arange(1000, at::kFloat); // 4 KB: from malloc
@@ -153,7 +153,7 @@ private Q_SLOTS:
         }
         QCOMPARE(huge_page_allocator_mapped_bytes(), mapped);
         c10::Allocator* cpu = c10::GetCPUAllocator();
-        for (std::size_t bytes : {std::size_t(1), std::size_t(100) << 10, kHugePageBlockBytes, std::size_t(9) << 20}) {
+        for (std::size_t bytes : {std::size_t(1), std::size_t(100) << 10, kHugePageBlockBytes, std::size_t(40) << 20}) {
             auto* p = static_cast<unsigned char*>(cpu->raw_allocate(bytes));
             QVERIFY(reinterpret_cast<std::uintptr_t>(p) % 64 == 0);
             p[0] = 1;
