@@ -226,8 +226,8 @@ void verify_layer_file(const std::string& path, const std::string& sha256)
 }
 
 /// Reads the Linears `names` from a per-layer file and hands each to `fn` with its report.
-void read_linears_file(const std::string& path, const std::vector<std::string>& names,
-                       const std::function<void(PackedLinear&&, LinearReport&&)>& fn)
+void read_linears_file_unchecked(const std::string& path, const std::vector<std::string>& names,
+                                 const std::function<void(PackedLinear&&, LinearReport&&)>& fn)
 {
     quiet_hdf5();
     const Hid file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
@@ -253,6 +253,16 @@ void read_linears_file(const std::string& path, const std::vector<std::string>& 
         rep.bits = linear_bits(p);
         fn(std::move(p), std::move(rep));
     }
+}
+
+/// read_linears_file_unchecked, first in a child process: the checksum in state.json guards
+/// against damage, not against a state.json edited to match a crafted file, and such a file can
+/// crash the HDF5 library itself (found by fuzz_resume).
+void read_linears_file(const std::string& path, const std::vector<std::string>& names,
+                       const std::function<void(PackedLinear&&, LinearReport&&)>& fn)
+{
+    check_hdf5_structure(path, [&] { read_linears_file_unchecked(path, names, [](PackedLinear&&, LinearReport&&) {}); });
+    read_linears_file_unchecked(path, names, fn);
 }
 
 void write_stream(const std::string& path, int layer, const at::Tensor& x)
