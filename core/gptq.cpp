@@ -279,8 +279,9 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
         if (feedback) {
             // H' = H + damping on every diagonal entry, + 1 more on dead columns (H_jj = 0 there).
             const at::Tensor dead = perm.defined() ? factors.dead.index_select(0, at::argsort(perm)) : factors.dead;
-            const double all = dW.pow(2).sum(at::kDouble).item<double>();
-            const double on_dead = dW.pow(2).sum(0, /*keepdim=*/false, at::kDouble).masked_select(dead).sum().item<double>();
+            const at::Tensor per_column = dW.pow(2).sum(0, /*keepdim=*/false, at::kDouble); // one pass over dW
+            const double all = per_column.sum().item<double>();
+            const double on_dead = per_column.masked_select(dead).sum().item<double>();
             num = std::max(0.0, damped_loss - factors.damping * all - on_dead);
         } else {
             num = product(dW);
