@@ -62,8 +62,6 @@ namespace {
 /// (5/8 of the product for 4096 features, 6/11 for 11008) and the rest is mirrored once at the end.
 constexpr std::int64_t kHessianBlock = 1024;
 
-std::int64_t first_computed_column(std::int64_t row) { return row / kHessianBlock * kHessianBlock; }
-
 /// Makes the square float64 `m` exactly symmetric from its upper triangle (the diagonal blocks'
 /// products are not, to rounding), in tiles so that both sides stay in cache.
 void mirror_upper_triangle(at::Tensor& m)
@@ -88,22 +86,25 @@ void HessianAccumulator::add(const at::Tensor& x)
     const at::Tensor rows = x.reshape({-1, x.size(-1)}).to(at::kCPU, at::kFloat);
     const std::int64_t n = rows.size(1);
     if (!product_.defined())
-        product_ = at::empty({n, n}, at::kFloat);
-    // One product per block row, straight into the (strided) buffer: ldc = n is a valid GEMM output.
-    for (std::int64_t r0 = 0; r0 < n; r0 += kHessianBlock) {
-        const std::int64_t height = std::min(kHessianBlock, n - r0);
-        at::Tensor out = product_.narrow(0, r0, height).narrow(1, r0, n - r0);
-        at::mm_out(out, rows.narrow(1, r0, height).t(), rows.narrow(1, r0, n - r0));
-    }
-    // sum += double(product) over the computed blocks, element by element: sum_.add_(product_)
-    // would first copy the whole product to float64 (a fresh tensor: page faults on every call).
+        product_ = at::empty({std::min(kHessianBlock, n), n}, at::kFloat);
     double* sum = sum_.data_ptr<double>();
     const float* product = product_.data_ptr<float>();
-    at::parallel_for(0, n, 16, [&](std::int64_t begin, std::int64_t end) {
-        for (std::int64_t r = begin; r < end; ++r)
-            for (std::int64_t c = first_computed_column(r); c < n; ++c)
-                sum[r * n + c] += static_cast<double>(product[r * n + c]);
-    });
+    // One product per block row, straight into the (strided) buffer: ldc = n is a valid GEMM
+    // output. Then sum += double(product) element by element: sum_.add_(...) would first copy the
+    // product to float64 (a fresh tensor: page faults on every call).
+    for (std::int64_t r0 = 0; r0 < n; r0 += kHessianBlock) {
+        const std::int64_t height = std::min(kHessianBlock, n - r0), width = n - r0;
+        at::Tensor out = product_.narrow(0, 0, height).narrow(1, 0, width);
+        at::mm_out(out, rows.narrow(1, r0, height).t(), rows.narrow(1, r0, width));
+        at::parallel_for(0, height, 16, [&](std::int64_t begin, std::int64_t end) {
+            for (std::int64_t i = begin; i < end; ++i) {
+                double* to = sum + (r0 + i) * n + r0;
+                const float* from = product + i * n;
+                for (std::int64_t j = 0; j < width; ++j)
+                    to[j] += static_cast<double>(from[j]);
+            }
+        });
+    }
     tokens_ += rows.size(0);
 }
 
@@ -138,13 +139,35 @@ std::int64_t CalibrationData::tokens() const
     return windows.empty() ? 0 : static_cast<std::int64_t>(windows.size()) * static_cast<std::int64_t>(windows[0].size());
 }
 
+namespace {
+
+/// A decoder layer's float32 activations per window: attention scores, the MLP's hidden
+/// states and a few residual-sized temporaries.
+std::int64_t activation_bytes_per_window(std::int64_t seqlen, const ModelConfig& c)
+{
+    return seqlen * (c.n_heads * seqlen + 4 * c.hidden_dim + 8 * c.dim) * 4;
+}
+
+/// Windows per batch: about 128 MiB of activations, 1 to 32 windows.
+std::int64_t batch_windows(std::int64_t seqlen, const ModelConfig& c)
+{
+    return std::clamp<std::int64_t>((128ll << 20) / std::max<std::int64_t>(activation_bytes_per_window(seqlen, c), 1),
+                                    1, 32);
+}
+
+} // namespace
+
 void for_each_batch(std::int64_t windows, std::int64_t seqlen, const ModelConfig& c,
                     const std::function<void(std::int64_t, std::int64_t)>& fn)
 {
-    const std::int64_t per_window = seqlen * (c.n_heads * seqlen + 4 * c.hidden_dim + 8 * c.dim) * 4;
-    const std::int64_t batch = std::clamp<std::int64_t>((128ll << 20) / std::max<std::int64_t>(per_window, 1), 1, 32);
+    const std::int64_t batch = batch_windows(seqlen, c);
     for (std::int64_t b = 0; b < windows; b += batch)
         fn(b, std::min(batch, windows - b));
+}
+
+std::int64_t batch_activation_bytes(std::int64_t windows, std::int64_t seqlen, const ModelConfig& c)
+{
+    return std::min(windows, batch_windows(seqlen, c)) * activation_bytes_per_window(seqlen, c);
 }
 
 std::int64_t layer_hessian_bytes(const ModelConfig& c)

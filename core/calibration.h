@@ -37,8 +37,8 @@ public:
 
 private:
     at::Tensor sum_;     // float64 sum of x x^T; only the blocks add() computes are kept up to date
-    at::Tensor product_; // float32 x^T x of one call, reused: a fresh (features x features) tensor
-                         // per call cost more in page faults than the product itself
+    at::Tensor product_; // float32, one block row of x^T x at a time (1024 x features), reused:
+                         // a fresh tensor per call cost more in page faults than the product
     std::int64_t tokens_ = 0;
 };
 
@@ -58,6 +58,8 @@ struct CalibrationData {
 void for_each_batch(std::int64_t windows, std::int64_t seqlen, const ModelConfig& config,
                     const std::function<void(std::int64_t, std::int64_t)>& fn);
 
+/// Bytes of the activations one for_each_batch batch of a decoder layer's forward holds.
+std::int64_t batch_activation_bytes(std::int64_t windows, std::int64_t seqlen, const ModelConfig& config);
 /// Bytes of one decoder layer's Hessian accumulators (float64: three dim x dim, one hidden x hidden).
 std::int64_t layer_hessian_bytes(const ModelConfig& config);
 /// Bytes of the residual streams a layer-by-layer pass over `windows` x `seqlen` tokens holds

@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 
 #include <chrono>
+#include <cmath>
 
 namespace pbllm {
 
@@ -96,6 +97,33 @@ double hessian_energy(const at::Tensor& A, const at::Tensor& Hf)
     return (at::matmul(A, Hf) * A).sum(at::kDouble).item<double>();
 }
 
+/// Sums over dW = W - Q: ||dW||^2, ||W||^2 and dW's squared column norms, in float64, with W's
+/// `dead` columns (when defined) zeroed. In chunks of rows: no (rows x cols) temporaries, which
+/// for a 7B down_proj would be 180 MB each.
+struct ErrorSums {
+    double error = 0.0, weights = 0.0;
+    at::Tensor per_column; ///< float64 (cols)
+};
+
+ErrorSums error_sums(const at::Tensor& W, const at::Tensor& Q, const at::Tensor& dead)
+{
+    const std::int64_t rows = Q.size(0), cols = Q.size(1);
+    const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t(1) << 20) / cols);
+    ErrorSums s;
+    s.per_column = at::zeros({cols}, at::kDouble);
+    for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
+        const std::int64_t n = std::min(chunk, rows - r0);
+        at::Tensor w = W.narrow(0, r0, n).to(at::kCPU, at::kDouble, /*non_blocking=*/false, /*copy=*/true);
+        if (dead.defined())
+            w.masked_fill_(dead.unsqueeze(0), 0.0);
+        const at::Tensor d = w - Q.narrow(0, r0, n).to(at::kDouble);
+        s.weights += w.pow(2).sum().item<double>();
+        s.per_column += d.pow(2).sum(0);
+    }
+    s.error = s.per_column.sum().item<double>();
+    return s;
+}
+
 /// Quantizes columns [b0, b1) of rows [r0, r1) of W in place, feeding each column's error into
 /// the rest of the block. Rows are independent here, so callers split them across threads.
 PBLLM_MULTIVERSION
@@ -140,7 +168,7 @@ void quantize_block_rows(const BlockKernel& k, float* W, std::int64_t r0, std::i
 
 } // namespace
 
-QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in, const at::Tensor& H,
+QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in, at::Tensor H,
                                 const LayerQuantSettings& settings, const GptqOptions& options,
                                 double reference_energy)
 {
@@ -174,7 +202,8 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
     at::Tensor W = W_in.to(at::kCPU, at::kFloat).clone();
     at::Tensor perm;
     HessianFactors factors;
-    if (H.defined()) {
+    const bool have_hessian = H.defined();
+    if (have_hessian) {
         at::Tensor Hd = H.to(at::kCPU, at::kDouble);
         if (options.act_order) {
             perm = at::argsort(Hd.diagonal(), /*dim=*/0, /*descending=*/true);
@@ -185,14 +214,20 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
         q.note = factors.note;
         W.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
     }
-    const at::Tensor W0 = W.clone();
+    // Past the factorisation H is needed only for a product (rtn's output error, or a
+    // denominator the caller did not measure). Otherwise this reference goes now: a caller that
+    // moved its last one in frees the Hessian (0.97 GB for a 7B down_proj) before the sweep.
+    const bool product_needed =
+        have_hessian && options.measure_output_error && (!feedback || reference_energy < 0.0);
+    if (!product_needed)
+        H = at::Tensor();
 
     // Quantizer parameters from the original W, fixed during GPTQ (METHOD.md sections 1-3).
     const int gbits = q.grid_bits();
     if (plain_gptq) {
         q.salient = at::ones({rows, cols}, at::kBool);
     } else {
-        const at::Tensor scores = saliency_scores(W, settings.metric, H.defined() ? &factors : nullptr);
+        const at::Tensor scores = saliency_scores(W, settings.metric, have_hessian ? &factors : nullptr);
         q.salient = salient_mask(scores, settings.salient_ratio, options.groupsize);
         q.binary = fit_binary_stats(W, q.salient, settings.binarizer, options.groupsize);
     }
@@ -256,6 +291,7 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
         }
     }
 
+    W = at::Tensor(); // the working copy is spent
     if (perm.defined()) {
         const at::Tensor inverse = at::argsort(perm);
         auto unpermute = [&](at::Tensor& t) { t = t.index_select(1, inverse).contiguous(); };
@@ -264,29 +300,35 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
         unpermute(q.signs);
         unpermute(q.salient);
     }
-    const at::Tensor original = perm.defined() ? W0.index_select(1, at::argsort(perm)) : W0;
-    const at::Tensor dW = original - q.dequantized;
+    // The errors are measured against W as the quantizer saw it: dead columns zeroed.
+    const at::Tensor dead = !have_hessian       ? at::Tensor()
+                            : perm.defined() ? factors.dead.index_select(0, at::argsort(perm))
+                                             : factors.dead;
+    const ErrorSums sums = error_sums(W_in, q.dequantized, dead);
     q.salient_ratio = plain_gptq ? 1.0 : q.salient.to(at::kDouble).mean().item<double>();
-    q.weight_error = (dW.norm() / original.norm().clamp_min(1e-30)).item<double>();
-    if (H.defined() && options.measure_output_error) {
+    q.weight_error = std::sqrt(sums.error) / std::max(std::sqrt(sums.weights), 1e-30);
+    if (have_hessian && options.measure_output_error) {
         at::Tensor Hf; // made only when a product is needed: the fed-back path needs none
         auto product = [&](const at::Tensor& A) {
             if (!Hf.defined())
                 Hf = H.to(at::kCPU, at::kFloat);
             return hessian_energy(A, Hf);
         };
+        auto original = [&] {
+            at::Tensor o = W_in.to(at::kCPU, at::kFloat).clone();
+            if (dead.defined())
+                o.masked_fill_(dead.unsqueeze(0), 0.0f);
+            return o;
+        };
         double num;
         if (feedback) {
             // H' = H + damping on every diagonal entry, + 1 more on dead columns (H_jj = 0 there).
-            const at::Tensor dead = perm.defined() ? factors.dead.index_select(0, at::argsort(perm)) : factors.dead;
-            const at::Tensor per_column = dW.pow(2).sum(0, /*keepdim=*/false, at::kDouble); // one pass over dW
-            const double all = per_column.sum().item<double>();
-            const double on_dead = per_column.masked_select(dead).sum().item<double>();
-            num = std::max(0.0, damped_loss - factors.damping * all - on_dead);
+            const double on_dead = sums.per_column.masked_select(dead).sum().item<double>();
+            num = std::max(0.0, damped_loss - factors.damping * sums.error - on_dead);
         } else {
-            num = product(dW);
+            num = product(original() - q.dequantized);
         }
-        const double den = reference_energy >= 0.0 ? reference_energy : product(original);
+        const double den = reference_energy >= 0.0 ? reference_energy : product(original());
         q.output_error = den > 0 ? num / den : 0.0;
     }
     q.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

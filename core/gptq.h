@@ -54,8 +54,10 @@ struct GptqOptions {
 /// undefined only for magnitude saliency with method rtn. `reference_energy`, when >= 0, is
 /// tr(W H W^T), the output error's denominator, measured by the caller (the layer-streamed quantizer
 /// sums the Linear's squared outputs on the calibration tokens, which is the same quantity).
+/// H is taken by value so that a caller can move its last reference in: it is then freed once
+/// factored, unless a product still needs it (rtn, or no `reference_energy`).
 /// Throws Error naming `name` for impossible settings, a non-finite W or an unusable Hessian.
-QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, const at::Tensor& H,
+QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
                                 const LayerQuantSettings& settings, const GptqOptions& options,
                                 double reference_energy = -1.0);
 

@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <utility>
 
 namespace pbllm {
 
@@ -54,6 +56,11 @@ bool first_of_input(LinearKind kind)
     return kind == LinearKind::Q || kind == LinearKind::O || kind == LinearKind::Gate || kind == LinearKind::Down;
 }
 
+bool last_of_input(LinearKind kind)
+{
+    return kind == LinearKind::V || kind == LinearKind::O || kind == LinearKind::Up || kind == LinearKind::Down;
+}
+
 } // namespace
 
 LayerwiseQuantizer::LayerwiseQuantizer(const Model& model, const std::vector<std::vector<int>>& windows,
@@ -89,8 +96,8 @@ at::Tensor LayerwiseQuantizer::embed() const
     return round_to_fp16(embed_tokens(model_, ids_).to(at::kCPU, at::kFloat));
 }
 
-std::vector<QuantizedLinear> LayerwiseQuantizer::quantize_layer(int l, at::Tensor& x, const StageFn& stage,
-                                                                 DecoderLayer* computed) const
+void LayerwiseQuantizer::quantize_layer(int l, at::Tensor& x, const LinearSink& take, const StageFn& stage,
+                                        DecoderLayer* computed) const
 {
     c10::InferenceMode inference;
     const ModelConfig& c = model_.config;
@@ -124,27 +131,25 @@ std::vector<QuantizedLinear> LayerwiseQuantizer::quantize_layer(int l, at::Tenso
     });
     const double energy_scale = 2.0 / static_cast<double>(n_ * seqlen_); // as HessianAccumulator
     // 2. Quantize every Linear of the layer. Each Hessian is made once, in place of its sum, and
-    // released after the last Linear that reads it.
+    // its last reader gets the last reference, so that it is freed once factored.
     std::array<at::Tensor, kLinearInputCount> hessians;
     for (int i = 0; i < kLinearInputCount; ++i)
         hessians[static_cast<std::size_t>(i)] = acc[static_cast<std::size_t>(i)].take_hessian();
     acc.clear();
-    std::vector<QuantizedLinear> out;
     for (LinearKind kind : kAllLinearKinds) {
         enter(linear_short_name(kind));
         const std::string name = linear_name(l, kind);
         const LayerQuantSettings s = plan_.settings_for(name);
-        at::Tensor& H = hessians[static_cast<std::size_t>(input_of(kind))];
+        at::Tensor& kept = hessians[static_cast<std::size_t>(input_of(kind))];
+        at::Tensor H = last_of_input(kind) ? std::exchange(kept, at::Tensor()) : kept;
         if (s.skip) {
             layer.weight(kind) = round_to_fp16(layer.weight(kind));
         } else {
-            QuantizedLinear q = quantize_linear(name, layer.weight(kind), H, s, options_,
+            QuantizedLinear q = quantize_linear(name, layer.weight(kind), std::move(H), s, options_,
                                                 energy_scale * output_energy[static_cast<std::size_t>(kind)]);
             layer.weight(kind) = q.dequantized;
-            out.push_back(std::move(q));
+            take(std::move(q));
         }
-        if (kind == LinearKind::V || kind == LinearKind::O || kind == LinearKind::Up || kind == LinearKind::Down)
-            H = at::Tensor();
     }
     // 3. The quantized layer produces the next layer's inputs.
     enter("output");
@@ -155,7 +160,6 @@ std::vector<QuantizedLinear> LayerwiseQuantizer::quantize_layer(int l, at::Tenso
     x = next;
     if (computed)
         *computed = std::move(layer);
-    return out;
 }
 
 QuantizedLinear LayerwiseQuantizer::quantize_head(const at::Tensor& x) const
@@ -171,23 +175,79 @@ QuantizedLinear LayerwiseQuantizer::quantize_head(const at::Tensor& x) const
 std::int64_t LayerwiseQuantizer::working_bytes() const
 {
     const ModelConfig& c = model_.config;
-    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
-    const std::int64_t layer_weights = 2 * d * d + 2 * d * kv + 3 * d * h;
-    // The head, when quantized, is the largest Linear (vocab x dim), and it is held in float32.
-    const std::int64_t head = plan_.config.quantize_head ? static_cast<std::int64_t>(c.vocab_size) * d : 0;
-    // Throughout: the residual streams, the layer (or head) in float32, attention scratch of one
-    // batch of windows (for_each_batch aims at 128 MiB).
-    const std::int64_t base = residual_stream_bytes(c, n_, seqlen_) + std::max(layer_weights, head) * 4 + (256ll << 20);
-    // While the Hessians accumulate: all four in float64, with a float32 product buffer each.
-    const std::int64_t accumulating = layer_hessian_bytes(c) * 3 / 2;
-    // While the largest Linear is quantized: its input's Hessian (the others are released by
-    // then), its weights, working copy, result, codes and masks (~20 bytes a weight), and at most
-    // three float32 matrices of the Hessian's size at once (factor_hessian's steps). The head's
-    // output-error denominator takes a product and its temporary (8 bytes a weight).
-    const std::int64_t rows_cols = std::max({h * d, d * d, head});
-    const std::int64_t cols = std::max(d, h);
-    const std::int64_t quantizing = cols * cols * 8 + rows_cols * 20 + cols * cols * 4 * 3 + head * 8;
-    return base + std::max(accumulating, quantizing);
+    const DecoderLayer& shapes = model_.layers.front();
+    const bool head = plan_.config.quantize_head;
+    // Everything is float32 unless said otherwise. Held throughout: the residual stream entering
+    // the layer, the layer's weights, and the runtime's own memory: libtorch and OpenMP threads
+    // (130 MiB measured quantizing stories260K) and the free memory the heap may keep.
+    const std::int64_t stream = n_ * seqlen_ * c.dim * 4;
+    const std::int64_t runtime = (std::int64_t(160) << 20) + kHeapTrimThresholdBytes;
+    std::int64_t layer_bytes = 0, kept_bytes = 0;
+    std::array<std::int64_t, kLinearInputCount> hessian{}; // float64 (cols x cols) per input
+    std::array<std::int64_t, kLinearKindCount> kept_after{}; // packed Linears kept once k is done
+    for (LinearKind kind : kAllLinearKinds) {
+        const at::Tensor& w = shapes.weight(kind);
+        const std::int64_t rows = w.size(0), cols = w.size(1);
+        layer_bytes += rows * cols * 4;
+        hessian[static_cast<std::size_t>(input_of(kind))] = cols * cols * 8;
+        // Packed: codes of the salient share, one sign bit for the rest, the index at most a
+        // bitmap; the worst settings any layer's rules give this Linear.
+        double bits = 0.0;
+        for (int l = 0; l < c.n_layers; ++l) {
+            const LayerQuantSettings s = plan_.settings_for(linear_name(l, kind));
+            bits = std::max(bits, s.method == QuantMethod::Gptq ? s.bits + 1.0 : s.salient_bits * s.salient_ratio + 2.0);
+        }
+        kept_bytes += static_cast<std::int64_t>(std::ceil(bits / 8.0 * static_cast<double>(rows * cols)));
+        kept_after[static_cast<std::size_t>(kind)] = kept_bytes;
+    }
+    const std::int64_t held = stream + layer_bytes + runtime;
+
+    // 1. Accumulating: the four Hessian sums (float64), each with a block-row product buffer,
+    // and one batch of the forward's activations.
+    std::int64_t accumulating = held + batch_activation_bytes(n_, seqlen_, c);
+    for (LinearKind kind : kAllLinearKinds)
+        if (first_of_input(kind)) {
+            const std::int64_t cols = shapes.weight(kind).size(1);
+            accumulating += hessian[static_cast<std::size_t>(input_of(kind))] + std::min<std::int64_t>(1024, cols) * cols * 4;
+        }
+
+    // 2. Quantizing Linear k: the Hessians not yet released (each goes once its last reader has
+    // factored it), the packed Linears before k, and quantize_linear's own work:
+    //  - factoring: H, its weights' working copy and three float32 (cols x cols) matrices
+    //    (factor_hessian keeps two; LAPACK's copies and cholesky_inverse's filling of the other
+    //    triangle add temporaries: 2.65 of them measured at the peak of a 7B down_proj), with
+    //    act-order two float64 permuted copies of H more;
+    //  - then: the upper factor, and per weight the working copy, the saliency scores, masks
+    //    and the binarization's temporaries (fit_binary_stats), then the result (dequantized,
+    //    codes, signs, salient): at most 22 bytes a weight at once.
+    auto linear_work = [&](std::int64_t rows, std::int64_t cols, bool hessian_kept) {
+        const std::int64_t square = cols * cols * 4, own_hessian = cols * cols * 8, weights = rows * cols;
+        const std::int64_t factoring =
+            own_hessian + 3 * square + weights * 4 + (plan_.config.act_order ? 2 * own_hessian : 0);
+        const std::int64_t sweeping = (hessian_kept ? own_hessian : 0) + square + weights * 22;
+        return std::max(factoring, sweeping);
+    };
+    std::int64_t peak = accumulating;
+    std::int64_t kept = 0;
+    for (LinearKind kind : kAllLinearKinds) {
+        const int own = static_cast<int>(input_of(kind));
+        std::int64_t later_inputs = 0; // inputs come in kind order: the earlier ones are released
+        for (int i = own + 1; i < kLinearInputCount; ++i)
+            later_inputs += hessian[static_cast<std::size_t>(i)];
+        const at::Tensor& w = shapes.weight(kind);
+        peak = std::max(peak, held + kept + later_inputs + linear_work(w.size(0), w.size(1), !last_of_input(kind)));
+        kept = kept_after[static_cast<std::size_t>(kind)];
+    }
+    // 3. The quantized layer's forward: the next residual stream and one batch of activations.
+    peak = std::max(peak, held + kept + stream + batch_activation_bytes(n_, seqlen_, c));
+    // The head, when quantized, comes after the last layer with only the stream held: its
+    // weights, the accumulated sum and the Hessian (float64), kept for the output error's
+    // products (20 bytes a weight, less than the sweep's).
+    if (head) {
+        const std::int64_t rows = c.vocab_size, cols = c.dim;
+        peak = std::max(peak, stream * 2 + runtime + rows * cols * 4 + 2 * cols * cols * 8 + linear_work(rows, cols, false));
+    }
+    return peak;
 }
 
 double LayerwiseQuantizer::layer_flops() const
@@ -215,15 +275,16 @@ QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<
     const ModelConfig& c = model.config;
     const QuantConfig& cfg = plan.config;
 
-    // What this pass holds besides the model: float32 dequantized copies of the quantized
-    // weights (the result computes with them) and the quantizer's working memory.
+    // What this pass holds besides the model: every quantized Linear whole (float32 dequantized
+    // weights, which the result computes with, int16 codes, sign and salient masks: 8 bytes a
+    // weight) and the quantizer's working memory.
     std::int64_t linear_weights = 0;
     for (const DecoderLayer& layer : model.layers)
         for (const at::Tensor& w : layer.linear)
             linear_weights += w.numel();
-    require_memory(linear_weights * 4 + quantizer.working_bytes(),
-                   "quantizing " + model.source_path + " (float32 copies of its " + std::to_string(linear_weights) +
-                       " quantized weights, one layer's Hessians, " + std::to_string(windows.size()) +
+    require_memory(linear_weights * 8 + quantizer.working_bytes(),
+                   "quantizing " + model.source_path + " (its " + std::to_string(linear_weights) +
+                       " quantized weights kept whole, 8 bytes each, one layer's Hessians, " + std::to_string(windows.size()) +
                        " calibration windows; fewer or shorter windows need less, and pbllm quantize keeps one "
                        "layer at a time)");
 
@@ -235,8 +296,8 @@ QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<
     int step = 0;
     report_progress(progress, 0.0, "quantizing");
     for (int l = 0; l < c.n_layers; ++l) {
-        std::vector<QuantizedLinear> linears = quantizer.quantize_layer(
-            l, x,
+        quantizer.quantize_layer(
+            l, x, [&](QuantizedLinear&& q) { out.linears.push_back(std::move(q)); },
             [&](std::string_view stage) {
                 if (stage != "hessians" && stage != "output")
                     report_progress(progress, static_cast<double>(step++) / total_steps,
@@ -244,8 +305,6 @@ QuantizedModel quantize_model(const Model& model, const std::vector<std::vector<
                                         ", " + std::string(stage));
             },
             &out.model.layers[static_cast<std::size_t>(l)]);
-        for (QuantizedLinear& q : linears)
-            out.linears.push_back(std::move(q));
     }
     if (cfg.quantize_head) {
         QuantizedLinear q = quantizer.quantize_head(x);

@@ -52,17 +52,22 @@ public:
     /// Called before each stage of a layer: "hessians", then each Linear's short name
     /// ("q_proj" ... "down_proj"), then "output". May throw (Cancelled) to stop.
     using StageFn = std::function<void(std::string_view stage)>;
-    /// Quantizes decoder layer `l` given its input `x` (from embed() or the previous layer) and
-    /// replaces `x` by the quantized layer's output. Returns the quantized Linears in
-    /// kAllLinearKinds order (skipped ones absent); `computed`, when given, receives the layer
-    /// as the result computes with it (float32: dequantized Linears, FP16-rounded the rest).
-    std::vector<QuantizedLinear> quantize_layer(int l, at::Tensor& x, const StageFn& stage = {},
-                                                DecoderLayer* computed = nullptr) const;
+    /// Receives each quantized Linear as soon as it is made, in kAllLinearKinds order (skipped
+    /// ones absent), so that the caller decides what to keep of it while the layer goes on.
+    using LinearSink = std::function<void(QuantizedLinear&&)>;
+    /// Quantizes decoder layer `l` given its input `x` (from embed() or the previous layer),
+    /// hands its quantized Linears to `take` and replaces `x` by the quantized layer's output.
+    /// `computed`, when given, receives the layer as the result computes with it (float32:
+    /// dequantized Linears, FP16-rounded the rest).
+    void quantize_layer(int l, at::Tensor& x, const LinearSink& take, const StageFn& stage = {},
+                        DecoderLayer* computed = nullptr) const;
     /// The output head from the last layer's output (plan.config.quantize_head; Error when tied).
     QuantizedLinear quantize_head(const at::Tensor& x) const;
 
-    /// Bytes this pass holds besides the model's own storage: the residual streams, one layer in
-    /// float32, its Hessians, the quantizer's work on the largest Linear and attention scratch.
+    /// Bytes a quantize_layer step holds at its peak besides the model's own storage, with a
+    /// caller that keeps each Linear in its packed form (about 1.3 bits a weight) or less: the
+    /// largest of its phases (accumulating the Hessians, quantizing each Linear, the quantized
+    /// layer's forward), plus the runtime's own memory. See the comments inside for the terms.
     std::int64_t working_bytes() const;
     /// Floating-point operations of one decoder layer's step (two forwards over the windows,
     /// the Hessians, the factorisations and GPTQ sweeps): what per-layer times are judged by.

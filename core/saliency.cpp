@@ -40,12 +40,15 @@ HessianFactors factor_hessian(const at::Tensor& H_in, double percdamp, const std
         auto [L, info] = at::linalg_cholesky_ex(damped);
         damped.reset(); // the factors below each take as much again
         if (info.item<int>() == 0) {
-            const at::Tensor inverse = at::cholesky_inverse(L);
+            at::Tensor inverse = at::cholesky_inverse(L);
             L.reset();
             auto [U, info2] = at::linalg_cholesky_ex(inverse, /*upper=*/true);
             if (info2.item<int>() == 0) {
-                f.upper_inverse = U.to(at::kFloat).contiguous();
+                // The inverse goes before U is made row-major (ours hold at most two matrices;
+                // ATen's steps add temporaries of their own).
                 f.inverse_diag = inverse.diagonal().to(at::kFloat).contiguous();
+                inverse.reset();
+                f.upper_inverse = U.to(at::kFloat).contiguous();
                 f.damping = damping;
                 return f;
             }

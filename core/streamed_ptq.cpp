@@ -196,19 +196,43 @@ void remove_folder(const std::string& dir)
 
 // ---- per-layer files -------------------------------------------------------------------------
 
+/// A quantized Linear as a layer file keeps it: packed (about 1.3 bits a weight instead of the
+/// QuantizedLinear's 8 bytes), with its report.
+struct PackedWithReport {
+    PackedLinear packed;
+    LinearReport report;
+};
+
+PackedWithReport packed_with_report(const QuantizedLinear& q)
+{
+    PackedWithReport p{pack_linear(q), {}};
+    LinearReport& r = p.report;
+    r.name = q.name;
+    r.rows = q.rows;
+    r.cols = q.cols;
+    r.salient_ratio = q.salient_ratio;
+    r.weight_error = q.weight_error;
+    r.output_error = q.output_error;
+    r.seconds = q.seconds;
+    r.note = q.note;
+    r.index_encoding = to_string(p.packed.index.encoding);
+    r.bits = linear_bits(p.packed);
+    return p;
+}
+
 /// Writes the layer file and returns its SHA-256 (recorded in state.json, checked before use).
-std::string write_linears_file(const std::string& path, const std::vector<QuantizedLinear>& linears)
+std::string write_linears_file(const std::string& path, const std::vector<PackedWithReport>& linears)
 {
     StagedHdf5File file(path);
     const Writer w(path);
-    for (const QuantizedLinear& q : linears) {
-        write_packed_linear(w, file.get(), pack_linear(q));
-        const Hid g(H5Gopen2(file.get(), q.name.c_str(), H5P_DEFAULT), H5Gclose);
-        w.attr(g.get(), "report_salient_ratio", q.salient_ratio);
-        w.attr(g.get(), "report_weight_error", q.weight_error);
-        w.attr(g.get(), "report_output_error", q.output_error);
-        w.attr(g.get(), "report_seconds", q.seconds);
-        w.attr(g.get(), "report_note", q.note);
+    for (const PackedWithReport& l : linears) {
+        write_packed_linear(w, file.get(), l.packed);
+        const Hid g(H5Gopen2(file.get(), l.report.name.c_str(), H5P_DEFAULT), H5Gclose);
+        w.attr(g.get(), "report_salient_ratio", l.report.salient_ratio);
+        w.attr(g.get(), "report_weight_error", l.report.weight_error);
+        w.attr(g.get(), "report_output_error", l.report.output_error);
+        w.attr(g.get(), "report_seconds", l.report.seconds);
+        w.attr(g.get(), "report_note", l.report.note);
     }
     file.commit();
     return sha256_of_file(path);
@@ -436,6 +460,7 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
     }
 
     // The layers still to do, each written as soon as it is finished.
+    AnonymousPeakSampler memory;
     if (state.layers_done < c.n_layers || (head && !state.head_done)) {
         double this_run_seconds = 0.0;
         int this_run_layers = 0;
@@ -450,7 +475,9 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
                     ? std::string()
                     : ", " + minutes_text(this_run_seconds / this_run_layers) + "/layer, ETA " +
                           minutes_text(this_run_seconds / this_run_layers * (steps - l));
-            const std::vector<QuantizedLinear> linears = quantizer.quantize_layer(l, x, [&](std::string_view stage) {
+            std::vector<PackedWithReport> linears;
+            auto keep_packed = [&](QuantizedLinear&& q) { linears.push_back(packed_with_report(q)); };
+            quantizer.quantize_layer(l, x, keep_packed, [&](std::string_view stage) {
                 const auto t = std::chrono::steady_clock::now();
                 if (stage_seconds)
                     *stage_seconds += std::chrono::duration<double>(t - stage_start).count();
@@ -458,10 +485,10 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
                 stage_seconds = stage == "hessians" ? &r.hessian_seconds
                                 : stage == "output" ? &r.output_seconds
                                                     : &r.quantize_seconds;
-                const std::int64_t rss = current_resident_bytes();
+                const std::int64_t now = current_anonymous_bytes();
                 report_progress(progress, (l + stage_index++ / 9.0) / (steps + 0.5),
                                 "layer " + std::to_string(l + 1) + "/" + std::to_string(c.n_layers) + ", " +
-                                    std::string(stage) + eta + (rss > 0 ? ", " + human_bytes(rss) : std::string()));
+                                    std::string(stage) + eta + (now > 0 ? ", " + human_bytes(now) : std::string()));
             });
             *stage_seconds += seconds_since(stage_start);
             state.layer_sha256.push_back(write_linears_file(layer_file(dir, l), linears));
@@ -475,6 +502,7 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
             r.seconds = seconds_since(layer_start);
             r.gflop = layer_gflop;
             r.resident_bytes = current_resident_bytes();
+            r.peak_anonymous_bytes = memory.take_period_peak();
             this_run_seconds += r.seconds;
             ++this_run_layers;
             result.layers.push_back(r);
@@ -484,7 +512,7 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
         if (head && !state.head_done) {
             const auto head_start = std::chrono::steady_clock::now();
             report_progress(progress, c.n_layers / (steps + 0.5), "lm_head");
-            state.layer_sha256.push_back(write_linears_file(head_file(dir), {quantizer.quantize_head(x)}));
+            state.layer_sha256.push_back(write_linears_file(head_file(dir), {packed_with_report(quantizer.quantize_head(x))}));
             state.head_done = true;
             write_state(dir, state);
             std::remove(stream_file(dir, c.n_layers).c_str());
@@ -492,6 +520,7 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
             r.layer = c.n_layers;
             r.seconds = seconds_since(head_start);
             r.resident_bytes = current_resident_bytes();
+            r.peak_anonymous_bytes = memory.take_period_peak();
             result.layers.push_back(r);
             if (options.layer_done)
                 options.layer_done(r);
@@ -544,6 +573,8 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
     result.file_bytes = QFileInfo(QString::fromStdString(out)).size();
     result.seconds = seconds_since(start);
     result.peak_resident_bytes = peak_resident_bytes();
+    memory.take_period_peak();
+    result.peak_anonymous_bytes = memory.peak();
     report_progress(progress, 1.0, "quantized");
     return result;
 }

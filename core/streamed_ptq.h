@@ -40,6 +40,7 @@ struct LayerReport {
     double gflop = 0.0;          ///< LayerwiseQuantizer::layer_flops() / 1e9
     bool resumed = false;        ///< done by an earlier run
     std::int64_t resident_bytes = -1; ///< VmRSS when it finished
+    std::int64_t peak_anonymous_bytes = -1; ///< the most anonymous memory during it (sampled)
     /// Where the time went: the forward pass with Hessian accumulation, the quantizers (every
     /// Linear), the forward pass of the quantized layer.
     double hessian_seconds = 0.0, quantize_seconds = 0.0, output_seconds = 0.0;
@@ -63,7 +64,10 @@ struct QuantizeToFileResult {
     std::int64_t file_bytes = 0;
     double seconds = 0.0;              ///< this run's wall time
     int resumed_layers = 0;
-    std::int64_t peak_resident_bytes = -1; ///< VmHWM of the process at the end
+    std::int64_t peak_resident_bytes = -1; ///< VmHWM of the process at the end (model pages included)
+    /// The most anonymous memory (sampled) from the first layer to the end: what the working
+    /// memory plan, working_bytes, is to cover.
+    std::int64_t peak_anonymous_bytes = -1;
     std::int64_t working_bytes = 0;    ///< the estimate the run was planned with
 };
 

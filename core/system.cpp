@@ -13,6 +13,9 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <fcntl.h>
 #include <dirent.h>
 #include <csignal>
 #include <cstdio>
@@ -143,7 +146,7 @@ int configure_runtime(int threads)
     // allocation (a page fault per 4 KiB each time). 32 MiB is the largest threshold glibc
     // accepts on 64-bit; hot loops keep their big temporaries below it.
     mallopt(M_MMAP_THRESHOLD, 32 << 20);
-    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+    mallopt(M_TRIM_THRESHOLD, static_cast<int>(kHeapTrimThresholdBytes));
     // Past it, big tensors on huge pages (core/cpu_allocator.h): a 7B PB-GPTQ layer 1.28x faster.
     const char* huge = std::getenv("PBLLM_HUGE_PAGES");
     if (!huge || std::string(huge) != "0")
@@ -350,6 +353,73 @@ std::int64_t proc_status_bytes(const std::string& wanted)
 std::int64_t peak_resident_bytes() { return proc_status_bytes("VmHWM:"); }
 
 std::int64_t current_resident_bytes() { return proc_status_bytes("VmRSS:"); }
+
+std::int64_t current_anonymous_bytes()
+{
+    // With open/read into a stack buffer: no allocation and no lock, so a fork() (the HDF5
+    // structure checks) taken while the sampler thread reads cannot inherit a held lock.
+    const int fd = ::open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    char buf[4096];
+    std::size_t used = 0;
+    for (ssize_t n; used + 1 < sizeof buf && (n = ::read(fd, buf + used, sizeof buf - 1 - used)) > 0;)
+        used += static_cast<std::size_t>(n);
+    ::close(fd);
+    buf[used] = '\0';
+    const char* line = std::strstr(buf, "\nRssAnon:");
+    if (!line)
+        return -1;
+    const long long kib = std::strtoll(line + 10, nullptr, 10);
+    return kib > 0 ? kib * 1024 : -1;
+}
+
+struct AnonymousPeakSampler::State {
+    std::atomic<std::int64_t> peak{-1}, period_peak{-1};
+    std::mutex mutex;
+    std::condition_variable wake;
+    bool stop = false;
+    std::thread thread;
+
+    void sample()
+    {
+        const std::int64_t now = current_anonymous_bytes();
+        for (std::atomic<std::int64_t>* p : {&peak, &period_peak}) {
+            std::int64_t seen = p->load();
+            while (now > seen && !p->compare_exchange_weak(seen, now)) {
+            }
+        }
+    }
+};
+
+AnonymousPeakSampler::AnonymousPeakSampler(int period_ms) : state_(std::make_unique<State>())
+{
+    state_->sample();
+    State* st = state_.get();
+    st->thread = std::thread([st, period_ms] {
+        std::unique_lock<std::mutex> lock(st->mutex);
+        while (!st->wake.wait_for(lock, std::chrono::milliseconds(period_ms), [st] { return st->stop; }))
+            st->sample();
+    });
+}
+
+AnonymousPeakSampler::~AnonymousPeakSampler()
+{
+    {
+        std::lock_guard<std::mutex> lock(state_->mutex);
+        state_->stop = true;
+    }
+    state_->wake.notify_one();
+    state_->thread.join();
+}
+
+std::int64_t AnonymousPeakSampler::take_period_peak()
+{
+    state_->sample();
+    return state_->period_peak.exchange(current_anonymous_bytes());
+}
+
+std::int64_t AnonymousPeakSampler::peak() const { return state_->peak.load(); }
 
 void require_memory(std::int64_t bytes, const std::string& what)
 {

@@ -2,6 +2,7 @@
 // Process-wide set-up and small facts about the machine and files.
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace pbllm {
@@ -35,6 +36,10 @@ int configured_thread_count();
 /// at most `configured`.
 int threads_beside(int other_runnable_tasks, int cores, int configured);
 
+/// Free heap memory glibc may keep at the top of the heap before returning it to the system
+/// (M_TRIM_THRESHOLD, set by configure_runtime): memory plans count it as held.
+constexpr std::int64_t kHeapTrimThresholdBytes = std::int64_t(256) << 20;
+
 /// Bytes that can be allocated without swapping or being killed: MemAvailable, or less when the
 /// process's memory cgroup (a container, ../shared/tools/memcap.sh) allows less; -1 if unknown.
 std::int64_t available_memory_bytes();
@@ -45,6 +50,30 @@ std::int64_t peak_resident_bytes();
 
 /// Resident memory now (VmRSS: anonymous plus resident mapped-file pages); -1 if unknown.
 std::int64_t current_resident_bytes();
+
+/// Anonymous resident memory now (RssAnon: what the process allocated, without mapped file
+/// pages such as a model's, which the kernel can drop); -1 if unknown.
+std::int64_t current_anonymous_bytes();
+
+/// The kernel keeps no peak of anonymous memory (VmHWM counts mapped model pages too), so this
+/// samples current_anonymous_bytes() every `period_ms` from a thread of its own while it lives.
+/// Peaks shorter than a period can be missed; faulting in a big tensor takes longer than that.
+class AnonymousPeakSampler {
+public:
+    explicit AnonymousPeakSampler(int period_ms = 20);
+    ~AnonymousPeakSampler();
+    AnonymousPeakSampler(const AnonymousPeakSampler&) = delete;
+    AnonymousPeakSampler& operator=(const AnonymousPeakSampler&) = delete;
+    /// Samples now, then returns the highest sample since construction or the previous
+    /// take_period_peak(); -1 if unknown.
+    std::int64_t take_period_peak();
+    /// The highest sample so far (taking none); -1 if unknown.
+    std::int64_t peak() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
 
 /// Throws Error naming `what` when `bytes` clearly exceeds the available memory, so a model too
 /// big for the machine is refused before allocation rather than by the OOM killer.

@@ -232,11 +232,20 @@ private Q_SLOTS:
         const QJsonObject o = resumed.json();
         QCOMPARE(o["resumed_layers"].toInt(), 3);
         QVERIFY(o["peak_resident_bytes"].toDouble() > 0);
+        // Sampled anonymous memory, within the plan (sanitizer builds add shadow memory and a
+        // quarantine of freed blocks, which no plan counts).
+        const double peak = o["peak_anonymous_bytes"].toDouble();
+        QVERIFY(peak > 0);
+#ifndef PBLLM_SANITIZER_BUILD
+        QVERIFY2(peak <= o["planned_working_bytes"].toDouble(),
+                 qPrintable(QString("%1 of %2 planned").arg(peak).arg(o["planned_working_bytes"].toDouble())));
+#endif
         const QJsonArray times = o["layer_times"].toArray();
         QCOMPARE(times.size(), 5);
         for (int l = 0; l < 5; ++l) {
             QCOMPARE(times[l].toObject()["resumed"].toBool(), l < 3);
             QCOMPARE(times[l].toObject()["seconds"].toDouble() > 0, l >= 3);
+            QCOMPARE(times[l].toObject()["peak_anonymous_bytes"].toDouble() > 0, l >= 3);
         }
         QCOMPARE(o["layers"].toArray().size(), 35);
     }

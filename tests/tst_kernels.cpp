@@ -6,6 +6,7 @@
 #include "core/kernels/matvec.h"
 #include "core/model_io.h"
 #include "core/synthetic.h"
+#include "core/system.h"
 #include "core/tensor_stats.h"
 #include "tests/support/test_support.h"
 
@@ -17,6 +18,8 @@
 #include <QJsonObject>
 #include <QTemporaryDir>
 #include <QtTest>
+#include <QThread>
+#include <QElapsedTimer>
 
 using namespace pbllm;
 using namespace pbllm::test;
@@ -161,6 +164,33 @@ private Q_SLOTS:
             cpu->raw_deallocate(p);
         }
         QCOMPARE(huge_page_allocator_mapped_bytes(), mapped);
+    }
+
+    void anonymousPeakSamplerSeesAnAllocationItDidNotWitness()
+    {
+        // 256 MiB touched and freed between two take_period_peak() calls: only the sampler's own
+        // thread can have seen it. Waits for it as long as a busy machine needs.
+        AnonymousPeakSampler sampler(5);
+        const std::int64_t base = sampler.take_period_peak();
+        if (base < 0)
+            QSKIP("no RssAnon in /proc/self/status");
+        const std::int64_t bytes = std::int64_t(256) << 20;
+        {
+            const at::Tensor big = at::ones({bytes / 4}, at::kFloat); // every page written
+            QElapsedTimer waited;
+            waited.start();
+            while (sampler.peak() < base + bytes * 9 / 10 && waited.elapsed() < 120000)
+                QThread::msleep(5);
+            QVERIFY2(sampler.peak() >= base + bytes * 9 / 10,
+                     qPrintable(QString("peak %1, base %2").arg(sampler.peak()).arg(base)));
+        }
+        const std::int64_t period = sampler.take_period_peak();
+        QVERIFY(period >= base + bytes * 9 / 10);
+        // The block went back to the system (sanitizer builds keep freed blocks for reuse): the
+        // next period starts low again.
+        if (huge_page_allocator_installed())
+            QVERIFY2(sampler.take_period_peak() < base + bytes / 2, qPrintable(QString::number(current_anonymous_bytes())));
+        QVERIFY(sampler.peak() >= period);
     }
 
     void synthesizedModelLoadsLabelled()

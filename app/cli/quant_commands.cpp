@@ -283,11 +283,12 @@ int run_quantize(const QStringList& args)
         else if (r.gflop > 0)
             std::fprintf(stderr,
                          "%s: %.1f s (%.0f GFLOP, %.1f GFLOP/s; forward + Hessians %.1f s, quantizers %.1f s, "
-                         "quantized forward %.1f s), resident %s\n",
+                         "quantized forward %.1f s), peak memory %s\n",
                          what.c_str(), r.seconds, r.gflop, r.gflop / std::max(r.seconds, 1e-9), r.hessian_seconds,
-                         r.quantize_seconds, r.output_seconds, human_bytes(r.resident_bytes).c_str());
+                         r.quantize_seconds, r.output_seconds, human_bytes(r.peak_anonymous_bytes).c_str());
         else
-            std::fprintf(stderr, "%s: %.1f s, resident %s\n", what.c_str(), r.seconds, human_bytes(r.resident_bytes).c_str());
+            std::fprintf(stderr, "%s: %.1f s, peak memory %s\n", what.c_str(), r.seconds,
+                         human_bytes(r.peak_anonymous_bytes).c_str());
         std::fflush(stderr);
         // Fault injection for the tests: die as a crash or the OOM killer would, after this layer.
         static const int kill_after = qEnvironmentVariableIntValue("PBLLM_KILL_AFTER_LAYER");
@@ -306,6 +307,7 @@ int run_quantize(const QStringList& args)
                        {"seconds", q.seconds},
                        {"resumed_layers", q.resumed_layers},
                        {"peak_resident_bytes", static_cast<double>(q.peak_resident_bytes)},
+                       {"peak_anonymous_bytes", static_cast<double>(q.peak_anonymous_bytes)},
                        {"planned_working_bytes", static_cast<double>(q.working_bytes)},
                        {"plan", QJsonDocument::fromJson(QByteArray::fromStdString(plan.to_json())).object()}};
     QJsonArray layer_times;
@@ -317,7 +319,8 @@ int run_quantize(const QStringList& args)
                                        {"hessian_seconds", r.hessian_seconds},
                                        {"quantize_seconds", r.quantize_seconds},
                                        {"output_seconds", r.output_seconds},
-                                       {"resident_bytes", static_cast<double>(r.resident_bytes)}});
+                                       {"resident_bytes", static_cast<double>(r.resident_bytes)},
+                                       {"peak_anonymous_bytes", static_cast<double>(r.peak_anonymous_bytes)}});
     report.insert("layer_times", layer_times);
     QJsonArray layers;
     for (const LinearReport& l : q.linears) {
@@ -358,8 +361,10 @@ int run_quantize(const QStringList& args)
                 q.resumed_layers > 0 ? (", resuming after " + std::to_string(q.resumed_layers) + " layers").c_str() : "");
     std::printf("salient ratio %.4f; bits per weight: headline %.3f, with bitmap %.3f, with index %.3f, measured %.3f\n",
                 q.salient_ratio, bits.headline, bits.with_bitmap, bits.with_index, bits.measured);
-    if (q.peak_resident_bytes > 0)
-        std::printf("peak resident memory %s (model pages included)\n", human_bytes(q.peak_resident_bytes).c_str());
+    if (q.peak_anonymous_bytes > 0)
+        std::printf("peak memory %s (planned %s; mapped model pages apart, peak resident with them %s)\n",
+                    human_bytes(q.peak_anonymous_bytes).c_str(), human_bytes(q.working_bytes).c_str(),
+                    human_bytes(q.peak_resident_bytes).c_str());
     if (report.contains("ppl_before"))
         std::printf("perplexity before %.4f, after %.4f (%lld windows)\n", report["ppl_before"].toDouble(),
                     report["ppl_after"].toDouble(), static_cast<long long>(report["eval_windows"].toDouble()));
