@@ -181,38 +181,46 @@ std::int64_t residual_stream_bytes(const ModelConfig& c, std::int64_t windows, s
     return 2 * windows * seqlen * c.dim * 4;
 }
 
-CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> windows, const ProgressFn& progress)
+std::int64_t calibration_working_bytes(const Model& model, std::int64_t windows, std::int64_t seqlen)
+{
+    const ModelConfig& c = model.config;
+    std::int64_t layer = 0;
+    for (const at::Tensor& w : model.layers.front().linear)
+        layer += w.numel() * 4;
+    // The accumulators' block-row product buffers (1024 rows each) are below 0.1 GiB for 7B.
+    const std::int64_t buffers = 1024 * (3 * c.dim + c.hidden_dim) * 4;
+    return residual_stream_bytes(c, windows, seqlen) + layer + batch_activation_bytes(windows, seqlen, c) +
+           layer_hessian_bytes(c) + buffers + (std::int64_t(160) << 20) + kHeapTrimThresholdBytes;
+}
+
+void for_each_layer_hessians(const Model& model, const std::vector<std::vector<int>>& windows,
+                             const std::function<void(int, LayerHessians&&)>& fn, const ProgressFn& progress)
 {
     c10::InferenceMode inference;
     const ModelConfig& c = model.config;
     if (windows.empty())
         throw Error("calibration needs at least one window");
-    CalibrationData data;
-    data.seqlen = static_cast<int>(windows[0].size());
+    const std::int64_t seqlen = static_cast<std::int64_t>(windows[0].size());
     std::vector<std::int64_t> flat;
     for (const auto& w : windows) {
-        if (static_cast<int>(w.size()) != data.seqlen)
+        if (static_cast<std::int64_t>(w.size()) != seqlen)
             throw Error("calibration windows must all have the same length");
         flat.insert(flat.end(), w.begin(), w.end());
     }
-    data.windows = std::move(windows);
-    const std::int64_t n = static_cast<std::int64_t>(data.windows.size());
-    require_memory(c.n_layers * layer_hessian_bytes(c) + residual_stream_bytes(c, n, data.seqlen),
-                   "calibration of " + std::to_string(c.n_layers) + " layers (it keeps every layer's float64 Hessians, " +
-                       human_bytes(layer_hessian_bytes(c)) + " a layer; quantize --calib TEXT computes them one layer "
-                       "at a time instead)");
-    const at::Tensor ids = at::tensor(flat).view({n, data.seqlen});
-    const RopeTables rope = make_rope_tables(c, data.seqlen);
-    at::Tensor x = embed_tokens(model, ids);
+    const std::int64_t n = static_cast<std::int64_t>(windows.size());
+    const at::Tensor ids = at::tensor(flat).view({n, seqlen});
+    const RopeTables rope = make_rope_tables(c, static_cast<int>(seqlen));
+    at::Tensor x = embed_tokens(model, ids).to(at::kCPU, at::kFloat);
     report_progress(progress, 0.0, "calibration");
     for (int l = 0; l < c.n_layers; ++l) {
+        const DecoderLayer layer = for_compute(model.layers[static_cast<std::size_t>(l)]);
         std::vector<HessianAccumulator> acc;
         for (int features : {c.dim, c.dim, c.dim, c.hidden_dim})
             acc.emplace_back(features);
         at::Tensor next = at::empty_like(x);
-        for_each_batch(n, data.seqlen, c, [&](std::int64_t b, std::int64_t count) {
+        for_each_batch(n, seqlen, c, [&](std::int64_t b, std::int64_t count) {
             next.narrow(0, b, count)
-                .copy_(decoder_layer_forward(c, model.layers[l], x.narrow(0, b, count), rope,
+                .copy_(decoder_layer_forward(c, layer, x.narrow(0, b, count), rope,
                                              [&](LinearKind kind, const at::Tensor& input, const at::Tensor&) {
                                                  if (kind == LinearKind::Q || kind == LinearKind::O ||
                                                      kind == LinearKind::Gate || kind == LinearKind::Down)
@@ -220,12 +228,39 @@ CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> wind
                                              }));
         });
         x = next;
-        std::array<at::Tensor, kLinearInputCount> h;
+        LayerHessians h;
         for (int i = 0; i < kLinearInputCount; ++i)
-            h[i] = acc[i].hessian();
-        data.hessians.push_back(h);
-        report_progress(progress, static_cast<double>(l + 1) / c.n_layers, "calibration");
+            h[static_cast<std::size_t>(i)] = acc[static_cast<std::size_t>(i)].take_hessian();
+        acc.clear();
+        fn(l, std::move(h));
+        report_progress(progress, static_cast<double>(l + 1) / c.n_layers,
+                        "calibration: layer " + std::to_string(l + 1) + "/" + std::to_string(c.n_layers));
     }
+}
+
+CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> windows, const ProgressFn& progress)
+{
+    const ModelConfig& c = model.config;
+    if (windows.empty())
+        throw Error("calibration needs at least one window");
+    CalibrationData data;
+    data.seqlen = static_cast<int>(windows[0].size());
+    const std::int64_t n = static_cast<std::int64_t>(windows.size());
+    require_memory(c.n_layers * layer_hessian_bytes(c) + calibration_working_bytes(model, n, data.seqlen),
+                   "calibration of " + std::to_string(c.n_layers) + " layers (it keeps every layer's float64 Hessians, " +
+                       human_bytes(layer_hessian_bytes(c)) + " a layer; pbllm calibrate writes them to the file one "
+                       "layer at a time instead)");
+    for_each_layer_hessians(
+        model, windows,
+        [&](int, LayerHessians&& h) {
+            std::array<double, kLinearInputCount> traces{};
+            for (int i = 0; i < kLinearInputCount; ++i)
+                traces[static_cast<std::size_t>(i)] = h[static_cast<std::size_t>(i)].trace().item<double>();
+            data.hessian_traces.push_back(traces);
+            data.hessians.push_back(std::move(h));
+        },
+        progress);
+    data.windows = std::move(windows);
     return data;
 }
 

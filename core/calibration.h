@@ -6,6 +6,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -51,6 +52,13 @@ struct CalibrationData {
     std::string text_sha256;  ///< of the calibration text
     std::string model_sha256; ///< of the model it was computed for ("" if unknown)
     std::vector<std::array<at::Tensor, kLinearInputCount>> hessians; ///< per decoder layer, float64
+    /// Set instead of `hessians` when they stay on disk (read_calibration_file with
+    /// HessianLoading::OnDemand): calibration_hessian() reads one at a time from this file.
+    std::string hessian_file;
+    /// tr H per decoder layer and input (what the studio plots across layers), known without
+    /// reading the Hessians: stored beside each in the file. NaN where unknown (an older file
+    /// read with HessianLoading::OnDemand).
+    std::vector<std::array<double, kLinearInputCount>> hessian_traces;
     std::int64_t tokens() const;
 };
 
@@ -66,8 +74,23 @@ std::int64_t layer_hessian_bytes(const ModelConfig& config);
 /// (a layer's input and output, float32).
 std::int64_t residual_stream_bytes(const ModelConfig& config, std::int64_t windows, std::int64_t seqlen);
 
-/// Full-precision Hessians of every Linear input, layer by layer. Refuses up front, with the
-/// figures, when every layer's Hessians would not fit the available memory.
+/// One decoder layer's four input Hessians, float64, indexed by LinearInput.
+using LayerHessians = std::array<at::Tensor, kLinearInputCount>;
+
+/// The full-precision model's Hessians, one decoder layer at a time: each layer (converted to
+/// float32 once) runs over all windows, and fn(layer, hessians) receives its Hessians as soon as
+/// they are made. Holds the residual stream in and out, one layer in float32, one batch of
+/// activations and one layer's Hessians: calibration_working_bytes. Windows must be non-empty
+/// and of one length (Error otherwise).
+void for_each_layer_hessians(const Model& model, const std::vector<std::vector<int>>& windows,
+                             const std::function<void(int layer, LayerHessians&& hessians)>& fn,
+                             const ProgressFn& progress = {});
+/// Bytes for_each_layer_hessians holds besides the model's own storage.
+std::int64_t calibration_working_bytes(const Model& model, std::int64_t windows, std::int64_t seqlen);
+
+/// Full-precision Hessians of every Linear input, all layers kept in memory. Refuses up front,
+/// with the figures, when every layer's Hessians would not fit the available memory
+/// (calibrate_to_file, core/calibration_file.h, keeps one layer at a time).
 CalibrationData calibrate(const Model& model, std::vector<std::vector<int>> windows, const ProgressFn& progress = {});
 
 } // namespace pbllm

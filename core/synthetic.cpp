@@ -6,7 +6,6 @@
 #include "core/system.h"
 
 #include <ATen/ATen.h>
-#include <sys/statvfs.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -104,13 +103,7 @@ void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, con
         total += n * static_cast<std::int64_t>(c10::elementSize(spec.dtype));
     }
     const std::string base = prepare_hf_folder(dir, false);
-    struct statvfs fs {};
-    if (::statvfs(base.c_str(), &fs) == 0) {
-        const std::int64_t free_bytes = static_cast<std::int64_t>(fs.f_bavail) * static_cast<std::int64_t>(fs.f_frsize);
-        if (free_bytes < total + (64ll << 20))
-            throw Error(base + ": the synthetic model needs " + human_bytes(total) + " but the disk has " +
-                        human_bytes(free_bytes) + " free");
-    }
+    require_disk_space(base, total, base + ": the synthetic model");
 
     at::Generator gen = at::detail::createCPUGenerator(spec.seed);
     AtomicFileWriter out(base + "/model.safetensors");

@@ -24,6 +24,7 @@
 #include <malloc.h>
 #include <mutex>
 #include <thread>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #ifdef _OPENMP
@@ -429,6 +430,17 @@ void require_memory(std::int64_t bytes, const std::string& what)
                     " is available");
 }
 
+void require_disk_space(const std::string& folder, std::int64_t bytes, const std::string& what)
+{
+    struct statvfs fs {};
+    if (::statvfs(folder.c_str(), &fs) != 0)
+        return;
+    const std::int64_t free_bytes = static_cast<std::int64_t>(fs.f_bavail) * static_cast<std::int64_t>(fs.f_frsize);
+    if (free_bytes < bytes + (std::int64_t(64) << 20))
+        throw Error(what + " needs " + human_bytes(bytes) + " but the disk holding " + folder + " has " +
+                    human_bytes(free_bytes) + " free");
+}
+
 std::string executable_dir()
 {
     char buf[4096];
@@ -538,6 +550,23 @@ void AtomicFileWriter::commit()
 {
     if (!impl_->file.commit())
         throw Error(impl_->path + ": could not complete the write: " + impl_->file.errorString().toStdString());
+}
+
+void copy_file_atomically(const std::string& from, const std::string& to)
+{
+    std::ifstream in(from, std::ios::binary);
+    if (!in)
+        throw Error(from + ": cannot open for reading");
+    AtomicFileWriter out(to);
+    std::vector<char> buffer(std::size_t(64) << 20);
+    while (in) {
+        in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+        if (in.gcount() > 0)
+            out.write(buffer.data(), static_cast<std::size_t>(in.gcount()));
+    }
+    if (in.bad())
+        throw Error(from + ": read error while copying it to " + to);
+    out.commit();
 }
 
 void write_file_atomically(const std::string& path, const std::string& bytes)

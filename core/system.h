@@ -79,6 +79,10 @@ private:
 /// big for the machine is refused before allocation rather than by the OOM killer.
 void require_memory(std::int64_t bytes, const std::string& what);
 
+/// Throws Error when the file system holding `folder` has less than `bytes` free (plus 64 MiB
+/// of slack): "WHAT needs N but the disk holding FOLDER has M free". Unknown space passes.
+void require_disk_space(const std::string& folder, std::int64_t bytes, const std::string& what);
+
 /// Folder of the running executable ("" if unknown).
 std::string executable_dir();
 
@@ -115,6 +119,8 @@ private:
 
 /// Whole-buffer convenience over AtomicFileWriter.
 void write_file_atomically(const std::string& path, const std::string& bytes);
+/// Copies `from` to `to` through AtomicFileWriter, 64 MiB at a time; Error names the file.
+void copy_file_atomically(const std::string& from, const std::string& to);
 
 /// "1.00 MiB" style size for people.
 std::string human_bytes(std::int64_t bytes);

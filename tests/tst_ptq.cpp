@@ -16,8 +16,10 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <QDir>
+#include <QFileInfo>
 #include <QTemporaryDir>
 
+#include <cmath>
 #include <random>
 #include <QtTest>
 
@@ -166,6 +168,85 @@ private Q_SLOTS:
             QVERIFY2(QString(e.what()).contains("calibrated for a model with 5 layers"), e.what());
         }
         QVERIFY_THROWS_EXCEPTION(Error, read_calibration_file(stories260k_path(), stories260k().config)); // not HDF5
+    }
+
+    void calibrationStreamedToFileReadsBackOnDemand()
+    {
+        // calibrate_to_file keeps one layer's Hessians at a time and stores them in float32: the
+        // in-memory calibration rounded once, read back whole or one at a time.
+        CalibrationData reference = calibrate(stories260k(), small_windows());
+        CalibrationData meta;
+        meta.windows = reference.windows;
+        meta.seqlen = reference.seqlen;
+        meta.seed = 7;
+        meta.text_sha256 = "abc";
+        QTemporaryDir tmp;
+        const std::string path = tmp.filePath("streamed.calib.h5").toStdString();
+        std::vector<double> fractions;
+        calibrate_to_file(stories260k(), meta, path, [&](double f, std::string_view) {
+            fractions.push_back(f);
+            return true;
+        });
+        QVERIFY(fractions.size() >= 5 && fractions.back() == 1.0);
+        const CalibrationData whole = read_calibration_file(path, stories260k().config);
+        const CalibrationData lazy = read_calibration_file(path, stories260k().config, HessianLoading::OnDemand);
+        QCOMPARE(whole.windows, reference.windows);
+        QCOMPARE(lazy.windows, reference.windows);
+        QCOMPARE(whole.seed, std::uint64_t(7));
+        QVERIFY(lazy.hessians.empty());
+        QCOMPARE(lazy.hessian_file, path);
+        for (int l = 0; l < 5; ++l)
+            for (int i = 0; i < kLinearInputCount; ++i) {
+                const at::Tensor rounded = reference.hessians[l][i].to(at::kFloat).to(at::kDouble);
+                QVERIFY(at::equal(whole.hessians[l][i], rounded));
+                QVERIFY(at::equal(calibration_hessian(lazy, l, static_cast<LinearInput>(i)), rounded));
+                QVERIFY(at::equal(calibration_hessian(whole, l, static_cast<LinearInput>(i)), rounded));
+            }
+        // The traces (the studio's across-layers plot) are stored beside the Hessians: known
+        // without reading them, from the float64 sums.
+        QCOMPARE(lazy.hessian_traces.size(), std::size_t(5));
+        for (int l = 0; l < 5; ++l)
+            for (int i = 0; i < kLinearInputCount; ++i) {
+                QCOMPARE(lazy.hessian_traces[l][i], reference.hessian_traces[l][i]);
+                QCOMPARE(whole.hessian_traces[l][i], reference.hessian_traces[l][i]);
+                QCOMPARE(reference.hessian_traces[l][i], reference.hessians[l][i].trace().item<double>());
+            }
+        // Saving a calibration whose Hessians stayed on disk copies their file.
+        const std::string copy = tmp.filePath("copy.calib.h5").toStdString();
+        write_calibration_file(lazy, stories260k().config, copy);
+        QVERIFY(read_bytes(QString::fromStdString(copy)) == read_bytes(QString::fromStdString(path)));
+        const CalibrationData bare = read_calibration_file(path, stories260k().config, HessianLoading::None);
+        try {
+            calibration_hessian(bare, 0, LinearInput::Mlp);
+            QFAIL("Hessians read from a calibration loaded without them");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("without its Hessians"), e.what());
+        }
+        // A missing folder: refused by name, nothing written.
+        const std::string nowhere = tmp.filePath("no/such/folder/c.h5").toStdString();
+        try {
+            calibrate_to_file(stories260k(), meta, nowhere);
+            QFAIL("calibration written into a missing folder");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains(QString::fromStdString(nowhere)), e.what());
+        }
+        QVERIFY(!QFileInfo::exists(QString::fromStdString(nowhere)));
+        // A damaged Hessian (NaN written over one) is named when it is read on demand.
+        {
+            CalibrationData broken = reference;
+            at::Tensor& h = broken.hessians[3][static_cast<int>(LinearInput::MlpHidden)];
+            h = h.clone(); // the copy shares the reference's tensors
+            h[0][0] = std::nan("");
+            write_calibration_file(broken, stories260k().config, path);
+        }
+        const CalibrationData damaged = read_calibration_file(path, stories260k().config, HessianLoading::OnDemand);
+        QVERIFY(at::equal(calibration_hessian(damaged, 2, LinearInput::MlpHidden), reference.hessians[2][3]));
+        try {
+            calibration_hessian(damaged, 3, LinearInput::MlpHidden);
+            QFAIL("a NaN Hessian read");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("layer.3/mlp_hidden contains NaN"), e.what());
+        }
     }
 
     void quantizesWholeModelByPlan()

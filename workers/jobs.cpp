@@ -92,8 +92,8 @@ std::shared_ptr<CalibrationResult> summarize(const LoadedModel& model, Calibrati
     out->seconds = seconds;
     for (const LinearInfo& info : model.linears) {
         const LinearKind kind = kAllLinearKinds[static_cast<std::size_t>(&info - model.linears.data()) % kLinearKindCount];
-        const at::Tensor& H = data.hessians[static_cast<std::size_t>(info.layer)][static_cast<int>(input_of(kind))];
-        out->hessian_trace.push_back(H.trace().item<double>());
+        out->hessian_trace.push_back(
+            data.hessian_traces[static_cast<std::size_t>(info.layer)][static_cast<std::size_t>(input_of(kind))]);
     }
     out->data = std::make_shared<const CalibrationData>(std::move(data));
     return out;
@@ -176,7 +176,12 @@ bool CalibrateJob::startLoad(std::shared_ptr<const LoadedModel> model, const QSt
         [=](const ProgressFn& progress) {
             const auto start = std::chrono::steady_clock::now();
             report_progress(progress, 0.0, "reading " + calibration_path.toStdString());
-            CalibrationData data = read_calibration_file(calibration_path.toStdString(), model->model->config);
+            // A big model's Hessians stay on disk and are read when a Linear needs its own
+            // (a 7B model's are 44 GB in float64).
+            const ModelConfig& c = model->model->config;
+            const bool on_demand = c.n_layers * layer_hessian_bytes(c) > kStudioHessiansInMemoryBytes;
+            CalibrationData data = read_calibration_file(calibration_path.toStdString(), c,
+                                                         on_demand ? HessianLoading::OnDemand : HessianLoading::All);
             *result = summarize(*model, std::move(data), calibration_path, seconds_since(start));
             report_progress(progress, 1.0, "read");
         },

@@ -26,6 +26,9 @@ enum class StudioStorage {
 /// 1 GiB of float32 weights (about 270M parameters): stories110M stays float32, TinyLlama-1.1B
 /// and larger open mapped.
 constexpr std::int64_t kStudioMapAboveBytes = std::int64_t(1) << 30;
+/// A loaded calibration keeps its Hessians in memory up to this size (float64, all layers);
+/// past it they stay in the file and each is read when a Linear needs it.
+constexpr std::int64_t kStudioHessiansInMemoryBytes = std::int64_t(1) << 30;
 bool studio_maps_weights(const ModelConfig& config, ModelFormat format, StudioStorage choice);
 
 /// Opens a model file or folder (llama2.c, Hugging Face, .pbllm.h5) with its tokenizer: shapes

@@ -1,6 +1,7 @@
 #include "workers/preview_service.h"
 
 #include "core/calibration.h"
+#include "core/calibration_file.h"
 #include "core/error.h"
 #include "core/model.h"
 #include "core/preview.h"
@@ -72,7 +73,7 @@ void PreviewService::prepare(std::shared_ptr<const LoadedModel> model, std::shar
                 const LinearKind kind = kAllLinearKinds[i % kLinearKindCount];
                 at::Tensor H;
                 if (calibration)
-                    H = calibration->data->hessians[static_cast<std::size_t>(info.layer)][static_cast<int>(input_of(kind))];
+                    H = calibration_hessian(*calibration->data, info.layer, input_of(kind));
                 previews.push_back(std::make_shared<LayerPreview>(
                     info.name.toStdString(), model->model->layers[static_cast<std::size_t>(info.layer)].weight(kind), H, metric, options));
             }
@@ -109,7 +110,7 @@ std::shared_ptr<LayerPreview> whole_linear_preview(const LoadedModel& model, con
     const LinearKind kind = kAllLinearKinds[i % kLinearKindCount];
     at::Tensor H;
     if (calibration)
-        H = calibration->data->hessians[static_cast<std::size_t>(info.layer)][static_cast<int>(input_of(kind))];
+        H = calibration_hessian(*calibration->data, info.layer, input_of(kind));
     PreviewOptions options;
     options.keep_hessian = false; // the service shows the diagonal proxy only
     return std::make_shared<LayerPreview>(info.name.toStdString(), model.model->layers[static_cast<std::size_t>(info.layer)].weight(kind),

@@ -41,13 +41,14 @@ struct Calibration {
     bool from_file = false;
 };
 
+/// The windows only: what every caller replays (saliency reads the Hessians itself).
 Calibration calibration_input(const CommandLine& cl, const Model& model, const Tokenizer& tok, int nsamples, int seqlen,
-                              std::uint64_t seed, bool hessians = true)
+                              std::uint64_t seed)
 {
     const std::string path = cl.value("calib").toStdString();
     Calibration c;
     if (has_hdf5_signature(path)) {
-        c.data = read_calibration_file(path, model.config, hessians);
+        c.data = read_calibration_file(path, model.config, HessianLoading::None);
         c.windows = c.data.windows;
         c.text_sha256 = c.data.text_sha256;
         c.from_file = true;
@@ -98,15 +99,17 @@ int run_calibrate(const QStringList& args)
     const int nsamples = cl.int_value("nsamples", 1, 1 << 20);
     const int seqlen = cl.int_value("seqlen", 0, 1 << 20);
     const std::uint64_t seed = seed_value(cl);
-    const Model m = cl.load_model();
+    const Model m = cl.load_model(/*mapped=*/true); // one layer in float32 at a time
     const Tokenizer tok = cl.load_tokenizer(m);
     Calibration input = calibration_input(cl, m, tok, nsamples, seqlen, seed);
-    CalibrationData data = calibrate(m, input.windows, print_progress);
+    CalibrationData data;
+    data.windows = std::move(input.windows);
+    data.seqlen = static_cast<int>(data.windows.front().size());
     data.seed = seed;
     data.text_sha256 = input.text_sha256;
     data.model_sha256 = model_sha256(m);
     const std::string out = cl.value("o").toStdString();
-    write_calibration_file(data, m.config, out);
+    calibrate_to_file(m, data, out, print_progress); // one layer's Hessians in memory at a time
     if (cl.json())
         print_json(QJsonObject{{"output", QString::fromStdString(out)},
                                {"windows", static_cast<double>(data.windows.size())},
@@ -138,11 +141,11 @@ int run_saliency(const QStringList& args)
     } catch (const Error& e) {
         throw UsageError{std::string("--metric: ") + e.what()};
     }
-    const Model m = cl.load_model();
+    const Model m = cl.load_model(/*mapped=*/true); // each Linear converted when its statistics are made
     CalibrationData calib;
     const bool have_calib = cl.is_set("calib");
     if (have_calib)
-        calib = read_calibration_file(cl.value("calib").toStdString(), m.config);
+        calib = read_calibration_file(cl.value("calib").toStdString(), m.config, HessianLoading::OnDemand);
     else if (metric != SaliencyMetric::Magnitude)
         throw UsageError{"--calib CALIB.h5 is required for the " + to_string(metric) + " metric"};
     const std::string only = cl.value("layer").toStdString();
@@ -151,14 +154,22 @@ int run_saliency(const QStringList& args)
         std::printf("%-34s %-11s %8s %11s %8s %8s %6s %8s %8s\n", "linear", "shape", "salient", "threshold", "kurtosis",
                     "outliers", "dead", "max row", "max col");
     bool found = false;
+    at::Tensor H; // read from the calibration file one at a time
+    int held_layer = -1;
+    LinearInput held_input = LinearInput::Attention;
     for (int l = 0; l < m.config.n_layers; ++l) {
         for (LinearKind k : kAllLinearKinds) {
             const std::string name = linear_name(l, k);
             if (!only.empty() && name != only)
                 continue;
             found = true;
-            const at::Tensor* H = have_calib ? &calib.hessians[l][static_cast<int>(input_of(k))] : nullptr;
-            const SaliencyStats s = saliency_stats(name, m.layers[l].weight(k), H, metric, ratio, percdamp, bins);
+            if (have_calib && (held_layer != l || held_input != input_of(k))) { // Q/K/V share one, gate/up too
+                H = calibration_hessian(calib, l, input_of(k));
+                held_layer = l;
+                held_input = input_of(k);
+            }
+            const SaliencyStats s =
+                saliency_stats(name, m.layers[l].weight(k), have_calib ? &H : nullptr, metric, ratio, percdamp, bins);
             if (cl.json()) {
                 layers.append(QJsonObject{{"name", QString::fromStdString(name)},
                                           {"rows", static_cast<double>(s.rows)},
@@ -259,7 +270,7 @@ int run_quantize(const QStringList& args)
     const Tokenizer tok = cl.load_tokenizer(m);
     // Only the windows of a calibration file: the quantizer recomputes each layer's Hessians from
     // the quantized layers before it.
-    const Calibration calib = calibration_input(cl, m, tok, c.nsamples, c.seqlen, c.seed, /*hessians=*/false);
+    const Calibration calib = calibration_input(cl, m, tok, c.nsamples, c.seqlen, c.seed);
     if (calib.from_file) {
         c.seed = calib.data.seed;
         c.nsamples = static_cast<int>(calib.windows.size());

@@ -81,6 +81,12 @@ int main(int argc, char** argv)
                                     out.filePath(QString("packed_checkpoint/tiny-%1.pbllm.h5").arg(int(method))).toStdString());
         }
         write_calibration_file(calibrate(model, windows), c, out.filePath("calibration_file/tiny.calib.h5").toStdString());
+        {
+            CalibrationData streamed; // format_version 2: float32 Hessians
+            streamed.windows = windows;
+            streamed.seqlen = static_cast<int>(windows.front().size());
+            calibrate_to_file(model, streamed, out.filePath("calibration_file/tiny-streamed.calib.h5").toStdString());
+        }
 
         QuantPlan plan;
         write_all(out.filePath("quant_plan/defaults.json"), QByteArray::fromStdString(plan.to_json()));
