@@ -190,7 +190,7 @@ std::int64_t calibration_working_bytes(const Model& model, std::int64_t windows,
     // The accumulators' block-row product buffers (1024 rows each) are below 0.1 GiB for 7B.
     const std::int64_t buffers = 1024 * (3 * c.dim + c.hidden_dim) * 4;
     return residual_stream_bytes(c, windows, seqlen) + layer + batch_activation_bytes(windows, seqlen, c) +
-           layer_hessian_bytes(c) + buffers + (std::int64_t(160) << 20) + kHeapTrimThresholdBytes;
+           layer_hessian_bytes(c) + buffers + kRuntimeReserveBytes;
 }
 
 void for_each_layer_hessians(const Model& model, const std::vector<std::vector<int>>& windows,

@@ -178,10 +178,9 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
     const DecoderLayer& shapes = model_.layers.front();
     const bool head = plan_.config.quantize_head;
     // Everything is float32 unless said otherwise. Held throughout: the residual stream entering
-    // the layer, the layer's weights, and the runtime's own memory: libtorch and OpenMP threads
-    // (130 MiB measured quantizing stories260K) and the free memory the heap may keep.
+    // the layer, the layer's weights, and the runtime's own memory.
     const std::int64_t stream = n_ * seqlen_ * c.dim * 4;
-    const std::int64_t runtime = (std::int64_t(160) << 20) + kHeapTrimThresholdBytes;
+    const std::int64_t runtime = kRuntimeReserveBytes;
     std::int64_t layer_bytes = 0, kept_bytes = 0;
     std::array<std::int64_t, kLinearInputCount> hessian{}; // float64 (cols x cols) per input
     std::array<std::int64_t, kLinearKindCount> kept_after{}; // packed Linears kept once k is done

@@ -39,6 +39,9 @@ int threads_beside(int other_runnable_tasks, int cores, int configured);
 /// Free heap memory glibc may keep at the top of the heap before returning it to the system
 /// (M_TRIM_THRESHOLD, set by configure_runtime): memory plans count it as held.
 constexpr std::int64_t kHeapTrimThresholdBytes = std::int64_t(256) << 20;
+/// What memory plans count for the runtime itself: libtorch and OpenMP threads (130 MiB
+/// measured quantizing stories260K, rounded up) and the free heap glibc may keep.
+constexpr std::int64_t kRuntimeReserveBytes = (std::int64_t(160) << 20) + kHeapTrimThresholdBytes;
 
 /// Bytes that can be allocated without swapping or being killed: MemAvailable, or less when the
 /// process's memory cgroup (a container, ../shared/tools/memcap.sh) allows less; -1 if unknown.
