@@ -203,20 +203,27 @@ struct PackedWithReport {
     LinearReport report;
 };
 
+/// The report's fields that follow from the packed Linear itself.
+LinearReport report_of(const PackedLinear& p)
+{
+    LinearReport r;
+    r.name = p.name;
+    r.rows = p.rows;
+    r.cols = p.cols;
+    r.index_encoding = to_string(p.index.encoding);
+    r.bits = linear_bits(p);
+    return r;
+}
+
 PackedWithReport packed_with_report(const QuantizedLinear& q)
 {
     PackedWithReport p{pack_linear(q), {}};
-    LinearReport& r = p.report;
-    r.name = q.name;
-    r.rows = q.rows;
-    r.cols = q.cols;
+    LinearReport& r = p.report = report_of(p.packed);
     r.salient_ratio = q.salient_ratio;
     r.weight_error = q.weight_error;
     r.output_error = q.output_error;
     r.seconds = q.seconds;
     r.note = q.note;
-    r.index_encoding = to_string(p.packed.index.encoding);
-    r.bits = linear_bits(p.packed);
     return p;
 }
 
@@ -264,17 +271,12 @@ void read_linears_file_unchecked(const std::string& path, const std::vector<std:
             r.fail("Linear '" + name + "' is missing");
         PackedLinear p = read_packed_linear(r, file.get(), name, what); // checked by pack_linear when written
         const Hid g = r.group(file.get(), name);
-        LinearReport rep;
-        rep.name = name;
-        rep.rows = p.rows;
-        rep.cols = p.cols;
+        LinearReport rep = report_of(p);
         rep.salient_ratio = r.attr_double(g.get(), "report_salient_ratio");
         rep.weight_error = r.attr_double(g.get(), "report_weight_error");
         rep.output_error = r.attr_double(g.get(), "report_output_error");
         rep.seconds = r.attr_double(g.get(), "report_seconds");
         rep.note = r.attr_string(g.get(), "report_note");
-        rep.index_encoding = to_string(p.index.encoding);
-        rep.bits = linear_bits(p);
         fn(std::move(p), std::move(rep));
     }
 }
