@@ -4,6 +4,7 @@
 #include "core/llama.h"
 #include "core/system.h"
 #include "core/kernels/matvec.h"
+#include "core/packed_runtime.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -120,9 +121,9 @@ public:
             rms_norm_vec(x_.data(), attn_norm_[l].data_ptr<float>(), xb_.data(), d, c_.norm_eps);
             float* kc = key_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
             float* vc = value_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
-            matvec(layer.weight(LinearKind::Q), xb_.data(), q_.data());
-            matvec(layer.weight(LinearKind::K), xb_.data(), kc + static_cast<std::size_t>(pos_) * kv);
-            matvec(layer.weight(LinearKind::V), xb_.data(), vc + static_cast<std::size_t>(pos_) * kv);
+            linear(layer, LinearKind::Q, xb_.data(), q_.data());
+            linear(layer, LinearKind::K, xb_.data(), kc + static_cast<std::size_t>(pos_) * kv);
+            linear(layer, LinearKind::V, xb_.data(), vc + static_cast<std::size_t>(pos_) * kv);
             rope_vec(q_.data(), H, hd, cos, sin);
             rope_vec(kc + static_cast<std::size_t>(pos_) * kv, c_.n_kv_heads, hd, cos, sin);
 
@@ -152,18 +153,18 @@ public:
                         out[i] += a * v[i];
                 }
             }
-            matvec(layer.weight(LinearKind::O), xb_.data(), xb2_.data());
+            linear(layer, LinearKind::O, xb_.data(), xb2_.data());
             for (int i = 0; i < d; ++i)
                 x_[i] += xb2_[i];
 
             rms_norm_vec(x_.data(), ffn_norm_[l].data_ptr<float>(), xb_.data(), d, c_.norm_eps);
-            matvec(layer.weight(LinearKind::Gate), xb_.data(), hb_.data());
-            matvec(layer.weight(LinearKind::Up), xb_.data(), hb2_.data());
+            linear(layer, LinearKind::Gate, xb_.data(), hb_.data());
+            linear(layer, LinearKind::Up, xb_.data(), hb2_.data());
             for (int i = 0; i < c_.hidden_dim; ++i) {
                 const float g = hb_[i];
                 hb_[i] = g / (1.0f + std::exp(-g)) * hb2_[i];
             }
-            matvec(layer.weight(LinearKind::Down), hb_.data(), xb2_.data());
+            linear(layer, LinearKind::Down, hb_.data(), xb2_.data());
             for (int i = 0; i < d; ++i)
                 x_[i] += xb2_[i];
         }
@@ -178,6 +179,14 @@ public:
     int capacity() const override { return capacity_; }
 
 private:
+    void linear(const DecoderLayer& layer, LinearKind kind, const float* x, float* y)
+    {
+        if (const kernels::PackedWeights* packed = layer.packed_weight(kind))
+            packed_matvec(*packed, x, y, packed_input_);
+        else
+            matvec(layer.weight(kind), x, y);
+    }
+
     Model m_; // shares the caller's tensors
     ModelConfig c_;
     std::vector<at::Tensor> attn_norm_, ffn_norm_; // float32
@@ -187,6 +196,7 @@ private:
     RopeTables rope_;
     std::vector<float> x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, att_, logits_;
     std::vector<float> key_cache_, value_cache_; // (layers, capacity, kv_dim)
+    kernels::PackedInput packed_input_;
 };
 
 // ---- libtorch decoder (any device) -----------------------------------------------------------
@@ -276,6 +286,9 @@ std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend
     }
     if (backend == DecoderBackend::Cpu)
         return std::make_unique<CpuDecoder>(model, capacity);
+    if (model.has_packed_linears())
+        throw Error(model.source_path + ": its Linears are kept packed, which only the CPU decoder runs; load it "
+                    "dequantized (--packed off) for this device");
     return std::make_unique<TorchDecoder>(model, capacity);
 }
 

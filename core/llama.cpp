@@ -1,6 +1,7 @@
 #include "core/llama.h"
 
 #include "core/error.h"
+#include "core/packed_runtime.h"
 
 #include <ATen/ATen.h>
 #include <torch/version.h>
@@ -78,7 +79,7 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 at::Tensor for_compute(const at::Tensor& weight)
 {
-    if (weight.device().is_cpu() && weight.scalar_type() != at::kFloat)
+    if (weight.defined() && weight.device().is_cpu() && weight.scalar_type() != at::kFloat)
         return weight.to(at::kFloat);
     return weight;
 }
@@ -90,13 +91,15 @@ DecoderLayer for_compute(const DecoderLayer& layer)
     out.ffn_norm = for_compute(layer.ffn_norm);
     for (int k = 0; k < kLinearKindCount; ++k)
         out.linear[k] = for_compute(layer.linear[k]);
+    out.packed = layer.packed;
     return out;
 }
 
 std::int64_t for_compute_peak_bytes(const Model& model)
 {
     auto copy_bytes = [](const at::Tensor& t) {
-        return t.device().is_cpu() && t.scalar_type() != at::kFloat ? t.numel() * std::int64_t{4} : std::int64_t{0};
+        return t.defined() && t.device().is_cpu() && t.scalar_type() != at::kFloat ? t.numel() * std::int64_t{4}
+                                                                                   : std::int64_t{0};
     };
     std::int64_t layer_bytes = 0;
     for (const DecoderLayer& layer : model.layers) {
@@ -129,7 +132,8 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
         throw Error("sequence of " + std::to_string(T) + " tokens exceeds the RoPE table of " +
                     std::to_string(rope.cos.size(0)) + " positions");
     auto linear = [&](LinearKind kind, const at::Tensor& input) {
-        at::Tensor output = at::matmul(input, layer.weight(kind).t());
+        const kernels::PackedWeights* packed = layer.packed_weight(kind);
+        at::Tensor output = packed ? packed_linear_forward(*packed, input) : at::matmul(input, layer.weight(kind).t());
         if (observer)
             observer(kind, input, output);
         return output;

@@ -1,5 +1,7 @@
 #include "core/model.h"
 
+#include "core/kernels/packed_matvec.h"
+
 #include "core/error.h"
 #include "core/tensor_stats.h"
 
@@ -123,7 +125,8 @@ std::vector<NamedTensor> Model::named_tensors() const
         const std::string prefix = "model.layers." + std::to_string(i) + ".";
         out.push_back({prefix + "input_layernorm.weight", layers[i].attn_norm});
         for (LinearKind k : kAllLinearKinds)
-            out.push_back({linear_name(i, k) + ".weight", layers[i].weight(k)});
+            if (!layers[i].packed_weight(k))
+                out.push_back({linear_name(i, k) + ".weight", layers[i].weight(k)});
         out.push_back({prefix + "post_attention_layernorm.weight", layers[i].ffn_norm});
     }
     out.push_back({"model.norm.weight", final_norm});
@@ -178,6 +181,25 @@ void Model::validate_shapes() const
             throw Error(source_path + ": tensor '" + t.name + "' has shape " + shape_string(t.tensor.sizes()) +
                         ", expected " + shape_string(want) + " from the model configuration");
     }
+    for (int i = 0; i < static_cast<int>(layers.size()); ++i)
+        for (LinearKind k : kAllLinearKinds)
+            if (const kernels::PackedWeights* p = layers[i].packed_weight(k)) {
+                const std::string name = linear_name(i, k) + ".weight";
+                const std::vector<std::int64_t> want = expected_shape(config, name);
+                if (p->rows != want[0] || p->cols != want[1])
+                    throw Error(source_path + ": packed Linear '" + name + "' is " + std::to_string(p->rows) + " x " +
+                                std::to_string(p->cols) + ", expected " + shape_string(want) +
+                                " from the model configuration");
+            }
+}
+
+bool Model::has_packed_linears() const
+{
+    for (const DecoderLayer& layer : layers)
+        for (const auto& p : layer.packed)
+            if (p)
+                return true;
+    return false;
 }
 
 void Model::check_finite() const
@@ -200,7 +222,8 @@ Model Model::map(const std::function<at::Tensor(const at::Tensor&)>& fn) const
         layer.attn_norm = fn(layer.attn_norm);
         layer.ffn_norm = fn(layer.ffn_norm);
         for (at::Tensor& w : layer.linear)
-            w = fn(w);
+            if (w.defined())
+                w = fn(w);
     }
     return m;
 }

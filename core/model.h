@@ -5,11 +5,16 @@
 #include <array>
 #include <functional>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 namespace pbllm {
+
+namespace kernels {
+struct PackedWeights;
+}
 
 /// Hyper-parameters of a Llama-architecture decoder.
 struct ModelConfig {
@@ -51,9 +56,13 @@ struct DecoderLayer {
     at::Tensor attn_norm;
     at::Tensor ffn_norm;
     std::array<at::Tensor, kLinearKindCount> linear;
+    /// Linears run from their bits (a packed checkpoint loaded with LoadOptions::packed): the
+    /// packed kernels multiply by them and their `linear` tensor is undefined.
+    std::array<std::shared_ptr<const kernels::PackedWeights>, kLinearKindCount> packed;
 
     at::Tensor& weight(LinearKind k) { return linear[static_cast<int>(k)]; }
     const at::Tensor& weight(LinearKind k) const { return linear[static_cast<int>(k)]; }
+    const kernels::PackedWeights* packed_weight(LinearKind k) const { return packed[static_cast<int>(k)].get(); }
 };
 
 struct NamedTensor {
@@ -79,9 +88,13 @@ struct Model {
     std::string tokenizer_path; ///< SentencePiece model found beside it ("" if none)
     std::string embedded_tokenizer; ///< serialized SentencePiece model stored in the file itself
     std::string synthetic; ///< non-empty for random weights written for benchmarks: what they are
+    std::vector<std::string> notes; ///< what loading could not do as asked, for the user
+
+    /// True when any Linear runs from its bits (DecoderLayer::packed).
+    bool has_packed_linears() const;
 
     /// Every tensor under its Hugging Face name, in a stable order (output head last, omitted
-    /// when tied).
+    /// when tied). Packed Linears are not tensors and are left out.
     std::vector<NamedTensor> named_tensors() const;
     /// Throws Error when a tensor's shape disagrees with the config or it holds NaN/Inf.
     void validate_weights() const;

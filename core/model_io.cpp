@@ -132,7 +132,8 @@ Model load_model(const std::string& path, const LoadOptions& options)
     } else if (info.isDir()) {
         throw Error(path + ": folder has no config.json; give the model file itself");
     } else if (has_hdf5_signature(path)) {
-        m = read_packed_checkpoint(path).quantized.model;
+        const bool runtime = options.packed && options.device.is_cpu();
+        m = read_packed_checkpoint(path, runtime ? PackedLoad::Runtime : PackedLoad::Dequantized).quantized.model;
     } else {
         m = load_llama2c(path);
     }

@@ -26,6 +26,10 @@ struct LoadOptions {
     c10::Device device = c10::Device(c10::kCPU);
     WeightStorage storage = WeightStorage::Float32;
     bool check_finite = true; ///< refuse NaN/Inf weights (one pass over the data)
+    /// Packed checkpoints on the CPU: keep quantized Linears packed and run them with the packed
+    /// kernels (generation, evaluation); off = dequantize them to float32 (what quantization,
+    /// QAT and weight statistics need).
+    bool packed = false;
 };
 
 /// Loads a llama2.c checkpoint, a Hugging Face folder/file or a .pbllm.h5 packed checkpoint.

@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/hdf5_io.h"
 #include "core/packed_hdf5.h"
+#include "core/packed_runtime.h"
 #include "core/quantizers.h"
 #include "core/system.h"
 
@@ -101,7 +102,7 @@ PackedLinear pack_linear(const QuantizedLinear& q)
     return p;
 }
 
-QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
+void validate_packed_fields(const PackedLinear& p, const std::string& what)
 {
     auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     if (p.rows <= 0 || p.cols <= 0 || p.rows > (1 << 24) || p.cols > (1 << 24))
@@ -119,7 +120,6 @@ QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
              std::to_string((p.salient_count * p.grid_bits + 7) / 8));
     if (static_cast<std::int64_t>(p.signs.size()) != (nonsalient + 7) / 8)
         fail("signs hold " + std::to_string(p.signs.size()) + " bytes, expected " + std::to_string((nonsalient + 7) / 8));
-    const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
     auto groups_for = [&](int width) { return width > 0 ? (p.cols + width - 1) / width : 1; };
     if (p.grid_bits != 16) {
         const std::int64_t expect = groups_for(p.method == QuantMethod::Gptq ? p.groupsize : 0);
@@ -133,6 +133,14 @@ QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
             static_cast<std::int64_t>(p.alpha.size()) != p.rows * expect)
             fail("binarization statistics do not match the shape and group size");
     }
+}
+
+QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
+{
+    auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
+    validate_packed_fields(p, what);
+    const std::int64_t n = p.weights();
+    const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
 
     QuantizedLinear q;
     q.name = p.name;
@@ -419,7 +427,7 @@ void write_packed_checkpoint(const QuantizedModel& qm, const std::string& path)
 
 namespace {
 
-PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
+PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, PackedLoad load)
 {
     quiet_hdf5();
     if (!QFileInfo(QString::fromStdString(path)).isFile())
@@ -454,7 +462,11 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
     Model& m = qm.model;
     m.config = ModelConfig::from_json(r.attr_string(root, "model_config"), path + " (model_config)");
     const ModelConfig& c = m.config;
-    require_memory(c.parameter_count() * 4, path + " (" + std::to_string(c.parameter_count()) + " parameters)");
+    const bool runtime = load == PackedLoad::Runtime;
+    if (runtime) // FP16 full-precision tensors, and packed Linears ~1.25x their file bytes (README)
+        require_memory(ck.file_bytes * 3 / 2, path + " kept packed in memory");
+    else
+        require_memory(c.parameter_count() * 4, path + " (" + std::to_string(c.parameter_count()) + " parameters)");
     m.format = ModelFormat::PbllmPacked;
     m.source_path = path;
     m.file_dtype = "packed";
@@ -463,17 +475,36 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
 
     const Hid tensors = r.group(root, "tensors");
     const Hid linear = r.group(root, "linear");
-    auto load_tensor = [&](const std::string& name, std::vector<hsize_t> shape) -> at::Tensor {
-        const std::string linear_group = name.substr(0, name.size() - std::string(".weight").size());
-        if (shape.size() == 2 && r.exists(linear.get(), linear_group)) {
-            const std::string what = path + ": Linear '" + linear_group + "'";
-            const std::int64_t expected[2] = {static_cast<std::int64_t>(shape[0]), static_cast<std::int64_t>(shape[1])};
-            PackedLinear p = read_packed_linear(r, linear.get(), linear_group, what, expected);
-            QuantizedLinear q = unpack_linear(p, what);
-            at::Tensor w = q.dequantized;
+    // A quantized Linear is dequantized into a float32 tensor, or (runtime) kept packed in
+    // `packed` with the tensor left undefined; one whose layout the packed kernels cannot run is
+    // dequantized either way.
+    auto load_linear = [&](const std::string& linear_group, const std::vector<hsize_t>& shape,
+                           PackedWeightsPtr* packed) -> at::Tensor {
+        const std::string what = path + ": Linear '" + linear_group + "'";
+        const std::int64_t expected[2] = {static_cast<std::int64_t>(shape[0]), static_cast<std::int64_t>(shape[1])};
+        PackedLinear p = read_packed_linear(r, linear.get(), linear_group, what, expected);
+        ck.bits.push_back(linear_bits(p));
+        if (runtime && packed_kernels_unsupported(p).empty()) {
+            *packed = build_packed_weights(p, what);
+            return at::Tensor();
+        }
+        if (runtime)
+            m.notes.push_back(linear_group + ": " + packed_kernels_unsupported(p) + "; it runs dequantized");
+        QuantizedLinear q = unpack_linear(p, what);
+        at::Tensor w = q.dequantized;
+        if (!runtime) {
             ck.packed.push_back(std::move(p));
             qm.linears.push_back(std::move(q));
-            return w;
+        }
+        return w;
+    };
+    auto load_tensor = [&](const std::string& name, std::vector<hsize_t> shape, PackedWeightsPtr* packed = nullptr)
+        -> at::Tensor {
+        const std::string linear_group = name.substr(0, name.size() - std::string(".weight").size());
+        if (shape.size() == 2 && r.exists(linear.get(), linear_group)) {
+            if (!packed)
+                r.fail("tensor '" + name + "' must be stored in full precision, not as a quantized Linear");
+            return load_linear(linear_group, shape, packed);
         }
         if (!r.exists(tensors.get(), name))
             r.fail("tensor '" + name + "' is missing (neither under /tensors nor /linear)");
@@ -481,7 +512,7 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
         std::vector<std::int64_t> sizes(shape.begin(), shape.end());
         at::Tensor h = at::empty(sizes, at::kHalf);
         std::memcpy(h.data_ptr(), bits.data(), bits.size() * 2);
-        return h.to(at::kFloat);
+        return runtime ? h : h.to(at::kFloat); // runtime: FP16 in memory, converted per use
     };
     const hsize_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
     m.tok_embeddings = load_tensor("model.embed_tokens.weight", {v, d});
@@ -496,7 +527,8 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
                                                : wide                                    ? std::vector<hsize_t>{h, d}
                                                : k == LinearKind::Down                   ? std::vector<hsize_t>{d, h}
                                                                                          : std::vector<hsize_t>{d, d};
-            m.layers[i].weight(k) = load_tensor(linear_name(i, k) + ".weight", shape);
+            m.layers[i].weight(k) =
+                load_tensor(linear_name(i, k) + ".weight", shape, &m.layers[i].packed[static_cast<int>(k)]);
         }
     }
     m.final_norm = load_tensor("model.norm.weight", {d});
@@ -507,13 +539,13 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path)
 
 } // namespace
 
-PackedCheckpoint read_packed_checkpoint(const std::string& path)
+PackedCheckpoint read_packed_checkpoint(const std::string& path, PackedLoad load)
 {
     // First in a child process: a file that crashes the HDF5 library must not crash this one.
     check_hdf5_structure(path, [&] {
-        (void)read_packed_checkpoint_unchecked(path);
+        (void)read_packed_checkpoint_unchecked(path, load);
     });
-    return read_packed_checkpoint_unchecked(path);
+    return read_packed_checkpoint_unchecked(path, load);
 }
 
 } // namespace pbllm

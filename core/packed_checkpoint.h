@@ -42,6 +42,9 @@ struct PackedLinear {
 };
 
 PackedLinear pack_linear(const QuantizedLinear& q);
+/// Checks the shape, bit-width, counts and array sizes of a PackedLinear against each other
+/// (not the values: unpack_linear and build_packed_weights check those as they decode).
+void validate_packed_fields(const PackedLinear& p, const std::string& what);
 /// Validates every field (sizes, counts, code ranges, index bounds) and rebuilds the Linear,
 /// `dequantized` included. Error messages name `what` (file and Linear).
 QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what);
@@ -101,17 +104,25 @@ private:
 /// stays intact on failure). Throws Error naming the file and the reason.
 void write_packed_checkpoint(const QuantizedModel& model, const std::string& path);
 
-/// What a packed checkpoint holds, with the model rebuilt from it (dequantized, float32, CPU).
+/// How a packed checkpoint's quantized Linears are loaded.
+enum class PackedLoad {
+    Dequantized, ///< float32 tensors (quantized.linears and packed filled): what every tool can use
+    Runtime,     ///< kept packed for the packed kernels (DecoderLayer::packed), FP16 full-precision
+                 ///< tensors; quantized.linears and packed stay empty
+};
+
+/// What a packed checkpoint holds, with the model rebuilt from it (CPU).
 struct PackedCheckpoint {
     QuantizedModel quantized;
     std::vector<PackedLinear> packed;
+    std::vector<LinearBits> bits; ///< every quantized Linear, in both load modes
     std::string program_version;
     std::string created;
     std::int64_t file_bytes = 0;
 };
 
 /// Reads and validates a .pbllm.h5 file; Error names the file and what is wrong.
-PackedCheckpoint read_packed_checkpoint(const std::string& path);
+PackedCheckpoint read_packed_checkpoint(const std::string& path, PackedLoad load = PackedLoad::Dequantized);
 
 /// True when the file starts with the HDF5 signature.
 bool has_hdf5_signature(const std::string& path);

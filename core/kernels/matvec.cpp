@@ -9,7 +9,6 @@
 #endif
 
 namespace pbllm::kernels {
-namespace {
 
 float f16_to_float(std::uint16_t h)
 {
@@ -35,6 +34,8 @@ float f16_to_float(std::uint16_t h)
     return f;
 }
 
+namespace {
+
 float bf16_to_float(std::uint16_t b)
 {
     const std::uint32_t bits = static_cast<std::uint32_t>(b) << 16;
@@ -53,6 +54,8 @@ float weight_at(WeightFormat format, const void* W, std::int64_t i)
     return static_cast<const float*>(W)[i];
 }
 
+} // namespace
+
 bool cpu_has_avx2_kernels()
 {
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -67,8 +70,6 @@ bool cpu_has_avx2_kernels()
     return false;
 #endif
 }
-
-} // namespace
 
 void matvec_rows_reference(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
                            std::int64_t begin, std::int64_t end)

@@ -20,6 +20,12 @@ void matvec_rows_reference(WeightFormat format, const void* W, const float* x, f
 /// "avx2-fma-f16c" or "reference": what matvec_rows runs on this CPU.
 const char* matvec_kernel_name();
 
+/// True when the CPU has AVX2, FMA and F16C: what every x86 fast kernel here needs.
+bool cpu_has_avx2_kernels();
+
+/// IEEE half bits -> float (exact, subnormals included).
+float f16_to_float(std::uint16_t h);
+
 /// dst[i] = float(src[i]) for n stored weights (embedding rows, norm weights).
 void to_float(WeightFormat format, const void* src, float* dst, std::int64_t n);
 

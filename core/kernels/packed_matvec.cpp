@@ -1,0 +1,114 @@
+#include "core/kernels/packed_matvec.h"
+
+#include "core/kernels/matvec.h"
+#include "core/kernels/packed_matvec_avx2.h"
+
+#include <algorithm>
+
+namespace pbllm::kernels {
+
+std::int64_t PackedWeights::resident_bytes() const
+{
+    return static_cast<std::int64_t>(signs.size() * 4 + (mu.size() + alpha.size() + scale.size()) * 2 + zero.size() +
+                                     row_start.size() * 4 + block_count.size() + offsets.size() + codes.size() +
+                                     values16.size() * 2);
+}
+
+void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input)
+{
+    input.x.assign(static_cast<std::size_t>(W.padded_cols()), 0.0f);
+    std::copy(x, x + W.cols, input.x.begin());
+    input.group_sums.assign(static_cast<std::size_t>(W.groups), 0.0f);
+    const std::int64_t group_cols = W.group_blocks * kPackedBlock;
+    for (std::int64_t g = 0; g < W.groups; ++g) {
+        const std::int64_t end = std::min(W.padded_cols(), (g + 1) * group_cols);
+        float sum = 0.0f;
+        for (std::int64_t c = g * group_cols; c < end; ++c)
+            sum += input.x[static_cast<std::size_t>(c)];
+        input.group_sums[static_cast<std::size_t>(g)] = sum;
+    }
+}
+
+void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& in, float* y, std::int64_t begin,
+                                  std::int64_t end)
+{
+    const float* x = in.x.data();
+    const std::int64_t words = W.words_per_row();
+    for (std::int64_t r = begin; r < end; ++r) {
+        const std::uint32_t* signs = W.signs.data() + r * words;
+        std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
+        float out = 0.0f;
+        for (std::int64_t g = 0; g < W.groups; ++g) {
+            const std::int64_t b0 = g * W.group_blocks, b1 = std::min(W.blocks, b0 + W.group_blocks);
+            float dense = 0.0f; // sum of x where the sign bit is 1
+            for (std::int64_t c = b0 * kPackedBlock; c < b1 * kPackedBlock; ++c)
+                if ((signs[c / 32] >> (c % 32)) & 1u)
+                    dense += x[c];
+            float sum_qx = 0.0f, sum_x = 0.0f; // over the salient entries of the group
+            for (std::int64_t b = b0; b < b1; ++b) {
+                const int count = W.block_count[static_cast<std::size_t>(r * W.blocks + b)];
+                for (int k = 0; k < count; ++k, ++e) {
+                    const float xv = x[b * kPackedBlock + W.offsets[static_cast<std::size_t>(e)]];
+                    const float q = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
+                                                      : static_cast<float>(W.codes[static_cast<std::size_t>(e)]);
+                    sum_qx += q * xv;
+                    sum_x += xv;
+                }
+            }
+            const std::size_t p = static_cast<std::size_t>(r * W.groups + g);
+            const float mu = f16_to_float(W.mu[p]), alpha = f16_to_float(W.alpha[p]);
+            const float s = f16_to_float(W.scale[p]), z = static_cast<float>(W.zero[p]);
+            out += (mu - alpha) * (in.group_sums[static_cast<std::size_t>(g)] - sum_x) + 2.0f * alpha * dense +
+                   s * sum_qx - s * z * sum_x;
+        }
+        y[r] = out;
+    }
+}
+
+void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx2_kernels())
+        return avx2::packed_matvec(W, x, y, begin, end);
+#endif
+    packed_matvec_rows_reference(W, x, y, begin, end);
+}
+
+const char* packed_kernel_name() { return cpu_has_avx2_kernels() ? "avx2-fma-f16c" : "reference"; }
+
+void packed_dequantize_rows(const PackedWeights& W, float* out, std::int64_t begin, std::int64_t end)
+{
+    const std::int64_t words = W.words_per_row();
+    const std::int64_t group_cols = W.group_blocks * kPackedBlock;
+    for (std::int64_t r = begin; r < end; ++r) {
+        float* row = out + (r - begin) * W.cols;
+        const std::uint32_t* signs = W.signs.data() + r * words;
+        for (std::int64_t g = 0; g < W.groups; ++g) {
+            const std::size_t p = static_cast<std::size_t>(r * W.groups + g);
+            const float mu = f16_to_float(W.mu[p]), alpha = f16_to_float(W.alpha[p]);
+            const float plus = mu + alpha, minus = mu - alpha;
+            for (std::int64_t c = g * group_cols; c < std::min(W.cols, (g + 1) * group_cols); ++c)
+                row[c] = ((signs[c / 32] >> (c % 32)) & 1u) ? plus : minus;
+        }
+        std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
+        for (std::int64_t b = 0; b < W.blocks; ++b) {
+            const int count = W.block_count[static_cast<std::size_t>(r * W.blocks + b)];
+            const std::size_t p = static_cast<std::size_t>(r * W.groups + b * kPackedBlock / group_cols);
+            const float s = f16_to_float(W.scale[p]), z = static_cast<float>(W.zero[p]);
+            for (int k = 0; k < count; ++k, ++e) {
+                const std::int64_t c = b * kPackedBlock + W.offsets[static_cast<std::size_t>(e)];
+                row[c] = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
+                                           : s * (static_cast<float>(W.codes[static_cast<std::size_t>(e)]) - z);
+            }
+        }
+    }
+}
+
+double packed_row_cost(const PackedWeights& W, std::int64_t r)
+{
+    // A dense 32-column word and about four salient entries cost alike in the AVX2 kernel.
+    return static_cast<double>(r) * static_cast<double>(W.binarized ? W.words_per_row() : 0) +
+           0.25 * static_cast<double>(W.row_start[static_cast<std::size_t>(r)]);
+}
+
+} // namespace pbllm::kernels

@@ -1,0 +1,79 @@
+#pragma once
+// Packed PB-LLM Linears in memory and the kernels that multiply by them without dequantizing.
+//
+// A row i of a partially binarized Linear holds, per parameter group g (a run of whole column
+// blocks: the binarization-statistics group, or the grid group of plain GPTQ), non-salient
+// weights mu + alpha (sign bit 1) or mu - alpha (sign bit 0) and salient weights s (q - z)
+// (or an FP16 value when the salient bit-width is 16). With b the sign plane (0 at salient
+// positions), S the salient set and X_g the sum of x over the group:
+//   y_i = sum_g (mu - alpha) (X_g - sum_S x) + 2 alpha sum_j b_ij x_j + s sum_S q x - s z sum_S x
+// The dense part is a 1-bit dot product over every column; the sparse part touches the salient
+// columns only (../shared/docs/PACKED-INFERENCE.md).
+#include <cstdint>
+#include <vector>
+
+namespace pbllm::kernels {
+
+/// Columns per block: salient positions are stored as u8 offsets inside a block, with a u8
+/// count per (row, block).
+constexpr int kPackedBlock = 128;
+
+/// The runtime layout of one quantized Linear (rows, cols). Built and validated from a packed
+/// file by build_packed_weights (core/packed_runtime.h); the kernels trust it.
+struct PackedWeights {
+    std::int64_t rows = 0, cols = 0;
+    std::int64_t blocks = 0;      ///< ceil(cols / kPackedBlock)
+    std::int64_t groups = 1;      ///< parameter groups per row
+    std::int64_t group_blocks = 0; ///< blocks per parameter group (the last group may have fewer)
+    int code_bits = 8;            ///< 2..8: u8 grid codes; 16: FP16 values
+    bool binarized = true;        ///< false for plain GPTQ (every weight salient, mu = alpha = 0)
+
+    /// Sign plane, (rows, blocks * kPackedBlock / 32) words; bit j of word w is column 32 w + j;
+    /// 1 = non-salient +1, 0 = non-salient -1, salient, or padding past cols.
+    std::vector<std::uint32_t> signs;
+    /// Per (row, group), as the file stores them: FP16 bits of mu, alpha and the grid scale
+    /// (1.0 for FP16 values), and the grid zero point.
+    std::vector<std::uint16_t> mu, alpha, scale;
+    std::vector<std::uint8_t> zero;
+    /// Salient entries, row-major, column order: entry range of row r is
+    /// [row_start[r], row_start[r + 1]); block_count (rows, blocks) splits it by block.
+    std::vector<std::uint32_t> row_start;
+    std::vector<std::uint8_t> block_count;
+    std::vector<std::uint8_t> offsets;   ///< column - block * kPackedBlock, per entry
+    std::vector<std::uint8_t> codes;     ///< grid codes (code_bits <= 8)
+    std::vector<std::uint16_t> values16; ///< FP16 values (code_bits == 16)
+
+    std::int64_t words_per_row() const { return blocks * (kPackedBlock / 32); }
+    std::int64_t padded_cols() const { return blocks * kPackedBlock; }
+    std::int64_t salient_count() const { return row_start.empty() ? 0 : row_start.back(); }
+    /// Bytes of every array above: what the Linear costs in memory.
+    std::int64_t resident_bytes() const;
+};
+
+/// The activation vector as the kernels read it: x zero-padded to whole blocks, and its sum per
+/// parameter group (shared by every row).
+struct PackedInput {
+    std::vector<float> x;
+    std::vector<float> group_sums;
+};
+void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input);
+
+/// y[r] = W[r, :] . x for rows [begin, end). Uses the AVX2 kernel when the CPU has AVX2 + FMA +
+/// F16C, the reference otherwise.
+void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end);
+/// The scalar definition of the above (float accumulation per group, in column order).
+void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin,
+                                  std::int64_t end);
+/// "avx2-fma-f16c" or "reference": what packed_matvec_rows runs on this CPU.
+const char* packed_kernel_name();
+
+/// Rows [begin, end) of the dequantized matrix into out (row-major, cols floats a row): the
+/// values QuantizedLinear::dequantize computes, bit for bit. The batched product unpacks a tile
+/// of rows once and multiplies it with every token.
+void packed_dequantize_rows(const PackedWeights& W, float* out, std::int64_t begin, std::int64_t end);
+
+/// Cost of rows [0, r) in the matvec's unit of work (dense words + salient entries), for
+/// splitting rows between threads evenly when salient counts differ by row.
+double packed_row_cost(const PackedWeights& W, std::int64_t r);
+
+} // namespace pbllm::kernels

@@ -1,0 +1,10 @@
+#pragma once
+// The x86 packed kernel behind kernels::packed_matvec_rows; only call it when the CPU has AVX2,
+// FMA and F16C.
+#include "core/kernels/packed_matvec.h"
+
+namespace pbllm::kernels::avx2 {
+
+void packed_matvec(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end);
+
+} // namespace pbllm::kernels::avx2

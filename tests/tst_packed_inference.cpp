@@ -1,0 +1,298 @@
+// Running quantized Linears from their bits: the runtime layout against QuantizedLinear's own
+// dequantization (bit for bit), every kernel against an independent float64 product and the AVX2
+// kernel against the scalar reference on awkward shapes and every salient bit-width, errors for
+// inconsistent layouts, and stories260K loaded packed against the same file dequantized.
+#include "core/calibration.h"
+#include "core/decoder.h"
+#include "core/error.h"
+#include "core/evaluation.h"
+#include "core/generation.h"
+#include "core/llama.h"
+#include "core/model_io.h"
+#include "core/packed_checkpoint.h"
+#include "core/packed_runtime.h"
+#include "core/tokenizer.h"
+#include "tests/support/test_support.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <QTemporaryDir>
+#include <QtTest>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+namespace {
+
+/// Worst error allowed of a packed product, as a fraction of sum_j |w_ij x_j| of its row: float32
+/// sums of up to 11008 terms in another order than the float64 product (observed below 1e-6).
+constexpr double kProductTolerance = 2e-5;
+/// The AVX2 kernel against the scalar reference: both float32, different summation order.
+constexpr double kKernelTolerance = 2e-5;
+
+/// A quantized Linear with chosen contents: about 10% salient entries at random, row 0 with none
+/// and row 1 all salient, random codes, signs and FP16-representable parameters.
+QuantizedLinear synthetic_linear(std::int64_t rows, std::int64_t cols, int bits, int groupsize = 0,
+                                 QuantMethod method = QuantMethod::PbGptq)
+{
+    QuantizedLinear q;
+    q.name = "synthetic";
+    q.rows = rows;
+    q.cols = cols;
+    q.settings.method = method;
+    q.settings.salient_bits = bits;
+    q.settings.bits = bits;
+    q.groupsize = groupsize;
+    const bool gptq = method == QuantMethod::Gptq;
+    q.salient = gptq ? at::ones({rows, cols}, at::kBool) : at::rand({rows, cols}) < 0.1;
+    if (!gptq && rows > 2) {
+        q.salient[0].fill_(false);
+        q.salient[1].fill_(true);
+    }
+    q.signs = at::rand({rows, cols}) < 0.5;
+    const std::int64_t groups = groupsize > 0 ? (cols + groupsize - 1) / groupsize : 1;
+    if (bits == 16) {
+        q.codes = (at::randn({rows, cols}) * 0.1).to(at::kHalf).view(at::kShort).clone();
+    } else {
+        const int maxq = (1 << bits) - 1;
+        q.codes = at::randint(0, maxq + 1, {rows, cols}, at::kShort);
+        const std::int64_t grid_groups = gptq ? groups : 1;
+        q.grid.bits = bits;
+        q.grid.scale = (at::rand({rows, grid_groups}) * 0.01 + 0.001).to(at::kHalf).to(at::kFloat);
+        q.grid.zero = at::randint(0, maxq + 1, {rows, grid_groups}).to(at::kFloat);
+    }
+    q.codes.masked_fill_(q.salient.logical_not(), 0);
+    if (!gptq) {
+        q.binary.mu = (at::randn({rows, groups}) * 0.01).to(at::kHalf).to(at::kFloat);
+        q.binary.alpha = (at::rand({rows, groups}) * 0.05).to(at::kHalf).to(at::kFloat);
+    }
+    q.validate();
+    q.dequantized = q.dequantize();
+    return q;
+}
+
+/// max_i |y_i - (W x)_i| / sum_j |W_ij x_j|, W and x widened to float64.
+double worst_relative_error(const at::Tensor& W, const at::Tensor& x, const at::Tensor& y)
+{
+    const at::Tensor Wd = W.to(at::kDouble), xd = x.to(at::kDouble);
+    const at::Tensor exact = at::matmul(Wd, xd);
+    const at::Tensor scale = at::matmul(Wd.abs(), xd.abs()) + 1e-30;
+    return ((y.to(at::kDouble) - exact).abs() / scale).max().item<double>();
+}
+
+at::Tensor run_rows(const kernels::PackedWeights& W, const at::Tensor& x, bool reference)
+{
+    kernels::PackedInput in;
+    kernels::prepare_packed_input(W, x.data_ptr<float>(), in);
+    at::Tensor y = at::empty({W.rows}, at::kFloat);
+    (reference ? kernels::packed_matvec_rows_reference : kernels::packed_matvec_rows)(W, in, y.data_ptr<float>(), 0,
+                                                                                      W.rows);
+    return y;
+}
+
+std::string packed_file()
+{
+    static const std::string path = [] {
+        static QTemporaryDir dir;
+        const Tokenizer tok = Tokenizer::from_file(tok512_path());
+        QuantizedModel m = quantize_model(
+            stories260k(), sample_calibration_windows(tok.encode(read_text_file(tinystories_train_path())), 16, 128, 0),
+            QuantPlan{});
+        m.tokenizer_bytes = tok.model_bytes();
+        const std::string p = dir.filePath("stories260K-pb.pbllm.h5").toStdString();
+        write_packed_checkpoint(m, p);
+        return p;
+    }();
+    return path;
+}
+
+Model load(bool packed)
+{
+    LoadOptions o;
+    o.packed = packed;
+    o.tokenizer_path = tok512_path();
+    return load_model(packed_file(), o);
+}
+
+} // namespace
+
+class TestPackedInference : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void kernelsMatchDequantizedProduct_data()
+    {
+        QTest::addColumn<int>("rows");
+        QTest::addColumn<int>("cols");
+        QTest::addColumn<int>("bits");
+        QTest::addColumn<int>("groupsize");
+        QTest::addColumn<int>("method");
+        for (int bits : {2, 3, 4, 5, 6, 7, 8, 16}) {
+            const std::string b = std::to_string(bits) + "-bit";
+            QTest::newRow(("64 cols, 9 rows, " + b).c_str()) << 9 << 64 << bits << 0 << 0;
+            QTest::newRow(("172 cols, 7 rows, " + b).c_str()) << 7 << 172 << bits << 0 << 0;
+        }
+        QTest::newRow("11008 cols, 5 rows, 8-bit") << 5 << 11008 << 8 << 0 << 0;
+        QTest::newRow("11008 cols, 3 rows, 16-bit") << 3 << 11008 << 16 << 0 << 0;
+        QTest::newRow("4096 cols, 33 rows, 8-bit") << 33 << 4096 << 8 << 0 << 0;
+        QTest::newRow("384 cols, 11 rows, groups of 128") << 11 << 384 << 8 << 128 << 0;
+        QTest::newRow("1280 cols, 6 rows, groups of 256") << 6 << 1280 << 4 << 256 << 0;
+        QTest::newRow("plain gptq 4-bit, groups of 128") << 5 << 256 << 4 << 128 << 2;
+        QTest::newRow("plain gptq 3-bit, 172 cols") << 5 << 172 << 3 << 0 << 2;
+    }
+
+    void kernelsMatchDequantizedProduct()
+    {
+        QFETCH(int, rows);
+        QFETCH(int, cols);
+        QFETCH(int, bits);
+        QFETCH(int, groupsize);
+        QFETCH(int, method);
+        const QuantizedLinear q = synthetic_linear(rows, cols, bits, groupsize, static_cast<QuantMethod>(method));
+        const PackedLinear p = pack_linear(q);
+        const PackedWeightsPtr W = build_packed_weights(p, "synthetic");
+        QCOMPARE(W->salient_count(), p.salient_count);
+
+        // The layout holds exactly the quantizer's weights.
+        at::Tensor unpacked = at::empty({rows, cols}, at::kFloat);
+        kernels::packed_dequantize_rows(*W, unpacked.data_ptr<float>(), 0, rows);
+        QVERIFY(at::equal(unpacked, q.dequantized));
+
+        const at::Tensor x = at::randn({cols});
+        const double reference = worst_relative_error(q.dequantized, x, run_rows(*W, x, true));
+        QVERIFY2(reference < kProductTolerance, qPrintable(QString::number(reference)));
+        const at::Tensor fast = run_rows(*W, x, false);
+        const double kernel = ((fast - run_rows(*W, x, true)).abs().to(at::kDouble) /
+                               (at::matmul(q.dequantized.abs(), x.abs()).to(at::kDouble) + 1e-30))
+                                  .max()
+                                  .item<double>();
+        QVERIFY2(kernel < kKernelTolerance, qPrintable(QString::number(kernel)));
+
+        // Threaded matvec (rows split by work) and both batched forms: per-token and tiled.
+        const int threads = at::get_num_threads();
+        at::set_num_threads(2);
+        kernels::PackedInput scratch;
+        at::Tensor y = at::empty({rows}, at::kFloat);
+        packed_matvec(*W, x.data_ptr<float>(), y.data_ptr<float>(), scratch);
+        at::set_num_threads(threads);
+        QVERIFY(at::equal(y, fast));
+        for (int tokens : {3, 40}) {
+            const at::Tensor X = at::randn({2, tokens, cols});
+            const at::Tensor Y = packed_linear_forward(*W, X);
+            QCOMPARE(Y.sizes(), (at::IntArrayRef{2, tokens, rows}));
+            const at::Tensor exact = at::matmul(X.to(at::kDouble), q.dequantized.to(at::kDouble).t());
+            const at::Tensor scale = at::matmul(X.abs().to(at::kDouble), q.dequantized.abs().to(at::kDouble).t());
+            const double worst = ((Y.to(at::kDouble) - exact).abs() / (scale + 1e-30)).max().item<double>();
+            QVERIFY2(worst < kProductTolerance, qPrintable(QString::number(worst)));
+        }
+    }
+
+    void quantizerOutputRunsPacked()
+    {
+        // A Linear from the real quantizer (PB-GPTQ 10%, 8-bit) rather than random fields.
+        const at::Tensor X = at::randn({512, 256});
+        GptqOptions o;
+        o.blocksize = 64;
+        LayerQuantSettings s;
+        const QuantizedLinear q = quantize_linear("model.layers.0.mlp.up_proj", at::randn({48, 256}) * 0.05,
+                                                  (at::matmul(X.t(), X) * (2.0 / 512)).to(at::kDouble), s, o);
+        const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "q");
+        const at::Tensor x = at::randn({256});
+        const double err = worst_relative_error(q.dequantized, x, run_rows(*W, x, false));
+        QVERIFY2(err < kProductTolerance, qPrintable(QString::number(err)));
+    }
+
+    void residentBitsAtTenPercent()
+    {
+        // 4096-wide rows at 10% salient 8-bit: 1 sign bit + 16 bits per salient weight (offset and
+        // code) + 1/16 bit of block counts + row parameters: 2.68 bits, the README's figure.
+        const QuantizedLinear q = synthetic_linear(64, 4096, 8);
+        const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "q");
+        const double r = static_cast<double>(W->salient_count()) / (64.0 * 4096);
+        // Per row: mu, alpha, scale (FP16), zero (u8) and a u32 entry start (one more in all).
+        const double expected =
+            1.0 + 16.0 * r + 8.0 / kernels::kPackedBlock + (3 * 2 + 1 + 4) * 8.0 / 4096 + 32.0 / (64 * 4096);
+        QVERIFY2(std::abs(resident_bits_per_weight(*W) - expected) < 1e-9,
+                 qPrintable(QString::number(resident_bits_per_weight(*W))));
+    }
+
+    void inconsistentLayoutsAreRefused_data()
+    {
+        QTest::addColumn<QString>("field");
+        QTest::addColumn<QString>("message");
+        QTest::newRow("negative alpha") << "alpha" << "negative or non-finite alpha";
+        QTest::newRow("zero scale") << "scale" << "not positive and finite";
+        QTest::newRow("zero point above the grid") << "zero" << "zero point above 15";
+        QTest::newRow("short signs") << "signs" << "signs hold";
+        QTest::newRow("groups not whole blocks") << "groups" << "not whole 128-column blocks";
+    }
+
+    void inconsistentLayoutsAreRefused()
+    {
+        QFETCH(QString, field);
+        QFETCH(QString, message);
+        // (A code above the grid cannot be stored: codes are grid_bits wide.)
+        PackedLinear p = pack_linear(synthetic_linear(4, 256, 4, field == "groups" ? 64 : 0));
+        if (field == "alpha")
+            p.alpha[1] = 0xbc00; // -1.0
+        if (field == "scale")
+            p.grid_scale[2] = 0;
+        if (field == "zero")
+            p.grid_zero[3] = 16;
+        if (field == "signs")
+            p.signs.pop_back();
+        try {
+            (void)build_packed_weights(p, "m.pbllm.h5: Linear 'x'");
+            QFAIL("accepted");
+        } catch (const Error& e) {
+            QVERIFY2(QString(e.what()).contains("m.pbllm.h5: Linear 'x'"), e.what());
+            QVERIFY2(QString(e.what()).contains(message), e.what());
+        }
+    }
+
+    void stories260kPackedMatchesDequantized()
+    {
+        const Model dense = load(false);
+        const Model packed = load(true);
+        QVERIFY(packed.has_packed_linears());
+        QVERIFY(!dense.has_packed_linears());
+        // No float32 copy of a quantized Linear is kept: only FP16 tensors besides the packed ones.
+        QCOMPARE(packed.named_tensors().size(), std::size_t(1 + 5 * 2 + 1)); // embedding, norms, final norm (tied head)
+        for (const NamedTensor& t : packed.named_tensors())
+            QCOMPARE(static_cast<int>(t.tensor.scalar_type()), static_cast<int>(at::kHalf));
+
+        // Batched forward (tiled from 16 tokens) against the dequantized model.
+        const Tokenizer tok = tokenizer_for(packed);
+        const std::vector<int> val = tok.encode(read_text_file(tinystories_val_path()));
+        std::vector<std::int64_t> ids(val.begin(), val.begin() + 2 * 256);
+        const at::Tensor tokens = at::tensor(ids).view({2, 256});
+        const at::Tensor a = forward(dense, tokens), b = forward(packed, tokens);
+        QVERIFY2(max_abs_diff(a, b) < 2e-3, qPrintable(QString::number(max_abs_diff(a, b))));
+
+        // Perplexity on 24 windows: the same to 1e-4 (relative).
+        PerplexitySettings ps;
+        ps.max_windows = 24;
+        const double pd = evaluate_perplexity(dense, val, ps).ppl, pp = evaluate_perplexity(packed, val, ps).ppl;
+        QVERIFY2(std::abs(pp / pd - 1.0) < 1e-4, qPrintable(QString("%1 vs %2").arg(pp).arg(pd)));
+
+        // Greedy generation through the CPU decoder: the same 60 tokens.
+        GenerationSettings gs;
+        gs.max_new_tokens = 60;
+        gs.stop_at_eos = false;
+        gs.sampler.temperature = 0.0f;
+        const GenerationResult gd = generate(dense, tok, "Once upon a time", gs);
+        const GenerationResult gp = generate(packed, tok, "Once upon a time", gs);
+        QCOMPARE(gp.tokens.size(), std::size_t(60));
+        QVERIFY(gp.tokens == gd.tokens);
+        QCOMPARE(gp.text, gd.text);
+    }
+
+    void packedModelRefusesTheTorchDecoder()
+    {
+        const Model packed = load(true);
+        QVERIFY_THROWS_EXCEPTION(Error, make_decoder(packed, DecoderBackend::Torch));
+    }
+};
+
+QTEST_GUILESS_MAIN(TestPackedInference)
+#include "tst_packed_inference.moc"
