@@ -178,14 +178,17 @@ at::Tensor packed_linear_forward(const kernels::PackedWeights& W, const at::Tens
     }
     // About 8 MiB of float32 rows per tile: unpacked once, used by every token.
     const std::int64_t tile = std::clamp<std::int64_t>((8ll << 20) / (W.cols * 4), 64, W.rows);
-    const at::Tensor buffer = at::empty({tile, W.cols}, at::kFloat);
+    // Kept between calls: a fresh 8 MiB block each time would be mapped and page-faulted anew.
+    thread_local at::Tensor buffer;
+    if (!buffer.defined() || buffer.numel() < tile * W.cols)
+        buffer = at::empty({tile * W.cols}, at::kFloat);
     for (std::int64_t r0 = 0; r0 < W.rows; r0 += tile) {
         const std::int64_t n = std::min(tile, W.rows - r0);
         float* b = buffer.data_ptr<float>();
         at::parallel_for(0, n, 8, [&](std::int64_t begin, std::int64_t end) {
             kernels::packed_dequantize_rows(W, b + begin * W.cols, r0 + begin, r0 + end);
         });
-        out.narrow(1, r0, n).copy_(at::mm(X, buffer.narrow(0, 0, n).t()));
+        out.narrow(1, r0, n).copy_(at::mm(X, buffer.narrow(0, 0, n * W.cols).view({n, W.cols}).t()));
     }
     return out.view(sizes);
 }

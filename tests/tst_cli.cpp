@@ -191,8 +191,20 @@ private Q_SLOTS:
         QCOMPARE(info.json()["salient_ratio"].toDouble(), o["salient_ratio"].toDouble());
         QCOMPARE(info.json()["bits_per_weight"].toObject()["measured"].toDouble(), bits["measured"].toDouble());
         QCOMPARE(info.json()["tokenizer"].toString(), QString("(embedded)"));
+        const Run dequantized = pbllm_run({"eval", out, "--text", val(), "--max-windows", "4", "--packed", "off", "--json"});
+        QCOMPARE(dequantized.json()["ppl"].toDouble(), o["ppl_after"].toDouble());
+        QCOMPARE(dequantized.json()["packed"].toBool(), false);
+        // By default the Linears run from their bits: the same perplexity up to float32 summation order.
         const Run eval = pbllm_run({"eval", out, "--text", val(), "--max-windows", "4", "--json"});
-        QCOMPARE(eval.json()["ppl"].toDouble(), o["ppl_after"].toDouble());
+        QCOMPARE(eval.json()["packed"].toBool(), true);
+        QVERIFY2(std::abs(eval.json()["ppl"].toDouble() / o["ppl_after"].toDouble() - 1.0) < 1e-4, eval.out.constData());
+        const QStringList gen = {"generate", out, "--prompt", "Once upon a time", "-n", "40", "--json"};
+        const Run packed_text = pbllm_run(gen), dequantized_text = pbllm_run(gen + QStringList{"--packed", "off"});
+        QCOMPARE(packed_text.json()["packed"].toBool(), true);
+        QCOMPARE(packed_text.json()["text"].toString(), dequantized_text.json()["text"].toString());
+        const Run bad_packed = pbllm_run({"eval", out, "--text", val(), "--packed", "maybe"});
+        QCOMPARE(bad_packed.code, 2);
+        QVERIFY2(bad_packed.err.contains("--packed must be on or off"), bad_packed.err.constData());
         // Never overwritten silently.
         const Run again = pbllm_run({"quantize", model(), "--calib", train, "-o", out, "--nsamples", "2", "--seqlen", "64"});
         QCOMPARE(again.code, 1);
@@ -271,7 +283,8 @@ private Q_SLOTS:
         QCOMPARE(o["training"].toObject()["init"].toString(), QString("magnitude"));
         QVERIFY(QFileInfo::exists(ckpt));
         // The packed result evaluates like any model; the checkpoint of step 4 resumes to nothing new.
-        QCOMPARE(pbllm_run({"eval", out, "--text", held_out, "--json"}).json()["ppl"].toDouble(), o["ppl_after"].toDouble());
+        QCOMPARE(pbllm_run({"eval", out, "--text", held_out, "--packed", "off", "--json"}).json()["ppl"].toDouble(),
+                 o["ppl_after"].toDouble());
         const Run resumed = pbllm_run(common + QStringList{"-o", tmp.filePath("again.pbllm.h5"), "--resume", ckpt});
         QCOMPARE(resumed.code, 0);
         QCOMPARE(resumed.json()["history"].toArray().size(), 0);

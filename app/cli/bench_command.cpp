@@ -98,14 +98,21 @@ int run_bench(const QStringList& args)
                                      "name ending in -f16 or -bf16 stores its weights so (the decoder reads them as "
                                      "they are).", "LIST", "stories260K,synthetic-15M,synthetic-110M"});
     cl.parser().addOption({"gen-tokens", "Tokens per generation run.", "N", "128"});
-    cl.parser().addOption({"suite", "eval (evaluation and generation) or quant (PB-GPTQ, previews).", "S", "eval"});
+    cl.parser().addOption({"suite", "eval (evaluation and generation), quant (PB-GPTQ, previews) or packed (packed "
+                                    "kernels vs dequantized float32 and FP16).", "S", "eval"});
+    cl.parser().addOption({"shape", "packed suite: synthetic model shape.", "NAME", "stories110m"});
+    cl.parser().addOption({"layers", "packed suite: decoder layers (default: the shape's).", "N", "0"});
+    cl.parser().addOption({"salient", "packed suite: salient ratio.", "R", "0.1"});
     cl.parse(args);
     const int runs = cl.int_value("runs", 1, 1000);
+    const int gen_tokens = cl.int_value("gen-tokens", 1, 1 << 16);
     if (cl.value("suite") == "quant")
         return run_quant_bench(runs, cl.json());
+    if (cl.value("suite") == "packed")
+        return run_packed_bench(runs, gen_tokens, cl.value("shape").toStdString(), cl.int_value("layers", 0, 1024),
+                                cl.double_value("salient", 0.0, 1.0), cl.json());
     if (cl.value("suite") != "eval")
-        throw UsageError{"--suite must be eval or quant"};
-    const int gen_tokens = cl.int_value("gen-tokens", 1, 1 << 16);
+        throw UsageError{"--suite must be eval, quant or packed"};
     const Baselines base = measure_baselines(runs);
     std::vector<ModelBench> results;
     for (const QString& which : cl.value("models").split(',', Qt::SkipEmptyParts)) {

@@ -1,6 +1,7 @@
 #pragma once
 // Timing helpers and hardware yardsticks shared by the benchmark suites.
 #include <functional>
+#include <string>
 #include <vector>
 
 namespace pbllm::cli {
@@ -17,5 +18,7 @@ struct Baselines {
 Baselines measure_baselines(int runs);
 
 int run_quant_bench(int runs, bool json);
+/// Packed vs dequantized float32 vs FP16 on a SYNTHETIC model of `shape` (layers > 0: that many).
+int run_packed_bench(int runs, int gen_tokens, const std::string& shape, int layers, double ratio, bool json);
 
 } // namespace pbllm::cli

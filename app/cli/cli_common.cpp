@@ -95,7 +95,23 @@ Model CommandLine::load_model_at(const std::string& path, bool mapped, bool chec
     if (options.device.is_cuda() && !at::hasCUDA())
         throw Error("--device " + device + ": this build's libtorch has no CUDA support (rebuild against a CUDA "
                     "libtorch, see README)");
-    return pbllm::load_model(path, options);
+    if (packed_option_) {
+        const QString packed = parser_.value("packed");
+        if (packed != "on" && packed != "off")
+            throw UsageError{"--packed must be on or off (got '" + packed.toStdString() + "')"};
+        options.packed = packed == "on";
+    }
+    Model m = pbllm::load_model(path, options);
+    for (const std::string& note : m.notes)
+        std::fprintf(stderr, "note: %s\n", note.c_str());
+    return m;
+}
+
+void CommandLine::add_packed_option()
+{
+    parser_.addOption({"packed", "Packed checkpoints: run quantized Linears from their bits with the packed kernels "
+                                 "(on, default) or dequantized to float32 (off).", "on|off", "on"});
+    packed_option_ = true;
 }
 
 Tokenizer CommandLine::load_tokenizer(const Model& model) const { return tokenizer_for(model); }

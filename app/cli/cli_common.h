@@ -39,6 +39,9 @@ public:
     /// float32 (the commands whose engine reads them so: eval, generate, info).
     Model load_model(bool mapped = false, bool check_finite = true);
     Model load_model_at(const std::string& path, bool mapped = false, bool check_finite = true);
+    /// Adds --packed on|off: run a packed checkpoint's quantized Linears from their bits (on,
+    /// the default) or dequantized to float32 (off), read by load_model.
+    void add_packed_option();
     /// The model's tokenizer; Error when there is none.
     Tokenizer load_tokenizer(const Model& model) const;
 
@@ -46,6 +49,7 @@ private:
     QCommandLineParser parser_;
     QString command_;
     QString default_tokenizer_;
+    bool packed_option_ = false;
 };
 
 /// Prints one JSON object on stdout.

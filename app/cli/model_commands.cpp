@@ -157,6 +157,7 @@ int run_eval(const QStringList& args)
     cl.parser().addOption({"seqlen", "Window length in tokens (default: the model's context).", "N", "0"});
     cl.parser().addOption({"max-windows", "Evaluate only the first N windows (quick mode).", "N", "0"});
     cl.parser().addOption({"batch", "Windows per forward pass (default: chosen from memory).", "N", "0"});
+    cl.add_packed_option();
     cl.parse(args);
     if (!cl.is_set("text"))
         throw UsageError{"--text FILE is required"};
@@ -179,6 +180,7 @@ int run_eval(const QStringList& args)
                                {"seconds", r.seconds},
                                {"tokens_per_second", r.tokens_per_second},
                                {"peak_resident_bytes", static_cast<double>(peak_resident_bytes())},
+                               {"packed", m.has_packed_linears()},
                                {"text", QString::fromStdString(text_path)},
                                {"text_sha256", QString::fromStdString(sha256_of_bytes(text))}});
     } else {
@@ -201,6 +203,7 @@ int run_generate(const QStringList& args)
     cl.parser().addOption({"top-p", "Nucleus sampling threshold in (0, 1] (1 = off).", "P", "1"});
     cl.parser().addOption({"seed", "Sampler seed.", "S", "0"});
     cl.parser().addOption({"backend", "Decoder: auto, cpu (plain loops) or torch (libtorch ops).", "B", "auto"});
+    cl.add_packed_option();
     cl.parse(args);
     GenerationSettings s;
     s.max_new_tokens = cl.int_value("n", 0, 1 << 20);
@@ -247,6 +250,7 @@ int run_generate(const QStringList& args)
                                {"tokens_per_second", r.tokens_per_second},
                                {"time_to_first_token", r.time_to_first_token},
                                {"peak_resident_bytes", static_cast<double>(peak_resident_bytes())},
+                               {"packed", m.has_packed_linears()},
                                {"seconds", r.seconds}});
     } else {
         std::fprintf(stderr, "\n[%zu tokens, %.1f tokens/s, first token after %.1f ms]\n", r.tokens.size(),

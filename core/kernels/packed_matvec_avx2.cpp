@@ -20,6 +20,27 @@ float horizontal_sum(__m256 v)
 
 float half(std::uint16_t h) { return _cvtsh_ss(h); }
 
+/// Eight bytes from entry e on (past the end of the array: zeros, never read beyond it).
+inline __m128i load8(const std::vector<std::uint8_t>& v, std::int64_t e)
+{
+    if (static_cast<std::size_t>(e) + 8 <= v.size())
+        return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v.data() + e));
+    std::uint8_t tail[16] = {};
+    std::copy(v.begin() + e, v.end(), tail);
+    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tail));
+}
+
+/// Eight FP16 values from entry e on as floats (zeros past the end; garbage lanes are masked
+/// out by x = 0, and FP16 values are checked finite when the layout is built).
+inline __m256 load8_halves(const std::vector<std::uint16_t>& v, std::int64_t e)
+{
+    if (static_cast<std::size_t>(e) + 8 <= v.size())
+        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.data() + e)));
+    std::uint16_t tail[8] = {};
+    std::copy(v.begin() + e, v.end(), tail);
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tail)));
+}
+
 /// Sum of x over the set bits of one 128-column block (four sign words), into acc. Each word is
 /// broadcast once; a per-lane variable shift moves column bit j to the lane's sign bit, which
 /// blendv reads as its select mask.
@@ -46,6 +67,7 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
 {
     const float* x = in.x.data();
     const std::int64_t words = W.words_per_row();
+    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for (std::int64_t r = begin; r < end; ++r) {
         const std::uint32_t* signs = W.signs.data() + r * words;
         const std::uint8_t* count = W.block_count.data() + r * W.blocks;
@@ -60,37 +82,24 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
                     add_block(signs + b * (kPackedBlock / 32), x + b * kPackedBlock, acc);
                 dense = horizontal_sum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
             }
-            // The salient entries: a short gather per block, two accumulators each.
-            float qx0 = 0.0f, qx1 = 0.0f, sx0 = 0.0f, sx1 = 0.0f;
+            // The salient entries: eight at a time, x gathered by their in-block offsets.
+            __m256 acc_qx = _mm256_setzero_ps(), acc_x = _mm256_setzero_ps();
             for (std::int64_t b = b0; b < b1; ++b) {
                 const float* xb = x + b * kPackedBlock;
                 const std::int64_t stop = e + count[b];
-                const std::uint8_t* off = W.offsets.data();
-                if (W.code_bits == 16) {
-                    const std::uint16_t* v = W.values16.data();
-                    for (; e < stop; ++e) {
-                        const float xv = xb[off[e]];
-                        qx0 += half(v[e]) * xv;
-                        sx0 += xv;
-                    }
-                } else {
-                    const std::uint8_t* q = W.codes.data();
-                    for (; e + 1 < stop; e += 2) {
-                        const float xa = xb[off[e]], xc = xb[off[e + 1]];
-                        qx0 += static_cast<float>(q[e]) * xa;
-                        qx1 += static_cast<float>(q[e + 1]) * xc;
-                        sx0 += xa;
-                        sx1 += xc;
-                    }
-                    if (e < stop) {
-                        const float xa = xb[off[e]];
-                        qx0 += static_cast<float>(q[e]) * xa;
-                        sx0 += xa;
-                        ++e;
-                    }
+                for (; e < stop; e += 8) {
+                    const std::int64_t n = std::min<std::int64_t>(8, stop - e);
+                    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), iota);
+                    const __m256i index = _mm256_and_si256(_mm256_cvtepu8_epi32(load8(W.offsets, e)), lanes);
+                    const __m256 xv = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xb, index, _mm256_castsi256_ps(lanes), 4);
+                    const __m256 q = W.code_bits == 16 ? load8_halves(W.values16, e)
+                                                       : _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(load8(W.codes, e)));
+                    acc_qx = _mm256_fmadd_ps(q, xv, acc_qx); // lanes past n: x is 0
+                    acc_x = _mm256_add_ps(acc_x, xv);
                 }
+                e = stop;
             }
-            const float sum_qx = qx0 + qx1, sum_x = sx0 + sx1;
+            const float sum_qx = horizontal_sum(acc_qx), sum_x = horizontal_sum(acc_x);
             const std::size_t p = static_cast<std::size_t>(r * W.groups + g);
             const float mu = half(W.mu[p]), alpha = half(W.alpha[p]), s = half(W.scale[p]);
             const float z = static_cast<float>(W.zero[p]);

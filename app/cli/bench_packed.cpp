@@ -1,0 +1,166 @@
+// pbllm bench --suite packed: the same quantized weights run three ways in one run: packed (the
+// packed kernels, FP16 embedding and head), dequantized float32, and dequantized FP16 read by the
+// plain-loop decoder; batch-1 generation and perplexity throughput, bytes streamed per token and
+// the fraction of the machine's measured read bandwidth.
+#include "app/cli/bench_util.h"
+#include "app/cli/cli_common.h"
+
+#include "core/decoder.h"
+#include "core/evaluation.h"
+#include "core/gptq.h"
+#include "core/kernels/matvec.h"
+#include "core/packed_runtime.h"
+#include "core/synthetic.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <QJsonArray>
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cstdio>
+
+namespace pbllm::cli {
+namespace {
+
+struct Variant {
+    std::string name;
+    Model model;
+    double bytes_per_token = 0.0; ///< weights read by one decoding step (Linears + head)
+    double gen_tokens_per_second = 0.0, eval_tokens_per_second = 0.0;
+};
+
+/// A SYNTHETIC model of `shape` whose Linears are quantized (round-to-nearest, magnitude
+/// saliency: the same storage as PB-GPTQ, far quicker to make) at `ratio` salient 8-bit:
+/// packed, and dequantized in float32 and FP16.
+std::vector<Variant> synthetic_variants(const ModelConfig& shape, double ratio)
+{
+    Model dense = make_synthetic_model(shape);
+    Model packed = dense;
+    packed.tok_embeddings = dense.tok_embeddings.to(at::kHalf);
+    packed.output = dense.output.to(at::kHalf);
+    packed.final_norm = dense.final_norm.to(at::kHalf);
+    LayerQuantSettings s;
+    s.salient_ratio = ratio;
+    s.metric = SaliencyMetric::Magnitude;
+    s.method = QuantMethod::Rtn;
+    GptqOptions o;
+    o.measure_output_error = false;
+    double packed_linear_bytes = 0.0, linear_weights = 0.0;
+    for (int l = 0; l < shape.n_layers; ++l) {
+        DecoderLayer& d = dense.layers[l];
+        DecoderLayer& p = packed.layers[l];
+        p.attn_norm = d.attn_norm.to(at::kHalf);
+        p.ffn_norm = d.ffn_norm.to(at::kHalf);
+        for (LinearKind k : kAllLinearKinds) {
+            const std::string name = linear_name(l, k);
+            const QuantizedLinear q = quantize_linear(name, d.weight(k), at::Tensor(), s, o);
+            p.packed[static_cast<int>(k)] = build_packed_weights(pack_linear(q), name);
+            p.weight(k) = at::Tensor();
+            d.weight(k) = q.dequantized;
+            packed_linear_bytes += static_cast<double>(p.packed[static_cast<int>(k)]->resident_bytes());
+            linear_weights += static_cast<double>(q.rows * q.cols);
+        }
+        std::fprintf(stderr, "\rquantizing the synthetic model: layer %d/%d", l + 1, shape.n_layers);
+    }
+    std::fprintf(stderr, "\n");
+    const double head = static_cast<double>(shape.vocab_size) * shape.dim;
+    std::vector<Variant> v;
+    v.push_back({"packed", packed, packed_linear_bytes + 2 * head});
+    v.push_back({"float32", dense, 4 * (linear_weights + head)});
+    v.push_back({"fp16", dense.to(at::kCPU, at::kHalf), 2 * (linear_weights + head)});
+    return v;
+}
+
+} // namespace
+
+int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, int layers, double ratio, bool json)
+{
+    c10::InferenceMode inference;
+    ModelConfig shape = synthetic_shape(shape_name);
+    if (layers > 0)
+        shape.n_layers = layers;
+    const Baselines base = measure_baselines(runs);
+    std::vector<Variant> variants = synthetic_variants(shape, ratio);
+    const int tokens = std::min(gen_tokens, shape.max_seq_len - 1);
+    const int seqlen = std::min(shape.max_seq_len, 256), windows = 4;
+    const at::Tensor ids = at::randint(shape.vocab_size, {windows * seqlen}, at::kLong);
+    const std::vector<int> text(ids.data_ptr<std::int64_t>(), ids.data_ptr<std::int64_t>() + ids.numel());
+    PerplexitySettings ps;
+    ps.seqlen = seqlen;
+    ps.max_windows = windows;
+    // Interleaved: each run measures every variant once, so a busy moment hits them alike.
+    std::vector<std::vector<double>> gen(variants.size()), eval(variants.size());
+    std::vector<std::unique_ptr<Decoder>> decoders;
+    for (const Variant& v : variants)
+        decoders.push_back(make_decoder(v.model, DecoderBackend::Cpu, tokens + 1));
+    for (int run = 0; run <= runs; ++run) {
+        for (std::size_t i = 0; i < variants.size(); ++i) {
+            Decoder& d = *decoders[i];
+            d.reset();
+            const double s = seconds_of([&] {
+                int token = 1;
+                for (int t = 0; t < tokens; ++t) {
+                    const float* logits = d.step(token);
+                    token = static_cast<int>(std::max_element(logits, logits + shape.vocab_size) - logits);
+                }
+            });
+            const double e = variants[i].name == "fp16" ? 0.0 : evaluate_perplexity(variants[i].model, text, ps).tokens_per_second;
+            if (run > 0) { // the first is a warm-up
+                gen[i].push_back(tokens / s);
+                eval[i].push_back(e);
+            }
+        }
+        std::fprintf(stderr, "\rrun %d/%d", run, runs);
+    }
+    std::fprintf(stderr, "\n");
+    for (std::size_t i = 0; i < variants.size(); ++i) {
+        variants[i].gen_tokens_per_second = median(gen[i]);
+        variants[i].eval_tokens_per_second = median(eval[i]);
+    }
+    const Variant& f32 = variants[1];
+    if (json) {
+        QJsonArray rows;
+        for (const Variant& v : variants)
+            rows.append(QJsonObject{{"name", QString::fromStdString(v.name)},
+                                    {"gen_tokens_per_second", v.gen_tokens_per_second},
+                                    {"gen_over_float32", v.gen_tokens_per_second / f32.gen_tokens_per_second},
+                                    {"eval_tokens_per_second", v.eval_tokens_per_second},
+                                    {"eval_over_float32", v.eval_tokens_per_second / f32.eval_tokens_per_second},
+                                    {"bytes_per_token", v.bytes_per_token},
+                                    {"fraction_of_memory_bandwidth",
+                                     v.gen_tokens_per_second * v.bytes_per_token / 1e9 / base.memory_gbps}});
+        print_json(QJsonObject{{"synthetic", true},
+                               {"shape", QString::fromStdString(shape_name)},
+                               {"layers", shape.n_layers},
+                               {"salient_ratio", ratio},
+                               {"threads", at::get_num_threads()},
+                               {"packed_kernel", kernels::packed_kernel_name()},
+                               {"runs", runs},
+                               {"gen_tokens", tokens},
+                               {"eval_seqlen", seqlen},
+                               {"memory_gbps", base.memory_gbps},
+                               {"variants", rows}});
+        return 0;
+    }
+    std::printf("SYNTHETIC %s (%d layers), %.0f%% salient 8-bit; threads %d, medians of %d runs, packed kernel %s\n",
+                shape_name.c_str(), shape.n_layers, 100 * ratio, at::get_num_threads(), runs,
+                kernels::packed_kernel_name());
+    std::printf("memory read %.1f GB/s\n\n", base.memory_gbps);
+    std::printf("%-8s | %-40s | %-26s | %s\n", "weights", "batch-1 generation", "perplexity eval", "MB/token");
+    for (const Variant& v : variants) {
+        const double gbps = v.gen_tokens_per_second * v.bytes_per_token / 1e9;
+        std::printf("%-8s | %7.1f tok/s x%5.2f %5.1f%% of mem bw | ", v.name.c_str(), v.gen_tokens_per_second,
+                    v.gen_tokens_per_second / f32.gen_tokens_per_second, 100 * gbps / base.memory_gbps);
+        if (v.eval_tokens_per_second > 0)
+            std::printf("%7.0f tok/s x%5.2f     | ", v.eval_tokens_per_second,
+                        v.eval_tokens_per_second / f32.eval_tokens_per_second);
+        else
+            std::printf("%-26s | ", "(not measured)");
+        std::printf("%.1f\n", v.bytes_per_token / 1e6);
+    }
+    std::printf("\nRandom weights of a real shape: speed only, never quality. x = ratio to float32 in this run.\n");
+    return 0;
+}
+
+} // namespace pbllm::cli
