@@ -29,9 +29,13 @@ namespace {
 constexpr double kProductTolerance = 2e-5;
 /// The AVX2 kernel against the scalar reference: both float32, different summation order.
 constexpr double kKernelTolerance = 2e-5;
+/// Int8 activations (one scale per 128 columns) against the exact product: each x moves by at
+/// most half a step of max|x|/127 in its block (observed below 2e-3 on these random rows).
+constexpr double kInt8Tolerance = 1e-2;
 
-/// A quantized Linear with chosen contents: about 10% salient entries at random, row 0 with none
-/// and row 1 all salient, random codes, signs and FP16-representable parameters.
+/// A quantized Linear with chosen contents: about 10% salient entries at random, row 0 with none,
+/// row 1 all salient and row 3 only its last column (long gaps: filler entries), random codes,
+/// signs and FP16-representable parameters.
 QuantizedLinear synthetic_linear(std::int64_t rows, std::int64_t cols, int bits, int groupsize = 0,
                                  QuantMethod method = QuantMethod::PbGptq)
 {
@@ -48,6 +52,10 @@ QuantizedLinear synthetic_linear(std::int64_t rows, std::int64_t cols, int bits,
     if (!gptq && rows > 2) {
         q.salient[0].fill_(false);
         q.salient[1].fill_(true);
+        if (rows > 3) {
+            q.salient[3].fill_(false);
+            q.salient[3][cols - 1] = true;
+        }
     }
     q.signs = at::rand({rows, cols}) < 0.5;
     const std::int64_t groups = groupsize > 0 ? (cols + groupsize - 1) / groupsize : 1;
@@ -80,9 +88,11 @@ double worst_relative_error(const at::Tensor& W, const at::Tensor& x, const at::
     return ((y.to(at::kDouble) - exact).abs() / scale).max().item<double>();
 }
 
-at::Tensor run_rows(const kernels::PackedWeights& W, const at::Tensor& x, bool reference)
+at::Tensor run_rows(const kernels::PackedWeights& W, const at::Tensor& x, bool reference,
+                    kernels::PackedActivations precision = kernels::PackedActivations::Float32)
 {
     kernels::PackedInput in;
+    in.precision = precision;
     kernels::prepare_packed_input(W, x.data_ptr<float>(), in);
     at::Tensor y = at::empty({W.rows}, at::kFloat);
     (reference ? kernels::packed_matvec_rows_reference : kernels::packed_matvec_rows)(W, in, y.data_ptr<float>(), 0,
@@ -168,6 +178,17 @@ private Q_SLOTS:
                                   .item<double>();
         QVERIFY2(kernel < kKernelTolerance, qPrintable(QString::number(kernel)));
 
+        // Int8 activations: the AVX2 kernel against the int8 reference, and both near the product.
+        const auto int8 = kernels::PackedActivations::Int8;
+        const at::Tensor fast8 = run_rows(*W, x, false, int8), reference8 = run_rows(*W, x, true, int8);
+        const double kernel8 = ((fast8 - reference8).abs().to(at::kDouble) /
+                                (at::matmul(q.dequantized.abs(), x.abs()).to(at::kDouble) + 1e-30))
+                                   .max()
+                                   .item<double>();
+        QVERIFY2(kernel8 < kKernelTolerance, qPrintable(QString::number(kernel8)));
+        const double int8_error = worst_relative_error(q.dequantized, x, fast8);
+        QVERIFY2(int8_error < kInt8Tolerance, qPrintable(QString::number(int8_error)));
+
         // Threaded matvec (rows split by work) and both batched forms: per-token and tiled.
         const int threads = at::get_num_threads();
         at::set_num_threads(2);
@@ -204,14 +225,16 @@ private Q_SLOTS:
 
     void residentBitsAtTenPercent()
     {
-        // 4096-wide rows at 10% salient 8-bit: 1 sign bit + 16 bits per salient weight (offset and
-        // code) + 1/16 bit of block counts + row parameters: 2.68 bits, the README's figure.
+        // 4096-wide rows at 10% salient 8-bit: 1 sign bit + 16 bits per salient weight (gap and
+        // code) + row parameters: 2.62 bits, the README's figure.
         const QuantizedLinear q = synthetic_linear(64, 4096, 8);
         const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "q");
-        const double r = static_cast<double>(W->salient_count()) / (64.0 * 4096);
+        const double fillers = static_cast<double>(W->gaps.size()) - static_cast<double>(W->salient_count());
+        QCOMPARE(fillers, 16.0); // row 3: a gap of 4095 columns = 16 fillers of 255 + 15
+        const double r = static_cast<double>(W->salient_count() + 16) / (64.0 * 4096);
         // Per row: mu, alpha, scale (FP16), zero (u8) and a u32 entry start (one more in all).
         const double expected =
-            1.0 + 16.0 * r + 8.0 / kernels::kPackedBlock + (3 * 2 + 1 + 4) * 8.0 / 4096 + 32.0 / (64 * 4096);
+            1.0 + 16.0 * r + (3 * 2 + 1 + 4) * 8.0 / 4096 + 32.0 / (64 * 4096);
         QVERIFY2(std::abs(resident_bits_per_weight(*W) - expected) < 1e-9,
                  qPrintable(QString::number(resident_bits_per_weight(*W))));
     }

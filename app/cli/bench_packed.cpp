@@ -18,6 +18,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <functional>
 #include <cstdio>
 
 namespace pbllm::cli {
@@ -72,6 +73,58 @@ std::vector<Variant> synthetic_variants(const ModelConfig& shape, double ratio)
     return v;
 }
 
+/// One 4096 x 4096 Linear (LLaMA-7B's attention shape) on one thread: nanoseconds and CPU
+/// cycles are what matter on 2 cores, where the kernels are compute-bound.
+struct KernelBench {
+    double packed_ns_per_weight = 0.0, packed_int8_ns_per_weight = 0.0, f32_ns_per_weight = 0.0,
+           f16_ns_per_weight = 0.0;
+    double resident_bits = 0.0;
+};
+
+KernelBench bench_kernels(int runs, double ratio)
+{
+    const std::int64_t n = 4096;
+    LayerQuantSettings s;
+    s.salient_ratio = ratio;
+    s.metric = SaliencyMetric::Magnitude;
+    s.method = QuantMethod::Rtn;
+    GptqOptions o;
+    o.measure_output_error = false;
+    const QuantizedLinear q = quantize_linear("bench", at::randn({n, n}) * 0.02, at::Tensor(), s, o);
+    const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "bench");
+    const at::Tensor f32 = q.dequantized.contiguous(), f16 = f32.to(at::kHalf);
+    const at::Tensor x = at::randn({n});
+    std::vector<float> y(static_cast<std::size_t>(n));
+    kernels::PackedInput in;
+    auto per_weight = [&](const std::function<void()>& matvec) {
+        const int repeats = 20;
+        return 1.0 / median_rate(runs, [&] {
+                   return repeats / seconds_of([&] {
+                       for (int i = 0; i < repeats; ++i)
+                           matvec();
+                   });
+               }) / static_cast<double>(n * n) * 1e9;
+    };
+    KernelBench k;
+    k.packed_ns_per_weight = per_weight([&] {
+        kernels::prepare_packed_input(*W, x.data_ptr<float>(), in);
+        kernels::packed_matvec_rows(*W, in, y.data(), 0, n);
+    });
+    in.precision = kernels::PackedActivations::Int8;
+    k.packed_int8_ns_per_weight = per_weight([&] {
+        kernels::prepare_packed_input(*W, x.data_ptr<float>(), in);
+        kernels::packed_matvec_rows(*W, in, y.data(), 0, n);
+    });
+    k.f32_ns_per_weight = per_weight([&] {
+        kernels::matvec_rows(kernels::WeightFormat::F32, f32.data_ptr(), x.data_ptr<float>(), y.data(), n, 0, n);
+    });
+    k.f16_ns_per_weight = per_weight([&] {
+        kernels::matvec_rows(kernels::WeightFormat::F16, f16.data_ptr(), x.data_ptr<float>(), y.data(), n, 0, n);
+    });
+    k.resident_bits = resident_bits_per_weight(*W);
+    return k;
+}
+
 } // namespace
 
 int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, int layers, double ratio, bool json)
@@ -81,6 +134,7 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
     if (layers > 0)
         shape.n_layers = layers;
     const Baselines base = measure_baselines(runs);
+    const KernelBench kb = bench_kernels(runs, ratio);
     std::vector<Variant> variants = synthetic_variants(shape, ratio);
     const int tokens = std::min(gen_tokens, shape.max_seq_len - 1);
     const int seqlen = std::min(shape.max_seq_len, 256), windows = 4;
@@ -140,13 +194,23 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                                {"gen_tokens", tokens},
                                {"eval_seqlen", seqlen},
                                {"memory_gbps", base.memory_gbps},
+                               {"kernel_4096_one_thread", QJsonObject{{"packed_ns_per_weight", kb.packed_ns_per_weight},
+                                                                      {"packed_int8_ns_per_weight", kb.packed_int8_ns_per_weight},
+                                                                      {"f32_ns_per_weight", kb.f32_ns_per_weight},
+                                                                      {"f16_ns_per_weight", kb.f16_ns_per_weight},
+                                                                      {"resident_bits_per_weight", kb.resident_bits}}},
                                {"variants", rows}});
         return 0;
     }
     std::printf("SYNTHETIC %s (%d layers), %.0f%% salient 8-bit; threads %d, medians of %d runs, packed kernel %s\n",
                 shape_name.c_str(), shape.n_layers, 100 * ratio, at::get_num_threads(), runs,
                 kernels::packed_kernel_name());
-    std::printf("memory read %.1f GB/s\n\n", base.memory_gbps);
+    std::printf("memory read %.1f GB/s\n", base.memory_gbps);
+    std::printf("one 4096 x 4096 matvec, one thread: packed %.3f ns/weight (int8 activations %.3f; %.2f bits resident), "
+                "float32 %.3f (x%.1f), fp16 %.3f (x%.1f)\n\n",
+                kb.packed_ns_per_weight, kb.packed_int8_ns_per_weight, kb.resident_bits, kb.f32_ns_per_weight,
+                kb.f32_ns_per_weight / kb.packed_ns_per_weight, kb.f16_ns_per_weight,
+                kb.f16_ns_per_weight / kb.packed_ns_per_weight);
     std::printf("%-8s | %-40s | %-26s | %s\n", "weights", "batch-1 generation", "perplexity eval", "MB/token");
     for (const Variant& v : variants) {
         const double gbps = v.gen_tokens_per_second * v.bytes_per_token / 1e9;

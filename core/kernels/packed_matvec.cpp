@@ -4,14 +4,14 @@
 #include "core/kernels/packed_matvec_avx2.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace pbllm::kernels {
 
 std::int64_t PackedWeights::resident_bytes() const
 {
     return static_cast<std::int64_t>(signs.size() * 4 + (mu.size() + alpha.size() + scale.size()) * 2 + zero.size() +
-                                     row_start.size() * 4 + block_count.size() + offsets.size() + codes.size() +
-                                     values16.size() * 2);
+                                     row_start.size() * 4 + gaps.size() + codes.size() + values16.size() * 2);
 }
 
 void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input)
@@ -19,13 +19,27 @@ void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& i
     input.x.assign(static_cast<std::size_t>(W.padded_cols()), 0.0f);
     std::copy(x, x + W.cols, input.x.begin());
     input.group_sums.assign(static_cast<std::size_t>(W.groups), 0.0f);
-    const std::int64_t group_cols = W.group_blocks * kPackedBlock;
     for (std::int64_t g = 0; g < W.groups; ++g) {
-        const std::int64_t end = std::min(W.padded_cols(), (g + 1) * group_cols);
+        const std::int64_t end = std::min(W.padded_cols(), (g + 1) * W.group_cols());
         float sum = 0.0f;
-        for (std::int64_t c = g * group_cols; c < end; ++c)
+        for (std::int64_t c = g * W.group_cols(); c < end; ++c)
             sum += input.x[static_cast<std::size_t>(c)];
         input.group_sums[static_cast<std::size_t>(g)] = sum;
+    }
+    if (input.precision != PackedActivations::Int8)
+        return;
+    input.x_int8.assign(static_cast<std::size_t>(W.padded_cols()), 0);
+    input.block_scale.assign(static_cast<std::size_t>(W.blocks), 0.0f);
+    for (std::int64_t b = 0; b < W.blocks; ++b) {
+        const float* xb = input.x.data() + b * kPackedBlock;
+        float amax = 0.0f;
+        for (int j = 0; j < kPackedBlock; ++j)
+            amax = std::max(amax, std::abs(xb[j]));
+        const float scale = amax / 127.0f, inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        input.block_scale[static_cast<std::size_t>(b)] = scale;
+        for (int j = 0; j < kPackedBlock; ++j)
+            input.x_int8[static_cast<std::size_t>(b * kPackedBlock + j)] =
+                static_cast<std::int8_t>(std::lround(xb[j] * inverse));
     }
 }
 
@@ -34,32 +48,47 @@ void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& in,
 {
     const float* x = in.x.data();
     const std::int64_t words = W.words_per_row();
+    const bool int8 = in.precision == PackedActivations::Int8;
+    std::vector<float> sum_qx(static_cast<std::size_t>(W.groups)), sum_x(sum_qx.size());
     for (std::int64_t r = begin; r < end; ++r) {
+        // Salient entries, summed per group.
+        std::fill(sum_qx.begin(), sum_qx.end(), 0.0f);
+        std::fill(sum_x.begin(), sum_x.end(), 0.0f);
+        std::int64_t col = -1;
+        for (std::int64_t e = W.row_start[static_cast<std::size_t>(r)]; e < W.row_start[static_cast<std::size_t>(r + 1)]; ++e) {
+            const std::uint8_t gap = W.gaps[static_cast<std::size_t>(e)];
+            if (gap == kPackedGapFiller) {
+                col += kPackedGapFiller;
+                continue;
+            }
+            col += gap + 1;
+            const std::size_t g = static_cast<std::size_t>(col / W.group_cols());
+            const float q = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
+                                              : static_cast<float>(W.codes[static_cast<std::size_t>(e)]);
+            sum_qx[g] += q * x[col];
+            sum_x[g] += x[col];
+        }
         const std::uint32_t* signs = W.signs.data() + r * words;
-        std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
         float out = 0.0f;
         for (std::int64_t g = 0; g < W.groups; ++g) {
             const std::int64_t b0 = g * W.group_blocks, b1 = std::min(W.blocks, b0 + W.group_blocks);
             float dense = 0.0f; // sum of x where the sign bit is 1
-            for (std::int64_t c = b0 * kPackedBlock; c < b1 * kPackedBlock; ++c)
-                if ((signs[c / 32] >> (c % 32)) & 1u)
-                    dense += x[c];
-            float sum_qx = 0.0f, sum_x = 0.0f; // over the salient entries of the group
             for (std::int64_t b = b0; b < b1; ++b) {
-                const int count = W.block_count[static_cast<std::size_t>(r * W.blocks + b)];
-                for (int k = 0; k < count; ++k, ++e) {
-                    const float xv = x[b * kPackedBlock + W.offsets[static_cast<std::size_t>(e)]];
-                    const float q = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
-                                                      : static_cast<float>(W.codes[static_cast<std::size_t>(e)]);
-                    sum_qx += q * xv;
-                    sum_x += xv;
-                }
+                float block = 0.0f;
+                std::int32_t block_int = 0;
+                for (std::int64_t c = b * kPackedBlock; c < (b + 1) * kPackedBlock; ++c)
+                    if ((signs[c / 32] >> (c % 32)) & 1u) {
+                        block += x[c];
+                        block_int += int8 ? in.x_int8[static_cast<std::size_t>(c)] : 0;
+                    }
+                dense += int8 ? static_cast<float>(block_int) * in.block_scale[static_cast<std::size_t>(b)] : block;
             }
             const std::size_t p = static_cast<std::size_t>(r * W.groups + g);
             const float mu = f16_to_float(W.mu[p]), alpha = f16_to_float(W.alpha[p]);
             const float s = f16_to_float(W.scale[p]), z = static_cast<float>(W.zero[p]);
-            out += (mu - alpha) * (in.group_sums[static_cast<std::size_t>(g)] - sum_x) + 2.0f * alpha * dense +
-                   s * sum_qx - s * z * sum_x;
+            const auto gi = static_cast<std::size_t>(g);
+            out += (mu - alpha) * (in.group_sums[gi] - sum_x[gi]) + 2.0f * alpha * dense + s * sum_qx[gi] -
+                   s * z * sum_x[gi];
         }
         y[r] = out;
     }
@@ -68,7 +97,7 @@ void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& in,
 void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_has_avx2_kernels())
+    if (cpu_has_avx2_kernels() && W.groups == 1)
         return avx2::packed_matvec(W, x, y, begin, end);
 #endif
     packed_matvec_rows_reference(W, x, y, begin, end);
@@ -97,16 +126,19 @@ void packed_dequantize_rows(const PackedWeights& W, float* out, std::int64_t beg
             for (; c < end; ++c)
                 row[c] = ((signs[c / 32] >> (c % 32)) & 1u) ? plus : minus;
         }
-        std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
-        for (std::int64_t b = 0; b < W.blocks; ++b) {
-            const int count = W.block_count[static_cast<std::size_t>(r * W.blocks + b)];
-            const std::size_t p = static_cast<std::size_t>(r * W.groups + b * kPackedBlock / group_cols);
-            const float s = f16_to_float(W.scale[p]), z = static_cast<float>(W.zero[p]);
-            for (int k = 0; k < count; ++k, ++e) {
-                const std::int64_t c = b * kPackedBlock + W.offsets[static_cast<std::size_t>(e)];
-                row[c] = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
-                                           : s * (static_cast<float>(W.codes[static_cast<std::size_t>(e)]) - z);
+        std::int64_t col = -1;
+        for (std::int64_t e = W.row_start[static_cast<std::size_t>(r)]; e < W.row_start[static_cast<std::size_t>(r + 1)]; ++e) {
+            const std::uint8_t gap = W.gaps[static_cast<std::size_t>(e)];
+            if (gap == kPackedGapFiller) {
+                col += kPackedGapFiller;
+                continue;
             }
+            col += gap + 1;
+            const std::size_t p = static_cast<std::size_t>(r * W.groups + col / group_cols);
+            row[col] = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
+                                         : f16_to_float(W.scale[p]) *
+                                               (static_cast<float>(W.codes[static_cast<std::size_t>(e)]) -
+                                                static_cast<float>(W.zero[p]));
         }
     }
 }

@@ -14,19 +14,22 @@
 
 namespace pbllm::kernels {
 
-/// Columns per block: salient positions are stored as u8 offsets inside a block, with a u8
-/// count per (row, block).
+/// Columns per block: the sign plane is padded to whole blocks, parameter groups are whole
+/// blocks, and int8 activations carry one scale per block.
 constexpr int kPackedBlock = 128;
+/// A stored gap of 255 is a filler: it advances 255 columns and holds no weight (gaps are 0..254).
+constexpr std::uint8_t kPackedGapFiller = 255;
 
 /// The runtime layout of one quantized Linear (rows, cols). Built and validated from a packed
 /// file by build_packed_weights (core/packed_runtime.h); the kernels trust it.
 struct PackedWeights {
     std::int64_t rows = 0, cols = 0;
-    std::int64_t blocks = 0;      ///< ceil(cols / kPackedBlock)
-    std::int64_t groups = 1;      ///< parameter groups per row
+    std::int64_t blocks = 0;       ///< ceil(cols / kPackedBlock)
+    std::int64_t groups = 1;       ///< parameter groups per row
     std::int64_t group_blocks = 0; ///< blocks per parameter group (the last group may have fewer)
-    int code_bits = 8;            ///< 2..8: u8 grid codes; 16: FP16 values
-    bool binarized = true;        ///< false for plain GPTQ (every weight salient, mu = alpha = 0)
+    int code_bits = 8;             ///< 2..8: u8 grid codes; 16: FP16 values
+    bool binarized = true;         ///< false for plain GPTQ (every weight salient, mu = alpha = 0)
+    std::int64_t salient = 0;      ///< salient weights (entries that are not fillers)
 
     /// Sign plane, (rows, blocks * kPackedBlock / 32) words; bit j of word w is column 32 w + j;
     /// 1 = non-salient +1, 0 = non-salient -1, salient, or padding past cols.
@@ -35,33 +38,46 @@ struct PackedWeights {
     /// (1.0 for FP16 values), and the grid zero point.
     std::vector<std::uint16_t> mu, alpha, scale;
     std::vector<std::uint8_t> zero;
-    /// Salient entries, row-major, column order: entry range of row r is
-    /// [row_start[r], row_start[r + 1]); block_count (rows, blocks) splits it by block.
+    /// Salient entries, row-major in column order: row r owns [row_start[r], row_start[r + 1]).
+    /// Each entry's column is the previous one's + 1 + gap (the first: -1 + 1 + gap), so a row is
+    /// one branch-free pass; gap kPackedGapFiller is a filler entry (code 0, no weight).
     std::vector<std::uint32_t> row_start;
-    std::vector<std::uint8_t> block_count;
-    std::vector<std::uint8_t> offsets;   ///< column - block * kPackedBlock, per entry
-    std::vector<std::uint8_t> codes;     ///< grid codes (code_bits <= 8)
-    std::vector<std::uint16_t> values16; ///< FP16 values (code_bits == 16)
+    std::vector<std::uint8_t> gaps;
+    std::vector<std::uint8_t> codes;     ///< grid codes (code_bits <= 8), per entry
+    std::vector<std::uint16_t> values16; ///< FP16 values (code_bits == 16), per entry
 
     std::int64_t words_per_row() const { return blocks * (kPackedBlock / 32); }
     std::int64_t padded_cols() const { return blocks * kPackedBlock; }
-    std::int64_t salient_count() const { return row_start.empty() ? 0 : row_start.back(); }
+    std::int64_t group_cols() const { return group_blocks * kPackedBlock; }
+    std::int64_t salient_count() const { return salient; }
     /// Bytes of every array above: what the Linear costs in memory.
     std::int64_t resident_bytes() const;
 };
 
-/// The activation vector as the kernels read it: x zero-padded to whole blocks, and its sum per
-/// parameter group (shared by every row).
+/// How the dense 1-bit part reads the activations.
+enum class PackedActivations {
+    Float32, ///< exact: float sums of x over the set sign bits
+    Int8,    ///< x rounded to int8 with one scale per 128-column block (max |x| / 127), summed
+             ///< with integer SIMD; the salient part and the sums of x stay float32
+};
+
+/// The activation vector as the kernels read it: x zero-padded to whole blocks, its sum per
+/// parameter group (shared by every row), and for Int8 its rounded copy and block scales.
 struct PackedInput {
+    PackedActivations precision = PackedActivations::Float32;
     std::vector<float> x;
     std::vector<float> group_sums;
+    std::vector<std::int8_t> x_int8;
+    std::vector<float> block_scale;
 };
+/// Fills `input` for W from x, in input.precision.
 void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input);
 
 /// y[r] = W[r, :] . x for rows [begin, end). Uses the AVX2 kernel when the CPU has AVX2 + FMA +
-/// F16C, the reference otherwise.
+/// F16C, the reference otherwise (and for Linears with more than one parameter group).
 void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end);
-/// The scalar definition of the above (float accumulation per group, in column order).
+/// The scalar definition of the above (float accumulation per group, in column order; for Int8
+/// inputs, exact integer sums per block times the block's scale).
 void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin,
                                   std::int64_t end);
 /// "avx2-fma-f16c" or "reference": what packed_matvec_rows runs on this CPU.

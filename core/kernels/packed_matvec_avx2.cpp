@@ -1,10 +1,12 @@
 // Compiled with -mavx2 -mfma -mf16c (core/CMakeLists.txt); reached only through the run-time
-// check in packed_matvec.cpp.
+// check in packed_matvec.cpp, for Linears with one parameter group per row.
 #include "core/kernels/packed_matvec_avx2.h"
 
 #include <immintrin.h>
 
 #include <algorithm>
+#include <array>
+#include <cstring>
 
 namespace pbllm::kernels::avx2 {
 namespace {
@@ -20,93 +22,124 @@ float horizontal_sum(__m256 v)
 
 float half(std::uint16_t h) { return _cvtsh_ss(h); }
 
-/// Eight bytes from entry e on (past the end of the array: zeros, never read beyond it).
-inline __m128i load8(const std::vector<std::uint8_t>& v, std::int64_t e)
-{
-    if (static_cast<std::size_t>(e) + 8 <= v.size())
-        return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(v.data() + e));
-    std::uint8_t tail[16] = {};
-    std::copy(v.begin() + e, v.end(), tail);
-    return _mm_loadl_epi64(reinterpret_cast<const __m128i*>(tail));
-}
-
-/// Eight FP16 values from entry e on as floats (zeros past the end; garbage lanes are masked
-/// out by x = 0, and FP16 values are checked finite when the layout is built).
-inline __m256 load8_halves(const std::vector<std::uint16_t>& v, std::int64_t e)
-{
-    if (static_cast<std::size_t>(e) + 8 <= v.size())
-        return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(v.data() + e)));
-    std::uint16_t tail[8] = {};
-    std::copy(v.begin() + e, v.end(), tail);
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(tail)));
-}
-
-/// Sum of x over the set bits of one 128-column block (four sign words), into acc. Each word is
-/// broadcast once; a per-lane variable shift moves column bit j to the lane's sign bit, which
-/// blendv reads as its select mask.
-inline void add_block(const std::uint32_t* words, const float* x, __m256 acc[4])
+/// Sum of x over the set bits of a row's sign plane, float32: each word is broadcast once and a
+/// per-lane variable shift moves column bit j to the lane's sign bit, which selects x.
+float dense_float(const std::uint32_t* words, const float* x, std::int64_t word_count)
 {
     const __m256i shift0 = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
     const __m256i shift1 = _mm256_sub_epi32(shift0, _mm256_set1_epi32(8));
     const __m256i shift2 = _mm256_sub_epi32(shift0, _mm256_set1_epi32(16));
     const __m256i shift3 = _mm256_sub_epi32(shift0, _mm256_set1_epi32(24));
     const __m256 zero = _mm256_setzero_ps();
-    for (int w = 0; w < kPackedBlock / 32; ++w) {
+    __m256 a0 = zero, a1 = zero, a2 = zero, a3 = zero;
+    for (std::int64_t w = 0; w < word_count; ++w) {
         const __m256i bits = _mm256_set1_epi32(static_cast<int>(words[w]));
         const float* xw = x + 32 * w;
-        acc[0] = _mm256_add_ps(acc[0], _mm256_blendv_ps(zero, _mm256_loadu_ps(xw), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift0))));
-        acc[1] = _mm256_add_ps(acc[1], _mm256_blendv_ps(zero, _mm256_loadu_ps(xw + 8), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift1))));
-        acc[2] = _mm256_add_ps(acc[2], _mm256_blendv_ps(zero, _mm256_loadu_ps(xw + 16), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift2))));
-        acc[3] = _mm256_add_ps(acc[3], _mm256_blendv_ps(zero, _mm256_loadu_ps(xw + 24), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift3))));
+        a0 = _mm256_add_ps(a0, _mm256_blendv_ps(zero, _mm256_loadu_ps(xw), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift0))));
+        a1 = _mm256_add_ps(a1, _mm256_blendv_ps(zero, _mm256_loadu_ps(xw + 8), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift1))));
+        a2 = _mm256_add_ps(a2, _mm256_blendv_ps(zero, _mm256_loadu_ps(xw + 16), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift2))));
+        a3 = _mm256_add_ps(a3, _mm256_blendv_ps(zero, _mm256_loadu_ps(xw + 24), _mm256_castsi256_ps(_mm256_sllv_epi32(bits, shift3))));
     }
+    return horizontal_sum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+}
+
+/// The same with int8 activations: a word's 32 bits become a byte mask (each byte of the word
+/// spread over eight bytes, then tested against its bit), the masked int8 x are summed in pairs
+/// by maddubs into int16, and each 128-column block's integer sum is scaled once.
+float dense_int8(const std::uint32_t* words, const std::int8_t* xq, const float* block_scale, std::int64_t blocks)
+{
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, //
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x(static_cast<long long>(0x8040201008040201ull));
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (std::int64_t b = 0; b < blocks; ++b) {
+        __m256i pairs = _mm256_setzero_si256(); // at most 4 x 2 x 127 per int16 lane
+        for (int w = 0; w < kPackedBlock / 32; ++w) {
+            const __m256i bytes = _mm256_shuffle_epi8(_mm256_set1_epi32(static_cast<int>(words[b * 4 + w])), spread);
+            const __m256i mask = _mm256_cmpeq_epi8(_mm256_and_si256(bytes, bit), bit);
+            const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + b * kPackedBlock + 32 * w));
+            pairs = _mm256_add_epi16(pairs, _mm256_maddubs_epi16(ones8, _mm256_and_si256(mask, x)));
+        }
+        const __m256 sums = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, ones16));
+        acc = _mm256_fmadd_ps(sums, _mm256_set1_ps(block_scale[b]), acc);
+    }
+    return horizontal_sum(acc);
+}
+
+/// True when one of the four bytes of v is kPackedGapFiller (255).
+inline bool has_filler(std::uint32_t v)
+{
+    const std::uint32_t inverted = ~v;
+    return ((inverted - 0x01010101u) & ~inverted & 0x80808080u) != 0;
 }
 
 } // namespace
 
 void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std::int64_t begin, std::int64_t end)
 {
+    static const auto code_value = [] { // u8 code -> float without a conversion on the hot path
+        std::array<float, 256> v{};
+        for (int i = 0; i < 256; ++i)
+            v[static_cast<std::size_t>(i)] = static_cast<float>(i);
+        return v;
+    }();
     const float* x = in.x.data();
     const std::int64_t words = W.words_per_row();
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const bool int8 = in.precision == PackedActivations::Int8;
+    const std::uint8_t* gaps = W.gaps.data();
+    const std::uint8_t* codes = W.codes.data();
     for (std::int64_t r = begin; r < end; ++r) {
-        const std::uint32_t* signs = W.signs.data() + r * words;
-        const std::uint8_t* count = W.block_count.data() + r * W.blocks;
+        float dense = 0.0f;
+        if (W.binarized)
+            dense = int8 ? dense_int8(W.signs.data() + r * words, in.x_int8.data(), in.block_scale.data(), W.blocks)
+                         : dense_float(W.signs.data() + r * words, x, words);
+        // The salient entries: one pass over the row's gaps, four independent sums each so the
+        // adds do not wait on one another; fillers are rare and take the slow branch.
+        float q0 = 0, q1 = 0, q2 = 0, q3 = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
-        float out = 0.0f;
-        for (std::int64_t g = 0; g < W.groups; ++g) {
-            const std::int64_t b0 = g * W.group_blocks, b1 = std::min(W.blocks, b0 + W.group_blocks);
-            float dense = 0.0f;
-            if (W.binarized) {
-                __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-                for (std::int64_t b = b0; b < b1; ++b)
-                    add_block(signs + b * (kPackedBlock / 32), x + b * kPackedBlock, acc);
-                dense = horizontal_sum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        const std::int64_t stop = W.row_start[static_cast<std::size_t>(r + 1)];
+        std::int64_t col = -1;
+        auto one = [&](std::int64_t i) {
+            if (gaps[i] == kPackedGapFiller) {
+                col += kPackedGapFiller;
+                return;
             }
-            // The salient entries: eight at a time, x gathered by their in-block offsets.
-            __m256 acc_qx = _mm256_setzero_ps(), acc_x = _mm256_setzero_ps();
-            for (std::int64_t b = b0; b < b1; ++b) {
-                const float* xb = x + b * kPackedBlock;
-                const std::int64_t stop = e + count[b];
-                for (; e < stop; e += 8) {
-                    const std::int64_t n = std::min<std::int64_t>(8, stop - e);
-                    const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n)), iota);
-                    const __m256i index = _mm256_and_si256(_mm256_cvtepu8_epi32(load8(W.offsets, e)), lanes);
-                    const __m256 xv = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xb, index, _mm256_castsi256_ps(lanes), 4);
-                    const __m256 q = W.code_bits == 16 ? load8_halves(W.values16, e)
-                                                       : _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(load8(W.codes, e)));
-                    acc_qx = _mm256_fmadd_ps(q, xv, acc_qx); // lanes past n: x is 0
-                    acc_x = _mm256_add_ps(acc_x, xv);
+            col += gaps[i] + 1;
+            const float q = W.code_bits == 16 ? half(W.values16[static_cast<std::size_t>(i)]) : code_value[codes[i]];
+            q0 += q * x[col];
+            s0 += x[col];
+        };
+        if (W.code_bits != 16) {
+            for (; e + 4 <= stop; e += 4) {
+                std::uint32_t four;
+                std::memcpy(&four, gaps + e, 4);
+                if (has_filler(four)) {
+                    for (int k = 0; k < 4; ++k)
+                        one(e + k);
+                    continue;
                 }
-                e = stop;
+                const std::int64_t c0 = col + 1 + gaps[e], c1 = c0 + 1 + gaps[e + 1], c2 = c1 + 1 + gaps[e + 2],
+                                   c3 = c2 + 1 + gaps[e + 3];
+                col = c3;
+                const float x0 = x[c0], x1 = x[c1], x2 = x[c2], x3 = x[c3];
+                q0 += code_value[codes[e]] * x0;
+                q1 += code_value[codes[e + 1]] * x1;
+                q2 += code_value[codes[e + 2]] * x2;
+                q3 += code_value[codes[e + 3]] * x3;
+                s0 += x0;
+                s1 += x1;
+                s2 += x2;
+                s3 += x3;
             }
-            const float sum_qx = horizontal_sum(acc_qx), sum_x = horizontal_sum(acc_x);
-            const std::size_t p = static_cast<std::size_t>(r * W.groups + g);
-            const float mu = half(W.mu[p]), alpha = half(W.alpha[p]), s = half(W.scale[p]);
-            const float z = static_cast<float>(W.zero[p]);
-            out += (mu - alpha) * (in.group_sums[static_cast<std::size_t>(g)] - sum_x) + 2.0f * alpha * dense +
-                   s * sum_qx - s * z * sum_x;
         }
-        y[r] = out;
+        for (; e < stop; ++e)
+            one(e);
+        const float sum_qx = (q0 + q1) + (q2 + q3), sum_x = (s0 + s1) + (s2 + s3);
+        const std::size_t p = static_cast<std::size_t>(r);
+        const float mu = half(W.mu[p]), alpha = half(W.alpha[p]), s = half(W.scale[p]);
+        const float z = static_cast<float>(W.zero[p]);
+        y[r] = (mu - alpha) * (in.group_sums[0] - sum_x) + 2.0f * alpha * dense + s * sum_qx - s * z * sum_x;
     }
 }
 
