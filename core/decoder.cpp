@@ -76,8 +76,10 @@ bool reads_directly(const at::Tensor& t)
 
 class CpuDecoder final : public Decoder {
 public:
-    CpuDecoder(const Model& model, int capacity) : m_(model), c_(model.config), capacity_(capacity)
+    CpuDecoder(const Model& model, int capacity, kernels::PackedActivations activations)
+        : m_(model), c_(model.config), capacity_(capacity)
     {
+        packed_input_.precision = activations;
         for (const NamedTensor& t : m_.named_tensors())
             if (!reads_directly(t.tensor))
                 throw Error("the CPU decoder needs contiguous float32, float16 or bfloat16 CPU weights; '" + t.name +
@@ -274,7 +276,8 @@ private:
 
 } // namespace
 
-std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend, int capacity)
+std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend, int capacity,
+                                      kernels::PackedActivations activations)
 {
     if (capacity <= 0)
         capacity = model.config.max_seq_len;
@@ -285,7 +288,7 @@ std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend
         backend = direct ? DecoderBackend::Cpu : DecoderBackend::Torch;
     }
     if (backend == DecoderBackend::Cpu)
-        return std::make_unique<CpuDecoder>(model, capacity);
+        return std::make_unique<CpuDecoder>(model, capacity, activations);
     if (model.has_packed_linears())
         throw Error(model.source_path + ": its Linears are kept packed, which only the CPU decoder runs; load it "
                     "dequantized (--packed off) for this device");

@@ -1,5 +1,6 @@
 #pragma once
 // Incremental decoding with a KV cache, one token at a time (generation).
+#include "core/kernels/packed_matvec.h"
 #include "core/model.h"
 
 #include <memory>
@@ -26,7 +27,10 @@ enum class DecoderBackend {
 };
 
 /// A decoder over `model`'s weights (shared, not copied). capacity 0 = the model's context.
+/// `activations`: how the packed kernels read activations (Int8: faster, approximate; its effect
+/// is measured by pbllm bench --suite packed --file).
 std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend = DecoderBackend::Auto,
-                                      int capacity = 0);
+                                      int capacity = 0,
+                                      kernels::PackedActivations activations = kernels::PackedActivations::Float32);
 
 } // namespace pbllm

@@ -16,6 +16,7 @@ struct GenerationSettings {
     SamplerSettings sampler;
     bool stop_at_eos = true; ///< stop on EOS or BOS, as llama2.c does
     DecoderBackend backend = DecoderBackend::Auto;
+    kernels::PackedActivations packed_activations = kernels::PackedActivations::Float32;
 };
 
 struct GenerationResult {

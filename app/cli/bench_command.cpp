@@ -103,11 +103,21 @@ int run_bench(const QStringList& args)
     cl.parser().addOption({"shape", "packed suite: synthetic model shape.", "NAME", "stories110m"});
     cl.parser().addOption({"layers", "packed suite: decoder layers (default: the shape's).", "N", "0"});
     cl.parser().addOption({"salient", "packed suite: salient ratio.", "R", "0.1"});
+    cl.parser().addOption({"file", "packed suite: measure this .pbllm.h5 run packed against dequantized (perplexity, "
+                                   "KL divergence, greedy text) instead of speed.", "FILE"});
+    cl.parser().addOption({"text", "packed suite with --file: evaluation text.", "FILE"});
+    cl.parser().addOption({"windows", "packed suite with --file: windows of 256 tokens (0 = all).", "N", "0"});
     cl.parse(args);
     const int runs = cl.int_value("runs", 1, 1000);
     const int gen_tokens = cl.int_value("gen-tokens", 1, 1 << 16);
     if (cl.value("suite") == "quant")
         return run_quant_bench(runs, cl.json());
+    if (cl.value("suite") == "packed" && cl.is_set("file")) {
+        if (!cl.is_set("text"))
+            throw UsageError{"--file needs --text FILE"};
+        return run_packed_quality(cl.value("file").toStdString(), cl.value("text").toStdString(),
+                                  cl.int_value("windows", 0, 1 << 24), gen_tokens, cl.json());
+    }
     if (cl.value("suite") == "packed")
         return run_packed_bench(runs, gen_tokens, cl.value("shape").toStdString(), cl.int_value("layers", 0, 1024),
                                 cl.double_value("salient", 0.0, 1.0), cl.json());

@@ -6,7 +6,11 @@
 #include "app/cli/cli_common.h"
 
 #include "core/decoder.h"
+#include "core/error.h"
 #include "core/evaluation.h"
+#include "core/generation.h"
+#include "core/llama.h"
+#include "core/model_io.h"
 #include "core/gptq.h"
 #include "core/kernels/matvec.h"
 #include "core/packed_runtime.h"
@@ -18,6 +22,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
 #include <cstdio>
 
@@ -27,6 +32,7 @@ namespace {
 struct Variant {
     std::string name;
     Model model;
+    kernels::PackedActivations activations = kernels::PackedActivations::Float32;
     double bytes_per_token = 0.0; ///< weights read by one decoding step (Linears + head)
     double gen_tokens_per_second = 0.0, eval_tokens_per_second = 0.0;
 };
@@ -67,9 +73,10 @@ std::vector<Variant> synthetic_variants(const ModelConfig& shape, double ratio)
     std::fprintf(stderr, "\n");
     const double head = static_cast<double>(shape.vocab_size) * shape.dim;
     std::vector<Variant> v;
-    v.push_back({"packed", packed, packed_linear_bytes + 2 * head});
-    v.push_back({"float32", dense, 4 * (linear_weights + head)});
-    v.push_back({"fp16", dense.to(at::kCPU, at::kHalf), 2 * (linear_weights + head)});
+    v.push_back({"packed", packed, kernels::PackedActivations::Float32, packed_linear_bytes + 2 * head});
+    v.push_back({"packed-int8", packed, kernels::PackedActivations::Int8, packed_linear_bytes + 2 * head});
+    v.push_back({"float32", dense, kernels::PackedActivations::Float32, 4 * (linear_weights + head)});
+    v.push_back({"fp16", dense.to(at::kCPU, at::kHalf), kernels::PackedActivations::Float32, 2 * (linear_weights + head)});
     return v;
 }
 
@@ -125,7 +132,143 @@ KernelBench bench_kernels(int runs, double ratio)
     return k;
 }
 
+/// Per-token log-probabilities of one logits row, in double.
+std::vector<double> log_probs(const float* logits, int n)
+{
+    const double top = *std::max_element(logits, logits + n);
+    double sum = 0.0;
+    for (int i = 0; i < n; ++i)
+        sum += std::exp(logits[i] - top);
+    const double log_sum = top + std::log(sum);
+    std::vector<double> out(static_cast<std::size_t>(n));
+    for (int i = 0; i < n; ++i)
+        out[static_cast<std::size_t>(i)] = logits[i] - log_sum;
+    return out;
+}
+
+/// sum_v P(v) (log P(v) - log Q(v)).
+double kl_divergence(const std::vector<double>& log_p, const std::vector<double>& log_q)
+{
+    double kl = 0.0;
+    for (std::size_t i = 0; i < log_p.size(); ++i)
+        kl += std::exp(log_p[i]) * (log_p[i] - log_q[i]);
+    return kl;
+}
+
 } // namespace
+
+int run_packed_quality(const std::string& file, const std::string& text_path, int max_windows, int gen_tokens, bool json)
+{
+    c10::InferenceMode inference;
+    LoadOptions options;
+    const Model dense = load_model(file, options);
+    options.packed = true;
+    const Model packed = load_model(file, options);
+    const Tokenizer tok = tokenizer_for(packed);
+    const std::vector<int> ids = tok.encode(read_text_file(text_path));
+    const int seqlen = std::min(dense.config.max_seq_len, 256), vocab = dense.config.vocab_size;
+    std::int64_t windows = static_cast<std::int64_t>(ids.size()) / seqlen;
+    if (max_windows > 0)
+        windows = std::min<std::int64_t>(windows, max_windows);
+    if (windows == 0)
+        throw Error(text_path + ": fewer tokens than one window of " + std::to_string(seqlen));
+
+    // The batched path (perplexity, prompt processing): packed against dequantized, per window.
+    PerplexitySettings ps;
+    ps.seqlen = seqlen;
+    ps.max_windows = static_cast<int>(windows);
+    const EvalResult eval_dense = evaluate_perplexity(dense, ids, ps), eval_packed = evaluate_perplexity(packed, ids, ps);
+    double batched_kl = 0.0;
+    for (std::int64_t w = 0; w < windows; ++w) {
+        const std::vector<std::int64_t> window(ids.begin() + w * seqlen, ids.begin() + (w + 1) * seqlen);
+        const at::Tensor t = at::tensor(window).view({1, seqlen});
+        const at::Tensor a = at::log_softmax(forward(dense, t)[0].to(at::kDouble), -1);
+        const at::Tensor b = at::log_softmax(forward(packed, t)[0].to(at::kDouble), -1);
+        batched_kl += (a.exp() * (a - b)).sum().item<double>();
+    }
+    batched_kl /= static_cast<double>(windows * seqlen);
+
+    // The decoder (generation), teacher-forced over the same windows: dequantized, packed
+    // float32 and packed int8 activations; KL divergence to the dequantized decoder.
+    struct Way {
+        std::string name;
+        const Model* model;
+        kernels::PackedActivations activations;
+        double nll = 0.0, kl = 0.0;
+        std::vector<int> greedy;
+        int first_divergence = -1;
+    };
+    std::vector<Way> ways = {{"dequantized", &dense, kernels::PackedActivations::Float32, 0.0, 0.0, {}, -1},
+                             {"packed", &packed, kernels::PackedActivations::Float32, 0.0, 0.0, {}, -1},
+                             {"packed-int8", &packed, kernels::PackedActivations::Int8, 0.0, 0.0, {}, -1}};
+    std::vector<std::unique_ptr<Decoder>> decoders;
+    for (const Way& w : ways)
+        decoders.push_back(make_decoder(*w.model, DecoderBackend::Cpu, seqlen, w.activations));
+    std::int64_t predictions = 0;
+    for (std::int64_t w = 0; w < windows; ++w) {
+        for (auto& d : decoders)
+            d->reset();
+        for (int t = 0; t + 1 < seqlen; ++t) {
+            const int token = ids[static_cast<std::size_t>(w * seqlen + t)];
+            const int target = ids[static_cast<std::size_t>(w * seqlen + t + 1)];
+            std::vector<double> reference;
+            for (std::size_t i = 0; i < ways.size(); ++i) {
+                const std::vector<double> lp = log_probs(decoders[i]->step(token), vocab);
+                if (i == 0)
+                    reference = lp;
+                ways[i].nll -= lp[static_cast<std::size_t>(target)];
+                ways[i].kl += kl_divergence(reference, lp);
+            }
+            ++predictions;
+        }
+        std::fprintf(stderr, "\rteacher-forced decoding: window %lld/%lld", static_cast<long long>(w + 1),
+                     static_cast<long long>(windows));
+    }
+    std::fprintf(stderr, "\n");
+    GenerationSettings gs;
+    gs.max_new_tokens = gen_tokens;
+    gs.stop_at_eos = false;
+    for (Way& w : ways) {
+        gs.packed_activations = w.activations;
+        w.greedy = generate(*w.model, tok, "Once upon a time", gs).tokens;
+        const auto mismatch = std::mismatch(w.greedy.begin(), w.greedy.end(), ways[0].greedy.begin(), ways[0].greedy.end());
+        w.first_divergence = mismatch.first == w.greedy.end() ? -1 : static_cast<int>(mismatch.first - w.greedy.begin());
+    }
+    if (json) {
+        QJsonArray rows;
+        for (const Way& w : ways)
+            rows.append(QJsonObject{{"name", QString::fromStdString(w.name)},
+                                    {"decoder_ppl", std::exp(w.nll / static_cast<double>(predictions))},
+                                    {"kl_to_dequantized", w.kl / static_cast<double>(predictions)},
+                                    {"greedy_first_divergence", w.first_divergence}});
+        print_json(QJsonObject{{"file", QString::fromStdString(file)},
+                               {"text", QString::fromStdString(text_path)},
+                               {"windows", static_cast<double>(windows)},
+                               {"seqlen", seqlen},
+                               {"eval_ppl_dequantized", eval_dense.ppl},
+                               {"eval_ppl_packed", eval_packed.ppl},
+                               {"eval_kl_packed_to_dequantized", batched_kl},
+                               {"greedy_tokens", gen_tokens},
+                               {"decoders", rows}});
+        return 0;
+    }
+    std::printf("%s on %s: %lld windows of %d tokens\n", file.c_str(), text_path.c_str(),
+                static_cast<long long>(windows), seqlen);
+    std::printf("batched path: perplexity dequantized %.4f, packed %.4f (%+.4f%%), KL packed to dequantized %.2e "
+                "nats/token\n",
+                eval_dense.ppl, eval_packed.ppl, 100 * (eval_packed.ppl / eval_dense.ppl - 1), batched_kl);
+    std::printf("decoder, teacher-forced:\n");
+    for (const Way& w : ways) {
+        std::printf("  %-12s perplexity %.4f  KL to dequantized %.2e nats/token  greedy %d tokens: ", w.name.c_str(),
+                    std::exp(w.nll / static_cast<double>(predictions)), w.kl / static_cast<double>(predictions),
+                    gen_tokens);
+        if (w.first_divergence < 0)
+            std::printf("identical\n");
+        else
+            std::printf("first differs at token %d\n", w.first_divergence);
+    }
+    return 0;
+}
 
 int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, int layers, double ratio, bool json)
 {
@@ -147,7 +290,7 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
     std::vector<std::vector<double>> gen(variants.size()), eval(variants.size());
     std::vector<std::unique_ptr<Decoder>> decoders;
     for (const Variant& v : variants)
-        decoders.push_back(make_decoder(v.model, DecoderBackend::Cpu, tokens + 1));
+        decoders.push_back(make_decoder(v.model, DecoderBackend::Cpu, tokens + 1, v.activations));
     for (int run = 0; run <= runs; ++run) {
         for (std::size_t i = 0; i < variants.size(); ++i) {
             Decoder& d = *decoders[i];
@@ -159,7 +302,9 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                     token = static_cast<int>(std::max_element(logits, logits + shape.vocab_size) - logits);
                 }
             });
-            const double e = variants[i].name == "fp16" ? 0.0 : evaluate_perplexity(variants[i].model, text, ps).tokens_per_second;
+            // Evaluation runs the tiled float32 product: int8 activations and FP16 do not change it.
+            const bool evaluated = variants[i].name == "packed" || variants[i].name == "float32";
+            const double e = evaluated ? evaluate_perplexity(variants[i].model, text, ps).tokens_per_second : 0.0;
             if (run > 0) { // the first is a warm-up
                 gen[i].push_back(tokens / s);
                 eval[i].push_back(e);
@@ -172,7 +317,7 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
         variants[i].gen_tokens_per_second = median(gen[i]);
         variants[i].eval_tokens_per_second = median(eval[i]);
     }
-    const Variant& f32 = variants[1];
+    const Variant& f32 = variants[2];
     if (json) {
         QJsonArray rows;
         for (const Variant& v : variants)

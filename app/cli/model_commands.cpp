@@ -204,6 +204,8 @@ int run_generate(const QStringList& args)
     cl.parser().addOption({"seed", "Sampler seed.", "S", "0"});
     cl.parser().addOption({"backend", "Decoder: auto, cpu (plain loops) or torch (libtorch ops).", "B", "auto"});
     cl.add_packed_option();
+    cl.parser().addOption({"activations", "Packed kernels: f32 (exact, default) or int8 (activations rounded to int8 "
+                                          "per 128 columns in the 1-bit part: faster; effect in README).", "A", "f32"});
     cl.parse(args);
     GenerationSettings s;
     s.max_new_tokens = cl.int_value("n", 0, 1 << 20);
@@ -218,6 +220,9 @@ int run_generate(const QStringList& args)
     if (backend == "cpu") s.backend = DecoderBackend::Cpu;
     else if (backend == "torch") s.backend = DecoderBackend::Torch;
     else if (backend != "auto") throw UsageError{"--backend must be auto, cpu or torch"};
+    const QString activations = cl.value("activations");
+    if (activations == "int8") s.packed_activations = kernels::PackedActivations::Int8;
+    else if (activations != "f32") throw UsageError{"--activations must be f32 or int8"};
 
     Model m = cl.load_model(/*mapped=*/s.backend != DecoderBackend::Torch);
     if (m.format == ModelFormat::HuggingFace && m.tok_embeddings.device().is_cpu()) {
