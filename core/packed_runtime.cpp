@@ -3,6 +3,7 @@
 #include "core/bitpack.h"
 #include "core/error.h"
 #include "core/kernels/matvec.h"
+#include "core/ptq.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -199,6 +200,46 @@ at::Tensor packed_linear_forward(const kernels::PackedWeights& W, const at::Tens
         out.narrow(1, r0, n).copy_(at::mm(X, buffer.narrow(0, 0, n * W.cols).view({n, W.cols}).t()));
     }
     return out.view(sizes);
+}
+
+at::Tensor dense_linear_weight(const DecoderLayer& layer, LinearKind kind)
+{
+    const kernels::PackedWeights* W = layer.packed_weight(kind);
+    if (!W)
+        return layer.weight(kind);
+    at::Tensor out = at::empty({W->rows, W->cols}, at::kFloat);
+    float* o = out.data_ptr<float>();
+    at::parallel_for(0, W->rows, 16, [&](std::int64_t begin, std::int64_t end) {
+        kernels::packed_dequantize_rows(*W, o + begin * W->cols, begin, end);
+    });
+    return out;
+}
+
+std::int64_t resident_weight_bytes(const Model& model)
+{
+    std::int64_t bytes = 0;
+    for (const NamedTensor& t : model.named_tensors())
+        bytes += t.tensor.numel() * static_cast<std::int64_t>(t.tensor.element_size());
+    for (const DecoderLayer& layer : model.layers)
+        for (const PackedWeightsPtr& W : layer.packed)
+            bytes += W ? W->resident_bytes() : 0;
+    return bytes;
+}
+
+Model packed_runtime_model(const QuantizedModel& q)
+{
+    Model m = q.model;
+    for (const QuantizedLinear& linear : q.linears)
+        for (int l = 0; l < static_cast<int>(m.layers.size()); ++l)
+            for (LinearKind k : kAllLinearKinds)
+                if (linear_name(l, k) == linear.name) {
+                    const PackedLinear p = pack_linear(linear);
+                    if (!packed_kernels_unsupported(p).empty())
+                        continue;
+                    m.layers[l].packed[static_cast<int>(k)] = build_packed_weights(p, linear.name);
+                    m.layers[l].weight(k) = at::Tensor();
+                }
+    return m;
 }
 
 double resident_bits_per_weight(const kernels::PackedWeights& W)

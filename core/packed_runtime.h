@@ -32,4 +32,16 @@ at::Tensor packed_linear_forward(const kernels::PackedWeights& W, const at::Tens
 /// Bits per weight the runtime layout keeps in memory.
 double resident_bits_per_weight(const kernels::PackedWeights& W);
 
+/// A Linear's weights as a float32 (rows, cols) tensor: the stored tensor, or the packed layout
+/// dequantized (for weight statistics and previews of a model opened packed).
+at::Tensor dense_linear_weight(const DecoderLayer& layer, LinearKind kind);
+
+/// Bytes of every weight the model holds in memory: its tensors and its packed Linears.
+std::int64_t resident_weight_bytes(const Model& model);
+
+/// q.model with every quantized Linear kept packed for the packed kernels (tensors undefined):
+/// a model quantized in this process runs from its bits as a reopened file does. Linears the
+/// packed kernels cannot run keep their dequantized tensor.
+Model packed_runtime_model(const QuantizedModel& q);
+
 } // namespace pbllm

@@ -135,6 +135,36 @@ private Q_SLOTS:
         window_->comparePage()->start();
         QVERIFY(compared.wait(kPatientMs));
         QVERIFY2(window_->comparePage()->statsText().contains("tok/s"), qPrintable(window_->comparePage()->statsText()));
+        // The run's result runs from its bits, as the exported file will.
+        QVERIFY(run->model->has_packed_linears());
+        QSignalSpy full_eval(&window_->comparePage()->evaluateJob(false), &EvaluateJob::evaluated);
+        QSignalSpy packed_eval(&window_->comparePage()->evaluateJob(true), &EvaluateJob::evaluated);
+        window_->comparePage()->evaluate();
+        QVERIFY(full_eval.count() > 0 || full_eval.wait(kPatientMs));
+        QVERIFY(packed_eval.count() > 0 || packed_eval.wait(kPatientMs));
+        QVERIFY2(window_->comparePage()->evaluationText().contains("Compressed (from its bits): perplexity"),
+                 qPrintable(window_->comparePage()->evaluationText()));
+
+        // The exported file, reopened: its Model page says how it was quantized, and it generates
+        // and evaluates from its bits.
+        MainWindow reopened;
+        QSignalSpy loaded(&reopened.loadJob(), &LoadModelJob::loaded);
+        reopened.openModel(path);
+        QVERIFY(loaded.wait(kPatientMs));
+        const auto m = reopened.context().model();
+        QVERIFY(m->packed);
+        bool described = false;
+        for (const auto& line : m->summary)
+            described = described || (line.first == "Quantized" && line.second.startsWith("pb-gptq"));
+        QVERIFY(described);
+        QSignalSpy generated(reopened.comparePage(), &ComparePage::comparisonDone);
+        reopened.comparePage()->start();
+        QVERIFY(generated.wait(kPatientMs));
+        QVERIFY2(reopened.comparePage()->statsText().contains("tok/s"), qPrintable(reopened.comparePage()->statsText()));
+        QSignalSpy reopened_eval(&reopened.comparePage()->evaluateJob(true), &EvaluateJob::evaluated);
+        reopened.comparePage()->evaluate();
+        QVERIFY(reopened_eval.wait(kPatientMs));
+        QVERIFY(reopened_eval.first().first().value<EvaluationOutcome>().ppl > 1.0);
     }
 
     void screenshotOfAPage()

@@ -8,7 +8,10 @@
 #include "workers/preview_service.h"
 
 #include "core/calibration.h"
+#include "core/error.h"
+#include "core/evaluation.h"
 #include "core/model.h"
+#include "core/packed_checkpoint.h"
 #include "core/ptq.h"
 #include "core/synthetic.h"
 #include "core/system.h"
@@ -93,6 +96,67 @@ private Q_SLOTS:
             QCOMPARE(counted, double(m->linears[i].weight_count()));
             QCOMPARE(st->nonfinite, std::int64_t(0));
         }
+    }
+
+    void packedCheckpointOpensRunsFromItsBitsAndEvaluates()
+    {
+        // A quantized stories260K written as a packed file, then opened as the studio opens it.
+        const Tokenizer tok = Tokenizer::from_file(tok512_path());
+        QuantizedModel q = quantize_model(stories260k(), {tok.encode("Once upon a time there was a little girl.")}, QuantPlan{});
+        q.tokenizer_bytes = tok.model_bytes();
+        QTemporaryDir dir;
+        const QString path = dir.filePath("q.pbllm.h5");
+        write_packed_checkpoint(q, path.toStdString());
+        LoadModelJob job;
+        QSignalSpy done(&job, &LoadModelJob::loaded), failed(&job, &Job::failed);
+        QVERIFY(job.start(path));
+        QVERIFY(done.wait(kPatientMs));
+        const auto m = done.first().first().value<std::shared_ptr<const LoadedModel>>();
+        QVERIFY(m->packed);
+        QVERIFY(m->model->has_packed_linears());
+        QCOMPARE(m->linears.size(), std::size_t(35));
+        QCOMPARE(m->linears[4].rows, 172);
+        // The Model page says how it was quantized and what it costs.
+        QString quantized, bits;
+        for (const auto& [label, value] : m->summary) {
+            if (label == "Quantized") quantized = value;
+            if (label == "Bits per weight") bits = value;
+        }
+        const QString achieved = QString::number(100 * q.salient_ratio(), 'f', 2);
+        QVERIFY2(quantized == "pb-gptq, 35 Linears, salient " + achieved + "% (asked 10.0%) at 8 bits", qPrintable(quantized));
+        QVERIFY2(bits.contains("in the file"), qPrintable(bits));
+
+        // Weight statistics come from the packed layout: the same as the dequantized weights.
+        LinearStatsService stats;
+        stats.reset(m);
+        QTRY_VERIFY_WITH_TIMEOUT(stats.complete(), kPatientMs);
+        const LinearStats* st = stats.stats(4);
+        QVERIFY(st && st->error.isEmpty());
+        QVERIFY(std::abs(st->mean - q.linears[4].dequantized.to(at::kDouble).mean().item<double>()) < 1e-12);
+
+        // It generates and evaluates; the perplexity is the dequantized model's.
+        GenerateJob gen;
+        QSignalSpy generated(&gen, &GenerateJob::generated);
+        SamplerChoice greedy;
+        greedy.temperature = 0.0f;
+        greedy.max_new_tokens = 20;
+        QVERIFY(gen.start(m->model, m->tokenizer, "Once upon a time", greedy));
+        QVERIFY(generated.wait(kPatientMs));
+        QCOMPARE(generated.first().first().value<GenerationOutcome>().tokens.size(), std::size_t(20));
+        EvaluateJob eval;
+        QSignalSpy evaluated(&eval, &EvaluateJob::evaluated);
+        QVERIFY(eval.start(m->model, m->tokenizer, QString::fromStdString(tinystories_val_path()), 4));
+        QVERIFY(evaluated.wait(kPatientMs));
+        PerplexitySettings ps;
+        ps.max_windows = 4;
+        const double dequantized = evaluate_perplexity(q.model, tok.encode(read_text_file(tinystories_val_path())), ps).ppl;
+        const double packed = evaluated.first().first().value<EvaluationOutcome>().ppl;
+        QVERIFY2(std::abs(packed / dequantized - 1.0) < 1e-5, qPrintable(QString("%1 vs %2").arg(packed).arg(dequantized)));
+
+        // Quantizing it again is refused with the reason.
+        QuantizeJob again;
+        RunRequest r;
+        QVERIFY_THROWS_EXCEPTION(Error, again.start(m, r));
     }
 
     void linearStatsBackgroundPassStopsButRequestsAreServed()

@@ -62,6 +62,22 @@ ComparePage::ComparePage(StudioContext& context, QWidget* parent) : QWidget(pare
     layout->addLayout(grid, 1);
     nll_ = new QLabel;
     layout->addWidget(nll_);
+    auto* eval_row = new QHBoxLayout;
+    eval_text_ = new QLineEdit(StudioContext::findSharedData(QStringLiteral("data/tinystories/tinystories_val.txt")));
+    eval_windows_ = new QSpinBox;
+    eval_windows_->setRange(0, 1 << 20);
+    eval_windows_->setValue(16);
+    eval_windows_->setToolTip(tr("Windows of the model's context to evaluate (0 = the whole text)"));
+    evaluate_ = new QPushButton(tr("Evaluate perplexity"));
+    evaluate_->setEnabled(false);
+    evaluation_ = new QLabel;
+    eval_row->addWidget(new QLabel(tr("Text")));
+    eval_row->addWidget(eval_text_, 1);
+    eval_row->addWidget(new QLabel(tr("Windows")));
+    eval_row->addWidget(eval_windows_);
+    eval_row->addWidget(evaluate_);
+    layout->addLayout(eval_row);
+    layout->addWidget(evaluation_);
 
     auto stream = [](QTextBrowser* view) {
         return [view](const QString& piece) {
@@ -92,12 +108,65 @@ ComparePage::ComparePage(StudioContext& context, QWidget* parent) : QWidget(pare
         Q_EMIT comparisonDone();
     });
     connect(generate_, &QPushButton::clicked, this, &ComparePage::start);
-    connect(&context_, &StudioContext::runChanged, this, [this] { generate_->setEnabled(context_.run() != nullptr); });
+    connect(evaluate_, &QPushButton::clicked, this, &ComparePage::evaluate);
+    connect(&context_, &StudioContext::runChanged, this, &ComparePage::updateEnabled);
+    connect(&context_, &StudioContext::modelChanged, this, &ComparePage::updateEnabled);
+    auto show = [this](const QString& which) {
+        return [this, which](const EvaluationOutcome& o) {
+            evaluation_->setText(evaluation_->text() +
+                                 tr("%1: perplexity %2 over %3 windows of %4 tokens, %5 tokens/s. ")
+                                     .arg(which).arg(o.ppl, 0, 'f', 3).arg(o.windows).arg(o.seqlen)
+                                     .arg(o.tokens_per_second, 0, 'f', 0));
+            if (!evaluate_full_.running() && !evaluate_compressed_.running())
+                updateEnabled();
+        };
+    };
+    connect(&evaluate_full_, &EvaluateJob::evaluated, this, show(tr("Full precision")));
+    connect(&evaluate_compressed_, &EvaluateJob::evaluated, this, show(tr("Compressed (from its bits)")));
+    for (EvaluateJob* job : {&evaluate_full_, &evaluate_compressed_})
+        connect(job, &Job::failed, this, [this](const QString& m) {
+            evaluation_->setText(tr("Evaluation failed: %1").arg(m));
+            updateEnabled();
+        });
 }
+
+std::shared_ptr<const Model> ComparePage::fullModel() const
+{
+    return context_.model() && !context_.model()->packed ? context_.model()->model : nullptr;
+}
+
+std::shared_ptr<const Model> ComparePage::compressedModel() const
+{
+    if (context_.run())
+        return context_.run()->model;
+    return context_.model() && context_.model()->packed ? context_.model()->model : nullptr;
+}
+
+void ComparePage::updateEnabled()
+{
+    generate_->setEnabled(compressedModel() != nullptr && !full_.running() && !compressed_.running());
+    evaluate_->setEnabled(context_.model() != nullptr && !evaluate_full_.running() && !evaluate_compressed_.running());
+}
+
+void ComparePage::evaluate()
+{
+    if (!context_.model() || evaluate_full_.running() || evaluate_compressed_.running())
+        return;
+    evaluation_->clear();
+    evaluate_->setEnabled(false);
+    const auto& tokenizer = context_.model()->tokenizer;
+    if (const auto full = fullModel())
+        evaluate_full_.start(full, tokenizer, eval_text_->text(), eval_windows_->value());
+    if (const auto compressed = compressedModel())
+        evaluate_compressed_.start(compressed, tokenizer, eval_text_->text(), eval_windows_->value());
+}
+
+QString ComparePage::evaluationText() const { return evaluation_->text(); }
 
 void ComparePage::start()
 {
-    if (!context_.model() || !context_.run() || full_.running() || compressed_.running())
+    const auto compressed = compressedModel();
+    if (!compressed || full_.running() || compressed_.running())
         return;
     SamplerChoice s;
     s.temperature = static_cast<float>(temperature_->value());
@@ -111,9 +180,12 @@ void ComparePage::start()
     nll_->clear();
     generate_->setEnabled(false);
     const auto& m = context_.model();
-    // The compressed model shares the tokenizer; its weights are the dequantized view.
-    full_.start(m->model, m->tokenizer, prompt_->text(), s);
-    compressed_.start(context_.run()->model, m->tokenizer, prompt_->text(), s);
+    // The compressed model shares the tokenizer and runs from its bits.
+    if (const auto full = fullModel())
+        full_.start(full, m->tokenizer, prompt_->text(), s);
+    else
+        full_outcome_ = GenerationOutcome{}; // a packed checkpoint opened alone: nothing to compare with
+    compressed_.start(compressed, m->tokenizer, prompt_->text(), s);
 }
 
 QString ComparePage::statsText() const { return full_stats_->text() + QLatin1Char('\n') + compressed_stats_->text(); }
@@ -122,8 +194,17 @@ void ComparePage::finishIfDone()
 {
     if (!full_outcome_ || !compressed_outcome_)
         return;
-    generate_->setEnabled(true);
+    updateEnabled();
     const auto& m = context_.model();
+    if (!fullModel()) {
+        compressed_stats_->setText(QObject::tr("%1 tokens, %2 tok/s, memory %3")
+                                       .arg(compressed_outcome_->tokens.size())
+                                       .arg(compressed_outcome_->tokens_per_second, 0, 'f', 0)
+                                       .arg(human_size(compressed_outcome_->memory_bytes)));
+        full_stats_->setText(tr("Open the full-precision model and quantize it here to compare side by side."));
+        Q_EMIT comparisonDone();
+        return;
+    }
     const GenerationOutcome& a = *full_outcome_;
     const GenerationOutcome& b = *compressed_outcome_;
     // Re-render both texts token by token, marking the first position where they differ.
@@ -149,7 +230,7 @@ void ComparePage::finishIfDone()
                               : tr("; identical");
     full_stats_->setText(stats(a));
     compressed_stats_->setText(stats(b) + where);
-    score_.start(m->model, b.prompt_tokens, b.tokens);
+    score_.start(fullModel(), b.prompt_tokens, b.tokens);
 }
 
 } // namespace pbllm

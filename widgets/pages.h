@@ -204,16 +204,30 @@ public:
     GenerateJob& fullJob() { return full_; }
     GenerateJob& compressedJob() { return compressed_; }
     ScoreJob& scoreJob() { return score_; }
+    EvaluateJob& evaluateJob(bool compressed) { return compressed ? evaluate_compressed_ : evaluate_full_; }
+    /// Perplexity of both models (or the one there is) on the page's text and windows.
+    void evaluate();
     QString statsText() const;
+    QString evaluationText() const;
 
 Q_SIGNALS:
     void comparisonDone();
 
 private:
     void finishIfDone();
+    void updateEnabled();
+    /// The full-precision model (none when a packed checkpoint was opened) and the compressed one
+    /// (the run's result, or the opened packed checkpoint), both run as they would be used.
+    std::shared_ptr<const Model> fullModel() const;
+    std::shared_ptr<const Model> compressedModel() const;
     StudioContext& context_;
     GenerateJob full_, compressed_;
     ScoreJob score_;
+    EvaluateJob evaluate_full_, evaluate_compressed_;
+    QLineEdit* eval_text_;
+    QSpinBox* eval_windows_;
+    QPushButton* evaluate_;
+    QLabel* evaluation_;
     QLineEdit* prompt_;
     QDoubleSpinBox* temperature_;
     QDoubleSpinBox* top_p_;

@@ -8,6 +8,7 @@
 #include "core/hf_model.h"
 #include "core/model_io.h"
 #include "core/packed_checkpoint.h"
+#include "core/packed_runtime.h"
 #include "core/ptq.h"
 #include "core/qat.h"
 #include "core/saliency.h"
@@ -46,13 +47,14 @@ std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const Q
     // Shapes only: the statistics are LinearStatsService's, on demand.
     for (int l = 0; l < c.n_layers; ++l)
         for (LinearKind kind : kAllLinearKinds) {
+            const kernels::PackedWeights* packed = loaded.layers[l].packed_weight(kind);
             const at::Tensor& w = loaded.layers[l].weight(kind);
             LinearInfo info;
             info.layer = l;
             info.name = QString::fromStdString(linear_name(l, kind));
             info.kind = QString::fromUtf8(linear_short_name(kind).data(), static_cast<int>(linear_short_name(kind).size()));
-            info.rows = w.size(0);
-            info.cols = w.size(1);
+            info.rows = packed ? packed->rows : w.size(0);
+            info.cols = packed ? packed->cols : w.size(1);
             out->quantizable_weights += info.weight_count();
             out->linears.push_back(std::move(info));
         }
@@ -66,7 +68,11 @@ std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const Q
         {QStringLiteral("Architecture"), arch},
         {QStringLiteral("Parameters"), QStringLiteral("%L1 (Linears %L2, embedding %L3)").arg(out->parameters).arg(out->quantizable_weights).arg(embedding)},
         {QStringLiteral("Stored as"), QString::fromStdString(loaded.file_dtype) +
-                                          (mapped ? QStringLiteral(", memory-mapped (weights read when used)") : QStringLiteral(", float32 in memory"))},
+                                          (loaded.has_packed_linears()
+                                               ? QStringLiteral(", quantized Linears run from their bits (%1 of weights in memory)")
+                                                     .arg(human_size(resident_weight_bytes(loaded)))
+                                           : mapped ? QStringLiteral(", memory-mapped (weights read when used)")
+                                                    : QStringLiteral(", float32 in memory"))},
         {QStringLiteral("File size"), human_size(loaded.file_bytes) + QStringLiteral(" (FP16 would be %1)").arg(human_size(out->fp16_bytes))},
         {QStringLiteral("Tokenizer"), QStringLiteral("%1 (%2 pieces)").arg(QString::fromStdString(tokenizer.origin())).arg(tokenizer.vocab_size())},
         {QStringLiteral("Loaded in"), QStringLiteral("%1 s").arg(seconds, 0, 'f', 2)},
@@ -109,6 +115,35 @@ BitsSummary packed_bits(const QuantizedModel& q)
     return summary_of(bits_per_weight(packed));
 }
 
+/// Model-page lines of a packed checkpoint: how it was quantized and what it costs.
+std::vector<std::pair<QString, QString>> packed_summary(const PackedCheckpoint& ck)
+{
+    const QuantConfig& c = ck.quantized.plan.config;
+    std::int64_t weights = 0, salient = 0;
+    for (const LinearBits& b : ck.bits) {
+        weights += b.weights;
+        salient += b.salient_count;
+    }
+    const BitsPerWeight bits = bits_per_weight(ck.bits);
+    std::vector<std::pair<QString, QString>> lines = {
+        {QStringLiteral("Quantized"),
+         QStringLiteral("%1, %2 Linears, salient %3% (asked %4%) at %5 bits")
+             .arg(QString::fromStdString(to_string(c.layer.method)))
+             .arg(ck.bits.size())
+             .arg(weights > 0 ? 100.0 * static_cast<double>(salient) / static_cast<double>(weights) : 0.0, 0, 'f', 2)
+             .arg(100.0 * c.layer.salient_ratio, 0, 'f', 1)
+             .arg(c.layer.salient_bits)},
+        {QStringLiteral("Bits per weight"),
+         QStringLiteral("%1 in the file (headline %2, with index %3)")
+             .arg(bits.measured, 0, 'f', 3).arg(bits.headline, 0, 'f', 3).arg(bits.with_index, 0, 'f', 3)},
+    };
+    if (!ck.quantized.training_json.empty())
+        lines.push_back({QStringLiteral("Training"), QString::fromStdString(ck.quantized.training_json)});
+    for (const std::string& note : ck.quantized.model.notes)
+        lines.push_back({QStringLiteral("Note"), QString::fromStdString(note)});
+    return lines;
+}
+
 } // namespace
 
 bool studio_maps_weights(const ModelConfig& config, ModelFormat format, StudioStorage choice)
@@ -133,6 +168,19 @@ bool LoadModelJob::start(const QString& path, const QString& device, StudioStora
             // its NaN/Inf scan is left to the statistics pass (a 7B scan reads 12.6 GB).
             options.storage = WeightStorage::Mapped;
             options.check_finite = false;
+            if (options.device.is_cpu() && has_hdf5_signature(path.toStdString())) {
+                // A packed checkpoint runs from its bits: what it is and costs joins the summary.
+                PackedCheckpoint ck = read_packed_checkpoint(path.toStdString(), PackedLoad::Runtime);
+                report_progress(progress, 0.8, "loading the tokenizer");
+                Tokenizer tok = tokenizer_for(ck.quantized.model);
+                const auto lines = packed_summary(ck);
+                auto loaded = describe(std::move(ck.quantized.model), std::move(tok), path, seconds_since(start), false);
+                loaded->summary.insert(loaded->summary.end(), lines.begin(), lines.end());
+                loaded->packed = true;
+                *result = loaded;
+                report_progress(progress, 1.0, "loaded");
+                return;
+            }
             Model m = load_model(path.toStdString(), options);
             const bool mapped = options.device.is_cpu() && studio_maps_weights(m.config, m.format, storage);
             if (options.device.is_cpu() && !mapped && m.format == ModelFormat::HuggingFace) {
@@ -196,6 +244,9 @@ void CalibrateJob::save(const LoadedModel& model, const CalibrationResult& resul
 bool QuantizeJob::start(std::shared_ptr<const LoadedModel> model, const RunRequest& request)
 {
     request.plan.validate();
+    if (model->packed)
+        throw Error(model->path.toStdString() + " is already quantized (a packed checkpoint): open its full-precision "
+                                                "model to quantize it");
     auto result = std::make_shared<std::shared_ptr<RunResult>>();
     QPointer<QuantizeJob> self(this);
     return launch(
@@ -262,7 +313,8 @@ bool QuantizeJob::start(std::shared_ptr<const LoadedModel> model, const RunReque
                 out->eval_windows = static_cast<int>(after.windows);
             }
             out->quantized = std::make_shared<const QuantizedModel>(std::move(q));
-            out->model = std::shared_ptr<const Model>(out->quantized, &out->quantized->model);
+            // Compare runs the result as an exported file would run: from its bits.
+            out->model = std::make_shared<const Model>(packed_runtime_model(*out->quantized));
             out->seconds = seconds_since(start);
             report_progress(progress, 1.0, "done");
             *result = out;
@@ -327,14 +379,32 @@ bool GenerateJob::start(std::shared_ptr<const Model> model, std::shared_ptr<cons
             out->tokens_per_second = r.tokens_per_second;
             out->seconds = r.seconds;
             out->cancelled = r.cancelled;
-            std::int64_t bytes = 0;
-            for (const NamedTensor& t : model->named_tensors())
-                bytes += t.tensor.numel() * static_cast<std::int64_t>(t.tensor.element_size());
+            const std::int64_t bytes = resident_weight_bytes(*model);
             const ModelConfig& c = model->config;
             const std::int64_t positions = static_cast<std::int64_t>(r.prompt_tokens.size() + r.tokens.size());
             out->memory_bytes = bytes + 2LL * c.n_layers * positions * c.kv_dim() * 4; // + fp32 KV cache
         },
         [this, out] { Q_EMIT generated(*out); });
+}
+
+bool EvaluateJob::start(std::shared_ptr<const Model> model, std::shared_ptr<const Tokenizer> tokenizer,
+                        const QString& text_path, int windows)
+{
+    auto out = std::make_shared<EvaluationOutcome>();
+    return launch(
+        [=](const ProgressFn& progress) {
+            report_progress(progress, 0.0, "tokenizing " + text_path.toStdString());
+            const std::vector<int> tokens = tokenizer->encode(read_text_file(text_path.toStdString()));
+            PerplexitySettings settings;
+            settings.max_windows = windows;
+            const EvalResult r = evaluate_perplexity(*model, tokens, settings, progress);
+            out->ppl = r.ppl;
+            out->windows = static_cast<int>(r.windows);
+            out->seqlen = r.seqlen;
+            out->tokens_per_second = r.tokens_per_second;
+            out->seconds = r.seconds;
+        },
+        [this, out] { Q_EMIT evaluated(*out); });
 }
 
 bool ScoreJob::start(std::shared_ptr<const Model> reference, std::vector<int> prompt_tokens, std::vector<int> tokens)

@@ -114,6 +114,17 @@ Q_SIGNALS:
     void generated(const pbllm::GenerationOutcome& outcome);
 };
 
+/// Perplexity of `model` on the text file's first `windows` windows of its context (all when 0).
+class EvaluateJob : public Job {
+    Q_OBJECT
+public:
+    using Job::Job;
+    bool start(std::shared_ptr<const Model> model, std::shared_ptr<const Tokenizer> tokenizer, const QString& text_path,
+               int windows);
+Q_SIGNALS:
+    void evaluated(const pbllm::EvaluationOutcome& outcome);
+};
+
 /// Mean NLL (nats/token) the reference model assigns to `tokens` after `prompt_tokens`.
 class ScoreJob : public Job {
     Q_OBJECT

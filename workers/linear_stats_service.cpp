@@ -2,6 +2,7 @@
 
 #include "workers/background.h"
 
+#include "core/packed_runtime.h"
 #include "core/model.h"
 #include "core/tensor_stats.h"
 
@@ -19,7 +20,8 @@ LinearStats compute_linear_stats(const LoadedModel& model, int linear)
     const auto start = std::chrono::steady_clock::now();
     const LinearInfo& info = model.linears.at(static_cast<std::size_t>(linear));
     const LinearKind kind = kAllLinearKinds[static_cast<std::size_t>(linear) % kLinearKindCount];
-    const at::Tensor& w = model.model->layers[static_cast<std::size_t>(info.layer)].weight(kind);
+    // A model opened packed has no weight tensor: its layout dequantized stands in.
+    const at::Tensor w = dense_linear_weight(model.model->layers[static_cast<std::size_t>(info.layer)], kind);
     LinearStats out;
     const TensorStats s = tensor_stats(w, 80); // one read of the weights' bytes, three passes
     out.nonfinite = s.nonfinite;

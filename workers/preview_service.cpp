@@ -1,5 +1,6 @@
 #include "workers/preview_service.h"
 
+#include "core/packed_runtime.h"
 #include "core/calibration.h"
 #include "core/calibration_file.h"
 #include "core/error.h"
@@ -75,7 +76,7 @@ void PreviewService::prepare(std::shared_ptr<const LoadedModel> model, std::shar
                 if (calibration)
                     H = calibration_hessian(*calibration->data, info.layer, input_of(kind));
                 previews.push_back(std::make_shared<LayerPreview>(
-                    info.name.toStdString(), model->model->layers[static_cast<std::size_t>(info.layer)].weight(kind), H, metric, options));
+                    info.name.toStdString(), dense_linear_weight(model->model->layers[static_cast<std::size_t>(info.layer)], kind), H, metric, options));
             }
         } catch (const std::exception& e) {
             error = QString::fromStdString(e.what());
@@ -113,7 +114,7 @@ std::shared_ptr<LayerPreview> whole_linear_preview(const LoadedModel& model, con
         H = calibration_hessian(*calibration->data, info.layer, input_of(kind));
     PreviewOptions options;
     options.keep_hessian = false; // the service shows the diagonal proxy only
-    return std::make_shared<LayerPreview>(info.name.toStdString(), model.model->layers[static_cast<std::size_t>(info.layer)].weight(kind),
+    return std::make_shared<LayerPreview>(info.name.toStdString(), dense_linear_weight(model.model->layers[static_cast<std::size_t>(info.layer)], kind),
                                           H, metric, options);
 }
 

@@ -61,6 +61,7 @@ struct LoadedModel {
     std::int64_t fp16_bytes = 0;          ///< the whole model stored as FP16: the size to compare with
     double load_seconds = 0.0;
     bool mapped = false; ///< weights memory-mapped in the file's precision (big models), not float32 copies
+    bool packed = false; ///< a packed checkpoint whose quantized Linears run from their bits
 };
 
 struct CalibrationResult {
@@ -102,7 +103,7 @@ struct BitsSummary {
 /// Outcome of a PTQ or QAT run.
 struct RunResult {
     std::shared_ptr<const QuantizedModel> quantized;
-    std::shared_ptr<const Model> model; ///< its dequantized weights (shares ownership of `quantized`)
+    std::shared_ptr<const Model> model; ///< the result run from its bits (packed Linears, as exported)
     QString method;
     BitsSummary bits;
     double salient_ratio = 0.0;
@@ -129,6 +130,14 @@ struct GenerationOutcome {
     bool cancelled = false;
 };
 
+/// Perplexity of a model on a text (EVALUATION.md protocol, first windows).
+struct EvaluationOutcome {
+    double ppl = 0.0;
+    int windows = 0, seqlen = 0;
+    double tokens_per_second = 0.0;
+    double seconds = 0.0;
+};
+
 /// QAT progress for the live loss curve.
 struct TrainingStep {
     int step = 0, steps = 0;
@@ -146,3 +155,4 @@ Q_DECLARE_METATYPE(pbllm::LinearStats)
 Q_DECLARE_METATYPE(pbllm::ExportResult)
 Q_DECLARE_METATYPE(pbllm::GenerationOutcome)
 Q_DECLARE_METATYPE(pbllm::TrainingStep)
+Q_DECLARE_METATYPE(pbllm::EvaluationOutcome)
