@@ -183,10 +183,14 @@ public:
 private:
     void linear(const DecoderLayer& layer, LinearKind kind, const float* x, float* y)
     {
+        // K and V read Q's input, Up reads Gate's: prepared once for the packed kernels (unless a
+        // Linear between them was not packed, or had other parameter groups).
+        const bool same_input = kind == LinearKind::K || kind == LinearKind::V || kind == LinearKind::Up;
         if (const kernels::PackedWeights* packed = layer.packed_weight(kind))
-            packed_matvec(*packed, x, y, packed_input_);
+            packed_matvec(*packed, x, y, packed_input_, same_input && packed_input_for_ == x && packed->groups == 1);
         else
             matvec(layer.weight(kind), x, y);
+        packed_input_for_ = layer.packed_weight(kind) && layer.packed_weight(kind)->groups == 1 ? x : nullptr;
     }
 
     Model m_; // shares the caller's tensors
@@ -199,6 +203,7 @@ private:
     std::vector<float> x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, att_, logits_;
     std::vector<float> key_cache_, value_cache_; // (layers, capacity, kv_dim)
     kernels::PackedInput packed_input_;
+    const float* packed_input_for_ = nullptr; ///< x the packed input was last prepared from
 };
 
 // ---- libtorch decoder (any device) -----------------------------------------------------------

@@ -141,9 +141,12 @@ PackedWeightsPtr build_packed_weights(const PackedLinear& p, const std::string& 
     return W;
 }
 
-void packed_matvec(const kernels::PackedWeights& W, const float* x, float* y, kernels::PackedInput& scratch)
+void packed_matvec(const kernels::PackedWeights& W, const float* x, float* y, kernels::PackedInput& scratch,
+                   bool reuse_input)
 {
-    kernels::prepare_packed_input(W, x, scratch);
+    if (!reuse_input || scratch.x.size() != static_cast<std::size_t>(W.padded_cols()) ||
+        scratch.group_sums.size() != static_cast<std::size_t>(W.groups))
+        kernels::prepare_packed_input(W, x, scratch);
     const int threads = at::get_num_threads();
     // Threads pay off once a matrix is big enough (~64K weights) to outweigh the wake-up cost.
     if (threads <= 1 || W.rows * W.cols < (1 << 16)) {

@@ -22,8 +22,10 @@ std::string packed_kernels_unsupported(const PackedLinear& p);
 PackedWeightsPtr build_packed_weights(const PackedLinear& p, const std::string& what);
 
 /// y = W x (rows floats) with rows split between threads by equal work (dense words + salient
-/// entries). `scratch` holds the padded input between calls.
-void packed_matvec(const kernels::PackedWeights& W, const float* x, float* y, kernels::PackedInput& scratch);
+/// entries). `scratch` holds the prepared input between calls; `reuse_input`: it already holds x
+/// prepared for a Linear of the same width and groups (Q, K and V read the same x).
+void packed_matvec(const kernels::PackedWeights& W, const float* x, float* y, kernels::PackedInput& scratch,
+                   bool reuse_input = false);
 
 /// x (..., cols) float32 on the CPU -> (..., rows): one token by the matvec kernel; more tokens
 /// by unpacking a tile of rows once into float32 and multiplying it with all of them.

@@ -208,6 +208,28 @@ private Q_SLOTS:
         }
     }
 
+    void int8ActivationsMatchTheirDefinition()
+    {
+        // The vectorised rounding of prepare_packed_input equals the scalar definition bit for bit
+        // (including ties and zero blocks).
+        const QuantizedLinear q = synthetic_linear(3, 1000, 8);
+        const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "q");
+        at::Tensor x = at::randn({1000}) * 3;
+        x.narrow(0, 128, 128).zero_();
+        x[5] = 127.0f, x[6] = 0.5f, x[7] = -1.5f; // block 0's scale is exactly 1: ties round to even
+        kernels::PackedInput in;
+        in.precision = kernels::PackedActivations::Int8;
+        kernels::prepare_packed_input(*W, x.data_ptr<float>(), in);
+        std::vector<std::int8_t> expected(in.x_int8.size());
+        std::vector<float> scale(in.block_scale.size());
+        kernels::quantize_blocks_int8_reference(in.x.data(), W->blocks, expected.data(), scale.data());
+        QVERIFY(in.x_int8 == expected);
+        QVERIFY(in.block_scale == scale);
+        QCOMPARE(static_cast<int>(in.x_int8[6]), 0);
+        QCOMPARE(static_cast<int>(in.x_int8[7]), -2);
+        QCOMPARE(in.block_scale[1], 0.0f);
+    }
+
     void quantizerOutputRunsPacked()
     {
         // A Linear from the real quantizer (PB-GPTQ 10%, 8-bit) rather than random fields.

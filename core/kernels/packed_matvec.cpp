@@ -16,9 +16,12 @@ std::int64_t PackedWeights::resident_bytes() const
 
 void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input)
 {
-    input.x.assign(static_cast<std::size_t>(W.padded_cols()), 0.0f);
+    // Sized once and refilled: a decoding step prepares about ten inputs per layer.
+    const auto padded = static_cast<std::size_t>(W.padded_cols());
+    input.x.resize(padded);
     std::copy(x, x + W.cols, input.x.begin());
-    input.group_sums.assign(static_cast<std::size_t>(W.groups), 0.0f);
+    std::fill(input.x.begin() + W.cols, input.x.end(), 0.0f);
+    input.group_sums.resize(static_cast<std::size_t>(W.groups));
     for (std::int64_t g = 0; g < W.groups; ++g) {
         const std::int64_t end = std::min(W.padded_cols(), (g + 1) * W.group_cols());
         float sum = 0.0f;
@@ -28,18 +31,26 @@ void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& i
     }
     if (input.precision != PackedActivations::Int8)
         return;
-    input.x_int8.assign(static_cast<std::size_t>(W.padded_cols()), 0);
-    input.block_scale.assign(static_cast<std::size_t>(W.blocks), 0.0f);
-    for (std::int64_t b = 0; b < W.blocks; ++b) {
-        const float* xb = input.x.data() + b * kPackedBlock;
+    input.x_int8.resize(padded);
+    input.block_scale.resize(static_cast<std::size_t>(W.blocks));
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx2_kernels())
+        return avx2::quantize_blocks_int8(input.x.data(), W.blocks, input.x_int8.data(), input.block_scale.data());
+#endif
+    quantize_blocks_int8_reference(input.x.data(), W.blocks, input.x_int8.data(), input.block_scale.data());
+}
+
+void quantize_blocks_int8_reference(const float* x, std::int64_t blocks, std::int8_t* out, float* scale)
+{
+    for (std::int64_t b = 0; b < blocks; ++b) {
+        const float* xb = x + b * kPackedBlock;
         float amax = 0.0f;
         for (int j = 0; j < kPackedBlock; ++j)
             amax = std::max(amax, std::abs(xb[j]));
-        const float scale = amax / 127.0f, inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
-        input.block_scale[static_cast<std::size_t>(b)] = scale;
-        for (int j = 0; j < kPackedBlock; ++j)
-            input.x_int8[static_cast<std::size_t>(b * kPackedBlock + j)] =
-                static_cast<std::int8_t>(std::lround(xb[j] * inverse));
+        const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        scale[b] = amax / 127.0f;
+        for (int j = 0; j < kPackedBlock; ++j) // round half to even, as the SIMD conversion does
+            out[b * kPackedBlock + j] = static_cast<std::int8_t>(std::nearbyint(xb[j] * inverse));
     }
 }
 

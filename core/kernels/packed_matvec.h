@@ -72,6 +72,9 @@ struct PackedInput {
 };
 /// Fills `input` for W from x, in input.precision.
 void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input);
+/// x (blocks * kPackedBlock floats) to int8 with one scale per block, max |x| / 127, rounded to
+/// nearest even: the scalar definition of the int8 activations.
+void quantize_blocks_int8_reference(const float* x, std::int64_t blocks, std::int8_t* out, float* scale);
 
 /// y[r] = W[r, :] . x for rows [begin, end). Uses the AVX2 kernel when the CPU has AVX2 + FMA +
 /// F16C, the reference otherwise (and for Linears with more than one parameter group).

@@ -119,8 +119,10 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
                         one(e + k);
                     continue;
                 }
-                const std::int64_t c0 = col + 1 + gaps[e], c1 = c0 + 1 + gaps[e + 1], c2 = c1 + 1 + gaps[e + 2],
-                                   c3 = c2 + 1 + gaps[e + 3];
+                // Offsets from col computed apart from it: the only chain across iterations is col.
+                const std::int64_t d0 = 1 + (four & 0xff), d1 = d0 + 1 + ((four >> 8) & 0xff),
+                                   d2 = d1 + 1 + ((four >> 16) & 0xff), d3 = d2 + 1 + (four >> 24);
+                const std::int64_t c0 = col + d0, c1 = col + d1, c2 = col + d2, c3 = col + d3;
                 col = c3;
                 const float x0 = x[c0], x1 = x[c1], x2 = x[c2], x3 = x[c3];
                 q0 += code_value[codes[e]] * x0;
@@ -140,6 +142,34 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
         const float mu = half(W.mu[p]), alpha = half(W.alpha[p]), s = half(W.scale[p]);
         const float z = static_cast<float>(W.zero[p]);
         y[r] = (mu - alpha) * (in.group_sums[0] - sum_x) + 2.0f * alpha * dense + s * sum_qx - s * z * sum_x;
+    }
+}
+
+void quantize_blocks_int8(const float* x, std::int64_t blocks, std::int8_t* out, float* scale)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (std::int64_t b = 0; b < blocks; ++b) {
+        const float* xb = x + b * kPackedBlock;
+        __m256 amax = _mm256_setzero_ps();
+        for (int j = 0; j < kPackedBlock; j += 8)
+            amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(xb + j)));
+        __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+        m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 0x55));
+        const float top = _mm_cvtss_f32(m);
+        scale[b] = top / 127.0f;
+        const __m256 inverse = _mm256_set1_ps(top > 0.0f ? 127.0f / top : 0.0f);
+        for (int j = 0; j < kPackedBlock; j += 32) {
+            // cvtps rounds to nearest even; packs keep the values (all within [-127, 127]).
+            const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j), inverse));
+            const __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 8), inverse));
+            const __m256i d = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 16), inverse));
+            const __m256i f = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(xb + j + 24), inverse));
+            // packs work per 128-bit lane: restore column order with one 32-bit permutation.
+            const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(a, c), _mm256_packs_epi32(d, f));
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + b * kPackedBlock + j),
+                                _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        }
     }
 }
 

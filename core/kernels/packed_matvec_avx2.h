@@ -6,5 +6,6 @@
 namespace pbllm::kernels::avx2 {
 
 void packed_matvec(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end);
+void quantize_blocks_int8(const float* x, std::int64_t blocks, std::int8_t* out, float* scale);
 
 } // namespace pbllm::kernels::avx2
