@@ -127,14 +127,14 @@ void packed_dequantize_rows(const PackedWeights& W, float* out, std::int64_t beg
             const std::size_t p = static_cast<std::size_t>(r * W.groups + g);
             const float mu = f16_to_float(W.mu[p]), alpha = f16_to_float(W.alpha[p]);
             const float plus = mu + alpha, minus = mu - alpha;
-            const std::int64_t end = std::min(W.cols, (g + 1) * group_cols);
-            std::int64_t c = g * group_cols;
-            for (; c + 32 <= end; c += 32) { // whole words: a loop the compiler vectorises
-                const std::uint32_t word = signs[c / 32];
-                for (int j = 0; j < 32; ++j)
-                    row[c + j] = ((word >> j) & 1u) ? plus : minus;
+            const std::int64_t begin_col = g * group_cols, end_col = std::min(W.cols, (g + 1) * group_cols);
+#if defined(__x86_64__) && defined(__GNUC__)
+            if (cpu_has_avx2_kernels()) { // groups start on whole words
+                avx2::fill_signs(signs + begin_col / 32, end_col - begin_col, plus, minus, row + begin_col);
+                continue;
             }
-            for (; c < end; ++c)
+#endif
+            for (std::int64_t c = begin_col; c < end_col; ++c)
                 row[c] = ((signs[c / 32] >> (c % 32)) & 1u) ? plus : minus;
         }
         std::int64_t col = -1;

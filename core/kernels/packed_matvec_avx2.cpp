@@ -145,6 +145,20 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
     }
 }
 
+void fill_signs(const std::uint32_t* words, std::int64_t n, float plus, float minus, float* out)
+{
+    const __m256i shift = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+    const __m256 p = _mm256_set1_ps(plus), m = _mm256_set1_ps(minus);
+    std::int64_t c = 0;
+    for (; c + 8 <= n; c += 8) {
+        const std::uint32_t byte = (words[c / 32] >> (c % 32)) & 0xffu;
+        const __m256i bits = _mm256_sllv_epi32(_mm256_set1_epi32(static_cast<int>(byte)), shift);
+        _mm256_storeu_ps(out + c, _mm256_blendv_ps(m, p, _mm256_castsi256_ps(bits)));
+    }
+    for (; c < n; ++c)
+        out[c] = ((words[c / 32] >> (c % 32)) & 1u) ? plus : minus;
+}
+
 void quantize_blocks_int8(const float* x, std::int64_t blocks, std::int8_t* out, float* scale)
 {
     const __m256 sign = _mm256_set1_ps(-0.0f);
