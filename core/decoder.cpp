@@ -76,10 +76,12 @@ bool reads_directly(const at::Tensor& t)
 
 class CpuDecoder final : public Decoder {
 public:
-    CpuDecoder(const Model& model, int capacity, kernels::PackedActivations activations)
+    CpuDecoder(const Model& model, int capacity, const DecoderOptions& options)
         : m_(model), c_(model.config), capacity_(capacity)
     {
-        packed_input_.precision = activations;
+        packed_input_.precision = options.activations;
+        if (options.int8_head)
+            head_int8_ = int8_copy(m_.output);
         for (const NamedTensor& t : m_.named_tensors())
             if (!reads_directly(t.tensor))
                 throw Error("the CPU decoder needs contiguous float32, float16 or bfloat16 CPU weights; '" + t.name +
@@ -171,7 +173,14 @@ public:
                 x_[i] += xb2_[i];
         }
         rms_norm_vec(x_.data(), final_norm_.data_ptr<float>(), xb_.data(), d, c_.norm_eps);
-        matvec(m_.output, xb_.data(), logits_.data());
+        if (head_int8_.rows > 0) {
+            const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / c_.dim);
+            at::parallel_for(0, head_int8_.rows, grain, [&](std::int64_t begin, std::int64_t end) {
+                kernels::matvec_int8_rows(head_int8_, xb_.data(), logits_.data(), begin, end);
+            });
+        } else {
+            matvec(m_.output, xb_.data(), logits_.data());
+        }
         ++pos_;
         return logits_.data();
     }
@@ -181,6 +190,21 @@ public:
     int capacity() const override { return capacity_; }
 
 private:
+    /// W rounded to int8 rows, a few thousand rows converted to float32 at a time.
+    static kernels::Int8Rows int8_copy(const at::Tensor& W)
+    {
+        kernels::Int8Rows out;
+        out.rows = W.size(0);
+        out.cols = W.size(1);
+        for (std::int64_t r0 = 0; r0 < out.rows; r0 += 4096) {
+            const at::Tensor chunk = W.narrow(0, r0, std::min<std::int64_t>(4096, out.rows - r0)).to(at::kFloat).contiguous();
+            const kernels::Int8Rows part = kernels::quantize_rows_int8(chunk.data_ptr<float>(), chunk.size(0), out.cols);
+            out.q.insert(out.q.end(), part.q.begin(), part.q.end());
+            out.scale.insert(out.scale.end(), part.scale.begin(), part.scale.end());
+        }
+        return out;
+    }
+
     void linear(const DecoderLayer& layer, LinearKind kind, const float* x, float* y)
     {
         // K and V read Q's input, Up reads Gate's: prepared once for the packed kernels (unless a
@@ -204,6 +228,7 @@ private:
     std::vector<float> key_cache_, value_cache_; // (layers, capacity, kv_dim)
     kernels::PackedInput packed_input_;
     const float* packed_input_for_ = nullptr; ///< x the packed input was last prepared from
+    kernels::Int8Rows head_int8_; ///< rows = 0 unless DecoderOptions::int8_head
 };
 
 // ---- libtorch decoder (any device) -----------------------------------------------------------
@@ -282,7 +307,7 @@ private:
 } // namespace
 
 std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend, int capacity,
-                                      kernels::PackedActivations activations)
+                                      const DecoderOptions& options)
 {
     if (capacity <= 0)
         capacity = model.config.max_seq_len;
@@ -293,7 +318,7 @@ std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend
         backend = direct ? DecoderBackend::Cpu : DecoderBackend::Torch;
     }
     if (backend == DecoderBackend::Cpu)
-        return std::make_unique<CpuDecoder>(model, capacity, activations);
+        return std::make_unique<CpuDecoder>(model, capacity, options);
     if (model.has_packed_linears())
         throw Error(model.source_path + ": its Linears are kept packed, which only the CPU decoder runs; load it "
                     "dequantized (--packed off) for this device");

@@ -26,11 +26,18 @@ enum class DecoderBackend {
     Torch, ///< libtorch ops on the model's device (CUDA, half precision)
 };
 
+/// Approximations the CPU decoder may make for speed; their effect is measured by
+/// pbllm bench --suite packed --file (README, "Running from the bits").
+struct DecoderOptions {
+    /// How the packed kernels read activations (Int8: the 1-bit part in integer SIMD).
+    kernels::PackedActivations activations = kernels::PackedActivations::Float32;
+    /// The output head as int8 rows with a float scale each (half the bytes of FP16), a copy
+    /// the decoder makes.
+    bool int8_head = false;
+};
+
 /// A decoder over `model`'s weights (shared, not copied). capacity 0 = the model's context.
-/// `activations`: how the packed kernels read activations (Int8: faster, approximate; its effect
-/// is measured by pbllm bench --suite packed --file).
 std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend = DecoderBackend::Auto,
-                                      int capacity = 0,
-                                      kernels::PackedActivations activations = kernels::PackedActivations::Float32);
+                                      int capacity = 0, const DecoderOptions& options = {});
 
 } // namespace pbllm

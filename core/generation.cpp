@@ -33,7 +33,7 @@ GenerationResult generate(const Model& model, const Tokenizer& tokenizer, const 
     // 2048-token float32 cache is 2 GiB).
     auto decoder = make_decoder(model, settings.backend,
                                 static_cast<int>(std::min<std::int64_t>(context, prompt_length + settings.max_new_tokens)),
-                                settings.packed_activations);
+                                settings.decoder);
     Sampler sampler(settings.sampler);
     StreamingDetokenizer detok(tokenizer);
     for (int id : result.prompt_tokens)

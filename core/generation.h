@@ -16,7 +16,7 @@ struct GenerationSettings {
     SamplerSettings sampler;
     bool stop_at_eos = true; ///< stop on EOS or BOS, as llama2.c does
     DecoderBackend backend = DecoderBackend::Auto;
-    kernels::PackedActivations packed_activations = kernels::PackedActivations::Float32;
+    DecoderOptions decoder; ///< int8 activations or head (CPU decoder)
 };
 
 struct GenerationResult {

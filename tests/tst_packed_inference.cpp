@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "core/evaluation.h"
 #include "core/generation.h"
+#include "core/kernels/matvec.h"
 #include "core/llama.h"
 #include "core/model_io.h"
 #include "core/packed_checkpoint.h"
@@ -228,6 +229,44 @@ private Q_SLOTS:
         QCOMPARE(static_cast<int>(in.x_int8[6]), 0);
         QCOMPARE(static_cast<int>(in.x_int8[7]), -2);
         QCOMPARE(in.block_scale[1], 0.0f);
+    }
+
+    void int8HeadKernelsAgree()
+    {
+        // Rows of int8 with a scale each: AVX2 against the reference and against float64 of the
+        // rounded matrix itself; rounding keeps every weight within half a step of the original.
+        for (std::int64_t cols : {64, 172, 4096 + 13}) {
+            const at::Tensor W = at::randn({37, cols});
+            const kernels::Int8Rows q = kernels::quantize_rows_int8(W.data_ptr<float>(), 37, cols);
+            at::Tensor rounded = at::empty({37, cols}, at::kDouble);
+            for (std::int64_t r = 0; r < 37; ++r)
+                for (std::int64_t c = 0; c < cols; ++c)
+                    rounded[r][c] = static_cast<double>(q.q[static_cast<std::size_t>(r * cols + c)]) * q.scale[static_cast<std::size_t>(r)];
+            const double step = (W.abs().amax(1) / 127).max().item<double>();
+            QVERIFY((rounded - W.to(at::kDouble)).abs().max().item<double>() <= step / 2 * (1 + 1e-6));
+            const at::Tensor x = at::randn({cols});
+            at::Tensor fast = at::empty({37}), reference = at::empty({37});
+            kernels::matvec_int8_rows(q, x.data_ptr<float>(), fast.data_ptr<float>(), 0, 37);
+            kernels::matvec_int8_rows_reference(q, x.data_ptr<float>(), reference.data_ptr<float>(), 0, 37);
+            const double err = worst_relative_error(rounded.to(at::kFloat), x, fast);
+            QVERIFY2(err < kProductTolerance, qPrintable(QString::number(err)));
+            const double kernel = worst_relative_error(rounded.to(at::kFloat), x, reference);
+            QVERIFY2(kernel < kProductTolerance, qPrintable(QString::number(kernel)));
+        }
+    }
+
+    void int8HeadDecoderStaysClose()
+    {
+        const Model packed = load(true);
+        DecoderOptions options;
+        options.int8_head = true;
+        auto plain = make_decoder(packed, DecoderBackend::Cpu, 8), int8 = make_decoder(packed, DecoderBackend::Cpu, 8, options);
+        for (int token : {1, 300, 42}) {
+            const at::Tensor a = at::from_blob(const_cast<float*>(plain->step(token)), {512}).clone();
+            const at::Tensor b = at::from_blob(const_cast<float*>(int8->step(token)), {512}).clone();
+            // Half an int8 step per weight, |x| summed over 64 columns: well under 1% of the range.
+            QVERIFY2(max_abs_diff(a, b) < 0.01 * (a.max() - a.min()).item<double>(), qPrintable(QString::number(max_abs_diff(a, b))));
+        }
     }
 
     void quantizerOutputRunsPacked()

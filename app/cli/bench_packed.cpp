@@ -32,7 +32,7 @@ namespace {
 struct Variant {
     std::string name;
     Model model;
-    kernels::PackedActivations activations = kernels::PackedActivations::Float32;
+    DecoderOptions options;
     double bytes_per_token = 0.0; ///< weights read by one decoding step (Linears + head)
     double gen_tokens_per_second = 0.0, eval_tokens_per_second = 0.0;
 };
@@ -73,10 +73,15 @@ std::vector<Variant> synthetic_variants(const ModelConfig& shape, double ratio)
     std::fprintf(stderr, "\n");
     const double head = static_cast<double>(shape.vocab_size) * shape.dim;
     std::vector<Variant> v;
-    v.push_back({"packed", packed, kernels::PackedActivations::Float32, packed_linear_bytes + 2 * head});
-    v.push_back({"packed-int8", packed, kernels::PackedActivations::Int8, packed_linear_bytes + 2 * head});
-    v.push_back({"float32", dense, kernels::PackedActivations::Float32, 4 * (linear_weights + head)});
-    v.push_back({"fp16", dense.to(at::kCPU, at::kHalf), kernels::PackedActivations::Float32, 2 * (linear_weights + head)});
+    DecoderOptions int8;
+    int8.activations = kernels::PackedActivations::Int8;
+    DecoderOptions int8_head = int8;
+    int8_head.int8_head = true;
+    v.push_back({"packed", packed, {}, packed_linear_bytes + 2 * head});
+    v.push_back({"packed-int8", packed, int8, packed_linear_bytes + 2 * head});
+    v.push_back({"packed-int8+head", packed, int8_head, packed_linear_bytes + head});
+    v.push_back({"float32", dense, {}, 4 * (linear_weights + head)});
+    v.push_back({"fp16", dense.to(at::kCPU, at::kHalf), {}, 2 * (linear_weights + head)});
     return v;
 }
 
@@ -193,17 +198,22 @@ int run_packed_quality(const std::string& file, const std::string& text_path, in
     struct Way {
         std::string name;
         const Model* model;
-        kernels::PackedActivations activations;
+        DecoderOptions options;
         double nll = 0.0, kl = 0.0;
         std::vector<int> greedy;
         int first_divergence = -1;
     };
-    std::vector<Way> ways = {{"dequantized", &dense, kernels::PackedActivations::Float32, 0.0, 0.0, {}, -1},
-                             {"packed", &packed, kernels::PackedActivations::Float32, 0.0, 0.0, {}, -1},
-                             {"packed-int8", &packed, kernels::PackedActivations::Int8, 0.0, 0.0, {}, -1}};
+    DecoderOptions int8, int8_head, head_only;
+    int8.activations = int8_head.activations = kernels::PackedActivations::Int8;
+    int8_head.int8_head = head_only.int8_head = true;
+    std::vector<Way> ways = {{"dequantized", &dense, {}, 0.0, 0.0, {}, -1},
+                             {"packed", &packed, {}, 0.0, 0.0, {}, -1},
+                             {"packed-int8", &packed, int8, 0.0, 0.0, {}, -1},
+                             {"int8-head", &packed, head_only, 0.0, 0.0, {}, -1},
+                             {"int8+head", &packed, int8_head, 0.0, 0.0, {}, -1}};
     std::vector<std::unique_ptr<Decoder>> decoders;
     for (const Way& w : ways)
-        decoders.push_back(make_decoder(*w.model, DecoderBackend::Cpu, seqlen, w.activations));
+        decoders.push_back(make_decoder(*w.model, DecoderBackend::Cpu, seqlen, w.options));
     std::int64_t predictions = 0;
     for (std::int64_t w = 0; w < windows; ++w) {
         for (auto& d : decoders)
@@ -229,7 +239,7 @@ int run_packed_quality(const std::string& file, const std::string& text_path, in
     gs.max_new_tokens = gen_tokens;
     gs.stop_at_eos = false;
     for (Way& w : ways) {
-        gs.packed_activations = w.activations;
+        gs.decoder = w.options;
         w.greedy = generate(*w.model, tok, "Once upon a time", gs).tokens;
         const auto mismatch = std::mismatch(w.greedy.begin(), w.greedy.end(), ways[0].greedy.begin(), ways[0].greedy.end());
         w.first_divergence = mismatch.first == w.greedy.end() ? -1 : static_cast<int>(mismatch.first - w.greedy.begin());
@@ -290,7 +300,7 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
     std::vector<std::vector<double>> gen(variants.size()), eval(variants.size());
     std::vector<std::unique_ptr<Decoder>> decoders;
     for (const Variant& v : variants)
-        decoders.push_back(make_decoder(v.model, DecoderBackend::Cpu, tokens + 1, v.activations));
+        decoders.push_back(make_decoder(v.model, DecoderBackend::Cpu, tokens + 1, v.options));
     for (int run = 0; run <= runs; ++run) {
         for (std::size_t i = 0; i < variants.size(); ++i) {
             Decoder& d = *decoders[i];
@@ -317,7 +327,7 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
         variants[i].gen_tokens_per_second = median(gen[i]);
         variants[i].eval_tokens_per_second = median(eval[i]);
     }
-    const Variant& f32 = variants[2];
+    const Variant& f32 = variants[3];
     if (json) {
         QJsonArray rows;
         for (const Variant& v : variants)
@@ -356,10 +366,10 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                 kb.packed_ns_per_weight, kb.packed_int8_ns_per_weight, kb.resident_bits, kb.f32_ns_per_weight,
                 kb.f32_ns_per_weight / kb.packed_ns_per_weight, kb.f16_ns_per_weight,
                 kb.f16_ns_per_weight / kb.packed_ns_per_weight);
-    std::printf("%-8s | %-40s | %-26s | %s\n", "weights", "batch-1 generation", "perplexity eval", "MB/token");
+    std::printf("%-16s | %-40s | %-26s | %s\n", "weights", "batch-1 generation", "perplexity eval", "MB/token");
     for (const Variant& v : variants) {
         const double gbps = v.gen_tokens_per_second * v.bytes_per_token / 1e9;
-        std::printf("%-8s | %7.1f tok/s x%5.2f %5.1f%% of mem bw | ", v.name.c_str(), v.gen_tokens_per_second,
+        std::printf("%-16s | %7.1f tok/s x%5.2f %5.1f%% of mem bw | ", v.name.c_str(), v.gen_tokens_per_second,
                     v.gen_tokens_per_second / f32.gen_tokens_per_second, 100 * gbps / base.memory_gbps);
         if (v.eval_tokens_per_second > 0)
             std::printf("%7.0f tok/s x%5.2f     | ", v.eval_tokens_per_second,

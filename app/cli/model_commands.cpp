@@ -206,6 +206,8 @@ int run_generate(const QStringList& args)
     cl.add_packed_option();
     cl.parser().addOption({"activations", "Packed kernels: f32 (exact, default) or int8 (activations rounded to int8 "
                                           "per 128 columns in the 1-bit part: faster; effect in README).", "A", "f32"});
+    cl.parser().addOption({"head", "Output head in the CPU decoder: f16 (as stored, default) or int8 (rows rounded to "
+                                   "int8: half the bytes; effect in README).", "H", "f16"});
     cl.parse(args);
     GenerationSettings s;
     s.max_new_tokens = cl.int_value("n", 0, 1 << 20);
@@ -221,8 +223,11 @@ int run_generate(const QStringList& args)
     else if (backend == "torch") s.backend = DecoderBackend::Torch;
     else if (backend != "auto") throw UsageError{"--backend must be auto, cpu or torch"};
     const QString activations = cl.value("activations");
-    if (activations == "int8") s.packed_activations = kernels::PackedActivations::Int8;
+    if (activations == "int8") s.decoder.activations = kernels::PackedActivations::Int8;
     else if (activations != "f32") throw UsageError{"--activations must be f32 or int8"};
+    const QString head = cl.value("head");
+    if (head == "int8") s.decoder.int8_head = true;
+    else if (head != "f16") throw UsageError{"--head must be f16 or int8"};
 
     Model m = cl.load_model(/*mapped=*/s.backend != DecoderBackend::Torch);
     if (m.format == ModelFormat::HuggingFace && m.tok_embeddings.device().is_cpu()) {

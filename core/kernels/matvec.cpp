@@ -2,6 +2,8 @@
 
 #include "core/kernels/matvec_avx2.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -97,6 +99,45 @@ void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, s
     }
 #endif
     matvec_rows_reference(format, W, x, y, cols, begin, end);
+}
+
+Int8Rows quantize_rows_int8(const float* W, std::int64_t rows, std::int64_t cols)
+{
+    Int8Rows out;
+    out.rows = rows;
+    out.cols = cols;
+    out.q.resize(static_cast<std::size_t>(rows * cols));
+    out.scale.resize(static_cast<std::size_t>(rows));
+    for (std::int64_t r = 0; r < rows; ++r) {
+        const float* w = W + r * cols;
+        float amax = 0.0f;
+        for (std::int64_t c = 0; c < cols; ++c)
+            amax = std::max(amax, std::abs(w[c]));
+        const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
+        out.scale[static_cast<std::size_t>(r)] = amax / 127.0f;
+        for (std::int64_t c = 0; c < cols; ++c)
+            out.q[static_cast<std::size_t>(r * cols + c)] = static_cast<std::int8_t>(std::nearbyint(w[c] * inverse));
+    }
+    return out;
+}
+
+void matvec_int8_rows_reference(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end)
+{
+    for (std::int64_t r = begin; r < end; ++r) {
+        float sum = 0.0f;
+        for (std::int64_t c = 0; c < W.cols; ++c)
+            sum += static_cast<float>(W.q[static_cast<std::size_t>(r * W.cols + c)]) * x[c];
+        y[r] = W.scale[static_cast<std::size_t>(r)] * sum;
+    }
+}
+
+void matvec_int8_rows(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx2_kernels())
+        return avx2::matvec_int8(W.q.data(), W.scale.data(), x, y, W.cols, begin, end);
+#endif
+    matvec_int8_rows_reference(W, x, y, begin, end);
 }
 
 const char* matvec_kernel_name() { return cpu_has_avx2_kernels() ? "avx2-fma-f16c" : "reference"; }

@@ -3,6 +3,7 @@
 // everything accumulated in float32. Decoding one token reads every weight once, so it is bound
 // by memory bandwidth: half-size weights converted inside the kernel move half the bytes.
 #include <cstdint>
+#include <vector>
 
 namespace pbllm::kernels {
 
@@ -16,6 +17,19 @@ void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, s
 /// The scalar definition the fast kernels are tested against.
 void matvec_rows_reference(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
                            std::int64_t begin, std::int64_t end);
+
+/// An int8 copy of a matrix: row r is scale[r] * q[r, :], q in [-127, 127] (max |w| / 127 per
+/// row, rounded to nearest even). Half the bytes of FP16: the optional int8 output head.
+struct Int8Rows {
+    std::int64_t rows = 0, cols = 0;
+    std::vector<std::int8_t> q;
+    std::vector<float> scale;
+};
+/// Rounds rows of a float32 matrix.
+Int8Rows quantize_rows_int8(const float* W, std::int64_t rows, std::int64_t cols);
+/// y[r] = scale[r] * (q[r, :] . x) for rows [begin, end); AVX2 when the CPU has it.
+void matvec_int8_rows(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end);
+void matvec_int8_rows_reference(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end);
 
 /// "avx2-fma-f16c" or "reference": what matvec_rows runs on this CPU.
 const char* matvec_kernel_name();

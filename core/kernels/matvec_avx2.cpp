@@ -69,6 +69,32 @@ void matvec(const T* W, const float* x, float* y, std::int64_t cols, std::int64_
 
 } // namespace
 
+void matvec_int8(const std::int8_t* W, const float* scale, const float* x, float* y, std::int64_t cols,
+                 std::int64_t begin, std::int64_t end)
+{
+    for (std::int64_t r = begin; r < end; ++r) {
+        const std::int8_t* w = W + r * cols;
+        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps(),
+               a3 = _mm256_setzero_ps();
+        std::int64_t c = 0;
+        auto widen = [&](std::int64_t at) {
+            return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + at))));
+        };
+        for (; c + 32 <= cols; c += 32) {
+            a0 = _mm256_fmadd_ps(widen(c), _mm256_loadu_ps(x + c), a0);
+            a1 = _mm256_fmadd_ps(widen(c + 8), _mm256_loadu_ps(x + c + 8), a1);
+            a2 = _mm256_fmadd_ps(widen(c + 16), _mm256_loadu_ps(x + c + 16), a2);
+            a3 = _mm256_fmadd_ps(widen(c + 24), _mm256_loadu_ps(x + c + 24), a3);
+        }
+        for (; c + 8 <= cols; c += 8)
+            a0 = _mm256_fmadd_ps(widen(c), _mm256_loadu_ps(x + c), a0);
+        float sum = horizontal_sum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+        for (; c < cols; ++c)
+            sum += static_cast<float>(w[c]) * x[c];
+        y[r] = scale[r] * sum;
+    }
+}
+
 void matvec_f32(const float* W, const float* x, float* y, std::int64_t cols, std::int64_t begin, std::int64_t end)
 {
     matvec<LoadF32>(W, x, y, cols, begin, end);
