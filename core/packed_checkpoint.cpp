@@ -476,19 +476,20 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
     const Hid tensors = r.group(root, "tensors");
     const Hid linear = r.group(root, "linear");
     // A quantized Linear is dequantized into a float32 tensor, or (runtime) kept packed in
-    // `packed` with the tensor left undefined; one whose layout the packed kernels cannot run is
-    // dequantized either way.
+    // `packed` with the tensor left undefined; one whose layout the packed kernels cannot run, and
+    // a quantized head (packed == nullptr: only decoder-layer Linears run packed), is dequantized
+    // either way.
     auto load_linear = [&](const std::string& linear_group, const std::vector<hsize_t>& shape,
                            PackedWeightsPtr* packed) -> at::Tensor {
         const std::string what = path + ": Linear '" + linear_group + "'";
         const std::int64_t expected[2] = {static_cast<std::int64_t>(shape[0]), static_cast<std::int64_t>(shape[1])};
         PackedLinear p = read_packed_linear(r, linear.get(), linear_group, what, expected);
         ck.bits.push_back(linear_bits(p));
-        if (runtime && packed_kernels_unsupported(p).empty()) {
+        if (runtime && packed && packed_kernels_unsupported(p).empty()) {
             *packed = build_packed_weights(p, what);
             return at::Tensor();
         }
-        if (runtime)
+        if (runtime && packed)
             m.notes.push_back(linear_group + ": " + packed_kernels_unsupported(p) + "; it runs dequantized");
         QuantizedLinear q = unpack_linear(p, what);
         at::Tensor w = q.dequantized;
@@ -501,11 +502,8 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
     auto load_tensor = [&](const std::string& name, std::vector<hsize_t> shape, PackedWeightsPtr* packed = nullptr)
         -> at::Tensor {
         const std::string linear_group = name.substr(0, name.size() - std::string(".weight").size());
-        if (shape.size() == 2 && r.exists(linear.get(), linear_group)) {
-            if (!packed)
-                r.fail("tensor '" + name + "' must be stored in full precision, not as a quantized Linear");
+        if (shape.size() == 2 && r.exists(linear.get(), linear_group))
             return load_linear(linear_group, shape, packed);
-        }
         if (!r.exists(tensors.get(), name))
             r.fail("tensor '" + name + "' is missing (neither under /tensors nor /linear)");
         const std::vector<std::uint16_t> bits = r.halves(tensors.get(), name, shape);

@@ -36,9 +36,10 @@ std::string packed_kernels_unsupported(const PackedLinear& p)
     const std::int64_t groups = parameter_groups(p);
     if (groups <= 1)
         return "";
+    // Groups of exactly groupsize columns (the last one may be shorter) in whole blocks.
     const std::int64_t width = (p.cols + groups - 1) / groups;
-    if (width % kPackedBlock != 0)
-        return "its parameter groups of " + std::to_string(width) + " columns are not whole " +
+    if (width % kPackedBlock != 0 || width != p.groupsize)
+        return "its parameter groups of " + std::to_string(p.groupsize) + " columns are not whole " +
                std::to_string(kPackedBlock) + "-column blocks of the packed kernels";
     return "";
 }
@@ -189,7 +190,7 @@ at::Tensor packed_linear_forward(const kernels::PackedWeights& W, const at::Tens
         return out.view(sizes);
     }
     // About 8 MiB of float32 rows per tile: unpacked once, used by every token.
-    const std::int64_t tile = std::clamp<std::int64_t>((8ll << 20) / (W.cols * 4), 64, W.rows);
+    const std::int64_t tile = std::min(std::max<std::int64_t>((8ll << 20) / (W.cols * 4), 64), W.rows);
     // Kept between calls: a fresh 8 MiB block each time would be mapped and page-faulted anew.
     thread_local at::Tensor buffer;
     if (!buffer.defined() || buffer.numel() < tile * W.cols)
@@ -237,10 +238,16 @@ Model packed_runtime_model(const QuantizedModel& q)
             for (LinearKind k : kAllLinearKinds)
                 if (linear_name(l, k) == linear.name) {
                     const PackedLinear p = pack_linear(linear);
-                    if (!packed_kernels_unsupported(p).empty())
+                    if (const std::string why = packed_kernels_unsupported(p); !why.empty()) {
+                        m.notes.push_back(linear.name + ": " + why + "; it runs dequantized");
                         continue;
-                    m.layers[l].packed[static_cast<int>(k)] = build_packed_weights(p, linear.name);
-                    m.layers[l].weight(k) = at::Tensor();
+                    }
+                    try {
+                        m.layers[l].packed[static_cast<int>(k)] = build_packed_weights(p, linear.name);
+                        m.layers[l].weight(k) = at::Tensor();
+                    } catch (const Error& e) { // e.g. a grid scale that rounds to 0 in FP16
+                        m.notes.push_back(std::string(e.what()) + "; it runs dequantized");
+                    }
                 }
     return m;
 }

@@ -12,6 +12,7 @@
 #include "core/model_io.h"
 #include "core/packed_checkpoint.h"
 #include "core/packed_runtime.h"
+#include "core/synthetic.h"
 #include "core/tokenizer.h"
 #include "tests/support/test_support.h"
 
@@ -369,6 +370,35 @@ private Q_SLOTS:
         QCOMPARE(gp.tokens.size(), std::size_t(60));
         QVERIFY(gp.tokens == gd.tokens);
         QCOMPARE(gp.text, gd.text);
+    }
+
+    void quantizedHeadFileReadsInBothModes()
+    {
+        // --quantize-head stores lm_head under /linear: read dequantized in both modes (only
+        // decoder-layer Linears run packed), the packed model's logits those of the dequantized one.
+        Model m = make_synthetic_model([] {
+            ModelConfig c = stories260k().config;
+            c.n_layers = 2;
+            c.tied_embeddings = false;
+            return c;
+        }());
+        QuantPlan plan;
+        plan.config.quantize_head = true;
+        QuantizedModel q = quantize_model(m, {{1, 5, 9, 300, 2, 7, 7, 100}}, plan);
+        q.tokenizer_bytes = Tokenizer::from_file(tok512_path()).model_bytes();
+        QTemporaryDir dir;
+        const std::string path = dir.filePath("head.pbllm.h5").toStdString();
+        write_packed_checkpoint(q, path);
+        const PackedCheckpoint dense = read_packed_checkpoint(path);
+        QCOMPARE(dense.packed.size(), std::size_t(2 * 7 + 1));
+        QCOMPARE(dense.packed.back().name, std::string("lm_head"));
+        const PackedCheckpoint packed = read_packed_checkpoint(path, PackedLoad::Runtime);
+        QCOMPARE(packed.bits.size(), std::size_t(2 * 7 + 1));
+        QVERIFY(packed.quantized.model.has_packed_linears());
+        QVERIFY(at::equal(packed.quantized.model.output, dense.quantized.model.output));
+        const at::Tensor tokens = at::tensor(std::vector<std::int64_t>{1, 20, 33, 4}).view({1, 4});
+        const double diff = max_abs_diff(forward(dense.quantized.model, tokens), forward(packed.quantized.model, tokens));
+        QVERIFY2(diff < 1e-4, qPrintable(QString::number(diff)));
     }
 
     void packedModelRefusesTheTorchDecoder()

@@ -96,8 +96,17 @@ ComparePage::ComparePage(StudioContext& context, QWidget* parent) : QWidget(pare
         compressed_outcome_ = o;
         finishIfDone();
     });
-    for (GenerateJob* job : {&full_, &compressed_})
-        connect(job, &Job::failed, this, [this](const QString& m) { nll_->setText(tr("Generation failed: %1").arg(m)); });
+    for (GenerateJob* job : {&full_, &compressed_}) {
+        connect(job, &Job::failed, this, [this](const QString& m) {
+            nll_->setText(tr("Generation failed: %1").arg(m));
+            updateEnabled();
+            Q_EMIT comparisonDone();
+        });
+        connect(job, &Job::cancelled, this, [this] {
+            updateEnabled();
+            Q_EMIT comparisonDone();
+        });
+    }
     connect(&score_, &ScoreJob::scored, this, [this](double nll) {
         nll_->setText(tr("Full-precision model's NLL of the compressed output: %1 nats/token (perplexity %2)")
                           .arg(nll, 0, 'f', 3).arg(std::exp(nll), 0, 'f', 2));
@@ -125,7 +134,7 @@ ComparePage::ComparePage(StudioContext& context, QWidget* parent) : QWidget(pare
     connect(&evaluate_compressed_, &EvaluateJob::evaluated, this, show(tr("Compressed (from its bits)")));
     for (EvaluateJob* job : {&evaluate_full_, &evaluate_compressed_})
         connect(job, &Job::failed, this, [this](const QString& m) {
-            evaluation_->setText(tr("Evaluation failed: %1").arg(m));
+            evaluation_->setText(evaluation_->text() + tr("Evaluation failed: %1. ").arg(m));
             updateEnabled();
         });
 }
@@ -179,24 +188,24 @@ void ComparePage::start()
     compressed_text_->clear();
     nll_->clear();
     generate_->setEnabled(false);
-    const auto& m = context_.model();
     // The compressed model shares the tokenizer and runs from its bits.
-    if (const auto full = fullModel())
-        full_.start(full, m->tokenizer, prompt_->text(), s);
+    compared_full_ = fullModel();
+    compared_tokenizer_ = context_.model()->tokenizer;
+    if (compared_full_)
+        full_.start(compared_full_, compared_tokenizer_, prompt_->text(), s);
     else
         full_outcome_ = GenerationOutcome{}; // a packed checkpoint opened alone: nothing to compare with
-    compressed_.start(compressed, m->tokenizer, prompt_->text(), s);
+    compressed_.start(compressed, compared_tokenizer_, prompt_->text(), s);
 }
 
 QString ComparePage::statsText() const { return full_stats_->text() + QLatin1Char('\n') + compressed_stats_->text(); }
 
 void ComparePage::finishIfDone()
 {
+    updateEnabled();
     if (!full_outcome_ || !compressed_outcome_)
         return;
-    updateEnabled();
-    const auto& m = context_.model();
-    if (!fullModel()) {
+    if (!compared_full_) {
         compressed_stats_->setText(QObject::tr("%1 tokens, %2 tok/s, memory %3")
                                        .arg(compressed_outcome_->tokens.size())
                                        .arg(compressed_outcome_->tokens_per_second, 0, 'f', 0)
@@ -214,7 +223,7 @@ void ComparePage::finishIfDone()
     auto render = [&](const GenerationOutcome& o) {
         QString html;
         for (std::size_t i = 0; i < o.tokens.size(); ++i) {
-            const QString piece = QString::fromStdString(m->tokenizer->token_bytes(o.tokens[i])).toHtmlEscaped();
+            const QString piece = QString::fromStdString(compared_tokenizer_->token_bytes(o.tokens[i])).toHtmlEscaped();
             html += i == diverge ? QStringLiteral("<span style='background:#f4c542'>%1</span>").arg(piece) : piece;
         }
         return html;
@@ -230,7 +239,7 @@ void ComparePage::finishIfDone()
                               : tr("; identical");
     full_stats_->setText(stats(a));
     compressed_stats_->setText(stats(b) + where);
-    score_.start(fullModel(), b.prompt_tokens, b.tokens);
+    score_.start(compared_full_, b.prompt_tokens, b.tokens);
 }
 
 } // namespace pbllm

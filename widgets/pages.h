@@ -224,6 +224,9 @@ private:
     GenerateJob full_, compressed_;
     ScoreJob score_;
     EvaluateJob evaluate_full_, evaluate_compressed_;
+    /// What the running comparison started with (the context may change while it runs).
+    std::shared_ptr<const Model> compared_full_;
+    std::shared_ptr<const Tokenizer> compared_tokenizer_;
     QLineEdit* eval_text_;
     QSpinBox* eval_windows_;
     QPushButton* evaluate_;

@@ -171,6 +171,7 @@ bool LoadModelJob::start(const QString& path, const QString& device, StudioStora
             if (options.device.is_cpu() && has_hdf5_signature(path.toStdString())) {
                 // A packed checkpoint runs from its bits: what it is and costs joins the summary.
                 PackedCheckpoint ck = read_packed_checkpoint(path.toStdString(), PackedLoad::Runtime);
+                ck.quantized.model.tokenizer_path = find_tokenizer_beside(path.toStdString()); // as load_model
                 report_progress(progress, 0.8, "loading the tokenizer");
                 Tokenizer tok = tokenizer_for(ck.quantized.model);
                 const auto lines = packed_summary(ck);

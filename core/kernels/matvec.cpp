@@ -116,7 +116,7 @@ Int8Rows quantize_rows_int8(const float* W, std::int64_t rows, std::int64_t cols
         const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
         out.scale[static_cast<std::size_t>(r)] = amax / 127.0f;
         for (std::int64_t c = 0; c < cols; ++c)
-            out.q[static_cast<std::size_t>(r * cols + c)] = static_cast<std::int8_t>(std::nearbyint(w[c] * inverse));
+            out.q[static_cast<std::size_t>(r * cols + c)] = saturate_int8(std::nearbyint(w[c] * inverse));
     }
     return out;
 }

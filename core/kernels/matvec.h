@@ -18,6 +18,15 @@ void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, s
 void matvec_rows_reference(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
                            std::int64_t begin, std::int64_t end);
 
+/// A value already rounded to an integer, as int8 the way the SIMD conversions give it: clamped
+/// to [-128, 127], NaN to -128 (cvtps gives INT_MIN for NaN, which packs saturate).
+inline std::int8_t saturate_int8(float v)
+{
+    if (!(v == v))
+        return -128;
+    return static_cast<std::int8_t>(v < -128.0f ? -128.0f : v > 127.0f ? 127.0f : v);
+}
+
 /// An int8 copy of a matrix: row r is scale[r] * q[r, :], q in [-127, 127] (max |w| / 127 per
 /// row, rounded to nearest even). Half the bytes of FP16: the optional int8 output head.
 struct Int8Rows {

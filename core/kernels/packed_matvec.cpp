@@ -50,7 +50,7 @@ void quantize_blocks_int8_reference(const float* x, std::int64_t blocks, std::in
         const float inverse = amax > 0.0f ? 127.0f / amax : 0.0f;
         scale[b] = amax / 127.0f;
         for (int j = 0; j < kPackedBlock; ++j) // round half to even, as the SIMD conversion does
-            out[b * kPackedBlock + j] = static_cast<std::int8_t>(std::nearbyint(xb[j] * inverse));
+            out[b * kPackedBlock + j] = saturate_int8(std::nearbyint(xb[j] * inverse));
     }
 }
 
