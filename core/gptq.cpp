@@ -22,8 +22,9 @@ at::Tensor QuantizedLinear::dequantize() const
 {
     const std::int64_t grid_groups = grid.scale.defined() ? grid.scale.size(1) : 1;
     auto expand = [&](const at::Tensor& per_group, std::int64_t groups) {
-        // (rows, groups) -> (rows, cols): each group covers cols/groups consecutive columns.
-        const std::int64_t width = (cols + groups - 1) / groups;
+        // (rows, groups) -> (rows, cols): groups of `groupsize` columns as the quantizers fit
+        // them (the last one shorter), or one group per row.
+        const std::int64_t width = groups == 1 ? cols : groupsize;
         return per_group.repeat_interleave(width, 1).narrow(1, 0, cols);
     };
     at::Tensor high;

@@ -36,9 +36,8 @@ std::string packed_kernels_unsupported(const PackedLinear& p)
     const std::int64_t groups = parameter_groups(p);
     if (groups <= 1)
         return "";
-    // Groups of exactly groupsize columns (the last one may be shorter) in whole blocks.
-    const std::int64_t width = (p.cols + groups - 1) / groups;
-    if (width % kPackedBlock != 0 || width != p.groupsize)
+    // Groups of groupsize columns (the last one may be shorter) in whole blocks.
+    if (p.groupsize % kPackedBlock != 0)
         return "its parameter groups of " + std::to_string(p.groupsize) + " columns are not whole " +
                std::to_string(kPackedBlock) + "-column blocks of the packed kernels";
     return "";
@@ -60,7 +59,7 @@ PackedWeightsPtr build_packed_weights(const PackedLinear& p, const std::string& 
     W->cols = p.cols;
     W->blocks = (p.cols + kPackedBlock - 1) / kPackedBlock;
     W->groups = std::max<std::int64_t>(1, parameter_groups(p));
-    W->group_blocks = W->groups == 1 ? W->blocks : (p.cols + W->groups - 1) / W->groups / kPackedBlock;
+    W->group_blocks = W->groups == 1 ? W->blocks : p.groupsize / kPackedBlock;
     W->code_bits = p.grid_bits;
     W->binarized = p.method != QuantMethod::Gptq;
 

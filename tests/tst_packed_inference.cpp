@@ -285,6 +285,33 @@ private Q_SLOTS:
         QVERIFY2(err < kProductTolerance, qPrintable(QString::number(err)));
     }
 
+    void groupsOfGroupsizeColumnsWhenTheyDoNotDivideTheRow()
+    {
+        // 172 columns in groups of 128: the quantizer fits a group of 128 and one of 44, and the
+        // dequantizer and the packed layout place them so (not two groups of 86).
+        for (QuantMethod method : {QuantMethod::PbGptq, QuantMethod::Gptq}) {
+            const at::Tensor X = at::randn({256, 172});
+            GptqOptions o;
+            o.blocksize = 64;
+            o.groupsize = 128;
+            LayerQuantSettings s;
+            s.method = method;
+            const QuantizedLinear q = quantize_linear("model.layers.0.mlp.down_proj", at::randn({24, 172}) * 0.05,
+                                                      (at::matmul(X.t(), X) * (2.0 / 256)).to(at::kDouble), s, o);
+            QVERIFY(at::equal(q.dequantize(), q.dequantized));
+            const PackedLinear p = pack_linear(q);
+            QVERIFY(at::equal(unpack_linear(p, "q").dequantized, q.dequantized));
+            const PackedWeightsPtr W = build_packed_weights(p, "q");
+            QCOMPARE(W->groups, std::int64_t(2));
+            at::Tensor unpacked = at::empty({24, 172}, at::kFloat);
+            kernels::packed_dequantize_rows(*W, unpacked.data_ptr<float>(), 0, 24);
+            QVERIFY(at::equal(unpacked, q.dequantized));
+            const at::Tensor x = at::randn({172});
+            const double err = worst_relative_error(q.dequantized, x, run_rows(*W, x, false));
+            QVERIFY2(err < kProductTolerance, qPrintable(QString::number(err)));
+        }
+    }
+
     void residentBitsAtTenPercent()
     {
         // 4096-wide rows at 10% salient 8-bit: 1 sign bit + 16 bits per salient weight (gap and
