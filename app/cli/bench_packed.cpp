@@ -37,6 +37,19 @@ struct Variant {
     double gen_tokens_per_second = 0.0, eval_tokens_per_second = 0.0;
 };
 
+/// W quantized round-to-nearest with magnitude saliency at `ratio` salient 8-bit: the same
+/// storage as PB-GPTQ, far quicker to make (speed benchmarks need the layout, not the quality).
+QuantizedLinear quantize_for_speed(const std::string& name, const at::Tensor& W, double ratio)
+{
+    LayerQuantSettings s;
+    s.salient_ratio = ratio;
+    s.metric = SaliencyMetric::Magnitude;
+    s.method = QuantMethod::Rtn;
+    GptqOptions o;
+    o.measure_output_error = false;
+    return quantize_linear(name, W, at::Tensor(), s, o);
+}
+
 /// A SYNTHETIC model of `shape` whose Linears are quantized (round-to-nearest, magnitude
 /// saliency: the same storage as PB-GPTQ, far quicker to make) at `ratio` salient 8-bit:
 /// packed, and dequantized in float32 and FP16.
@@ -47,12 +60,6 @@ std::vector<Variant> synthetic_variants(const ModelConfig& shape, double ratio)
     packed.tok_embeddings = dense.tok_embeddings.to(at::kHalf);
     packed.output = dense.output.to(at::kHalf);
     packed.final_norm = dense.final_norm.to(at::kHalf);
-    LayerQuantSettings s;
-    s.salient_ratio = ratio;
-    s.metric = SaliencyMetric::Magnitude;
-    s.method = QuantMethod::Rtn;
-    GptqOptions o;
-    o.measure_output_error = false;
     double packed_linear_bytes = 0.0, linear_weights = 0.0;
     for (int l = 0; l < shape.n_layers; ++l) {
         DecoderLayer& d = dense.layers[l];
@@ -61,7 +68,7 @@ std::vector<Variant> synthetic_variants(const ModelConfig& shape, double ratio)
         p.ffn_norm = d.ffn_norm.to(at::kHalf);
         for (LinearKind k : kAllLinearKinds) {
             const std::string name = linear_name(l, k);
-            const QuantizedLinear q = quantize_linear(name, d.weight(k), at::Tensor(), s, o);
+            const QuantizedLinear q = quantize_for_speed(name, d.weight(k), ratio);
             p.packed[static_cast<int>(k)] = build_packed_weights(pack_linear(q), name);
             p.weight(k) = at::Tensor();
             d.weight(k) = q.dequantized;
@@ -96,13 +103,7 @@ struct KernelBench {
 KernelBench bench_kernels(int runs, double ratio)
 {
     const std::int64_t n = 4096;
-    LayerQuantSettings s;
-    s.salient_ratio = ratio;
-    s.metric = SaliencyMetric::Magnitude;
-    s.method = QuantMethod::Rtn;
-    GptqOptions o;
-    o.measure_output_error = false;
-    const QuantizedLinear q = quantize_linear("bench", at::randn({n, n}) * 0.02, at::Tensor(), s, o);
+    const QuantizedLinear q = quantize_for_speed("bench", at::randn({n, n}) * 0.02, ratio);
     const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "bench");
     const at::Tensor f32 = q.dequantized.contiguous(), f16 = f32.to(at::kHalf);
     const at::Tensor x = at::randn({n});

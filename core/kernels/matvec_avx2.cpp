@@ -2,19 +2,12 @@
 // check in matvec.cpp.
 #include "core/kernels/matvec_avx2.h"
 
+#include "core/kernels/avx2_common.h"
+
 #include <immintrin.h>
 
 namespace pbllm::kernels::avx2 {
 namespace {
-
-float horizontal_sum(__m256 v)
-{
-    const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    __m128 s = _mm_add_ps(lo, hi);
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-    return _mm_cvtss_f32(s);
-}
 
 /// Eight stored weights as floats.
 struct LoadF32 {

@@ -7,6 +7,25 @@
 #include <cmath>
 
 namespace pbllm::kernels {
+namespace {
+
+/// visit(entry, column) for each salient entry of row r in column order, fillers skipped.
+template <typename Visit>
+void for_each_salient(const PackedWeights& W, std::int64_t r, Visit visit)
+{
+    std::int64_t col = -1;
+    for (std::int64_t e = W.row_start[static_cast<std::size_t>(r)]; e < W.row_start[static_cast<std::size_t>(r + 1)]; ++e) {
+        const std::uint8_t gap = W.gaps[static_cast<std::size_t>(e)];
+        if (gap == kPackedGapFiller) {
+            col += kPackedGapFiller;
+            continue;
+        }
+        col += gap + 1;
+        visit(e, col);
+    }
+}
+
+} // namespace
 
 std::int64_t PackedWeights::resident_bytes() const
 {
@@ -65,20 +84,13 @@ void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& in,
         // Salient entries, summed per group.
         std::fill(sum_qx.begin(), sum_qx.end(), 0.0f);
         std::fill(sum_x.begin(), sum_x.end(), 0.0f);
-        std::int64_t col = -1;
-        for (std::int64_t e = W.row_start[static_cast<std::size_t>(r)]; e < W.row_start[static_cast<std::size_t>(r + 1)]; ++e) {
-            const std::uint8_t gap = W.gaps[static_cast<std::size_t>(e)];
-            if (gap == kPackedGapFiller) {
-                col += kPackedGapFiller;
-                continue;
-            }
-            col += gap + 1;
+        for_each_salient(W, r, [&](std::int64_t e, std::int64_t col) {
             const std::size_t g = static_cast<std::size_t>(col / W.group_cols());
             const float q = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
                                               : static_cast<float>(W.codes[static_cast<std::size_t>(e)]);
             sum_qx[g] += q * x[col];
             sum_x[g] += x[col];
-        }
+        });
         const std::uint32_t* signs = W.signs.data() + r * words;
         float out = 0.0f;
         for (std::int64_t g = 0; g < W.groups; ++g) {
@@ -137,20 +149,13 @@ void packed_dequantize_rows(const PackedWeights& W, float* out, std::int64_t beg
             for (std::int64_t c = begin_col; c < end_col; ++c)
                 row[c] = ((signs[c / 32] >> (c % 32)) & 1u) ? plus : minus;
         }
-        std::int64_t col = -1;
-        for (std::int64_t e = W.row_start[static_cast<std::size_t>(r)]; e < W.row_start[static_cast<std::size_t>(r + 1)]; ++e) {
-            const std::uint8_t gap = W.gaps[static_cast<std::size_t>(e)];
-            if (gap == kPackedGapFiller) {
-                col += kPackedGapFiller;
-                continue;
-            }
-            col += gap + 1;
+        for_each_salient(W, r, [&](std::int64_t e, std::int64_t col) {
             const std::size_t p = static_cast<std::size_t>(r * W.groups + col / group_cols);
             row[col] = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
                                          : f16_to_float(W.scale[p]) *
                                                (static_cast<float>(W.codes[static_cast<std::size_t>(e)]) -
                                                 static_cast<float>(W.zero[p]));
-        }
+        });
     }
 }
 

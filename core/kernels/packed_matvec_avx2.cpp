@@ -2,6 +2,8 @@
 // check in packed_matvec.cpp, for Linears with one parameter group per row.
 #include "core/kernels/packed_matvec_avx2.h"
 
+#include "core/kernels/avx2_common.h"
+
 #include <immintrin.h>
 
 #include <algorithm>
@@ -10,15 +12,6 @@
 
 namespace pbllm::kernels::avx2 {
 namespace {
-
-float horizontal_sum(__m256 v)
-{
-    const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    __m128 s = _mm_add_ps(lo, hi);
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
-    return _mm_cvtss_f32(s);
-}
 
 float half(std::uint16_t h) { return _cvtsh_ss(h); }
 
