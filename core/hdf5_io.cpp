@@ -305,6 +305,16 @@ std::vector<std::uint8_t> Reader::read_raw(hid_t parent, const std::string& name
     Hid ftype(H5Dget_type(ds.get()), H5Tclose);
     if (H5Tget_class(ftype.get()) != H5Tget_class(mem_type) || H5Tget_size(ftype.get()) != element_size)
         fail("dataset '" + name + "' has an unexpected element type");
+    // The header's shape is a few bytes a corrupt file can set to anything; the data behind it must
+    // be in the file, or a tiny file would have us allocate and fill gigabytes of fill value. A
+    // filtered (compressed) dataset may expand: deflate's ratio is at most about 1032 to 1.
+    const hsize_t declared = total * element_size;
+    const hsize_t stored = H5Dget_storage_size(ds.get());
+    Hid dcpl(H5Dget_create_plist(ds.get()), H5Pclose);
+    const hsize_t max_expansion = dcpl.ok() && H5Pget_nfilters(dcpl.get()) > 0 ? 1100 : 1;
+    if (declared > 0 && declared / max_expansion > stored)
+        fail("dataset '" + name + "' declares " + std::to_string(declared) + " bytes but the file holds " +
+             std::to_string(stored) + " (truncated or corrupt file)");
     std::vector<std::uint8_t> out(static_cast<std::size_t>(total) * element_size);
     if (total > 0 && H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
         fail("cannot read dataset '" + name + "' (truncated or corrupt file)");

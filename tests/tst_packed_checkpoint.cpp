@@ -66,6 +66,18 @@ void delete_link(const std::string& file, const std::string& link)
     H5Fclose(f);
 }
 
+/// Replaces a dataset with one whose header declares `bytes` bytes that were never written.
+void replace_with_unwritten_dataset(const std::string& file, const std::string& link, hsize_t bytes)
+{
+    delete_link(file, link);
+    const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    const hid_t space = H5Screate_simple(1, &bytes, nullptr);
+    const hid_t ds = H5Dcreate2(f, link.c_str(), H5T_NATIVE_UINT8, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(ds);
+    H5Sclose(space);
+    H5Fclose(f);
+}
+
 } // namespace
 
 class TestPackedCheckpoint : public QObject {
@@ -217,6 +229,8 @@ private Q_SLOTS:
         QTest::newRow("missing tensor") << "tensor" << "tensor 'model.norm.weight' is missing";
         QTest::newRow("missing dataset") << "signs" << "dataset 'signs' is missing";
         QTest::newRow("missing file") << "absent" << "no such file";
+        QTest::newRow("declared, not stored") << "unwritten"
+                                              << "dataset 'signs' declares 4294967296 bytes but the file holds 0";
     }
 
     void readerRejectsBadFiles()
@@ -244,6 +258,8 @@ private Q_SLOTS:
             delete_link(path, "/tensors/model.norm.weight");
         } else if (breakage == "signs") {
             delete_link(path, "/linear/model.layers.2.mlp.down_proj/signs");
+        } else if (breakage == "unwritten") {
+            replace_with_unwritten_dataset(path, "/linear/model.layers.2.mlp.down_proj/signs", hsize_t(1) << 32);
         } else if (breakage == "absent") {
             QFile::remove(QString::fromStdString(path));
         }
