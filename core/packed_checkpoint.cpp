@@ -463,9 +463,21 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
     m.config = ModelConfig::from_json(r.attr_string(root, "model_config"), path + " (model_config)");
     const ModelConfig& c = m.config;
     const bool runtime = load == PackedLoad::Runtime;
-    if (runtime) // FP16 full-precision tensors, and packed Linears ~1.25x their file bytes (README)
-        require_memory(ck.file_bytes * 3 / 2, path + " kept packed in memory");
-    else
+    if (runtime) {
+        // The file holds the full-precision tensors in FP16 and the Linears packed. In memory the
+        // tensors stay FP16, a packed Linear's runtime layout is at most ~1.25x its file bytes
+        // (README), a quantized head is dequantized to float32, and one Linear at a time is read
+        // (its arrays, or its float32 matrix when it runs dequantized).
+        const std::int64_t d = c.dim, v = c.vocab_size;
+        const std::int64_t layer_linears = static_cast<std::int64_t>(c.n_layers) *
+                                           (d * d * 2 + d * c.kv_dim() * 2 + 3 * d * c.hidden_dim);
+        const bool quantized_head = r.exists(root, "linear") && r.exists(r.group(root, "linear").get(), "lm_head");
+        const std::int64_t fp16_tensors = 2 * (c.parameter_count() - layer_linears - (quantized_head ? v * d : 0));
+        const std::int64_t packed_file = std::max<std::int64_t>(0, ck.file_bytes - fp16_tensors);
+        const std::int64_t one_linear = 4 * std::max<std::int64_t>(d, c.hidden_dim) * std::max<std::int64_t>(d, c.hidden_dim);
+        require_memory(fp16_tensors + packed_file * 5 / 4 + (quantized_head ? 4 * v * d : 0) + one_linear + (64ll << 20),
+                       path + " kept packed in memory");
+    } else
         require_memory(c.parameter_count() * 4, path + " (" + std::to_string(c.parameter_count()) + " parameters)");
     m.format = ModelFormat::PbllmPacked;
     m.source_path = path;
