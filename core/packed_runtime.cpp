@@ -97,23 +97,17 @@ PackedWeightsPtr build_packed_weights(const PackedLinear& p, const std::string& 
     W->signs.assign(static_cast<std::size_t>(p.rows * words), 0u);
     W->row_start.assign(static_cast<std::size_t>(p.rows + 1), 0u);
     W->salient = p.salient_count;
-    W->gaps.reserve(static_cast<std::size_t>(p.salient_count));
+    W->block_count.assign(static_cast<std::size_t>(p.rows * W->blocks), 0);
+    const auto entries = static_cast<std::size_t>(p.salient_count + kernels::kPackedEntryPadding);
+    W->offsets.reserve(entries);
     if (p.grid_bits == 16)
-        W->values16.reserve(static_cast<std::size_t>(p.salient_count));
+        W->values16.reserve(entries);
     else
-        W->codes.reserve(static_cast<std::size_t>(p.salient_count));
-    auto push_entry = [&](std::uint8_t gap, std::uint16_t code) {
-        W->gaps.push_back(gap);
-        if (p.grid_bits == 16)
-            W->values16.push_back(code);
-        else
-            W->codes.push_back(static_cast<std::uint8_t>(code));
-    };
+        W->codes.reserve(entries);
     BitReader codes(p.codes.data(), p.codes.size(), what + " (codes)");
     std::int64_t sign_index = 0;
     for (std::int64_t r = 0; r < p.rows; ++r) {
         std::uint32_t* signs = W->signs.data() + r * words;
-        std::int64_t previous = -1; // column of the row's previous entry
         for (std::int64_t c = 0; c < p.cols; ++c) {
             const std::int64_t i = r * p.cols + c;
             if (mask[static_cast<std::size_t>(i)]) {
@@ -123,21 +117,27 @@ PackedWeightsPtr build_packed_weights(const PackedLinear& p, const std::string& 
                          " is not finite");
                 if (p.grid_bits != 16 && code > maxq)
                     fail("a code above " + std::to_string(maxq) + " at row " + std::to_string(r));
-                std::int64_t gap = c - previous - 1;
-                for (; gap >= kernels::kPackedGapFiller; gap -= kernels::kPackedGapFiller)
-                    push_entry(kernels::kPackedGapFiller, 0);
-                push_entry(static_cast<std::uint8_t>(gap), code);
-                previous = c;
+                ++W->block_count[static_cast<std::size_t>(r * W->blocks + c / kPackedBlock)]; // at most 128
+                W->offsets.push_back(static_cast<std::uint8_t>(c % kPackedBlock));
+                if (p.grid_bits == 16)
+                    W->values16.push_back(code);
+                else
+                    W->codes.push_back(static_cast<std::uint8_t>(code));
             } else {
                 if ((p.signs[static_cast<std::size_t>(sign_index >> 3)] >> (sign_index & 7)) & 1u)
                     signs[c / 32] |= 1u << (c % 32);
                 ++sign_index;
             }
         }
-        if (W->gaps.size() > std::numeric_limits<std::uint32_t>::max())
+        if (W->offsets.size() > std::numeric_limits<std::uint32_t>::max())
             fail("more salient entries than the runtime layout indexes (2^32)");
-        W->row_start[static_cast<std::size_t>(r + 1)] = static_cast<std::uint32_t>(W->gaps.size());
+        W->row_start[static_cast<std::size_t>(r + 1)] = static_cast<std::uint32_t>(W->offsets.size());
     }
+    W->offsets.resize(W->offsets.size() + kernels::kPackedEntryPadding, 0);
+    if (p.grid_bits == 16)
+        W->values16.resize(W->values16.size() + kernels::kPackedEntryPadding, 0);
+    else
+        W->codes.resize(W->codes.size() + kernels::kPackedEntryPadding, 0);
     return W;
 }
 

@@ -29,14 +29,14 @@ namespace {
 /// Worst error allowed of a packed product, as a fraction of sum_j |w_ij x_j| of its row: float32
 /// sums of up to 11008 terms in another order than the float64 product (observed below 1e-6).
 constexpr double kProductTolerance = 2e-5;
-/// The AVX2 kernel against the scalar reference: both float32, different summation order.
+/// A fast kernel against the scalar reference: both float32, different summation order.
 constexpr double kKernelTolerance = 2e-5;
 /// Int8 activations (one scale per 128 columns) against the exact product: each x moves by at
 /// most half a step of max|x|/127 in its block (observed below 2e-3 on these random rows).
 constexpr double kInt8Tolerance = 1e-2;
 
 /// A quantized Linear with chosen contents: about 10% salient entries at random, row 0 with none,
-/// row 1 all salient and row 3 only its last column (long gaps: filler entries), random codes,
+/// row 1 all salient and row 3 only its last column, random codes,
 /// signs and FP16-representable parameters.
 QuantizedLinear synthetic_linear(std::int64_t rows, std::int64_t cols, int bits, int groupsize = 0,
                                  QuantMethod method = QuantMethod::PbGptq)
@@ -90,15 +90,14 @@ double worst_relative_error(const at::Tensor& W, const at::Tensor& x, const at::
     return ((y.to(at::kDouble) - exact).abs() / scale).max().item<double>();
 }
 
-at::Tensor run_rows(const kernels::PackedWeights& W, const at::Tensor& x, bool reference,
+at::Tensor run_rows(const kernels::PackedWeights& W, const at::Tensor& x, kernels::PackedKernel kernel,
                     kernels::PackedActivations precision = kernels::PackedActivations::Float32)
 {
     kernels::PackedInput in;
     in.precision = precision;
     kernels::prepare_packed_input(W, x.data_ptr<float>(), in);
     at::Tensor y = at::empty({W.rows}, at::kFloat);
-    (reference ? kernels::packed_matvec_rows_reference : kernels::packed_matvec_rows)(W, in, y.data_ptr<float>(), 0,
-                                                                                      W.rows);
+    kernels::packed_matvec_rows(W, in, y.data_ptr<float>(), 0, W.rows, kernel);
     return y;
 }
 
@@ -171,25 +170,25 @@ private Q_SLOTS:
         QVERIFY(at::equal(unpacked, q.dequantized));
 
         const at::Tensor x = at::randn({cols});
-        const double reference = worst_relative_error(q.dequantized, x, run_rows(*W, x, true));
-        QVERIFY2(reference < kProductTolerance, qPrintable(QString::number(reference)));
-        const at::Tensor fast = run_rows(*W, x, false);
-        const double kernel = ((fast - run_rows(*W, x, true)).abs().to(at::kDouble) /
-                               (at::matmul(q.dequantized.abs(), x.abs()).to(at::kDouble) + 1e-30))
-                                  .max()
-                                  .item<double>();
-        QVERIFY2(kernel < kKernelTolerance, qPrintable(QString::number(kernel)));
-
-        // Int8 activations: the AVX2 kernel against the int8 reference, and both near the product.
+        const auto reference_kernel = kernels::PackedKernel::Reference;
         const auto int8 = kernels::PackedActivations::Int8;
-        const at::Tensor fast8 = run_rows(*W, x, false, int8), reference8 = run_rows(*W, x, true, int8);
-        const double kernel8 = ((fast8 - reference8).abs().to(at::kDouble) /
-                                (at::matmul(q.dequantized.abs(), x.abs()).to(at::kDouble) + 1e-30))
-                                   .max()
-                                   .item<double>();
-        QVERIFY2(kernel8 < kKernelTolerance, qPrintable(QString::number(kernel8)));
-        const double int8_error = worst_relative_error(q.dequantized, x, fast8);
-        QVERIFY2(int8_error < kInt8Tolerance, qPrintable(QString::number(int8_error)));
+        const at::Tensor reference = run_rows(*W, x, reference_kernel), reference8 = run_rows(*W, x, reference_kernel, int8);
+        const double reference_error = worst_relative_error(q.dequantized, x, reference);
+        QVERIFY2(reference_error < kProductTolerance, qPrintable(QString::number(reference_error)));
+        // Every fast kernel this CPU has against the reference, float32 and int8 activations (the
+        // int8 ones also near the exact product).
+        const at::Tensor row_scale = at::matmul(q.dequantized.abs(), x.abs()).to(at::kDouble) + 1e-30;
+        for (kernels::PackedKernel k : kernels::available_packed_kernels()) {
+            const QString name = kernels::packed_kernel_name(k);
+            const double kernel = ((run_rows(*W, x, k) - reference).abs().to(at::kDouble) / row_scale).max().item<double>();
+            QVERIFY2(kernel < kKernelTolerance, qPrintable(name + ": " + QString::number(kernel)));
+            const at::Tensor fast8 = run_rows(*W, x, k, int8);
+            const double kernel8 = ((fast8 - reference8).abs().to(at::kDouble) / row_scale).max().item<double>();
+            QVERIFY2(kernel8 < kKernelTolerance, qPrintable(name + " int8: " + QString::number(kernel8)));
+            const double int8_error = worst_relative_error(q.dequantized, x, fast8);
+            QVERIFY2(int8_error < kInt8Tolerance, qPrintable(name + " int8: " + QString::number(int8_error)));
+        }
+        const at::Tensor fast = run_rows(*W, x, kernels::preferred_packed_kernel());
 
         // Threaded matvec (rows split by work) and both batched forms: per-token and tiled.
         const int threads = at::get_num_threads();
@@ -281,7 +280,7 @@ private Q_SLOTS:
                                                   (at::matmul(X.t(), X) * (2.0 / 512)).to(at::kDouble), s, o);
         const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "q");
         const at::Tensor x = at::randn({256});
-        const double err = worst_relative_error(q.dequantized, x, run_rows(*W, x, false));
+        const double err = worst_relative_error(q.dequantized, x, run_rows(*W, x, kernels::preferred_packed_kernel()));
         QVERIFY2(err < kProductTolerance, qPrintable(QString::number(err)));
     }
 
@@ -307,23 +306,23 @@ private Q_SLOTS:
             kernels::packed_dequantize_rows(*W, unpacked.data_ptr<float>(), 0, 24);
             QVERIFY(at::equal(unpacked, q.dequantized));
             const at::Tensor x = at::randn({172});
-            const double err = worst_relative_error(q.dequantized, x, run_rows(*W, x, false));
+            const double err = worst_relative_error(q.dequantized, x, run_rows(*W, x, kernels::preferred_packed_kernel()));
             QVERIFY2(err < kProductTolerance, qPrintable(QString::number(err)));
         }
     }
 
     void residentBitsAtTenPercent()
     {
-        // 4096-wide rows at 10% salient 8-bit: 1 sign bit + 16 bits per salient weight (gap and
-        // code) + row parameters: 2.62 bits, the README's figure.
+        // 4096-wide rows at 10% salient 8-bit: 1 sign bit + 16 bits per salient weight (in-block
+        // column and code) + a u8 count per 128-column block + row parameters: about 2.68 bits.
         const QuantizedLinear q = synthetic_linear(64, 4096, 8);
         const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "q");
-        const double fillers = static_cast<double>(W->gaps.size()) - static_cast<double>(W->salient_count());
-        QCOMPARE(fillers, 16.0); // row 3: a gap of 4095 columns = 16 fillers of 255 + 15
-        const double r = static_cast<double>(W->salient_count() + 16) / (64.0 * 4096);
-        // Per row: mu, alpha, scale (FP16), zero (u8) and a u32 entry start (one more in all).
+        QCOMPARE(static_cast<std::int64_t>(W->offsets.size()), W->salient_count() + kernels::kPackedEntryPadding);
+        const double r = static_cast<double>(W->salient_count()) / (64.0 * 4096);
+        // Per row: mu, alpha, scale (FP16), zero (u8) and a u32 entry start (one more in all, and
+        // the padding entries).
         const double expected =
-            1.0 + 16.0 * r + (3 * 2 + 1 + 4) * 8.0 / 4096 + 32.0 / (64 * 4096);
+            1.0 + 16.0 * r + 8.0 / 128 + (3 * 2 + 1 + 4) * 8.0 / 4096 + (32.0 + 16.0 * kernels::kPackedEntryPadding) / (64 * 4096);
         QVERIFY2(std::abs(resident_bits_per_weight(*W) - expected) < 1e-9,
                  qPrintable(QString::number(resident_bits_per_weight(*W))));
     }

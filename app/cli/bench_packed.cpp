@@ -95,9 +95,14 @@ std::vector<Variant> synthetic_variants(const ModelConfig& shape, double ratio)
 /// One 4096 x 4096 Linear (LLaMA-7B's attention shape) on one thread: nanoseconds and CPU
 /// cycles are what matter on 2 cores, where the kernels are compute-bound.
 struct KernelBench {
-    double packed_ns_per_weight = 0.0, packed_int8_ns_per_weight = 0.0, f32_ns_per_weight = 0.0,
-           f16_ns_per_weight = 0.0;
+    struct Packed {
+        std::string kernel;
+        double ns_per_weight = 0.0, int8_ns_per_weight = 0.0;
+    };
+    std::vector<Packed> packed; ///< every packed kernel this CPU has; the preferred one last
+    double f32_ns_per_weight = 0.0, f16_ns_per_weight = 0.0;
     double resident_bits = 0.0;
+    const Packed& preferred() const { return packed.back(); }
 };
 
 KernelBench bench_kernels(int runs, double ratio)
@@ -119,15 +124,20 @@ KernelBench bench_kernels(int runs, double ratio)
                }) / static_cast<double>(n * n) * 1e9;
     };
     KernelBench k;
-    k.packed_ns_per_weight = per_weight([&] {
-        kernels::prepare_packed_input(*W, x.data_ptr<float>(), in);
-        kernels::packed_matvec_rows(*W, in, y.data(), 0, n);
-    });
-    in.precision = kernels::PackedActivations::Int8;
-    k.packed_int8_ns_per_weight = per_weight([&] {
-        kernels::prepare_packed_input(*W, x.data_ptr<float>(), in);
-        kernels::packed_matvec_rows(*W, in, y.data(), 0, n);
-    });
+    std::vector<kernels::PackedKernel> available = kernels::available_packed_kernels();
+    std::stable_partition(available.begin(), available.end(), // the preferred one last
+                          [](kernels::PackedKernel c) { return c != kernels::preferred_packed_kernel(); });
+    for (kernels::PackedKernel kernel : available) {
+        auto time = [&](kernels::PackedActivations precision) {
+            in.precision = precision;
+            return per_weight([&] {
+                kernels::prepare_packed_input(*W, x.data_ptr<float>(), in);
+                kernels::packed_matvec_rows(*W, in, y.data(), 0, n, kernel);
+            });
+        };
+        k.packed.push_back({kernels::packed_kernel_name(kernel), time(kernels::PackedActivations::Float32),
+                            time(kernels::PackedActivations::Int8)});
+    }
     k.f32_ns_per_weight = per_weight([&] {
         kernels::matvec_rows(kernels::WeightFormat::F32, f32.data_ptr(), x.data_ptr<float>(), y.data(), n, 0, n);
     });
@@ -340,6 +350,11 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                                     {"bytes_per_token", v.bytes_per_token},
                                     {"fraction_of_memory_bandwidth",
                                      v.gen_tokens_per_second * v.bytes_per_token / 1e9 / base.memory_gbps}});
+        QJsonArray packed_kernels;
+        for (const KernelBench::Packed& p : kb.packed)
+            packed_kernels.append(QJsonObject{{"kernel", QString::fromStdString(p.kernel)},
+                                              {"ns_per_weight", p.ns_per_weight},
+                                              {"int8_ns_per_weight", p.int8_ns_per_weight}});
         print_json(QJsonObject{{"synthetic", true},
                                {"shape", QString::fromStdString(shape_name)},
                                {"layers", shape.n_layers},
@@ -350,8 +365,7 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                                {"gen_tokens", tokens},
                                {"eval_seqlen", seqlen},
                                {"memory_gbps", base.memory_gbps},
-                               {"kernel_4096_one_thread", QJsonObject{{"packed_ns_per_weight", kb.packed_ns_per_weight},
-                                                                      {"packed_int8_ns_per_weight", kb.packed_int8_ns_per_weight},
+                               {"kernel_4096_one_thread", QJsonObject{{"packed", packed_kernels},
                                                                       {"f32_ns_per_weight", kb.f32_ns_per_weight},
                                                                       {"f16_ns_per_weight", kb.f16_ns_per_weight},
                                                                       {"resident_bits_per_weight", kb.resident_bits}}},
@@ -362,11 +376,12 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                 shape_name.c_str(), shape.n_layers, 100 * ratio, at::get_num_threads(), runs,
                 kernels::packed_kernel_name());
     std::printf("memory read %.1f GB/s\n", base.memory_gbps);
-    std::printf("one 4096 x 4096 matvec, one thread: packed %.3f ns/weight (int8 activations %.3f; %.2f bits resident), "
-                "float32 %.3f (x%.1f), fp16 %.3f (x%.1f)\n\n",
-                kb.packed_ns_per_weight, kb.packed_int8_ns_per_weight, kb.resident_bits, kb.f32_ns_per_weight,
-                kb.f32_ns_per_weight / kb.packed_ns_per_weight, kb.f16_ns_per_weight,
-                kb.f16_ns_per_weight / kb.packed_ns_per_weight);
+    std::printf("one 4096 x 4096 matvec, one thread, ns/weight: float32 %.3f, fp16 %.3f; packed (%.2f bits resident):",
+                kb.f32_ns_per_weight, kb.f16_ns_per_weight, kb.resident_bits);
+    for (const KernelBench::Packed& p : kb.packed)
+        std::printf(" %s %.3f (x%.1f of float32), int8 activations %.3f;", p.kernel.c_str(), p.ns_per_weight,
+                    kb.f32_ns_per_weight / p.ns_per_weight, p.int8_ns_per_weight);
+    std::printf("\n\n");
     std::printf("%-16s | %-40s | %-26s | %s\n", "weights", "batch-1 generation", "perplexity eval", "MB/token");
     for (const Variant& v : variants) {
         const double gbps = v.gen_tokens_per_second * v.bytes_per_token / 1e9;

@@ -73,6 +73,19 @@ bool cpu_has_avx2_kernels()
 #endif
 }
 
+bool cpu_has_avx512_kernels()
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+    // __builtin_cpu_supports reports AVX-512 only when the OS saves the ZMM and mask registers.
+    static const bool has = cpu_has_avx2_kernels() && __builtin_cpu_supports("avx512f") &&
+                            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                            __builtin_cpu_supports("avx512vnni");
+    return has;
+#else
+    return false;
+#endif
+}
+
 void matvec_rows_reference(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
                            std::int64_t begin, std::int64_t end)
 {

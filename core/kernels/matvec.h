@@ -45,6 +45,8 @@ const char* matvec_kernel_name();
 
 /// True when the CPU has AVX2, FMA and F16C: what every x86 fast kernel here needs.
 bool cpu_has_avx2_kernels();
+/// True when the CPU (and the OS) has AVX-512 F, BW, VL and VNNI: what the AVX-512 packed kernel needs.
+bool cpu_has_avx512_kernels();
 
 /// IEEE half bits -> float (exact, subnormals included).
 float f16_to_float(std::uint16_t h);

@@ -2,27 +2,24 @@
 
 #include "core/kernels/matvec.h"
 #include "core/kernels/packed_matvec_avx2.h"
+#include "core/kernels/packed_matvec_avx512.h"
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 namespace pbllm::kernels {
 namespace {
 
-/// visit(entry, column) for each salient entry of row r in column order, fillers skipped.
+/// visit(entry, column) for each salient entry of row r in column order.
 template <typename Visit>
 void for_each_salient(const PackedWeights& W, std::int64_t r, Visit visit)
 {
-    std::int64_t col = -1;
-    for (std::int64_t e = W.row_start[static_cast<std::size_t>(r)]; e < W.row_start[static_cast<std::size_t>(r + 1)]; ++e) {
-        const std::uint8_t gap = W.gaps[static_cast<std::size_t>(e)];
-        if (gap == kPackedGapFiller) {
-            col += kPackedGapFiller;
-            continue;
-        }
-        col += gap + 1;
-        visit(e, col);
-    }
+    std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
+    for (std::int64_t b = 0; b < W.blocks; ++b)
+        for (int n = W.block_count[static_cast<std::size_t>(r * W.blocks + b)]; n > 0; --n, ++e)
+            visit(e, b * kPackedBlock + W.offsets[static_cast<std::size_t>(e)]);
 }
 
 } // namespace
@@ -30,7 +27,8 @@ void for_each_salient(const PackedWeights& W, std::int64_t r, Visit visit)
 std::int64_t PackedWeights::resident_bytes() const
 {
     return static_cast<std::int64_t>(signs.size() * 4 + (mu.size() + alpha.size() + scale.size()) * 2 + zero.size() +
-                                     row_start.size() * 4 + gaps.size() + codes.size() + values16.size() * 2);
+                                     row_start.size() * 4 + block_count.size() + offsets.size() + codes.size() +
+                                     values16.size() * 2);
 }
 
 void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input)
@@ -117,16 +115,58 @@ void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& in,
     }
 }
 
-void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end)
+std::vector<PackedKernel> available_packed_kernels()
+{
+    std::vector<PackedKernel> kernels{PackedKernel::Reference};
+    if (cpu_has_avx2_kernels())
+        kernels.push_back(PackedKernel::Avx2);
+    if (cpu_has_avx512_kernels())
+        kernels.push_back(PackedKernel::Avx512);
+    return kernels;
+}
+
+const char* packed_kernel_name(PackedKernel kernel)
+{
+    switch (kernel) {
+    case PackedKernel::Avx2: return "avx2-fma-f16c";
+    case PackedKernel::Avx512: return "avx512-vnni";
+    case PackedKernel::Reference: break;
+    }
+    return "reference";
+}
+
+PackedKernel preferred_packed_kernel()
+{
+    static const PackedKernel preferred = [] {
+        const std::vector<PackedKernel> kernels = available_packed_kernels();
+        const char* wanted = std::getenv("PBLLM_PACKED_KERNEL");
+        const std::string name = wanted ? wanted : "";
+        for (PackedKernel k : kernels)
+            if (!name.empty() && std::string(packed_kernel_name(k)).rfind(name, 0) == 0)
+                return k;
+        return kernels.back();
+    }();
+    return preferred;
+}
+
+const char* packed_kernel_name() { return packed_kernel_name(preferred_packed_kernel()); }
+
+void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end,
+                        PackedKernel kernel)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_has_avx2_kernels() && W.groups == 1)
+    if (W.groups == 1 && kernel == PackedKernel::Avx512)
+        return avx512::packed_matvec(W, x, y, begin, end);
+    if (W.groups == 1 && kernel == PackedKernel::Avx2)
         return avx2::packed_matvec(W, x, y, begin, end);
 #endif
     packed_matvec_rows_reference(W, x, y, begin, end);
 }
 
-const char* packed_kernel_name() { return cpu_has_avx2_kernels() ? "avx2-fma-f16c" : "reference"; }
+void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end)
+{
+    packed_matvec_rows(W, x, y, begin, end, preferred_packed_kernel());
+}
 
 void packed_dequantize_rows(const PackedWeights& W, float* out, std::int64_t begin, std::int64_t end)
 {
@@ -161,9 +201,10 @@ void packed_dequantize_rows(const PackedWeights& W, float* out, std::int64_t beg
 
 double packed_row_cost(const PackedWeights& W, std::int64_t r)
 {
-    // A dense 32-column word and about four salient entries cost alike in the AVX2 kernel.
+    // A dense 32-column word (float32 activations) and about three salient entries cost alike in
+    // the AVX2 and AVX-512 kernels (bench --suite packed).
     return static_cast<double>(r) * static_cast<double>(W.binarized ? W.words_per_row() : 0) +
-           0.25 * static_cast<double>(W.row_start[static_cast<std::size_t>(r)]);
+           0.3 * static_cast<double>(W.row_start[static_cast<std::size_t>(r)]);
 }
 
 } // namespace pbllm::kernels

@@ -17,8 +17,10 @@ namespace pbllm::kernels {
 /// Columns per block: the sign plane is padded to whole blocks, parameter groups are whole
 /// blocks, and int8 activations carry one scale per block.
 constexpr int kPackedBlock = 128;
-/// A stored gap of 255 is a filler: it advances 255 columns and holds no weight (gaps are 0..254).
-constexpr std::uint8_t kPackedGapFiller = 255;
+
+/// Zero entries after the last salient entry, so that vector kernels may read a few entries
+/// past a row's last without a bounds check.
+constexpr int kPackedEntryPadding = 16;
 
 /// The runtime layout of one quantized Linear (rows, cols). Built and validated from a packed
 /// file by build_packed_weights (core/packed_runtime.h); the kernels trust it.
@@ -29,7 +31,7 @@ struct PackedWeights {
     std::int64_t group_blocks = 0; ///< blocks per parameter group (the last group may have fewer)
     int code_bits = 8;             ///< 2..8: u8 grid codes; 16: FP16 values
     bool binarized = true;         ///< false for plain GPTQ (every weight salient, mu = alpha = 0)
-    std::int64_t salient = 0;      ///< salient weights (entries that are not fillers)
+    std::int64_t salient = 0;      ///< salient weights (entries)
 
     /// Sign plane, (rows, blocks * kPackedBlock / 32) words; bit j of word w is column 32 w + j;
     /// 1 = non-salient +1, 0 = non-salient -1, salient, or padding past cols.
@@ -38,13 +40,16 @@ struct PackedWeights {
     /// (1.0 for FP16 values), and the grid zero point.
     std::vector<std::uint16_t> mu, alpha, scale;
     std::vector<std::uint8_t> zero;
-    /// Salient entries, row-major in column order: row r owns [row_start[r], row_start[r + 1]).
-    /// Each entry's column is the previous one's + 1 + gap (the first: -1 + 1 + gap), so a row is
-    /// one branch-free pass; gap kPackedGapFiller is a filler entry (code 0, no weight).
+    /// Salient entries, row-major in column order: row r owns [row_start[r], row_start[r + 1]),
+    /// block b of row r the next block_count[r * blocks + b] of them, each holding its column
+    /// within the block (0..127). A kernel reads a block's entries as a batch of indices into the
+    /// block's 128 activations, with no chain from one entry to the next.
     std::vector<std::uint32_t> row_start;
-    std::vector<std::uint8_t> gaps;
+    std::vector<std::uint8_t> block_count;
+    std::vector<std::uint8_t> offsets;
     std::vector<std::uint8_t> codes;     ///< grid codes (code_bits <= 8), per entry
     std::vector<std::uint16_t> values16; ///< FP16 values (code_bits == 16), per entry
+    /// offsets, and codes or values16, hold kPackedEntryPadding zero entries past the last.
 
     std::int64_t words_per_row() const { return blocks * (kPackedBlock / 32); }
     std::int64_t padded_cols() const { return blocks * kPackedBlock; }
@@ -76,15 +81,31 @@ void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& i
 /// nearest even: the scalar definition of the int8 activations.
 void quantize_blocks_int8_reference(const float* x, std::int64_t blocks, std::int8_t* out, float* scale);
 
-/// y[r] = W[r, :] . x for rows [begin, end). Uses the AVX2 kernel when the CPU has AVX2 + FMA +
-/// F16C, the reference otherwise (and for Linears with more than one parameter group).
+/// The implementations of packed_matvec_rows. The fast ones need the CPU features named and run
+/// Linears with one parameter group per row; for others the reference runs.
+enum class PackedKernel {
+    Reference, ///< the scalar definition
+    Avx2,      ///< AVX2 + FMA + F16C
+    Avx512,    ///< AVX-512 F/BW/VL/VNNI: mask registers select x by the sign bits as stored
+};
+/// The kernels this CPU can run, the reference first, the fastest last.
+std::vector<PackedKernel> available_packed_kernels();
+/// "reference", "avx2-fma-f16c" or "avx512-vnni".
+const char* packed_kernel_name(PackedKernel kernel);
+/// What packed_matvec_rows runs: the fastest available, or the one PBLLM_PACKED_KERNEL names
+/// (reference, avx2, avx512) if this CPU has it, to compare them end to end.
+PackedKernel preferred_packed_kernel();
+const char* packed_kernel_name();
+
+/// y[r] = W[r, :] . x for rows [begin, end) with `kernel` (which this CPU must have).
+void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end,
+                        PackedKernel kernel);
+/// The same with preferred_packed_kernel().
 void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end);
 /// The scalar definition of the above (float accumulation per group, in column order; for Int8
 /// inputs, exact integer sums per block times the block's scale).
 void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin,
                                   std::int64_t end);
-/// "avx2-fma-f16c" or "reference": what packed_matvec_rows runs on this CPU.
-const char* packed_kernel_name();
 
 /// Rows [begin, end) of the dequantized matrix into out (row-major, cols floats a row): the
 /// values QuantizedLinear::dequantize computes, bit for bit. The batched product unpacks a tile

@@ -60,77 +60,58 @@ float dense_int8(const std::uint32_t* words, const std::int8_t* xq, const float*
     return horizontal_sum(acc);
 }
 
-/// True when one of the four bytes of v is kPackedGapFiller (255).
-inline bool has_filler(std::uint32_t v)
+/// Sums of q x and of x over a row's salient entries, block by block, 8 entries a step: the
+/// in-block columns index the block's activations by a masked gather. Reads up to 7 entries past
+/// the row's last (the arrays carry kPackedEntryPadding zero entries at their end).
+template <bool Halves>
+void salient_sums(const PackedWeights& W, const float* x, std::int64_t r, float& sum_qx, float& sum_x)
 {
-    const std::uint32_t inverted = ~v;
-    return ((inverted - 0x01010101u) & ~inverted & 0x80808080u) != 0;
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const std::uint8_t* count = W.block_count.data() + r * W.blocks;
+    __m256 qx = _mm256_setzero_ps(), sx = _mm256_setzero_ps();
+    std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
+    for (std::int64_t b = 0; b < W.blocks; ++b) {
+        const float* xb = x + b * kPackedBlock;
+        const std::int64_t stop = e + count[b];
+        for (std::int64_t i = e; i < stop; i += 8) {
+            std::int64_t offsets8;
+            std::memcpy(&offsets8, W.offsets.data() + i, 8);
+            const __m256i col = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(offsets8));
+            const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(stop - i)), lane));
+            const __m256 xs = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xb, col, live, 4);
+            __m256 q;
+            if (Halves) {
+                q = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.values16.data() + i)));
+            } else {
+                std::int64_t codes8;
+                std::memcpy(&codes8, W.codes.data() + i, 8);
+                q = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(codes8)));
+            }
+            qx = _mm256_fmadd_ps(_mm256_and_ps(q, live), xs, qx); // past the entries q may be any FP16
+            sx = _mm256_add_ps(sx, xs);
+        }
+        e = stop;
+    }
+    sum_qx = horizontal_sum(qx);
+    sum_x = horizontal_sum(sx);
 }
 
 } // namespace
 
 void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std::int64_t begin, std::int64_t end)
 {
-    static const auto code_value = [] { // u8 code -> float without a conversion on the hot path
-        std::array<float, 256> v{};
-        for (int i = 0; i < 256; ++i)
-            v[static_cast<std::size_t>(i)] = static_cast<float>(i);
-        return v;
-    }();
-    const float* x = in.x.data();
     const std::int64_t words = W.words_per_row();
     const bool int8 = in.precision == PackedActivations::Int8;
-    const std::uint8_t* gaps = W.gaps.data();
-    const std::uint8_t* codes = W.codes.data();
     for (std::int64_t r = begin; r < end; ++r) {
         float dense = 0.0f;
         if (W.binarized)
             dense = int8 ? dense_int8(W.signs.data() + r * words, in.x_int8.data(), in.block_scale.data(), W.blocks)
-                         : dense_float(W.signs.data() + r * words, x, words);
-        // The salient entries: one pass over the row's gaps, four independent sums each so the
-        // adds do not wait on one another; fillers are rare and take the slow branch.
-        float q0 = 0, q1 = 0, q2 = 0, q3 = 0, s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-        std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
-        const std::int64_t stop = W.row_start[static_cast<std::size_t>(r + 1)];
-        std::int64_t col = -1;
-        auto one = [&](std::int64_t i) {
-            if (gaps[i] == kPackedGapFiller) {
-                col += kPackedGapFiller;
-                return;
-            }
-            col += gaps[i] + 1;
-            const float q = W.code_bits == 16 ? half(W.values16[static_cast<std::size_t>(i)]) : code_value[codes[i]];
-            q0 += q * x[col];
-            s0 += x[col];
-        };
-        if (W.code_bits != 16) {
-            for (; e + 4 <= stop; e += 4) {
-                std::uint32_t four;
-                std::memcpy(&four, gaps + e, 4);
-                if (has_filler(four)) {
-                    for (int k = 0; k < 4; ++k)
-                        one(e + k);
-                    continue;
-                }
-                // Offsets from col computed apart from it: the only chain across iterations is col.
-                const std::int64_t d0 = 1 + (four & 0xff), d1 = d0 + 1 + ((four >> 8) & 0xff),
-                                   d2 = d1 + 1 + ((four >> 16) & 0xff), d3 = d2 + 1 + (four >> 24);
-                const std::int64_t c0 = col + d0, c1 = col + d1, c2 = col + d2, c3 = col + d3;
-                col = c3;
-                const float x0 = x[c0], x1 = x[c1], x2 = x[c2], x3 = x[c3];
-                q0 += code_value[codes[e]] * x0;
-                q1 += code_value[codes[e + 1]] * x1;
-                q2 += code_value[codes[e + 2]] * x2;
-                q3 += code_value[codes[e + 3]] * x3;
-                s0 += x0;
-                s1 += x1;
-                s2 += x2;
-                s3 += x3;
-            }
-        }
-        for (; e < stop; ++e)
-            one(e);
-        const float sum_qx = (q0 + q1) + (q2 + q3), sum_x = (s0 + s1) + (s2 + s3);
+                         : dense_float(W.signs.data() + r * words, in.x.data(), words);
+        float sum_qx = 0.0f, sum_x = 0.0f;
+        if (W.code_bits == 16)
+            salient_sums<true>(W, in.x.data(), r, sum_qx, sum_x);
+        else
+            salient_sums<false>(W, in.x.data(), r, sum_qx, sum_x);
         const std::size_t p = static_cast<std::size_t>(r);
         const float mu = half(W.mu[p]), alpha = half(W.alpha[p]), s = half(W.scale[p]);
         const float z = static_cast<float>(W.zero[p]);

@@ -1,0 +1,115 @@
+// Compiled with AVX-512 F/BW/VL/VNNI (core/CMakeLists.txt); reached only through the run-time
+// check in packed_matvec.cpp, for Linears with one parameter group per row.
+//
+// Mask registers take a sign word as it is: 16 (float32) or 64 (int8) columns are selected by one
+// mask load, with no expansion of bits into lanes, so the dense 1-bit part costs about one
+// instruction per 16 (float32) or 64 (int8, summed by vpdpbusd) weights. The salient entries are
+// taken 16 at a time, their activations picked by permutes from the block's 128 held in registers.
+#include "core/kernels/packed_matvec_avx512.h"
+
+#include <immintrin.h>
+
+#include <cstring>
+
+namespace pbllm::kernels::avx512 {
+namespace {
+
+/// The n-th 16- or 64-bit piece of a row's sign words (little-endian: piece j holds the columns
+/// from j times its width), as a mask.
+template <typename Piece>
+Piece sign_piece(const std::uint32_t* words, std::int64_t n)
+{
+    Piece v;
+    std::memcpy(&v, reinterpret_cast<const char*>(words) + n * static_cast<std::int64_t>(sizeof(Piece)), sizeof v);
+    return v;
+}
+
+/// Sum of x over the set bits of a row's sign plane, float32: one masked add per 16 columns.
+float dense_float(const std::uint32_t* words, const float* x, std::int64_t word_count)
+{
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (std::int64_t j = 0; j < 2 * word_count; j += 4) {
+        a0 = _mm512_mask_add_ps(a0, sign_piece<std::uint16_t>(words, j), a0, _mm512_loadu_ps(x + 16 * j));
+        a1 = _mm512_mask_add_ps(a1, sign_piece<std::uint16_t>(words, j + 1), a1, _mm512_loadu_ps(x + 16 * j + 16));
+        a2 = _mm512_mask_add_ps(a2, sign_piece<std::uint16_t>(words, j + 2), a2, _mm512_loadu_ps(x + 16 * j + 32));
+        a3 = _mm512_mask_add_ps(a3, sign_piece<std::uint16_t>(words, j + 3), a3, _mm512_loadu_ps(x + 16 * j + 48));
+    }
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+}
+
+/// The same with int8 activations: a 64-bit mask zeroes the unselected bytes as they are loaded,
+/// vpdpbusd sums them (times 1) into int32 lanes, and each 128-column block's sum is scaled once.
+float dense_int8(const std::uint32_t* words, const std::int8_t* xq, const float* block_scale, std::int64_t blocks)
+{
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512 acc = _mm512_setzero_ps();
+    for (std::int64_t b = 0; b < blocks; ++b) {
+        const __m512i lo = _mm512_maskz_loadu_epi8(sign_piece<std::uint64_t>(words, 2 * b), xq + b * kPackedBlock);
+        const __m512i hi = _mm512_maskz_loadu_epi8(sign_piece<std::uint64_t>(words, 2 * b + 1), xq + b * kPackedBlock + 64);
+        const __m512i sums = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(_mm512_setzero_si512(), ones, lo), ones, hi);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), _mm512_set1_ps(block_scale[b]), acc);
+    }
+    return _mm512_reduce_add_ps(acc);
+}
+
+struct SalientSums {
+    float qx = 0.0f, x = 0.0f;
+};
+
+/// Sums of q x and of x over row r's salient entries, block by block, 16 entries a step: the
+/// block's 128 activations sit in eight registers and the entries' in-block columns pick from
+/// them by permutes (bits 0-4 within a pair of registers, bits 5 and 6 by blends). Loads past the
+/// block's entries are masked, so nothing beyond the arrays is read.
+SalientSums salient_sums(const PackedWeights& W, const float* x, std::int64_t r)
+{
+    const __m512i bit5 = _mm512_set1_epi32(32), bit6 = _mm512_set1_epi32(64);
+    const bool halves = W.code_bits == 16;
+    const std::uint8_t* count = W.block_count.data() + r * W.blocks;
+    __m512 qx = _mm512_setzero_ps(), sx = _mm512_setzero_ps();
+    std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
+    for (std::int64_t b = 0; b < W.blocks; ++b) {
+        if (count[b] == 0)
+            continue;
+        const float* xb = x + b * kPackedBlock;
+        const __m512 t0 = _mm512_loadu_ps(xb), t1 = _mm512_loadu_ps(xb + 16), t2 = _mm512_loadu_ps(xb + 32),
+                     t3 = _mm512_loadu_ps(xb + 48), t4 = _mm512_loadu_ps(xb + 64), t5 = _mm512_loadu_ps(xb + 80),
+                     t6 = _mm512_loadu_ps(xb + 96), t7 = _mm512_loadu_ps(xb + 112);
+        const std::int64_t stop = e + count[b];
+        for (std::int64_t i = e; i < stop; i += 16) {
+            const __mmask16 live = stop - i >= 16 ? __mmask16(0xffff) : __mmask16((1u << (stop - i)) - 1u);
+            const __m512i col = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(live, W.offsets.data() + i));
+            const __m512 low = _mm512_mask_blend_ps(_mm512_test_epi32_mask(col, bit5), _mm512_permutex2var_ps(t0, col, t1),
+                                                    _mm512_permutex2var_ps(t2, col, t3));
+            const __m512 high = _mm512_mask_blend_ps(_mm512_test_epi32_mask(col, bit5), _mm512_permutex2var_ps(t4, col, t5),
+                                                     _mm512_permutex2var_ps(t6, col, t7));
+            const __m512 xs = _mm512_maskz_mov_ps(live, _mm512_mask_blend_ps(_mm512_test_epi32_mask(col, bit6), low, high));
+            const __m512 q = halves ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, W.values16.data() + i))
+                                    : _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(live, W.codes.data() + i)));
+            qx = _mm512_fmadd_ps(q, xs, qx);
+            sx = _mm512_add_ps(sx, xs);
+        }
+        e = stop;
+    }
+    return {_mm512_reduce_add_ps(qx), _mm512_reduce_add_ps(sx)};
+}
+
+} // namespace
+
+void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std::int64_t begin, std::int64_t end)
+{
+    const std::int64_t words = W.words_per_row();
+    const bool int8 = in.precision == PackedActivations::Int8;
+    for (std::int64_t r = begin; r < end; ++r) {
+        float dense = 0.0f;
+        if (W.binarized)
+            dense = int8 ? dense_int8(W.signs.data() + r * words, in.x_int8.data(), in.block_scale.data(), W.blocks)
+                         : dense_float(W.signs.data() + r * words, in.x.data(), words);
+        const auto p = static_cast<std::size_t>(r);
+        const SalientSums s = salient_sums(W, in.x.data(), r);
+        const float mu = _cvtsh_ss(W.mu[p]), alpha = _cvtsh_ss(W.alpha[p]), scale = _cvtsh_ss(W.scale[p]);
+        const float z = static_cast<float>(W.zero[p]);
+        y[r] = (mu - alpha) * (in.group_sums[0] - s.x) + 2.0f * alpha * dense + scale * s.qx - scale * z * s.x;
+    }
+}
+
+} // namespace pbllm::kernels::avx512
