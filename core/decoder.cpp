@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/llama.h"
+#include "core/simd.h"
 #include "core/system.h"
 #include "core/kernels/matvec.h"
 #include "core/packed_runtime.h"
@@ -9,6 +10,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -64,6 +66,49 @@ void rope_vec(float* v, int heads, int hd, const float* cos, const float* sin)
             x[i] = a * cos[i] - b * sin[i];
             x[i + half] = a * sin[i] + b * cos[i];
         }
+    }
+}
+
+/// a . b over n floats: eight independent sums (one vector register), added in a fixed order.
+inline float dot(const float* a, const float* b, int n)
+{
+    float lanes[8] = {};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; ++j)
+            lanes[j] += a[i + j] * b[i + j];
+    float s = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+    for (; i < n; ++i)
+        s += a[i] * b[i];
+    return s;
+}
+
+/// One head's attention at position `last` over the cached keys and values (rows `stride` floats
+/// apart): out = softmax(q . k_t * scale) . v_t, with att (last + 1 floats) as scratch.
+PBLLM_MULTIVERSION
+void attend_head(const float* q, const float* keys, const float* values, std::size_t stride, int last, int hd,
+                 float scale, float* __restrict att, float* __restrict out)
+{
+    float max_score = -INFINITY;
+    for (int t = 0; t <= last; ++t) {
+        att[t] = dot(q, keys + static_cast<std::size_t>(t) * stride, hd) * scale;
+        max_score = std::max(max_score, att[t]);
+    }
+    float sum = 0.0f;
+    for (int t = 0; t <= last; ++t) {
+        att[t] = std::exp(att[t] - max_score);
+        sum += att[t];
+    }
+    std::fill(out, out + hd, 0.0f);
+    for (int t = 0; t <= last; ++t) {
+        const float a = att[t] / sum;
+        const float* v = values + static_cast<std::size_t>(t) * stride;
+        int i = 0;
+        for (; i + 8 <= hd; i += 8) // groups of eight: one vector each
+            for (int j = 0; j < 8; ++j)
+                out[i + j] += a * v[i + j];
+        for (; i < hd; ++i)
+            out[i] += a * v[i];
     }
 }
 
@@ -132,30 +177,9 @@ public:
             rope_vec(kc + static_cast<std::size_t>(pos_) * kv, c_.n_kv_heads, hd, cos, sin);
 
             for (int h = 0; h < H; ++h) {
-                const float* q = q_.data() + h * hd;
-                const int kvh = h / group;
-                float max_score = -INFINITY;
-                for (int t = 0; t <= pos_; ++t) {
-                    const float* k = kc + static_cast<std::size_t>(t) * kv + kvh * hd;
-                    float s = 0.0f;
-                    for (int i = 0; i < hd; ++i)
-                        s += q[i] * k[i];
-                    att_[t] = s * scale;
-                    max_score = std::max(max_score, att_[t]);
-                }
-                float sum = 0.0f;
-                for (int t = 0; t <= pos_; ++t) {
-                    att_[t] = std::exp(att_[t] - max_score);
-                    sum += att_[t];
-                }
-                float* out = xb_.data() + h * hd;
-                std::fill(out, out + hd, 0.0f);
-                for (int t = 0; t <= pos_; ++t) {
-                    const float a = att_[t] / sum;
-                    const float* v = vc + static_cast<std::size_t>(t) * kv + kvh * hd;
-                    for (int i = 0; i < hd; ++i)
-                        out[i] += a * v[i];
-                }
+                const std::size_t head_offset = static_cast<std::size_t>(h / group) * hd;
+                attend_head(q_.data() + h * hd, kc + head_offset, vc + head_offset, static_cast<std::size_t>(kv), pos_,
+                            hd, scale, att_.data(), xb_.data() + h * hd);
             }
             linear(layer, LinearKind::O, xb_.data(), xb2_.data());
             for (int i = 0; i < d; ++i)
