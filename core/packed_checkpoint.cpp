@@ -474,7 +474,7 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
         const bool quantized_head = r.exists(root, "linear") && r.exists(r.group(root, "linear").get(), "lm_head");
         const std::int64_t fp16_tensors = 2 * (c.parameter_count() - layer_linears - (quantized_head ? v * d : 0));
         const std::int64_t packed_file = std::max<std::int64_t>(0, ck.file_bytes - fp16_tensors);
-        const std::int64_t one_linear = 4 * std::max<std::int64_t>(d, c.hidden_dim) * std::max<std::int64_t>(d, c.hidden_dim);
+        const std::int64_t one_linear = 4 * d * std::max<std::int64_t>(d, c.hidden_dim); // the largest, float32
         require_memory(fp16_tensors + packed_file * 5 / 4 + (quantized_head ? 4 * v * d : 0) + one_linear + (64ll << 20),
                        path + " kept packed in memory");
     } else
