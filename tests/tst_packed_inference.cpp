@@ -229,6 +229,37 @@ private Q_SLOTS:
         QCOMPARE(static_cast<int>(in.x_int8[6]), 0);
         QCOMPARE(static_cast<int>(in.x_int8[7]), -2);
         QCOMPARE(in.block_scale[1], 0.0f);
+
+        // The salient entries' int16 copy: the same against its definition, zeros past the end.
+        std::vector<std::int16_t> expected16(in.x_int16.size(), 0);
+        const float scale16 = kernels::quantize_int16_reference(in.x.data(), W->padded_cols(), expected16.data());
+        QVERIFY(in.x_int16 == expected16);
+        QCOMPARE(in.int16_scale, scale16);
+        QCOMPARE(in.x_int16.size(), static_cast<std::size_t>(W->padded_cols() + kernels::kInt16Padding));
+        const float largest = x.abs().max().item<float>();
+        QCOMPARE(in.int16_scale, largest / 32767.0f);
+        QCOMPARE(static_cast<int>(in.x_int16[5]), static_cast<int>(std::nearbyint(127.0f * 32767.0f / largest)));
+    }
+
+    void int16SalientSumsStayExactAtTheirLargest()
+    {
+        // Every weight salient at the largest code, every x at the largest int16: the integer sums
+        // of the int8-activation kernels reach 11008 x 255 x 32767 (past 2^31) and must not wrap.
+        QuantizedLinear q = synthetic_linear(3, 11008, 8, 0, QuantMethod::Gptq);
+        q.codes.fill_(255);
+        q.grid.zero.fill_(0);
+        q.validate();
+        q.dequantized = q.dequantize();
+        const PackedWeightsPtr W = build_packed_weights(pack_linear(q), "largest");
+        const at::Tensor x = at::rand({11008}) * 0.5 + 1.0; // all positive: nothing cancels
+        const at::Tensor exact = at::matmul(q.dequantized.to(at::kDouble), x.to(at::kDouble));
+        for (kernels::PackedKernel k : kernels::available_packed_kernels()) {
+            const at::Tensor y = run_rows(*W, x, k, kernels::PackedActivations::Int8).to(at::kDouble);
+            const double worst = ((y - exact).abs() / exact.abs()).max().item<double>();
+            // A wrapped int32 lane would be off by 2^32 int16 units, about 5% of a row here; float32
+            // sums of 11008 terms of one sign drift by well under 1e-4.
+            QVERIFY2(worst < 1e-4, qPrintable(QString(kernels::packed_kernel_name(k)) + ": " + QString::number(worst)));
+        }
     }
 
     void int8HeadKernelsAgree()

@@ -50,11 +50,27 @@ void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& i
         return;
     input.x_int8.resize(padded);
     input.block_scale.resize(static_cast<std::size_t>(W.blocks));
+    input.x_int16.assign(padded + kInt16Padding, 0);
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_has_avx2_kernels())
-        return avx2::quantize_blocks_int8(input.x.data(), W.blocks, input.x_int8.data(), input.block_scale.data());
+    if (cpu_has_avx2_kernels()) {
+        avx2::quantize_blocks_int8(input.x.data(), W.blocks, input.x_int8.data(), input.block_scale.data());
+        input.int16_scale = avx2::quantize_int16(input.x.data(), W.padded_cols(), input.x_int16.data());
+        return;
+    }
 #endif
     quantize_blocks_int8_reference(input.x.data(), W.blocks, input.x_int8.data(), input.block_scale.data());
+    input.int16_scale = quantize_int16_reference(input.x.data(), W.padded_cols(), input.x_int16.data());
+}
+
+float quantize_int16_reference(const float* x, std::int64_t n, std::int16_t* out)
+{
+    float amax = 0.0f;
+    for (std::int64_t j = 0; j < n; ++j)
+        amax = std::max(amax, std::abs(x[j]));
+    const float inverse = amax > 0.0f ? 32767.0f / amax : 0.0f;
+    for (std::int64_t j = 0; j < n; ++j) // round half to even, as the SIMD conversion does
+        out[j] = static_cast<std::int16_t>(std::clamp(std::nearbyint(x[j] * inverse), -32767.0f, 32767.0f));
+    return amax / 32767.0f;
 }
 
 void quantize_blocks_int8_reference(const float* x, std::int64_t blocks, std::int8_t* out, float* scale)
@@ -77,6 +93,7 @@ void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& in,
     const float* x = in.x.data();
     const std::int64_t words = W.words_per_row();
     const bool int8 = in.precision == PackedActivations::Int8;
+    const bool int16_salient = int8 && W.code_bits != 16;
     std::vector<float> sum_qx(static_cast<std::size_t>(W.groups)), sum_x(sum_qx.size());
     for (std::int64_t r = begin; r < end; ++r) {
         // Salient entries, summed per group.
@@ -86,9 +103,15 @@ void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& in,
             const std::size_t g = static_cast<std::size_t>(col / W.group_cols());
             const float q = W.code_bits == 16 ? f16_to_float(W.values16[static_cast<std::size_t>(e)])
                                               : static_cast<float>(W.codes[static_cast<std::size_t>(e)]);
-            sum_qx[g] += q * x[col];
-            sum_x[g] += x[col];
+            const float xc = int16_salient ? static_cast<float>(in.x_int16[static_cast<std::size_t>(col)]) : x[col];
+            sum_qx[g] += q * xc;
+            sum_x[g] += xc;
         });
+        if (int16_salient)
+            for (std::size_t g = 0; g < sum_qx.size(); ++g) {
+                sum_qx[g] *= in.int16_scale;
+                sum_x[g] *= in.int16_scale;
+            }
         const std::uint32_t* signs = W.signs.data() + r * words;
         float out = 0.0f;
         for (std::int64_t g = 0; g < W.groups; ++g) {

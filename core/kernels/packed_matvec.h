@@ -62,24 +62,34 @@ struct PackedWeights {
 /// How the dense 1-bit part reads the activations.
 enum class PackedActivations {
     Float32, ///< exact: float sums of x over the set sign bits
-    Int8,    ///< x rounded to int8 with one scale per 128-column block (max |x| / 127), summed
-             ///< with integer SIMD; the salient part and the sums of x stay float32
+    Int8,    ///< the dense part reads x rounded to int8 with one scale per 128-column block
+             ///< (max |x| / 127); salient grid codes read x rounded to int16 with one scale for the
+             ///< vector (max |x| / 32767, a 100x finer step); FP16 salient values and the sums of
+             ///< x per group stay float32. Both are summed with integer SIMD.
 };
 
 /// The activation vector as the kernels read it: x zero-padded to whole blocks, its sum per
-/// parameter group (shared by every row), and for Int8 its rounded copy and block scales.
+/// parameter group (shared by every row), and for Int8 its rounded copies and their scales.
 struct PackedInput {
     PackedActivations precision = PackedActivations::Float32;
     std::vector<float> x;
     std::vector<float> group_sums;
     std::vector<std::int8_t> x_int8;
     std::vector<float> block_scale;
+    /// x rounded to int16, padded to whole blocks plus kInt16Padding zeros (a kernel may read a
+    /// 32-bit word at any column), and the one scale of them all.
+    std::vector<std::int16_t> x_int16;
+    float int16_scale = 0.0f;
 };
+constexpr int kInt16Padding = 2;
 /// Fills `input` for W from x, in input.precision.
 void prepare_packed_input(const PackedWeights& W, const float* x, PackedInput& input);
 /// x (blocks * kPackedBlock floats) to int8 with one scale per block, max |x| / 127, rounded to
 /// nearest even: the scalar definition of the int8 activations.
 void quantize_blocks_int8_reference(const float* x, std::int64_t blocks, std::int8_t* out, float* scale);
+/// x (n floats) to int16 with one scale, max |x| / 32767, rounded to nearest even; returns the
+/// scale: the scalar definition of the salient entries' int16 activations.
+float quantize_int16_reference(const float* x, std::int64_t n, std::int16_t* out);
 
 /// The implementations of packed_matvec_rows. The fast ones need the CPU features named and run
 /// Linears with one parameter group per row; for others the reference runs.
@@ -103,7 +113,8 @@ void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, 
 /// The same with preferred_packed_kernel().
 void packed_matvec_rows(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin, std::int64_t end);
 /// The scalar definition of the above (float accumulation per group, in column order; for Int8
-/// inputs, exact integer sums per block times the block's scale).
+/// inputs, exact integer sums per block times the block's scale for the dense part, and float
+/// sums of q times the int16 x over each group times the int16 scale for grid codes).
 void packed_matvec_rows_reference(const PackedWeights& W, const PackedInput& x, float* y, std::int64_t begin,
                                   std::int64_t end);
 

@@ -8,7 +8,9 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstring>
+#include <type_traits>
 
 namespace pbllm::kernels::avx2 {
 namespace {
@@ -60,25 +62,43 @@ float dense_int8(const std::uint32_t* words, const std::int8_t* xq, const float*
     return horizontal_sum(acc);
 }
 
+/// The activations the salient entries read: float32, or int16 (widened as gathered).
+enum class SalientSource { Float32, Int16 };
+
+/// x at the 8 in-block columns `col` of block xb, zero where `live` is clear.
+template <SalientSource Source>
+__m256 gather_block(const void* xb, __m256i col, __m256 live)
+{
+    if (Source == SalientSource::Float32)
+        return _mm256_mask_i32gather_ps(_mm256_setzero_ps(), static_cast<const float*>(xb), col, live, 4);
+    // A 32-bit gather at 2-byte steps: the low half is the column's int16 (the high one, the next
+    // column's, is shifted out; x_int16 carries kInt16Padding zeros past the last block).
+    const __m256i words = _mm256_mask_i32gather_epi32(_mm256_setzero_si256(), static_cast<const int*>(xb), col,
+                                                      _mm256_castps_si256(live), 2);
+    return _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(words, 16), 16));
+}
+
 /// Sums of q x and of x over a row's salient entries, block by block, 8 entries a step: the
 /// in-block columns index the block's activations by a masked gather. Reads up to 7 entries past
-/// the row's last (the arrays carry kPackedEntryPadding zero entries at their end).
-template <bool Halves>
-void salient_sums(const PackedWeights& W, const float* x, std::int64_t r, float& sum_qx, float& sum_x)
+/// the row's last (the arrays carry kPackedEntryPadding zero entries at their end). For Int16 the
+/// sums are in units of the int16 scale.
+template <bool Halves, SalientSource Source>
+void salient_sums(const PackedWeights& W, const void* x, std::int64_t r, float& sum_qx, float& sum_x)
 {
+    using Element = std::conditional_t<Source == SalientSource::Float32, float, std::int16_t>;
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     const std::uint8_t* count = W.block_count.data() + r * W.blocks;
     __m256 qx = _mm256_setzero_ps(), sx = _mm256_setzero_ps();
     std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
     for (std::int64_t b = 0; b < W.blocks; ++b) {
-        const float* xb = x + b * kPackedBlock;
+        const Element* xb = static_cast<const Element*>(x) + b * kPackedBlock;
         const std::int64_t stop = e + count[b];
         for (std::int64_t i = e; i < stop; i += 8) {
             std::int64_t offsets8;
             std::memcpy(&offsets8, W.offsets.data() + i, 8);
             const __m256i col = _mm256_cvtepu8_epi32(_mm_cvtsi64_si128(offsets8));
             const __m256 live = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(stop - i)), lane));
-            const __m256 xs = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), xb, col, live, 4);
+            const __m256 xs = gather_block<Source>(xb, col, live);
             __m256 q;
             if (Halves) {
                 q = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W.values16.data() + i)));
@@ -108,10 +128,15 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
             dense = int8 ? dense_int8(W.signs.data() + r * words, in.x_int8.data(), in.block_scale.data(), W.blocks)
                          : dense_float(W.signs.data() + r * words, in.x.data(), words);
         float sum_qx = 0.0f, sum_x = 0.0f;
-        if (W.code_bits == 16)
-            salient_sums<true>(W, in.x.data(), r, sum_qx, sum_x);
-        else
-            salient_sums<false>(W, in.x.data(), r, sum_qx, sum_x);
+        if (W.code_bits == 16) {
+            salient_sums<true, SalientSource::Float32>(W, in.x.data(), r, sum_qx, sum_x);
+        } else if (int8) {
+            salient_sums<false, SalientSource::Int16>(W, in.x_int16.data(), r, sum_qx, sum_x);
+            sum_qx *= in.int16_scale;
+            sum_x *= in.int16_scale;
+        } else {
+            salient_sums<false, SalientSource::Float32>(W, in.x.data(), r, sum_qx, sum_x);
+        }
         const std::size_t p = static_cast<std::size_t>(r);
         const float mu = half(W.mu[p]), alpha = half(W.alpha[p]), s = half(W.scale[p]);
         const float z = static_cast<float>(W.zero[p]);
@@ -159,6 +184,31 @@ void quantize_blocks_int8(const float* x, std::int64_t blocks, std::int8_t* out,
                                 _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
         }
     }
+}
+
+float quantize_int16(const float* x, std::int64_t n, std::int16_t* out)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 amax = _mm256_setzero_ps();
+    std::int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_loadu_ps(x + j)));
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, amax);
+    float top = *std::max_element(lanes, lanes + 8);
+    for (std::int64_t k = j; k < n; ++k)
+        top = std::max(top, std::abs(x[k]));
+    const float inverse = top > 0.0f ? 32767.0f / top : 0.0f;
+    const __m256 v = _mm256_set1_ps(inverse);
+    for (j = 0; j + 16 <= n; j += 16) {
+        // cvtps rounds to nearest even; packs works per 128-bit lane, a 64-bit permute restores order.
+        const __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j), v));
+        const __m256i b = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + j + 8), v));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xd8));
+    }
+    for (; j < n; ++j)
+        out[j] = static_cast<std::int16_t>(std::clamp(std::nearbyint(x[j] * inverse), -32767.0f, 32767.0f));
+    return top / 32767.0f;
 }
 
 } // namespace pbllm::kernels::avx2

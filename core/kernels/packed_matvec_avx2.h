@@ -9,5 +9,7 @@ void packed_matvec(const PackedWeights& W, const PackedInput& x, float* y, std::
 /// out[c] = bit c of the sign words ? plus : minus, for columns [0, n) (words start at column 0).
 void fill_signs(const std::uint32_t* words, std::int64_t n, float plus, float minus, float* out);
 void quantize_blocks_int8(const float* x, std::int64_t blocks, std::int8_t* out, float* scale);
+/// quantize_int16_reference, vectorised (the same values bit for bit).
+float quantize_int16(const float* x, std::int64_t n, std::int16_t* out);
 
 } // namespace pbllm::kernels::avx2

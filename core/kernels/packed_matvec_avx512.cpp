@@ -4,11 +4,13 @@
 // Mask registers take a sign word as it is: 16 (float32) or 64 (int8) columns are selected by one
 // mask load, with no expansion of bits into lanes, so the dense 1-bit part costs about one
 // instruction per 16 (float32) or 64 (int8, summed by vpdpbusd) weights. The salient entries are
-// taken 16 at a time, their activations picked by permutes from the block's 128 held in registers.
+// taken 16 at a time, their activations picked by permutes from the block's 128 held in registers;
+// with int8 activations the salient grid codes read int16 x, 32 at a time, summed by vpdpwssd.
 #include "core/kernels/packed_matvec_avx512.h"
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace pbllm::kernels::avx512 {
@@ -93,6 +95,50 @@ SalientSums salient_sums(const PackedWeights& W, const float* x, std::int64_t r)
     return {_mm512_reduce_add_ps(qx), _mm512_reduce_add_ps(sx)};
 }
 
+/// Blocks between flushes of the int32 lanes of salient_sums_int16 to float: a block takes at
+/// most four 32-entry steps, each adding at most 2 x 255 x 32767 to a lane, so 64 steps stay
+/// below 2^31.
+constexpr std::int64_t kInt16FlushBlocks = 16;
+
+/// Sums of (q - z) x and of x over row r's salient grid codes, x in int16 units: 32 entries a
+/// step, their activations picked by two word permutes (column bits 0-5) from the block's 128
+/// int16 in four registers and a blend on bit 6; vpdpwssd multiplies and adds pairs into int32
+/// lanes. At 10% salient a block's entries take one step, so the loop branch is predictable.
+SalientSums salient_sums_int16(const PackedWeights& W, const std::int16_t* x16, std::int64_t r)
+{
+    const __m512i bit6 = _mm512_set1_epi16(64), ones = _mm512_set1_epi16(1);
+    const __m512i zero_point = _mm512_set1_epi16(static_cast<short>(W.zero[static_cast<std::size_t>(r)]));
+    const std::uint8_t* count = W.block_count.data() + r * W.blocks;
+    const std::uint8_t* offsets = W.offsets.data();
+    const std::uint8_t* codes = W.codes.data();
+    __m512 qx = _mm512_setzero_ps(), sx = _mm512_setzero_ps();
+    std::int64_t e = W.row_start[static_cast<std::size_t>(r)];
+    for (std::int64_t b0 = 0; b0 < W.blocks; b0 += kInt16FlushBlocks) {
+        __m512i qx_int = _mm512_setzero_si512(), sx_int = _mm512_setzero_si512();
+        const std::int64_t b1 = std::min(W.blocks, b0 + kInt16FlushBlocks);
+        for (std::int64_t b = b0; b < b1; ++b) {
+            const std::int16_t* xb = x16 + b * kPackedBlock;
+            const __m512i t0 = _mm512_loadu_si512(xb), t1 = _mm512_loadu_si512(xb + 32),
+                          t2 = _mm512_loadu_si512(xb + 64), t3 = _mm512_loadu_si512(xb + 96);
+            const std::int64_t stop = e + count[b];
+            for (std::int64_t i = e; i < stop; i += 32) {
+                const auto live = static_cast<__mmask32>((std::uint64_t{1} << std::min<std::int64_t>(stop - i, 32)) - 1u);
+                const __m512i col = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(live, offsets + i));
+                const __m512i low = _mm512_maskz_permutex2var_epi16(live, t0, col, t1);
+                const __m512i high = _mm512_maskz_permutex2var_epi16(live, t2, col, t3);
+                const __m512i xs = _mm512_mask_blend_epi16(_mm512_test_epi16_mask(col, bit6), low, high);
+                const __m512i q = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(live, codes + i)), zero_point);
+                qx_int = _mm512_dpwssd_epi32(qx_int, q, xs); // dead lanes: xs = 0
+                sx_int = _mm512_dpwssd_epi32(sx_int, ones, xs);
+            }
+            e = stop;
+        }
+        qx = _mm512_add_ps(qx, _mm512_cvtepi32_ps(qx_int));
+        sx = _mm512_add_ps(sx, _mm512_cvtepi32_ps(sx_int));
+    }
+    return {_mm512_reduce_add_ps(qx), _mm512_reduce_add_ps(sx)};
+}
+
 } // namespace
 
 void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std::int64_t begin, std::int64_t end)
@@ -105,8 +151,14 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
             dense = int8 ? dense_int8(W.signs.data() + r * words, in.x_int8.data(), in.block_scale.data(), W.blocks)
                          : dense_float(W.signs.data() + r * words, in.x.data(), words);
         const auto p = static_cast<std::size_t>(r);
-        const SalientSums s = salient_sums(W, in.x.data(), r);
         const float mu = _cvtsh_ss(W.mu[p]), alpha = _cvtsh_ss(W.alpha[p]), scale = _cvtsh_ss(W.scale[p]);
+        if (int8 && W.code_bits != 16) {
+            const SalientSums s = salient_sums_int16(W, in.x_int16.data(), r); // s.qx holds (q - z) x
+            const float g = in.int16_scale;
+            y[r] = (mu - alpha) * (in.group_sums[0] - g * s.x) + 2.0f * alpha * dense + scale * g * s.qx;
+            continue;
+        }
+        const SalientSums s = salient_sums(W, in.x.data(), r);
         const float z = static_cast<float>(W.zero[p]);
         y[r] = (mu - alpha) * (in.group_sums[0] - s.x) + 2.0f * alpha * dense + scale * s.qx - scale * z * s.x;
     }
