@@ -4,6 +4,8 @@
 #include "core/error.h"
 #include "core/hf_model.h"
 #include "core/kernels/matvec.h"
+#include "core/kernels/matvec_avx2.h"
+#include "core/kernels/matvec_avx512.h"
 #include "core/model_io.h"
 #include "core/synthetic.h"
 #include "core/system.h"
@@ -31,6 +33,29 @@ kernels::WeightFormat format_of(at::ScalarType type)
     return type == at::kHalf ? kernels::WeightFormat::F16
            : type == at::kBFloat16 ? kernels::WeightFormat::BF16
                                    : kernels::WeightFormat::F32;
+}
+
+/// W x by every x86 kernel this CPU can run, by name (none elsewhere).
+std::vector<std::pair<QString, at::Tensor>> x86_matvecs(at::ScalarType type, const at::Tensor& W, const at::Tensor& x)
+{
+    std::vector<std::pair<QString, at::Tensor>> out;
+#if defined(__x86_64__) && defined(__GNUC__)
+    const std::int64_t rows = W.size(0), cols = W.size(1);
+    auto run = [&](const QString& name, auto f32, auto f16, auto bf16) {
+        at::Tensor y = at::zeros({rows});
+        const auto* u16 = static_cast<const std::uint16_t*>(W.data_ptr());
+        if (type == at::kFloat)
+            f32(W.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), cols, 0, rows);
+        else
+            (type == at::kHalf ? f16 : bf16)(u16, x.data_ptr<float>(), y.data_ptr<float>(), cols, 0, rows);
+        out.emplace_back(name, y);
+    };
+    if (kernels::cpu_has_avx2_kernels())
+        run("avx2", kernels::avx2::matvec_f32, kernels::avx2::matvec_f16, kernels::avx2::matvec_bf16);
+    if (kernels::cpu_has_avx512_kernels())
+        run("avx512", kernels::avx512::matvec_f32, kernels::avx512::matvec_f16, kernels::avx512::matvec_bf16);
+#endif
+    return out;
 }
 
 } // namespace
@@ -66,6 +91,10 @@ private Q_SLOTS:
         const double tolerance = 1e-5 * std::sqrt(static_cast<double>(cols)) * (1.0 + std::sqrt(cols));
         QVERIFY2(max_abs_diff(fast, expected) < tolerance, qPrintable(QString::number(max_abs_diff(fast, expected))));
         QVERIFY2(max_abs_diff(ref, expected) < tolerance, qPrintable(QString::number(max_abs_diff(ref, expected))));
+        // Each x86 implementation this CPU has, not only the one matvec_rows picks.
+        for (const auto& [name, y] : x86_matvecs(type, W, x)) {
+            QVERIFY2(max_abs_diff(y, expected) < tolerance, qPrintable(name + ": " + QString::number(max_abs_diff(y, expected))));
+        }
         // Rows outside [begin, end) are left alone.
         at::Tensor part = at::full({rows}, 7.0f);
         kernels::matvec_rows(format_of(type), W.data_ptr(), x.data_ptr<float>(), part.data_ptr<float>(), cols, 3, 5);

@@ -1,6 +1,7 @@
 #include "core/kernels/matvec.h"
 
 #include "core/kernels/matvec_avx2.h"
+#include "core/kernels/matvec_avx512.h"
 
 #include <algorithm>
 #include <cmath>
@@ -101,6 +102,15 @@ void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, s
                  std::int64_t begin, std::int64_t end)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx512_kernels()) {
+        switch (format) {
+        case WeightFormat::F32: return avx512::matvec_f32(static_cast<const float*>(W), x, y, cols, begin, end);
+        case WeightFormat::F16:
+            return avx512::matvec_f16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
+        case WeightFormat::BF16:
+            return avx512::matvec_bf16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
+        }
+    }
     if (cpu_has_avx2_kernels()) {
         switch (format) {
         case WeightFormat::F32: return avx2::matvec_f32(static_cast<const float*>(W), x, y, cols, begin, end);
@@ -147,13 +157,18 @@ void matvec_int8_rows_reference(const Int8Rows& W, const float* x, float* y, std
 void matvec_int8_rows(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
+    if (cpu_has_avx512_kernels())
+        return avx512::matvec_int8(W.q.data(), W.scale.data(), x, y, W.cols, begin, end);
     if (cpu_has_avx2_kernels())
         return avx2::matvec_int8(W.q.data(), W.scale.data(), x, y, W.cols, begin, end);
 #endif
     matvec_int8_rows_reference(W, x, y, begin, end);
 }
 
-const char* matvec_kernel_name() { return cpu_has_avx2_kernels() ? "avx2-fma-f16c" : "reference"; }
+const char* matvec_kernel_name()
+{
+    return cpu_has_avx512_kernels() ? "avx512" : cpu_has_avx2_kernels() ? "avx2-fma-f16c" : "reference";
+}
 
 void to_float(WeightFormat format, const void* src, float* dst, std::int64_t n)
 {

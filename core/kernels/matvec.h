@@ -10,7 +10,8 @@ namespace pbllm::kernels {
 enum class WeightFormat { F32, F16, BF16 };
 
 /// y[r] = W[r, :] . x for rows [begin, end) of the row-major (rows, cols) matrix W. Uses the
-/// AVX2 + FMA + F16C kernel when the CPU has them, the reference otherwise.
+/// AVX-512 kernel (matvec_avx512.h) or the AVX2 + FMA + F16C one (matvec_avx2.h) when the CPU has
+/// them, the reference otherwise.
 void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
                  std::int64_t begin, std::int64_t end);
 
@@ -36,11 +37,11 @@ struct Int8Rows {
 };
 /// Rounds rows of a float32 matrix.
 Int8Rows quantize_rows_int8(const float* W, std::int64_t rows, std::int64_t cols);
-/// y[r] = scale[r] * (q[r, :] . x) for rows [begin, end); AVX2 when the CPU has it.
+/// y[r] = scale[r] * (q[r, :] . x) for rows [begin, end); AVX-512 or AVX2 when the CPU has it.
 void matvec_int8_rows(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end);
 void matvec_int8_rows_reference(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end);
 
-/// "avx2-fma-f16c" or "reference": what matvec_rows runs on this CPU.
+/// "avx512", "avx2-fma-f16c" or "reference": what matvec_rows runs on this CPU.
 const char* matvec_kernel_name();
 
 /// True when the CPU has AVX2, FMA and F16C: what every x86 fast kernel here needs.
