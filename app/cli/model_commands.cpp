@@ -205,7 +205,8 @@ int run_generate(const QStringList& args)
     cl.parser().addOption({"backend", "Decoder: auto, cpu (plain loops) or torch (libtorch ops).", "B", "auto"});
     cl.add_packed_option();
     cl.parser().addOption({"activations", "Packed kernels: f32 (exact, default) or int8 (activations rounded to int8 "
-                                          "per 128 columns in the 1-bit part: faster; effect in README).", "A", "f32"});
+                                          "per 128 columns for the 1-bit part, to int16 for the salient codes: faster; "
+                                          "effect in README).", "A", "f32"});
     cl.parser().addOption({"head", "Output head in the CPU decoder: f16 (as stored, default) or int8 (rows rounded to "
                                    "int8: half the bytes; effect in README).", "H", "f16"});
     cl.parse(args);
