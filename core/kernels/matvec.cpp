@@ -98,26 +98,40 @@ void matvec_rows_reference(WeightFormat format, const void* W, const float* x, f
     }
 }
 
+namespace {
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/// One instruction set's kernels, so that picking the fastest the CPU has is one decision.
+struct X86Matvecs {
+    const char* name;
+    void (*f32)(const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
+    void (*f16)(const std::uint16_t*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
+    void (*bf16)(const std::uint16_t*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
+    void (*int8)(const std::int8_t*, const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
+};
+
+/// The fastest x86 kernels this CPU runs, or null (then the reference runs).
+const X86Matvecs* fastest_matvecs()
+{
+    static const X86Matvecs avx512{"avx512", avx512::matvec_f32, avx512::matvec_f16, avx512::matvec_bf16,
+                                   avx512::matvec_int8};
+    static const X86Matvecs avx2{"avx2-fma-f16c", avx2::matvec_f32, avx2::matvec_f16, avx2::matvec_bf16,
+                                 avx2::matvec_int8};
+    return cpu_has_avx512_kernels() ? &avx512 : cpu_has_avx2_kernels() ? &avx2 : nullptr;
+}
+#endif
+
+} // namespace
+
 void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
                  std::int64_t begin, std::int64_t end)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_has_avx512_kernels()) {
+    if (const X86Matvecs* k = fastest_matvecs()) {
         switch (format) {
-        case WeightFormat::F32: return avx512::matvec_f32(static_cast<const float*>(W), x, y, cols, begin, end);
-        case WeightFormat::F16:
-            return avx512::matvec_f16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
-        case WeightFormat::BF16:
-            return avx512::matvec_bf16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
-        }
-    }
-    if (cpu_has_avx2_kernels()) {
-        switch (format) {
-        case WeightFormat::F32: return avx2::matvec_f32(static_cast<const float*>(W), x, y, cols, begin, end);
-        case WeightFormat::F16:
-            return avx2::matvec_f16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
-        case WeightFormat::BF16:
-            return avx2::matvec_bf16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
+        case WeightFormat::F32: return k->f32(static_cast<const float*>(W), x, y, cols, begin, end);
+        case WeightFormat::F16: return k->f16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
+        case WeightFormat::BF16: return k->bf16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
         }
     }
 #endif
@@ -157,17 +171,19 @@ void matvec_int8_rows_reference(const Int8Rows& W, const float* x, float* y, std
 void matvec_int8_rows(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end)
 {
 #if defined(__x86_64__) && defined(__GNUC__)
-    if (cpu_has_avx512_kernels())
-        return avx512::matvec_int8(W.q.data(), W.scale.data(), x, y, W.cols, begin, end);
-    if (cpu_has_avx2_kernels())
-        return avx2::matvec_int8(W.q.data(), W.scale.data(), x, y, W.cols, begin, end);
+    if (const X86Matvecs* k = fastest_matvecs())
+        return k->int8(W.q.data(), W.scale.data(), x, y, W.cols, begin, end);
 #endif
     matvec_int8_rows_reference(W, x, y, begin, end);
 }
 
 const char* matvec_kernel_name()
 {
-    return cpu_has_avx512_kernels() ? "avx512" : cpu_has_avx2_kernels() ? "avx2-fma-f16c" : "reference";
+#if defined(__x86_64__) && defined(__GNUC__)
+    if (const X86Matvecs* k = fastest_matvecs())
+        return k->name;
+#endif
+    return "reference";
 }
 
 void to_float(WeightFormat format, const void* src, float* dst, std::int64_t n)
