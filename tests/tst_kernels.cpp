@@ -4,8 +4,6 @@
 #include "core/error.h"
 #include "core/hf_model.h"
 #include "core/kernels/matvec.h"
-#include "core/kernels/matvec_avx2.h"
-#include "core/kernels/matvec_avx512.h"
 #include "core/model_io.h"
 #include "core/synthetic.h"
 #include "core/system.h"
@@ -35,26 +33,20 @@ kernels::WeightFormat format_of(at::ScalarType type)
                                    : kernels::WeightFormat::F32;
 }
 
-/// W x by every x86 kernel this CPU can run, by name (none elsewhere).
-std::vector<std::pair<QString, at::Tensor>> x86_matvecs(at::ScalarType type, const at::Tensor& W, const at::Tensor& x)
+/// W x by every fast kernel this CPU can run, by name.
+std::vector<std::pair<QString, at::Tensor>> fast_matvecs(at::ScalarType type, const at::Tensor& W, const at::Tensor& x)
 {
     std::vector<std::pair<QString, at::Tensor>> out;
-#if defined(__x86_64__) && defined(__GNUC__)
     const std::int64_t rows = W.size(0), cols = W.size(1);
-    auto run = [&](const QString& name, auto f32, auto f16, auto bf16) {
+    const auto* u16 = static_cast<const std::uint16_t*>(W.data_ptr());
+    for (const kernels::MatvecKernels& k : kernels::available_matvec_kernels()) {
         at::Tensor y = at::zeros({rows});
-        const auto* u16 = static_cast<const std::uint16_t*>(W.data_ptr());
         if (type == at::kFloat)
-            f32(W.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), cols, 0, rows);
+            k.f32(W.data_ptr<float>(), x.data_ptr<float>(), y.data_ptr<float>(), cols, 0, rows);
         else
-            (type == at::kHalf ? f16 : bf16)(u16, x.data_ptr<float>(), y.data_ptr<float>(), cols, 0, rows);
-        out.emplace_back(name, y);
-    };
-    if (kernels::cpu_has_avx2_kernels())
-        run("avx2", kernels::avx2::matvec_f32, kernels::avx2::matvec_f16, kernels::avx2::matvec_bf16);
-    if (kernels::cpu_has_avx512_kernels())
-        run("avx512", kernels::avx512::matvec_f32, kernels::avx512::matvec_f16, kernels::avx512::matvec_bf16);
-#endif
+            (type == at::kHalf ? k.f16 : k.bf16)(u16, x.data_ptr<float>(), y.data_ptr<float>(), cols, 0, rows);
+        out.emplace_back(k.name, y);
+    }
     return out;
 }
 
@@ -92,7 +84,7 @@ private Q_SLOTS:
         QVERIFY2(max_abs_diff(fast, expected) < tolerance, qPrintable(QString::number(max_abs_diff(fast, expected))));
         QVERIFY2(max_abs_diff(ref, expected) < tolerance, qPrintable(QString::number(max_abs_diff(ref, expected))));
         // Each x86 implementation this CPU has, not only the one matvec_rows picks.
-        for (const auto& [name, y] : x86_matvecs(type, W, x)) {
+        for (const auto& [name, y] : fast_matvecs(type, W, x)) {
             QVERIFY2(max_abs_diff(y, expected) < tolerance, qPrintable(name + ": " + QString::number(max_abs_diff(y, expected))));
         }
         // Rows outside [begin, end) are left alone.

@@ -8,8 +8,6 @@
 #include "core/evaluation.h"
 #include "core/generation.h"
 #include "core/kernels/matvec.h"
-#include "core/kernels/matvec_avx2.h"
-#include "core/kernels/matvec_avx512.h"
 #include "core/llama.h"
 #include "core/model_io.h"
 #include "core/packed_checkpoint.h"
@@ -283,19 +281,12 @@ private Q_SLOTS:
             kernels::matvec_int8_rows_reference(q, x.data_ptr<float>(), reference.data_ptr<float>(), 0, 37);
             const double err = worst_relative_error(rounded.to(at::kFloat), x, fast);
             QVERIFY2(err < kProductTolerance, qPrintable(QString::number(err)));
-#if defined(__x86_64__) && defined(__GNUC__)
-            // Both x86 kernels, whichever matvec_int8_rows picks on this CPU.
-            if (kernels::cpu_has_avx2_kernels()) {
-                kernels::avx2::matvec_int8(q.q.data(), q.scale.data(), x.data_ptr<float>(), fast.data_ptr<float>(), cols, 0, 37);
-                const double avx2 = worst_relative_error(rounded.to(at::kFloat), x, fast);
-                QVERIFY2(avx2 < kProductTolerance, qPrintable("avx2 " + QString::number(avx2)));
+            // Every fast kernel this CPU has, whichever matvec_int8_rows picks.
+            for (const kernels::MatvecKernels& k : kernels::available_matvec_kernels()) {
+                k.int8(q.q.data(), q.scale.data(), x.data_ptr<float>(), fast.data_ptr<float>(), cols, 0, 37);
+                const double each = worst_relative_error(rounded.to(at::kFloat), x, fast);
+                QVERIFY2(each < kProductTolerance, qPrintable(QString(k.name) + " " + QString::number(each)));
             }
-            if (kernels::cpu_has_avx512_kernels()) {
-                kernels::avx512::matvec_int8(q.q.data(), q.scale.data(), x.data_ptr<float>(), fast.data_ptr<float>(), cols, 0, 37);
-                const double avx512 = worst_relative_error(rounded.to(at::kFloat), x, fast);
-                QVERIFY2(avx512 < kProductTolerance, qPrintable("avx512 " + QString::number(avx512)));
-            }
-#endif
             const double kernel = worst_relative_error(rounded.to(at::kFloat), x, reference);
             QVERIFY2(kernel < kProductTolerance, qPrintable(QString::number(kernel)));
         }

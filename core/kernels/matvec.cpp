@@ -98,43 +98,42 @@ void matvec_rows_reference(WeightFormat format, const void* W, const float* x, f
     }
 }
 
+const std::vector<MatvecKernels>& available_matvec_kernels()
+{
+    static const std::vector<MatvecKernels> kernels = [] {
+        std::vector<MatvecKernels> out;
+#if defined(__x86_64__) && defined(__GNUC__)
+        if (cpu_has_avx2_kernels())
+            out.push_back({"avx2-fma-f16c", avx2::matvec_f32, avx2::matvec_f16, avx2::matvec_bf16, avx2::matvec_int8});
+        if (cpu_has_avx512_kernels())
+            out.push_back({"avx512", avx512::matvec_f32, avx512::matvec_f16, avx512::matvec_bf16, avx512::matvec_int8});
+#endif
+        return out;
+    }();
+    return kernels;
+}
+
 namespace {
 
-#if defined(__x86_64__) && defined(__GNUC__)
-/// One instruction set's kernels, so that picking the fastest the CPU has is one decision.
-struct X86Matvecs {
-    const char* name;
-    void (*f32)(const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
-    void (*f16)(const std::uint16_t*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
-    void (*bf16)(const std::uint16_t*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
-    void (*int8)(const std::int8_t*, const float*, const float*, float*, std::int64_t, std::int64_t, std::int64_t);
-};
-
-/// The fastest x86 kernels this CPU runs, or null (then the reference runs).
-const X86Matvecs* fastest_matvecs()
+/// The fastest kernels this CPU runs, or null (then the reference runs).
+const MatvecKernels* fastest_matvecs()
 {
-    static const X86Matvecs avx512{"avx512", avx512::matvec_f32, avx512::matvec_f16, avx512::matvec_bf16,
-                                   avx512::matvec_int8};
-    static const X86Matvecs avx2{"avx2-fma-f16c", avx2::matvec_f32, avx2::matvec_f16, avx2::matvec_bf16,
-                                 avx2::matvec_int8};
-    return cpu_has_avx512_kernels() ? &avx512 : cpu_has_avx2_kernels() ? &avx2 : nullptr;
+    const std::vector<MatvecKernels>& all = available_matvec_kernels();
+    return all.empty() ? nullptr : &all.back();
 }
-#endif
 
 } // namespace
 
 void matvec_rows(WeightFormat format, const void* W, const float* x, float* y, std::int64_t cols,
                  std::int64_t begin, std::int64_t end)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (const X86Matvecs* k = fastest_matvecs()) {
+    if (const MatvecKernels* k = fastest_matvecs()) {
         switch (format) {
         case WeightFormat::F32: return k->f32(static_cast<const float*>(W), x, y, cols, begin, end);
         case WeightFormat::F16: return k->f16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
         case WeightFormat::BF16: return k->bf16(static_cast<const std::uint16_t*>(W), x, y, cols, begin, end);
         }
     }
-#endif
     matvec_rows_reference(format, W, x, y, cols, begin, end);
 }
 
@@ -170,20 +169,15 @@ void matvec_int8_rows_reference(const Int8Rows& W, const float* x, float* y, std
 
 void matvec_int8_rows(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end)
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (const X86Matvecs* k = fastest_matvecs())
+    if (const MatvecKernels* k = fastest_matvecs())
         return k->int8(W.q.data(), W.scale.data(), x, y, W.cols, begin, end);
-#endif
     matvec_int8_rows_reference(W, x, y, begin, end);
 }
 
 const char* matvec_kernel_name()
 {
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (const X86Matvecs* k = fastest_matvecs())
-        return k->name;
-#endif
-    return "reference";
+    const MatvecKernels* k = fastest_matvecs();
+    return k ? k->name : "reference";
 }
 
 void to_float(WeightFormat format, const void* src, float* dst, std::int64_t n)

@@ -41,6 +41,19 @@ Int8Rows quantize_rows_int8(const float* W, std::int64_t rows, std::int64_t cols
 void matvec_int8_rows(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end);
 void matvec_int8_rows_reference(const Int8Rows& W, const float* x, float* y, std::int64_t begin, std::int64_t end);
 
+/// One instruction set's fast kernels (arguments as matvec_rows and matvec_int8_rows take them).
+struct MatvecKernels {
+    const char* name; ///< "avx2-fma-f16c" or "avx512"
+    void (*f32)(const float* W, const float* x, float* y, std::int64_t cols, std::int64_t begin, std::int64_t end);
+    void (*f16)(const std::uint16_t* W, const float* x, float* y, std::int64_t cols, std::int64_t begin, std::int64_t end);
+    void (*bf16)(const std::uint16_t* W, const float* x, float* y, std::int64_t cols, std::int64_t begin, std::int64_t end);
+    void (*int8)(const std::int8_t* W, const float* scale, const float* x, float* y, std::int64_t cols,
+                 std::int64_t begin, std::int64_t end);
+};
+/// The fast kernels this CPU can run, the fastest last (matvec_rows and matvec_int8_rows use it);
+/// empty where there are none, and then the reference runs.
+const std::vector<MatvecKernels>& available_matvec_kernels();
+
 /// "avx512", "avx2-fma-f16c" or "reference": what matvec_rows runs on this CPU.
 const char* matvec_kernel_name();
 
