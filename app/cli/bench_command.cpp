@@ -98,8 +98,9 @@ int run_bench(const QStringList& args)
                                      "name ending in -f16 or -bf16 stores its weights so (the decoder reads them as "
                                      "they are).", "LIST", "stories260K,synthetic-15M,synthetic-110M"});
     cl.parser().addOption({"gen-tokens", "Tokens per generation run.", "N", "128"});
-    cl.parser().addOption({"suite", "eval (evaluation and generation), quant (PB-GPTQ, previews) or packed (packed "
-                                    "kernels vs dequantized float32 and FP16).", "S", "eval"});
+    cl.parser().addOption({"suite", "eval (evaluation and generation), quant (PB-GPTQ, previews), packed (packed "
+                                    "kernels vs dequantized float32 and FP16) or kernels (the packed suite's kernel "
+                                    "lines alone).", "S", "eval"});
     cl.parser().addOption({"shape", "packed suite: synthetic model shape.", "NAME", "stories110m"});
     cl.parser().addOption({"layers", "packed suite: decoder layers (default: the shape's).", "N", "0"});
     cl.parser().addOption({"salient", "packed suite: salient ratio.", "R", "0.1"});
@@ -118,11 +119,13 @@ int run_bench(const QStringList& args)
         return run_packed_quality(cl.value("file").toStdString(), cl.value("text").toStdString(),
                                   cl.int_value("windows", 0, 1 << 24), gen_tokens, cl.json());
     }
+    if (cl.value("suite") == "kernels")
+        return run_kernel_bench(runs, cl.double_value("salient", 0.0, 1.0), cl.json());
     if (cl.value("suite") == "packed")
         return run_packed_bench(runs, gen_tokens, cl.value("shape").toStdString(), cl.int_value("layers", 0, 1024),
                                 cl.double_value("salient", 0.0, 1.0), cl.json());
     if (cl.value("suite") != "eval")
-        throw UsageError{"--suite must be eval, quant or packed"};
+        throw UsageError{"--suite must be eval, quant, packed or kernels"};
     const Baselines base = measure_baselines(runs);
     std::vector<ModelBench> results;
     for (const QString& which : cl.value("models").split(',', Qt::SkipEmptyParts)) {

@@ -102,6 +102,13 @@ struct KernelBench {
     std::vector<Packed> packed; ///< every packed kernel this CPU has; the preferred one last
     double f32_ns_per_weight = 0.0, f16_ns_per_weight = 0.0;
     double resident_bits = 0.0;
+    /// The preferred kernel on all threads over copies of the matrix too many to stay in any cache
+    /// (as in decoding, where each Linear is read once per token), and FP16 rows the same way.
+    struct FromMemory {
+        double packed_ns = 0.0, packed_int8_ns = 0.0, f16_ns = 0.0; ///< per weight
+        double packed_gbps = 0.0, packed_int8_gbps = 0.0, f16_gbps = 0.0;
+        std::int64_t copies = 0;
+    } from_memory;
     const Packed& preferred() const { return packed.back(); }
 };
 
@@ -145,7 +152,79 @@ KernelBench bench_kernels(int runs, double ratio)
         kernels::matvec_rows(kernels::WeightFormat::F16, f16.data_ptr(), x.data_ptr<float>(), y.data(), n, 0, n);
     });
     k.resident_bits = resident_bits_per_weight(*W);
+
+    // From memory: enough copies to exceed the last-level cache many times over (256 MiB).
+    const auto bytes = static_cast<double>(W->resident_bytes());
+    const auto copies = static_cast<std::int64_t>(std::ceil(256.0 * (1 << 20) / bytes));
+    std::vector<kernels::PackedWeights> ring(static_cast<std::size_t>(copies), *W);
+    std::vector<at::Tensor> f16_ring;
+    for (std::int64_t c = 0; c < std::max<std::int64_t>(2, copies * static_cast<std::int64_t>(bytes) / (2 * n * n)); ++c)
+        f16_ring.push_back(f16.clone());
+    auto ring_ns = [&](std::int64_t count, const std::function<void(std::int64_t)>& matvec) {
+        return 1.0 / median_rate(runs, [&] {
+                   return static_cast<double>(count) / seconds_of([&] {
+                       for (std::int64_t c = 0; c < count; ++c)
+                           matvec(c);
+                   });
+               }) / static_cast<double>(n * n) * 1e9;
+    };
+    auto packed_ring = [&](kernels::PackedActivations precision) {
+        in.precision = precision;
+        return ring_ns(copies, [&](std::int64_t c) {
+            packed_matvec(ring[static_cast<std::size_t>(c)], x.data_ptr<float>(), y.data(), in);
+        });
+    };
+    k.from_memory.copies = copies;
+    k.from_memory.packed_ns = packed_ring(kernels::PackedActivations::Float32);
+    k.from_memory.packed_int8_ns = packed_ring(kernels::PackedActivations::Int8);
+    k.from_memory.f16_ns = ring_ns(static_cast<std::int64_t>(f16_ring.size()), [&](std::int64_t c) {
+        const at::Tensor& m = f16_ring[static_cast<std::size_t>(c)];
+        at::parallel_for(0, n, 64, [&](std::int64_t begin, std::int64_t end) {
+            kernels::matvec_rows(kernels::WeightFormat::F16, m.data_ptr(), x.data_ptr<float>(), y.data(), n, begin, end);
+        });
+    });
+    const double packed_bytes_per_weight = bytes / static_cast<double>(n * n);
+    k.from_memory.packed_gbps = packed_bytes_per_weight / k.from_memory.packed_ns;
+    k.from_memory.packed_int8_gbps = packed_bytes_per_weight / k.from_memory.packed_int8_ns;
+    k.from_memory.f16_gbps = 2.0 / k.from_memory.f16_ns;
     return k;
+}
+
+/// The kernel lines of the packed suite, shared with --suite kernels.
+void print_kernel_bench(const KernelBench& kb)
+{
+    std::printf("one 4096 x 4096 matvec repeated (its weights stay in cache), one thread, ns/weight: float32 %.3f, fp16 %.3f; packed (%.2f bits resident):",
+                kb.f32_ns_per_weight, kb.f16_ns_per_weight, kb.resident_bits);
+    for (const KernelBench::Packed& p : kb.packed)
+        std::printf(" %s %.3f (x%.1f of float32), int8 activations %.3f;", p.kernel.c_str(), p.ns_per_weight,
+                    kb.f32_ns_per_weight / p.ns_per_weight, p.int8_ns_per_weight);
+    const KernelBench::FromMemory& m = kb.from_memory;
+    std::printf("\nthe same over %lld copies (read from memory, as in decoding), %d threads, ns/weight (GB/s streamed): packed %.3f (%.1f), int8 "
+                "activations %.3f (%.1f); fp16 %.3f (%.1f)\n",
+                static_cast<long long>(m.copies), at::get_num_threads(), m.packed_ns, m.packed_gbps, m.packed_int8_ns,
+                m.packed_int8_gbps, m.f16_ns, m.f16_gbps);
+}
+
+QJsonObject kernel_bench_json(const KernelBench& kb)
+{
+    QJsonArray packed_kernels;
+    for (const KernelBench::Packed& p : kb.packed)
+        packed_kernels.append(QJsonObject{{"kernel", QString::fromStdString(p.kernel)},
+                                          {"ns_per_weight", p.ns_per_weight},
+                                          {"int8_ns_per_weight", p.int8_ns_per_weight}});
+    const KernelBench::FromMemory& m = kb.from_memory;
+    return QJsonObject{{"packed", packed_kernels},
+                       {"f32_ns_per_weight", kb.f32_ns_per_weight},
+                       {"f16_ns_per_weight", kb.f16_ns_per_weight},
+                       {"resident_bits_per_weight", kb.resident_bits},
+                       {"from_memory_all_threads",
+                        QJsonObject{{"copies", static_cast<double>(m.copies)},
+                                    {"packed_ns_per_weight", m.packed_ns},
+                                    {"packed_int8_ns_per_weight", m.packed_int8_ns},
+                                    {"f16_ns_per_weight", m.f16_ns},
+                                    {"packed_gbps", m.packed_gbps},
+                                    {"packed_int8_gbps", m.packed_int8_gbps},
+                                    {"f16_gbps", m.f16_gbps}}}};
 }
 
 /// Per-token log-probabilities of one logits row, in double.
@@ -291,6 +370,27 @@ int run_packed_quality(const std::string& file, const std::string& text_path, in
     return 0;
 }
 
+int run_kernel_bench(int runs, double ratio, bool json)
+{
+    c10::InferenceMode inference;
+    const Baselines base = measure_baselines(runs);
+    const KernelBench kb = bench_kernels(runs, ratio);
+    if (json) {
+        print_json(QJsonObject{{"salient_ratio", ratio},
+                               {"threads", at::get_num_threads()},
+                               {"packed_kernel", kernels::packed_kernel_name()},
+                               {"runs", runs},
+                               {"memory_gbps", base.memory_gbps},
+                               {"kernel_4096", kernel_bench_json(kb)}});
+        return 0;
+    }
+    std::printf("%.0f%% salient 8-bit, random weights; medians of %d runs, packed kernel %s\nmemory read %.1f GB/s "
+                "(%d threads)\n",
+                100 * ratio, runs, kernels::packed_kernel_name(), base.memory_gbps, at::get_num_threads());
+    print_kernel_bench(kb);
+    return 0;
+}
+
 int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, int layers, double ratio, bool json)
 {
     c10::InferenceMode inference;
@@ -350,11 +450,6 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                                     {"bytes_per_token", v.bytes_per_token},
                                     {"fraction_of_memory_bandwidth",
                                      v.gen_tokens_per_second * v.bytes_per_token / 1e9 / base.memory_gbps}});
-        QJsonArray packed_kernels;
-        for (const KernelBench::Packed& p : kb.packed)
-            packed_kernels.append(QJsonObject{{"kernel", QString::fromStdString(p.kernel)},
-                                              {"ns_per_weight", p.ns_per_weight},
-                                              {"int8_ns_per_weight", p.int8_ns_per_weight}});
         print_json(QJsonObject{{"synthetic", true},
                                {"shape", QString::fromStdString(shape_name)},
                                {"layers", shape.n_layers},
@@ -365,10 +460,7 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                                {"gen_tokens", tokens},
                                {"eval_seqlen", seqlen},
                                {"memory_gbps", base.memory_gbps},
-                               {"kernel_4096_one_thread", QJsonObject{{"packed", packed_kernels},
-                                                                      {"f32_ns_per_weight", kb.f32_ns_per_weight},
-                                                                      {"f16_ns_per_weight", kb.f16_ns_per_weight},
-                                                                      {"resident_bits_per_weight", kb.resident_bits}}},
+                               {"kernel_4096", kernel_bench_json(kb)},
                                {"variants", rows}});
         return 0;
     }
@@ -376,12 +468,8 @@ int run_packed_bench(int runs, int gen_tokens, const std::string& shape_name, in
                 shape_name.c_str(), shape.n_layers, 100 * ratio, at::get_num_threads(), runs,
                 kernels::packed_kernel_name());
     std::printf("memory read %.1f GB/s\n", base.memory_gbps);
-    std::printf("one 4096 x 4096 matvec, one thread, ns/weight: float32 %.3f, fp16 %.3f; packed (%.2f bits resident):",
-                kb.f32_ns_per_weight, kb.f16_ns_per_weight, kb.resident_bits);
-    for (const KernelBench::Packed& p : kb.packed)
-        std::printf(" %s %.3f (x%.1f of float32), int8 activations %.3f;", p.kernel.c_str(), p.ns_per_weight,
-                    kb.f32_ns_per_weight / p.ns_per_weight, p.int8_ns_per_weight);
-    std::printf("\n\n");
+    print_kernel_bench(kb);
+    std::printf("\n");
     std::printf("%-16s | %-40s | %-26s | %s\n", "weights", "batch-1 generation", "perplexity eval", "MB/token");
     for (const Variant& v : variants) {
         const double gbps = v.gen_tokens_per_second * v.bytes_per_token / 1e9;

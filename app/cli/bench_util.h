@@ -20,6 +20,9 @@ Baselines measure_baselines(int runs);
 int run_quant_bench(int runs, bool json);
 /// Packed vs dequantized float32 vs FP16 on a SYNTHETIC model of `shape` (layers > 0: that many).
 int run_packed_bench(int runs, int gen_tokens, const std::string& shape, int layers, double ratio, bool json);
+/// The packed kernels alone: one 4096 x 4096 matvec in cache on one thread, and from memory on
+/// all threads, against float32 and FP16 rows.
+int run_kernel_bench(int runs, double ratio, bool json);
 /// A packed file's quality when run packed: perplexity and KL divergence to the dequantized path
 /// (batched, and decoder with float32 and int8 activations), greedy text agreement.
 int run_packed_quality(const std::string& file, const std::string& text, int max_windows, int gen_tokens, bool json);
