@@ -220,6 +220,8 @@ private:
         kernels::Int8Rows out;
         out.rows = W.size(0);
         out.cols = W.size(1);
+        out.q.reserve(static_cast<std::size_t>(out.rows * out.cols)); // no doubling copies of a 7B head
+        out.scale.reserve(static_cast<std::size_t>(out.rows));
         for (std::int64_t r0 = 0; r0 < out.rows; r0 += 4096) {
             const at::Tensor chunk = W.narrow(0, r0, std::min<std::int64_t>(4096, out.rows - r0)).to(at::kFloat).contiguous();
             const kernels::Int8Rows part = kernels::quantize_rows_int8(chunk.data_ptr<float>(), chunk.size(0), out.cols);

@@ -280,8 +280,9 @@ std::vector<hsize_t> Reader::dims(hid_t ds, const std::string& name) const
     return d;
 }
 
-std::vector<std::uint8_t> Reader::read_raw(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
-                                           const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out) const
+void Reader::read_checked(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
+                          const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out,
+                          const std::function<void*(std::size_t bytes)>& destination) const
 {
     if (!exists(parent, name))
         fail("dataset '" + name + "' is missing");
@@ -315,11 +316,21 @@ std::vector<std::uint8_t> Reader::read_raw(hid_t parent, const std::string& name
     if (declared > 0 && declared / max_expansion > stored)
         fail("dataset '" + name + "' declares " + std::to_string(declared) + " bytes but the file holds " +
              std::to_string(stored) + " (truncated or corrupt file)");
-    std::vector<std::uint8_t> out(static_cast<std::size_t>(total) * element_size);
-    if (total > 0 && H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.data()) < 0)
+    void* out = destination(static_cast<std::size_t>(total) * element_size);
+    if (total > 0 && H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0)
         fail("cannot read dataset '" + name + "' (truncated or corrupt file)");
     if (shape_out)
         *shape_out = d;
+}
+
+std::vector<std::uint8_t> Reader::read_raw(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
+                                           const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out) const
+{
+    std::vector<std::uint8_t> out;
+    read_checked(parent, name, mem_type, element_size, expected, shape_out, [&](std::size_t bytes) {
+        out.resize(bytes);
+        return static_cast<void*>(out.data());
+    });
     return out;
 }
 
@@ -331,10 +342,19 @@ std::vector<std::uint8_t> Reader::bytes(hid_t parent, const std::string& name) c
 std::vector<std::uint16_t> Reader::halves(hid_t parent, const std::string& name, const std::vector<hsize_t>& shape) const
 {
     const Hid t = half_type();
-    const std::vector<std::uint8_t> raw = read_raw(parent, name, t.get(), 2, &shape);
-    std::vector<std::uint16_t> out(raw.size() / 2);
-    std::memcpy(out.data(), raw.data(), raw.size());
+    std::vector<std::uint16_t> out;
+    read_checked(parent, name, t.get(), 2, &shape, nullptr, [&](std::size_t bytes) {
+        out.resize(bytes / 2);
+        return static_cast<void*>(out.data());
+    });
     return out;
+}
+
+void Reader::halves_into(hid_t parent, const std::string& name, const std::vector<hsize_t>& shape,
+                         const std::function<std::uint16_t*()>& allocate) const
+{
+    const Hid t = half_type();
+    read_checked(parent, name, t.get(), 2, &shape, nullptr, [&](std::size_t) { return static_cast<void*>(allocate()); });
 }
 
 std::string Reader::attr_string(hid_t obj, const std::string& name) const

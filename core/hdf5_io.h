@@ -85,6 +85,10 @@ public:
     void attr(hid_t obj, const std::string& name, double value) const;
 
 private:
+    /// read_raw's checks, then the data into the memory `destination` returns for the byte count.
+    void read_checked(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
+                      const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out,
+                      const std::function<void*(std::size_t bytes)>& destination) const;
     std::string path_;
 };
 
@@ -107,11 +111,20 @@ public:
                                        const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out = nullptr) const;
     std::vector<std::uint8_t> bytes(hid_t parent, const std::string& name) const;
     std::vector<std::uint16_t> halves(hid_t parent, const std::string& name, const std::vector<hsize_t>& shape) const;
+    /// FP16 dataset of exactly `shape` read straight into the memory `allocate` returns, called
+    /// once the dataset is checked (so a corrupt shape allocates nothing): a big tensor is read
+    /// once, with no staging copy beside it.
+    void halves_into(hid_t parent, const std::string& name, const std::vector<hsize_t>& shape,
+                     const std::function<std::uint16_t*()>& allocate) const;
     std::string attr_string(hid_t obj, const std::string& name) const;
     std::int64_t attr_int(hid_t obj, const std::string& name) const;
     double attr_double(hid_t obj, const std::string& name) const;
 
 private:
+    /// read_raw's checks, then the data into the memory `destination` returns for the byte count.
+    void read_checked(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
+                      const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out,
+                      const std::function<void*(std::size_t bytes)>& destination) const;
     std::string path_;
 };
 

@@ -518,10 +518,12 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
             return load_linear(linear_group, shape, packed);
         if (!r.exists(tensors.get(), name))
             r.fail("tensor '" + name + "' is missing (neither under /tensors nor /linear)");
-        const std::vector<std::uint16_t> bits = r.halves(tensors.get(), name, shape);
         std::vector<std::int64_t> sizes(shape.begin(), shape.end());
-        at::Tensor h = at::empty(sizes, at::kHalf);
-        std::memcpy(h.data_ptr(), bits.data(), bits.size() * 2);
+        at::Tensor h; // read in place: no second copy of an embedding beside it
+        r.halves_into(tensors.get(), name, shape, [&] {
+            h = at::empty(sizes, at::kHalf);
+            return static_cast<std::uint16_t*>(h.data_ptr());
+        });
         return runtime ? h : h.to(at::kFloat); // runtime: FP16 in memory, converted per use
     };
     const hsize_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
@@ -540,6 +542,10 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
             m.layers[i].weight(k) =
                 load_tensor(linear_name(i, k) + ".weight", shape, &m.layers[i].packed[static_cast<int>(k)]);
         }
+        // Each Linear's file arrays are freed once its layout is built: returned here, they do not
+        // add up to 256 MiB (glibc's trim threshold) to the peak (LLaMA-7B: 2.8 GiB plus that).
+        if (runtime)
+            return_free_heap_memory();
     }
     m.final_norm = load_tensor("model.norm.weight", {d});
     m.output = c.tied_embeddings ? m.tok_embeddings : load_tensor("lm_head.weight", {v, d});

@@ -141,6 +141,11 @@ int configured_thread_count()
     return threads > 0 ? threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
+void return_free_heap_memory()
+{
+    malloc_trim(0);
+}
+
 int configure_runtime(int threads)
 {
     // Tensors above glibc's default 128 KiB mmap threshold are mapped and unmapped on every

@@ -39,6 +39,10 @@ int threads_beside(int other_runnable_tasks, int cores, int configured);
 /// Free heap memory glibc may keep at the top of the heap before returning it to the system
 /// (M_TRIM_THRESHOLD, set by configure_runtime): memory plans count it as held.
 constexpr std::int64_t kHeapTrimThresholdBytes = std::int64_t(256) << 20;
+/// Gives the free heap memory glibc keeps (up to the threshold above, and whole free pages
+/// between live blocks) back to the system: for a loader that builds big structures out of big
+/// temporaries, so that what it keeps is all it holds.
+void return_free_heap_memory();
 /// What memory plans count for the runtime itself: libtorch and OpenMP threads (130 MiB
 /// measured quantizing stories260K, rounded up) and the free heap glibc may keep.
 constexpr std::int64_t kRuntimeReserveBytes = (std::int64_t(160) << 20) + kHeapTrimThresholdBytes;
