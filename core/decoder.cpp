@@ -34,17 +34,6 @@ kernels::WeightFormat weight_format(const at::Tensor& W)
     }
 }
 
-void matvec(const at::Tensor& W, const float* x, float* y)
-{
-    const std::int64_t rows = W.size(0), cols = W.size(1);
-    const kernels::WeightFormat format = weight_format(W);
-    const void* w = W.data_ptr();
-    // Threads only pay off once a matrix is big enough (~64K MACs) to outweigh the wake-up cost.
-    const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(cols, 1));
-    at::parallel_for(0, rows, grain, [&](std::int64_t begin, std::int64_t end) {
-        kernels::matvec_rows(format, w, x, y, cols, begin, end);
-    });
-}
 
 void rms_norm_vec(const float* x, const float* weight, float* out, int n, float eps)
 {
@@ -203,7 +192,7 @@ public:
                 kernels::matvec_int8_rows(head_int8_, xb_.data(), logits_.data(), begin, end);
             });
         } else {
-            matvec(m_.output, xb_.data(), logits_.data());
+            dense_matvec(m_.output, xb_.data(), logits_.data());
         }
         ++pos_;
         return logits_.data();
@@ -239,7 +228,7 @@ private:
         if (const kernels::PackedWeights* packed = layer.packed_weight(kind))
             packed_matvec(*packed, x, y, packed_input_, same_input && packed_input_for_ == x && packed->groups == 1);
         else
-            matvec(layer.weight(kind), x, y);
+            dense_matvec(layer.weight(kind), x, y);
         packed_input_for_ = layer.packed_weight(kind) && layer.packed_weight(kind)->groups == 1 ? x : nullptr;
     }
 
@@ -331,6 +320,19 @@ private:
 };
 
 } // namespace
+
+void dense_matvec(const at::Tensor& W, const float* x, float* y)
+{
+    const std::int64_t rows = W.size(0), cols = W.size(1);
+    const kernels::WeightFormat format = weight_format(W);
+    const void* w = W.data_ptr();
+    // Threads only pay off once a matrix is big enough (~64K MACs) to outweigh the wake-up cost.
+    const std::int64_t grain = std::max<std::int64_t>(1, (1 << 16) / std::max<std::int64_t>(cols, 1));
+    at::parallel_for(0, rows, grain, [&](std::int64_t begin, std::int64_t end) {
+        kernels::matvec_rows(format, w, x, y, cols, begin, end);
+    });
+}
+
 
 std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend, int capacity,
                                       const DecoderOptions& options)

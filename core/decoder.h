@@ -36,6 +36,10 @@ struct DecoderOptions {
     bool int8_head = false;
 };
 
+/// y = W x for a float32, FP16 or BF16 (rows, cols) CPU tensor read in place, rows split between
+/// threads: how the CPU decoder runs unquantized Linears and the head.
+void dense_matvec(const at::Tensor& W, const float* x, float* y);
+
 /// A decoder over `model`'s weights (shared, not copied). capacity 0 = the model's context.
 std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend = DecoderBackend::Auto,
                                       int capacity = 0, const DecoderOptions& options = {});

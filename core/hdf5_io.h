@@ -85,10 +85,6 @@ public:
     void attr(hid_t obj, const std::string& name, double value) const;
 
 private:
-    /// read_raw's checks, then the data into the memory `destination` returns for the byte count.
-    void read_checked(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,
-                      const std::vector<hsize_t>* expected, std::vector<hsize_t>* shape_out,
-                      const std::function<void*(std::size_t bytes)>& destination) const;
     std::string path_;
 };
 

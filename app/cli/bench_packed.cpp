@@ -121,14 +121,17 @@ KernelBench bench_kernels(int runs, double ratio)
     const at::Tensor x = at::randn({n});
     std::vector<float> y(static_cast<std::size_t>(n));
     kernels::PackedInput in;
-    auto per_weight = [&](const std::function<void()>& matvec) {
-        const int repeats = 20;
+    // ns per weight of `count` matvecs, matvec(c) doing the c-th (medians of `runs`).
+    auto ring_ns = [&](std::int64_t count, const std::function<void(std::int64_t)>& matvec) {
         return 1.0 / median_rate(runs, [&] {
-                   return repeats / seconds_of([&] {
-                       for (int i = 0; i < repeats; ++i)
-                           matvec();
+                   return static_cast<double>(count) / seconds_of([&] {
+                       for (std::int64_t c = 0; c < count; ++c)
+                           matvec(c);
                    });
                }) / static_cast<double>(n * n) * 1e9;
+    };
+    auto per_weight = [&](const std::function<void()>& matvec) {
+        return ring_ns(20, [&](std::int64_t) { matvec(); });
     };
     KernelBench k;
     std::vector<kernels::PackedKernel> available = kernels::available_packed_kernels();
@@ -160,14 +163,6 @@ KernelBench bench_kernels(int runs, double ratio)
     std::vector<at::Tensor> f16_ring;
     for (std::int64_t c = 0; c < std::max<std::int64_t>(2, copies * static_cast<std::int64_t>(bytes) / (2 * n * n)); ++c)
         f16_ring.push_back(f16.clone());
-    auto ring_ns = [&](std::int64_t count, const std::function<void(std::int64_t)>& matvec) {
-        return 1.0 / median_rate(runs, [&] {
-                   return static_cast<double>(count) / seconds_of([&] {
-                       for (std::int64_t c = 0; c < count; ++c)
-                           matvec(c);
-                   });
-               }) / static_cast<double>(n * n) * 1e9;
-    };
     auto packed_ring = [&](kernels::PackedActivations precision) {
         in.precision = precision;
         return ring_ns(copies, [&](std::int64_t c) {
@@ -178,10 +173,7 @@ KernelBench bench_kernels(int runs, double ratio)
     k.from_memory.packed_ns = packed_ring(kernels::PackedActivations::Float32);
     k.from_memory.packed_int8_ns = packed_ring(kernels::PackedActivations::Int8);
     k.from_memory.f16_ns = ring_ns(static_cast<std::int64_t>(f16_ring.size()), [&](std::int64_t c) {
-        const at::Tensor& m = f16_ring[static_cast<std::size_t>(c)];
-        at::parallel_for(0, n, 64, [&](std::int64_t begin, std::int64_t end) {
-            kernels::matvec_rows(kernels::WeightFormat::F16, m.data_ptr(), x.data_ptr<float>(), y.data(), n, begin, end);
-        });
+        dense_matvec(f16_ring[static_cast<std::size_t>(c)], x.data_ptr<float>(), y.data());
     });
     const double packed_bytes_per_weight = bytes / static_cast<double>(n * n);
     k.from_memory.packed_gbps = packed_bytes_per_weight / k.from_memory.packed_ns;
