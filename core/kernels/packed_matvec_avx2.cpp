@@ -122,7 +122,12 @@ void packed_matvec(const PackedWeights& W, const PackedInput& in, float* y, std:
 {
     const std::int64_t words = W.words_per_row();
     const bool int8 = in.precision == PackedActivations::Int8;
+    const std::int64_t ahead = packed_prefetch_rows(W);
+    for (std::int64_t r = begin; r < std::min(end, begin + ahead); ++r)
+        prefetch_packed_row(W, r);
     for (std::int64_t r = begin; r < end; ++r) {
+        if (r + ahead < end)
+            prefetch_packed_row(W, r + ahead);
         float dense = 0.0f;
         if (W.binarized)
             dense = int8 ? dense_int8(W.signs.data() + r * words, in.x_int8.data(), in.block_scale.data(), W.blocks)
