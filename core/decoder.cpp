@@ -131,7 +131,7 @@ public:
         x_.resize(d); xb_.resize(d); xb2_.resize(d);
         q_.resize(d); k_.resize(kv); v_.resize(kv);
         hb_.resize(c_.hidden_dim); hb2_.resize(c_.hidden_dim);
-        att_.resize(capacity_);
+        att_.resize(static_cast<std::size_t>(c_.n_heads) * capacity_); // a row of scores per head
         logits_.resize(c_.vocab_size);
         require_memory(static_cast<std::int64_t>(c_.n_layers) * capacity_ * kv * 2 * 4,
                        "a KV cache of " + std::to_string(capacity_) + " tokens (fewer tokens to generate need less)");
@@ -165,11 +165,15 @@ public:
             rope_vec(q_.data(), H, hd, cos, sin);
             rope_vec(kc + static_cast<std::size_t>(pos_) * kv, c_.n_kv_heads, hd, cos, sin);
 
-            for (int h = 0; h < H; ++h) {
-                const std::size_t head_offset = static_cast<std::size_t>(h / group) * hd;
-                attend_head(q_.data() + h * hd, kc + head_offset, vc + head_offset, static_cast<std::size_t>(kv), pos_,
-                            hd, scale, att_.data(), xb_.data() + h * hd);
-            }
+            // Heads split between threads once the context makes them worth a wake-up (~64K MACs).
+            const std::int64_t head_grain = std::max<std::int64_t>(1, (1 << 16) / (static_cast<std::int64_t>(pos_ + 1) * hd));
+            at::parallel_for(0, H, head_grain, [&](std::int64_t h0, std::int64_t h1) {
+                for (std::int64_t h = h0; h < h1; ++h) {
+                    const std::size_t head_offset = static_cast<std::size_t>(h / group) * hd;
+                    attend_head(q_.data() + h * hd, kc + head_offset, vc + head_offset, static_cast<std::size_t>(kv),
+                                pos_, hd, scale, att_.data() + h * capacity_, xb_.data() + h * hd);
+                }
+            });
             linear(layer, LinearKind::O, xb_.data(), xb2_.data());
             for (int i = 0; i < d; ++i)
                 x_[i] += xb2_[i];
