@@ -131,7 +131,9 @@ public:
         x_.resize(d); xb_.resize(d); xb2_.resize(d);
         q_.resize(d); k_.resize(kv); v_.resize(kv);
         hb_.resize(c_.hidden_dim); hb2_.resize(c_.hidden_dim);
-        att_.resize(static_cast<std::size_t>(c_.n_heads) * capacity_); // a row of scores per head
+        // A row of scores per head (heads run on different threads), rounded up to 16 floats (a cache line).
+        att_stride_ = (static_cast<std::size_t>(capacity_) + 15) / 16 * 16;
+        att_.resize(static_cast<std::size_t>(c_.n_heads) * att_stride_);
         logits_.resize(c_.vocab_size);
         require_memory(static_cast<std::int64_t>(c_.n_layers) * capacity_ * kv * 2 * 4,
                        "a KV cache of " + std::to_string(capacity_) + " tokens (fewer tokens to generate need less)");
@@ -171,7 +173,7 @@ public:
                 for (std::int64_t h = h0; h < h1; ++h) {
                     const std::size_t head_offset = static_cast<std::size_t>(h / group) * hd;
                     attend_head(q_.data() + h * hd, kc + head_offset, vc + head_offset, static_cast<std::size_t>(kv),
-                                pos_, hd, scale, att_.data() + h * capacity_, xb_.data() + h * hd);
+                                pos_, hd, scale, att_.data() + h * att_stride_, xb_.data() + h * hd);
                 }
             });
             linear(layer, LinearKind::O, xb_.data(), xb2_.data());
@@ -244,6 +246,7 @@ private:
     int pos_ = 0;
     RopeTables rope_;
     std::vector<float> x_, xb_, xb2_, q_, k_, v_, hb_, hb2_, att_, logits_;
+    std::size_t att_stride_ = 0; ///< floats between heads' rows of att_
     std::vector<float> key_cache_, value_cache_; // (layers, capacity, kv_dim)
     kernels::PackedInput packed_input_;
     const float* packed_input_for_ = nullptr; ///< x the packed input was last prepared from

@@ -236,12 +236,16 @@ void prefetch_packed_row(const PackedWeights& W, std::int64_t r)
     if (r < 0 || r >= W.rows)
         return;
     constexpr std::int64_t kLine = 64;
-    const auto* signs = reinterpret_cast<const char*>(W.signs.data() + r * W.words_per_row());
-    for (std::int64_t o = 0; o < W.words_per_row() * 4; o += kLine)
-        __builtin_prefetch(signs + o);
-    __builtin_prefetch(W.block_count.data() + r * W.blocks);
+    // Every line a row's bytes touch, the last included: rows need not start on a line.
+    auto lines = [](const void* begin, std::int64_t bytes) {
+        const auto* p = static_cast<const char*>(begin);
+        for (std::int64_t o = 0; o < bytes; o += kLine)
+            __builtin_prefetch(p + o);
+        __builtin_prefetch(p + bytes - 1);
+    };
+    lines(W.signs.data() + r * W.words_per_row(), W.words_per_row() * 4);
+    lines(W.block_count.data() + r * W.blocks, W.blocks);
     const std::int64_t e0 = W.row_start[static_cast<std::size_t>(r)], e1 = W.row_start[static_cast<std::size_t>(r + 1)];
-    // Each array's last line too: a row's entries need not start on a line.
     for (std::int64_t e = e0; e < e1 + kLine; e += kLine) {
         const std::int64_t i = std::min(e, e1);
         __builtin_prefetch(W.offsets.data() + i);

@@ -69,8 +69,8 @@ struct SalientSums {
 /// Sums of q x and of x over row r's salient entries, block by block, 16 entries a step: the
 /// block's 128 activations sit in eight registers and the entries' in-block columns pick from
 /// them by permutes (bits 0-4 within a pair of registers, bits 5 and 6 by blends). A step may
-/// read up to 15 entries past the block's (the arrays' padding covers the row's last block);
-/// their lanes are zeroed.
+/// read up to 15 entries past the block's (the next block's or row's, or past the matrix's last
+/// entry the arrays' padding); their lanes are zeroed.
 SalientSums salient_sums(const PackedWeights& W, const float* x, std::int64_t r)
 {
     const __m512i bit5 = _mm512_set1_epi32(32), bit6 = _mm512_set1_epi32(64);
@@ -134,7 +134,7 @@ SalientSums salient_sums_int16(const PackedWeights& W, const std::int16_t* x16, 
                           t2 = _mm512_loadu_si512(xb + 64), t3 = _mm512_loadu_si512(xb + 96);
             const std::int64_t stop = e + count[b];
             for (std::int64_t i = e; i < stop; i += 32) {
-                // Entries past the block's are read (up to 31; padding covers the last block), their lanes zeroed.
+                // Entries past the block's are read (up to 31; padding past the matrix's last), their lanes zeroed.
                 const __mmask32 live = _mm512_cmplt_epi16_mask(lane, _mm512_set1_epi16(static_cast<short>(std::min<std::int64_t>(stop - i, 32))));
                 const __m512i col = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(offsets + i)));
                 const __m512i low = _mm512_maskz_permutex2var_epi16(live, t0, col, t1);
