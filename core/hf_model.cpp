@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "core/system.h"
+#include "core/tokenizer.h"
 
 #include <ATen/ATen.h>
 #include <QDir>
@@ -247,7 +248,7 @@ void save_hf(const Model& model, const std::string& dir, const HfExportOptions& 
     write_safetensors(base + "/model.safetensors", tensors, {{"format", "pt"}});
     write_file_atomically(base + "/config.json", hf_config_json(c, dtype, model.synthetic));
     if (!options.tokenizer_path.empty())
-        write_file_atomically(base + "/tokenizer.model", read_file_bytes(options.tokenizer_path));
+        copy_tokenizer_files(options.tokenizer_path, base);
 }
 
 } // namespace pbllm

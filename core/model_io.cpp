@@ -218,12 +218,14 @@ Tokenizer tokenizer_for(const Model& model)
     if (model.tokenizer_path.empty() && !model.embedded_tokenizer.empty())
         return Tokenizer::from_bytes(model.embedded_tokenizer, model.source_path + " (embedded tokenizer)");
     if (model.tokenizer_path.empty())
-        throw Error(model.source_path + ": no tokenizer found beside the model (tokenizer.model or a single "
-                                        "*.model file); give one with --tokenizer");
+        throw Error(model.source_path + ": no tokenizer found beside the model (tokenizer.model, a single "
+                                        "*.model file or tokenizer.json); give one with --tokenizer");
     Tokenizer tok = Tokenizer::from_file(model.tokenizer_path);
-    if (tok.vocab_size() != model.config.vocab_size)
+    // Models often pad their embedding past the tokenizer's ids (Qwen2.5: 151936 rows, 151665 tokens);
+    // a tokenizer with ids past the embedding would index outside it.
+    if (tok.vocab_size() > model.config.vocab_size)
         throw Error(model.tokenizer_path + ": tokenizer has " + std::to_string(tok.vocab_size()) +
-                    " pieces but the model's vocabulary is " + std::to_string(model.config.vocab_size));
+                    " tokens but the model's vocabulary is " + std::to_string(model.config.vocab_size));
     return tok;
 }
 

@@ -4,6 +4,7 @@
 #include "core/hf_model.h"
 #include "core/safetensors.h"
 #include "core/system.h"
+#include "core/tokenizer.h"
 
 #include <ATen/ATen.h>
 
@@ -129,7 +130,7 @@ void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, con
     out.commit();
     write_file_atomically(base + "/config.json", hf_config_json(c, spec.dtype, label));
     if (!spec.tokenizer_path.empty())
-        write_file_atomically(base + "/tokenizer.model", read_file_bytes(spec.tokenizer_path));
+        copy_tokenizer_files(spec.tokenizer_path, base);
     report_progress(progress, 1.0, "writing weights");
 }
 

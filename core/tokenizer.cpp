@@ -1,5 +1,7 @@
 #include "core/tokenizer.h"
 
+#include "core/tokenizer_impl.h"
+
 #include "core/error.h"
 #include "core/spm_plugin/spm_plugin.h"
 #include "core/system.h"
@@ -125,33 +127,50 @@ void append_ids(void* ctx, const int32_t* ids, size_t n)
     out->insert(out->end(), ids, ids + n);
 }
 
-} // namespace
-
-struct Tokenizer::Impl {
+/// SentencePiece through the plugin.
+struct SpmTokenizer final : Tokenizer::Impl {
     const PluginApi* api = nullptr;
     PbllmSpm* handle = nullptr;
-    std::string bytes;
-    std::string origin;
-    int vocab = 0, bos = -1, eos = -1;
-    std::vector<std::string> token_bytes;
 
-    ~Impl()
+    ~SpmTokenizer() override
     {
         if (handle)
             api->free(handle);
     }
+
+    std::vector<int> encode(std::string_view text) const override
+    {
+        std::vector<int> ids;
+        ids.reserve(text.size() / 3 + 8);
+        char err[512] = {0};
+        if (api->encode(handle, text.data(), text.size(), append_ids, &ids, err, sizeof err) != 0)
+            throw Error(origin + ": encoding failed: " + err);
+        return ids;
+    }
+
+    std::string decode(const std::vector<int>& ids) const override
+    {
+        std::vector<int32_t> in(ids.begin(), ids.end());
+        std::string text;
+        char err[512] = {0};
+        if (api->decode(handle, in.data(), in.size(), append_bytes, &text, err, sizeof err) != 0)
+            throw Error(origin + ": decoding failed: " + err);
+        return text;
+    }
+
+    std::string piece(int id) const override
+    {
+        std::string p;
+        api->piece(handle, id, append_bytes, &p);
+        return p;
+    }
+
+    float score(int id) const override { return api->score(handle, id); }
 };
 
-Tokenizer Tokenizer::from_file(const std::string& path)
+std::shared_ptr<const Tokenizer::Impl> make_spm_tokenizer(std::string bytes, const std::string& origin)
 {
-    if (!QFileInfo(QString::fromStdString(path)).isFile())
-        throw Error(path + ": tokenizer model not found");
-    return from_bytes(read_file_bytes(path), path);
-}
-
-Tokenizer Tokenizer::from_bytes(std::string bytes, const std::string& origin)
-{
-    auto impl = std::make_shared<Impl>();
+    auto impl = std::make_shared<SpmTokenizer>();
     impl->api = &plugin();
     char err[512] = {0};
     impl->handle = impl->api->load(bytes.data(), bytes.size(), err, sizeof err);
@@ -159,13 +178,14 @@ Tokenizer Tokenizer::from_bytes(std::string bytes, const std::string& origin)
         throw Error(origin + ": not a SentencePiece model (" + err + ")");
     impl->bytes = std::move(bytes);
     impl->origin = origin;
+    impl->kind = "sentencepiece";
+    impl->strips_leading_space = true;
     impl->vocab = impl->api->vocab_size(impl->handle);
     impl->bos = impl->api->special_id(impl->handle, 1);
     impl->eos = impl->api->special_id(impl->handle, 2);
     impl->token_bytes.resize(impl->vocab);
     for (int id = 0; id < impl->vocab; ++id) {
-        std::string piece;
-        impl->api->piece(impl->handle, id, append_bytes, &piece);
+        const std::string piece = impl->piece(id);
         const int type = impl->api->piece_type(impl->handle, id);
         std::string& out = impl->token_bytes[id];
         if (type == 6 && piece.size() == 6 && piece.rfind("<0x", 0) == 0) {
@@ -183,29 +203,50 @@ Tokenizer Tokenizer::from_bytes(std::string bytes, const std::string& origin)
             }
         }
     }
-    return Tokenizer(std::move(impl));
+    return impl;
+}
+
+/// tokenizer.json text (or its embedded form, which starts with a header line), not a SentencePiece
+/// protobuf: a protobuf never starts with '{' or 'P' (field tags there are 0x0A, 0x12, ...).
+bool looks_like_bpe_json(std::string_view bytes)
+{
+    const std::size_t first = bytes.find_first_not_of(" \t\r\n");
+    return first != std::string_view::npos && (bytes[first] == '{' || bytes.substr(first, 10) == "PBLLM-BPE ");
+}
+
+} // namespace
+
+Tokenizer Tokenizer::from_file(const std::string& path)
+{
+    const QFileInfo info(QString::fromStdString(path));
+    if (!info.isFile())
+        throw Error(path + ": tokenizer model not found");
+    std::string bytes = read_file_bytes(path);
+    if (looks_like_bpe_json(bytes))
+        return Tokenizer(make_bpe_tokenizer(std::move(bytes), path, info.absolutePath().toStdString()));
+    return Tokenizer(make_spm_tokenizer(std::move(bytes), path));
+}
+
+Tokenizer Tokenizer::from_bytes(std::string bytes, const std::string& origin)
+{
+    if (looks_like_bpe_json(bytes))
+        return Tokenizer(make_bpe_tokenizer(std::move(bytes), origin, std::string()));
+    return Tokenizer(make_spm_tokenizer(std::move(bytes), origin));
 }
 
 std::vector<int> Tokenizer::encode(std::string_view text, bool add_bos) const
 {
-    std::vector<int> ids;
+    std::vector<int> ids = impl_->encode(text);
     if (add_bos && impl_->bos >= 0)
-        ids.push_back(impl_->bos);
-    ids.reserve(text.size() / 3 + 8);
-    char err[512] = {0};
-    if (impl_->api->encode(impl_->handle, text.data(), text.size(), append_ids, &ids, err, sizeof err) != 0)
-        throw Error(impl_->origin + ": encoding failed: " + err);
+        ids.insert(ids.begin(), impl_->bos);
     return ids;
 }
 
 std::string Tokenizer::decode(const std::vector<int>& ids) const
 {
-    std::vector<int32_t> in(ids.begin(), ids.end());
-    std::string text;
-    char err[512] = {0};
-    if (impl_->api->decode(impl_->handle, in.data(), in.size(), append_bytes, &text, err, sizeof err) != 0)
-        throw Error(impl_->origin + ": decoding failed: " + err);
-    return text;
+    for (int id : ids)
+        token_bytes(id); // bounds check, with the message naming the vocabulary
+    return impl_->decode(ids);
 }
 
 int Tokenizer::vocab_size() const { return impl_->vocab; }
@@ -213,6 +254,8 @@ int Tokenizer::bos_id() const { return impl_->bos; }
 int Tokenizer::eos_id() const { return impl_->eos; }
 const std::string& Tokenizer::model_bytes() const { return impl_->bytes; }
 const std::string& Tokenizer::origin() const { return impl_->origin; }
+const std::string& Tokenizer::kind() const { return impl_->kind; }
+bool Tokenizer::strips_leading_space() const { return impl_->strips_leading_space; }
 
 const std::string& Tokenizer::token_bytes(int id) const
 {
@@ -225,15 +268,13 @@ const std::string& Tokenizer::token_bytes(int id) const
 std::string Tokenizer::piece(int id) const
 {
     token_bytes(id); // bounds check
-    std::string p;
-    impl_->api->piece(impl_->handle, id, append_bytes, &p);
-    return p;
+    return impl_->piece(id);
 }
 
 float Tokenizer::score(int id) const
 {
     token_bytes(id); // bounds check
-    return impl_->api->score(impl_->handle, id);
+    return impl_->score(id);
 }
 
 std::string StreamingDetokenizer::push(int id)
@@ -243,7 +284,7 @@ std::string StreamingDetokenizer::push(int id)
         return {};
     }
     std::string_view bytes = tokenizer_.token_bytes(id);
-    if (at_start_ && !bytes.empty()) {
+    if (at_start_ && !bytes.empty() && tokenizer_.strips_leading_space()) {
         if (bytes.front() == ' ')
             bytes.remove_prefix(1);
         at_start_ = false;
@@ -279,7 +320,25 @@ std::string find_tokenizer_beside(const std::string& model_path)
     if (dir.exists("tokenizer.model"))
         return dir.absoluteFilePath("tokenizer.model").toStdString();
     const QStringList models = dir.entryList({"*.model"}, QDir::Files);
-    return models.size() == 1 ? dir.absoluteFilePath(models.front()).toStdString() : std::string();
+    if (models.size() == 1)
+        return dir.absoluteFilePath(models.front()).toStdString();
+    if (models.empty() && dir.exists("tokenizer.json"))
+        return dir.absoluteFilePath("tokenizer.json").toStdString();
+    return std::string();
+}
+
+void copy_tokenizer_files(const std::string& tokenizer_path, const std::string& dir)
+{
+    const std::string bytes = read_file_bytes(tokenizer_path);
+    if (!looks_like_bpe_json(bytes)) {
+        write_file_atomically(dir + "/tokenizer.model", bytes);
+        return;
+    }
+    write_file_atomically(dir + "/tokenizer.json", bytes);
+    const QDir source = QFileInfo(QString::fromStdString(tokenizer_path)).absoluteDir();
+    for (const char* side : {"tokenizer_config.json", "generation_config.json"})
+        if (source.exists(side) && !QFileInfo::exists(QString::fromStdString(dir + "/" + side)))
+            write_file_atomically(dir + "/" + side, read_file_bytes(source.filePath(side).toStdString()));
 }
 
 std::string spm_plugin_path() { return plugin().path; }

@@ -1,5 +1,6 @@
 #pragma once
-// SentencePiece tokenizer, reached through the dlopen'ed plugin (never linked: see spm_plugin.h).
+// Tokenizers: SentencePiece (.model, reached through the dlopen'ed plugin, never linked: see
+// spm_plugin.h) and byte-level BPE from a Hugging Face tokenizer.json (bpe_tokenizer.h).
 #include <memory>
 #include <string>
 #include <string_view>
@@ -9,21 +10,25 @@ namespace pbllm {
 
 class Tokenizer {
 public:
-    /// Loads a SentencePiece .model file; throws Error naming the file (or the plugin) on failure.
+    /// Loads a SentencePiece .model or a tokenizer.json (BOS/EOS then also from tokenizer_config.json
+    /// and generation_config.json beside it); throws Error naming the file (or the plugin) on failure.
     static Tokenizer from_file(const std::string& path);
-    /// Loads a serialized SentencePiece model held in memory (e.g. embedded in a checkpoint).
+    /// Loads what model_bytes() returned (e.g. embedded in a checkpoint).
     static Tokenizer from_bytes(std::string bytes, const std::string& origin);
 
-    /// Token ids of `text` as SentencePiece encodes it, optionally preceded by BOS.
+    /// Token ids of `text` as the tokenizer's own library encodes it (SentencePiece, or Hugging Face
+    /// tokenizers with add_special_tokens=False), optionally preceded by BOS (when it has one).
     std::vector<int> encode(std::string_view text, bool add_bos = false) const;
     /// Text of ids as SentencePiece decodes it; throws Error for ids outside the vocabulary.
     std::string decode(const std::vector<int>& ids) const;
 
     int vocab_size() const;
+    /// The BOS the model expects before a text, or -1 when its tokenizer adds none (GPT-2, SmolLM).
     int bos_id() const;
     int eos_id() const;
-    /// Bytes token `id` stands for: U+2581 turned into a space, <0xNN> byte pieces into that
-    /// byte, control tokens into nothing. A byte piece may be part of a longer UTF-8 character.
+    /// Bytes token `id` stands for: U+2581 turned into a space, <0xNN> byte pieces and byte-level
+    /// BPE characters into their bytes, control and special tokens into nothing. A token may hold
+    /// part of a longer UTF-8 character.
     const std::string& token_bytes(int id) const;
     /// The raw piece text (with U+2581), for display.
     std::string piece(int id) const;
@@ -32,6 +37,9 @@ public:
 
     const std::string& model_bytes() const; ///< serialized model, for embedding elsewhere
     const std::string& origin() const;      ///< file or description it came from
+    const std::string& kind() const;        ///< "sentencepiece" or "bpe"
+    /// Whether decoding drops the space the first word carries after BOS (SentencePiece's dummy prefix).
+    bool strips_leading_space() const;
 
     struct Impl;
 
@@ -56,9 +64,14 @@ private:
     bool at_start_ = true;
 };
 
-/// The SentencePiece model that belongs to `model_path`: tokenizer.model in its folder, else the
-/// only *.model file there; "" when there is none (or several).
+/// The tokenizer that belongs to `model_path`: tokenizer.model in its folder, else the only *.model
+/// file there, else tokenizer.json; "" when there is none (or several *.model).
 std::string find_tokenizer_beside(const std::string& model_path);
+
+/// Copies the tokenizer at `tokenizer_path` into folder `dir` under its conventional name:
+/// tokenizer.model, or tokenizer.json with the tokenizer_config.json and generation_config.json
+/// found beside it (they name BOS and EOS).
+void copy_tokenizer_files(const std::string& tokenizer_path, const std::string& dir);
 
 /// Path of the plugin that will be loaded (for diagnostics); throws Error listing where it looked.
 std::string spm_plugin_path();
