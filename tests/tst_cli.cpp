@@ -2,6 +2,7 @@
 // Hugging Face conversion round trip, and the default-model lookup and verified download.
 #include "core/error.h"
 #include "core/model_io.h"
+#include "core/tokenizer.h"
 #include "tests/support/test_support.h"
 
 #include <QJsonArray>
@@ -149,6 +150,37 @@ private Q_SLOTS:
         QCOMPARE(again.code, 1);
         QVERIFY(again.err.contains("refusing to overwrite"));
         QCOMPARE(pbllm_run({"convert", model(), "--to", "hf", "-o", out, "--force"}).code, 0);
+    }
+
+    void tokenizeCommand()
+    {
+        const QString gpt2 = QString::fromStdString(shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json");
+        const QString text = "Hello world, naïve 🦙 12345!";
+        const Run r = pbllm_run({"tokenize", "--tokenizer", gpt2, "--text", text, "--json", "--decode"});
+        QCOMPARE(r.code, 0);
+        const QJsonObject o = r.json();
+        const std::vector<int> expected = Tokenizer::from_file(gpt2.toStdString()).encode(text.toStdString());
+        QCOMPARE(o["ids"].toArray().size(), static_cast<qsizetype>(expected.size()));
+        for (std::size_t i = 0; i < expected.size(); ++i)
+            QCOMPARE(o["ids"].toArray()[static_cast<qsizetype>(i)].toInt(), expected[i]);
+        QCOMPARE(o["ids"].toArray()[0].toInt(), 15496); // "Hello" in GPT-2's vocabulary
+        QCOMPARE(o["kind"].toString(), QString("bpe"));
+        QCOMPARE(o["decoded"].toString(), text);
+        QVERIFY(o["round_trip"].toBool());
+
+        // The model's own tokenizer (SentencePiece beside stories260K), plain output, BOS first.
+        const Run plain = pbllm_run({"tokenize", model(), "--text", "Once upon a time", "--bos"});
+        QCOMPARE(plain.code, 0);
+        std::vector<int> spm = Tokenizer::from_file(tok512_path()).encode("Once upon a time", true);
+        QStringList spm_text;
+        for (int id : spm)
+            spm_text << QString::number(id);
+        QCOMPARE(QString::fromUtf8(plain.out).trimmed(), spm_text.join(' '));
+
+        QCOMPARE(pbllm_run({"tokenize", "--tokenizer", gpt2}).code, 2); // neither --text nor --file
+        const Run missing = pbllm_run({"tokenize", "--tokenizer", gpt2, "--file", "/nonexistent/x.txt"});
+        QCOMPARE(missing.code, 1);
+        QVERIFY(missing.err.contains("/nonexistent/x.txt"));
     }
 
     void badInputGivesOneLineReason()

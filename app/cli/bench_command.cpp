@@ -99,14 +99,17 @@ int run_bench(const QStringList& args)
                                      "they are).", "LIST", "stories260K,synthetic-15M,synthetic-110M"});
     cl.parser().addOption({"gen-tokens", "Tokens per generation run.", "N", "128"});
     cl.parser().addOption({"suite", "eval (evaluation and generation), quant (PB-GPTQ, previews), packed (packed "
-                                    "kernels vs dequantized float32 and FP16) or kernels (the packed suite's kernel "
-                                    "lines alone).", "S", "eval"});
+                                    "kernels vs dequantized float32 and FP16), kernels (the packed suite's kernel "
+                                    "lines alone) or tokenizer (encoding speed).", "S", "eval"});
+    cl.parser().addOption({"tokenizers", "tokenizer suite: comma-separated tokenizer files (default: tok512 and the "
+                                         "shared tokenizer.json files).", "LIST"});
     cl.parser().addOption({"shape", "packed suite: synthetic model shape.", "NAME", "stories110m"});
     cl.parser().addOption({"layers", "packed suite: decoder layers (default: the shape's).", "N", "0"});
     cl.parser().addOption({"salient", "packed suite: salient ratio.", "R", "0.1"});
     cl.parser().addOption({"file", "packed suite: measure this .pbllm.h5 run packed against dequantized (perplexity, "
                                    "KL divergence, greedy text) instead of speed.", "FILE"});
-    cl.parser().addOption({"text", "packed suite with --file: evaluation text.", "FILE"});
+    cl.parser().addOption({"text", "packed suite with --file: evaluation text; tokenizer suite: text to encode (its "
+                                   "first MiB; default tinystories_val).", "FILE"});
     cl.parser().addOption({"windows", "packed suite with --file: windows of 256 tokens (0 = all).", "N", "0"});
     cl.parse(args);
     const int runs = cl.int_value("runs", 1, 1000);
@@ -124,8 +127,11 @@ int run_bench(const QStringList& args)
     if (cl.value("suite") == "packed")
         return run_packed_bench(runs, gen_tokens, cl.value("shape").toStdString(), cl.int_value("layers", 0, 1024),
                                 cl.double_value("salient", 0.0, 1.0), cl.json());
+    if (cl.value("suite") == "tokenizer")
+        return run_tokenizer_bench(runs, cl.value("tokenizers").split(',', Qt::SkipEmptyParts),
+                                   cl.value("text").toStdString(), cl.json());
     if (cl.value("suite") != "eval")
-        throw UsageError{"--suite must be eval, quant, packed or kernels"};
+        throw UsageError{"--suite must be eval, quant, packed, kernels or tokenizer"};
     const Baselines base = measure_baselines(runs);
     std::vector<ModelBench> results;
     for (const QString& which : cl.value("models").split(',', Qt::SkipEmptyParts)) {

@@ -1,5 +1,7 @@
 #pragma once
 // Timing helpers and hardware yardsticks shared by the benchmark suites.
+#include <QStringList>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -26,5 +28,9 @@ int run_kernel_bench(int runs, double ratio, bool json);
 /// A packed file's quality when run packed: perplexity and KL divergence to the dequantized path
 /// (batched, and decoder with float32 and int8 activations), greedy text agreement.
 int run_packed_quality(const std::string& file, const std::string& text, int max_windows, int gen_tokens, bool json);
+
+/// Encoding speed (MB/s, one thread) of each tokenizer file on the first MiB of `text_path`; empty
+/// lists take tok512 and the byte-level BPE files of the shared folder, and tinystories_val.
+int run_tokenizer_bench(int runs, const QStringList& tokenizer_files, const std::string& text_path, bool json);
 
 } // namespace pbllm::cli

@@ -67,6 +67,7 @@ int run_calibrate(const QStringList& args);
 int run_saliency(const QStringList& args);
 int run_quantize(const QStringList& args);
 int run_qat(const QStringList& args);
+int run_tokenize(const QStringList& args);
 
 /// JSON of a packed model's bit accounting: {"headline", "with_bitmap", "with_index", "measured"}.
 QJsonObject bits_json(const BitsPerWeight& bits);

@@ -27,6 +27,7 @@ void print_usage()
                "  qat       MODEL --train TEXT -o OUT.pbllm.h5            quantization-aware training\n"
                "  bench                           speed of evaluation and generation\n"
                "  synth     --shape NAME -o DIR   a SYNTHETIC model of a real shape, for benchmarks\n"
+               "  tokenize  [MODEL] --text TEXT   token ids (SentencePiece or tokenizer.json)\n"
                "\n"
                "MODEL is a llama2.c .bin, a Hugging Face folder or .safetensors, or a .pbllm.h5 file;\n"
                "when omitted, the default model (stories260K) is used.\n"
@@ -57,6 +58,7 @@ int main(int argc, char** argv)
         {"bench", pbllm::cli::run_bench},         {"calibrate", pbllm::cli::run_calibrate},
         {"saliency", pbllm::cli::run_saliency},   {"quantize", pbllm::cli::run_quantize},
         {"qat", pbllm::cli::run_qat},           {"synth", pbllm::cli::run_synth},
+        {"tokenize", pbllm::cli::run_tokenize},
     };
     const auto command = commands.find(args[1]);
     if (command == commands.end()) {

@@ -30,7 +30,7 @@ namespace {
 int run_info(const QStringList& args)
 {
     CommandLine cl("info", "Describe a model: format, architecture, tensors (statistics with --stats).", "[MODEL]");
-    cl.parser().addOption({"tokenizer", "SentencePiece model to report (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer to report: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({"stats", "Also compute each tensor's mean, std, max and kurtosis (reads every weight "
                                     "once; without it only the headers are read)."});
     cl.parse(args);
@@ -153,7 +153,7 @@ int run_eval(const QStringList& args)
 {
     CommandLine cl("eval", "Perplexity on a text file (GPTQ protocol: non-overlapping windows, no BOS).", "[MODEL]");
     cl.parser().addOption({"text", "UTF-8 text file to evaluate on.", "FILE"});
-    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({"seqlen", "Window length in tokens (default: the model's context).", "N", "0"});
     cl.parser().addOption({"max-windows", "Evaluate only the first N windows (quick mode).", "N", "0"});
     cl.parser().addOption({"batch", "Windows per forward pass (default: chosen from memory).", "N", "0"});
@@ -196,7 +196,7 @@ int run_generate(const QStringList& args)
 {
     CommandLine cl("generate", "Generate text from a prompt (streams to stdout).", "[MODEL]");
     cl.parser().addOption({"prompt", "Prompt text.", "TEXT", ""});
-    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({{"n", "max-new-tokens"}, "Tokens to generate (default 256).", "N", "256"});
     cl.parser().addOption({"temperature", "0 = greedy (default), else sampling temperature.", "T", "0"});
     cl.parser().addOption({"top-k", "Sample among the K most likely tokens (0 = all).", "K", "0"});
@@ -327,7 +327,7 @@ int run_convert(const QStringList& args)
     cl.parser().addOption({"to", "Target format: hf (config.json + model.safetensors + tokenizer.model) or llama2c "
                                  "(version 1 .bin).", "FORMAT"});
     cl.parser().addOption({{"o", "output"}, "Output folder (hf) or file (llama2c).", "PATH"});
-    cl.parser().addOption({"tokenizer", "SentencePiece model to copy along (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer to copy along: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({"force", "Overwrite an existing output."});
     cl.parse(args);
     if (!cl.is_set("to") || !cl.is_set("o"))

@@ -23,7 +23,7 @@ int run_qat(const QStringList& args)
     CommandLine cl("qat", "Quantization-aware training of a partially binarized model (PB-LLM QAT).", "[MODEL]");
     cl.parser().addOption({"train", "Training text (UTF-8).", "FILE"});
     cl.parser().addOption({{"o", "output"}, "Output packed checkpoint.", "OUT.pbllm.h5"});
-    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({"init", "Start from this PB-GPTQ result (mask, salient codes, signs) instead of magnitude.", "PTQ.pbllm.h5"});
     cl.parser().addOption({"salient", "Salient ratio for magnitude initialisation.", "R", "0.1"});
     cl.parser().addOption({"salient-bits", "Bits of the frozen salient weights (2..8).", "B", "8"});

@@ -89,7 +89,7 @@ int run_calibrate(const QStringList& args)
     CommandLine cl("calibrate", "Collect calibration windows and full-precision Hessians into an HDF5 file.", "[MODEL]");
     cl.parser().addOption({"calib", "Calibration text (UTF-8).", "FILE"});
     cl.parser().addOption({{"o", "output"}, "Output calibration file (.h5).", "CALIB.h5"});
-    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({"nsamples", "Calibration windows.", "N", "128"});
     cl.parser().addOption({"seqlen", "Window length (default: the model's context).", "N", "0"});
     cl.parser().addOption({"seed", "Sampling seed.", "S", "0"});
@@ -206,7 +206,7 @@ int run_quantize(const QStringList& args)
     CommandLine cl("quantize", "PB-LLM post-training quantization into a packed .pbllm.h5 checkpoint.", "[MODEL]");
     cl.parser().addOption({"calib", "Calibration text, or a calibration file from 'pbllm calibrate'.", "FILE|CALIB.h5"});
     cl.parser().addOption({{"o", "output"}, "Output packed checkpoint.", "OUT.pbllm.h5"});
-    cl.parser().addOption({"tokenizer", "SentencePiece model (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({"method", "pb-gptq (default), rtn or gptq.", "M"});
     cl.parser().addOption({"salient", "Salient ratio (default 0.1).", "R"});
     cl.parser().addOption({"salient-bits", "Bits of salient weights: 2..8 or 16 (default 8).", "B"});

@@ -1,7 +1,7 @@
 // Writes the seed corpora of the fuzz targets from valid files made here: a tiny synthetic model
 // as llama2.c v1 and as a Hugging Face folder, its RTN-quantized packed checkpoint, its
-// calibration file, QuantPlan JSON, the shared tok512 SentencePiece model, and the folder of a
-// `pbllm quantize` interrupted after its first layer.
+// calibration file, QuantPlan JSON, the shared tok512 SentencePiece model, two small byte-level
+// BPE tokenizer.json files, and the folder of a `pbllm quantize` interrupted after its first layer.
 // Usage: fuzz_seeds OUTPUT_DIR SHARED_DIR
 #include "core/calibration.h"
 #include "core/calibration_file.h"
@@ -16,6 +16,9 @@
 
 #include <QDir>
 #include <QFile>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
 
 #include <cstdio>
 #include <random>
@@ -39,6 +42,46 @@ void write_all(const QString& path, const QByteArray& bytes)
         throw Error(path.toStdString() + ": cannot write");
 }
 
+/// A byte-level tokenizer.json small enough to mutate: the 256 byte tokens (GPT-2's byte map),
+/// a few merges, and the given normalizer, pre-tokenizer and added tokens; as a fuzz_bpe_tokenizer
+/// input (u16 length, the JSON, then a text to encode).
+QByteArray bpe_seed(const QJsonValue& normalizer, const QJsonObject& pre_tokenizer, bool merges_as_pairs)
+{
+    QJsonObject vocab;
+    int next = 256;
+    for (int b = 0; b < 256; ++b) {
+        const bool printable = (b >= 33 && b <= 126) || (b >= 161 && b <= 172) || (b >= 174 && b <= 255);
+        vocab.insert(QString(QChar(printable ? b : next++)), b);
+    }
+    const QString space(QChar(0x120));
+    const QStringList merges{space + " t", "h e", space + "t he", "1 2", "l l", "o " + space};
+    QJsonArray merge_list;
+    int id = 256;
+    for (const QString& m : merges) {
+        vocab.insert(QString(m).remove(' '), id++);
+        const QStringList pair = m.split(' ');
+        merge_list.append(merges_as_pairs ? QJsonValue(QJsonArray{pair[0], pair[1]}) : QJsonValue(m));
+    }
+    const QJsonObject root{
+        {"model", QJsonObject{{"type", "BPE"}, {"vocab", vocab}, {"merges", merge_list}, {"ignore_merges", merges_as_pairs}}},
+        {"normalizer", normalizer},
+        {"pre_tokenizer", pre_tokenizer},
+        {"added_tokens",
+         QJsonArray{QJsonObject{{"id", 300}, {"content", "<|end|>"}, {"special", true}, {"normalized", false}},
+                    QJsonObject{{"id", 301}, {"content", "  "}, {"special", false}, {"normalized", true}, {"lstrip", true}},
+                    QJsonObject{{"id", 302}, {"content", "<w>"}, {"special", true}, {"single_word", true}, {"rstrip", true}}}},
+        {"post_processor",
+         QJsonObject{{"type", "TemplateProcessing"},
+                     {"single", QJsonArray{QJsonObject{{"SpecialToken", QJsonObject{{"id", "<|end|>"}, {"type_id", 0}}}},
+                                           QJsonObject{{"Sequence", QJsonObject{{"id", "A"}, {"type_id", 0}}}}}},
+                     {"special_tokens", QJsonObject{{"<|end|>", QJsonObject{{"id", "<|end|>"}, {"ids", QJsonArray{300}}}}}}}},
+    };
+    const QByteArray json = QJsonDocument(root).toJson(QJsonDocument::Compact);
+    QByteArray out;
+    out.append(static_cast<char>(json.size() & 0xFF)).append(static_cast<char>((json.size() >> 8) & 0xFF));
+    return out + json + QByteArray("Hello the world, 12345 <|end|>  x <w> \xC3\xBCn\xC3\xAF\n\n  done");
+}
+
 } // namespace
 
 int main(int argc, char** argv)
@@ -50,7 +93,8 @@ int main(int argc, char** argv)
     try {
         const QDir out(QString::fromLocal8Bit(argv[1]));
         const QString shared = QString::fromLocal8Bit(argv[2]);
-        for (const char* target : {"llama2c", "hf", "packed_checkpoint", "calibration_file", "quant_plan", "tokenizer", "resume"})
+        for (const char* target : {"llama2c", "hf", "packed_checkpoint", "calibration_file", "quant_plan", "tokenizer", "resume",
+                                   "bpe_tokenizer"})
             out.mkpath(target);
         const ModelConfig c = fuzz::tiny_config();
         ModelConfig tied = c;
@@ -120,6 +164,17 @@ int main(int argc, char** argv)
             QDir(work).removeRecursively();
         }
         write_all(out.filePath("tokenizer/tok512.model"), read_all(shared + "/models/stories260K/tok512.model"));
+        write_all(out.filePath("bpe_tokenizer/gpt2-style"),
+                  bpe_seed(QJsonValue(), QJsonObject{{"type", "ByteLevel"}, {"add_prefix_space", true}}, false));
+        const QJsonObject llama3_split{
+            {"type", "Split"},
+            {"pattern", QJsonObject{{"Regex", R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
+            {"behavior", "Isolated"}};
+        const QJsonArray steps{QJsonObject{{"type", "Digits"}, {"individual_digits", true}}, llama3_split,
+                               QJsonObject{{"type", "ByteLevel"}, {"use_regex", false}}};
+        write_all(out.filePath("bpe_tokenizer/llama3-style"),
+                  bpe_seed(QJsonObject{{"type", "Sequence"}, {"normalizers", QJsonArray{QJsonObject{{"type", "NFC"}}}}},
+                           QJsonObject{{"type", "Sequence"}, {"pretokenizers", steps}}, true));
     } catch (const std::exception& e) {
         std::fprintf(stderr, "fuzz_seeds: %s\n", e.what());
         return 1;
