@@ -345,7 +345,7 @@ std::unique_ptr<Decoder> make_decoder(const Model& model, DecoderBackend backend
                                       const DecoderOptions& options)
 {
     if (capacity <= 0)
-        capacity = model.config.max_seq_len;
+        capacity = model.config.usable_context();
     if (backend == DecoderBackend::Auto) {
         bool direct = true;
         for (const NamedTensor& t : model.named_tensors())

@@ -48,7 +48,7 @@ EvalResult evaluate_perplexity(const Model& model, const std::vector<int>& token
                                const ProgressFn& progress)
 {
     const ModelConfig& c = model.config;
-    const int seqlen = settings.seqlen > 0 ? settings.seqlen : c.max_seq_len;
+    const int seqlen = settings.seqlen > 0 ? settings.seqlen : c.usable_context();
     if (seqlen < 2)
         throw Error("seqlen must be at least 2 (got " + std::to_string(seqlen) + ")");
     if (seqlen > c.max_seq_len)

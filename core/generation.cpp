@@ -24,7 +24,7 @@ GenerationResult generate(const Model& model, const Tokenizer& tokenizer, const 
     GenerationResult result;
     result.prompt = prompt;
     result.prompt_tokens = tokenizer.encode(prompt, /*add_bos=*/true);
-    const std::int64_t context = model.config.max_seq_len;
+    const std::int64_t context = model.config.usable_context();
     const std::int64_t prompt_length = static_cast<std::int64_t>(result.prompt_tokens.size());
     if (prompt_length >= context)
         throw Error("the prompt has " + std::to_string(prompt_length) + " tokens; the model's context is " +

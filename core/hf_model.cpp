@@ -1,5 +1,6 @@
 #include "core/hf_model.h"
 
+#include "core/architecture.h"
 #include "core/error.h"
 #include "core/safetensors.h"
 #include "core/system.h"
@@ -64,9 +65,8 @@ QJsonObject read_json_object(const QString& path)
 ModelConfig parse_config(const QJsonObject& o, const QString& path)
 {
     const std::string where = path.toStdString();
-    const QString type = o.value("model_type").toString();
-    if (!type.isEmpty() && type != "llama")
-        throw Error(where + ": model_type '" + type.toStdString() + "' is not a Llama model");
+    // Old Llama configs (and llama2.c conversions) omit model_type.
+    const Architecture& arch = architecture(o.value("model_type").toString("llama").toStdString(), where);
     auto integer = [&](const char* key, int fallback, bool required) {
         const QJsonValue v = o.value(key);
         if (v.isUndefined()) {
@@ -89,8 +89,14 @@ ModelConfig parse_config(const QJsonObject& o, const QString& path)
     c.norm_eps = static_cast<float>(o.value("rms_norm_eps").toDouble(1e-6));
     c.rope_theta = static_cast<float>(o.value("rope_theta").toDouble(10000.0));
     c.tied_embeddings = o.value("tie_word_embeddings").toBool(false);
-    if (o.contains("rope_scaling") && !o.value("rope_scaling").isNull())
-        throw Error(where + ": rope_scaling is not supported yet");
+    c.arch = std::string(arch.model_type);
+    c.rope_scaling = RopeScaling::from_json(o.value("rope_scaling"), where);
+    if (arch.sliding_window && o.contains("sliding_window") && !o.value("sliding_window").isNull()) {
+        c.sliding_window = integer("sliding_window", 0, false);
+        // A window at least as long as the context never takes effect (Mistral v0.2+ write null).
+        if (c.sliding_window >= c.max_seq_len)
+            c.sliding_window = 0;
+    }
     if (o.contains("head_dim") && o.value("head_dim").toInt() != c.head_dim())
         throw Error(where + ": head_dim " + std::to_string(o.value("head_dim").toInt()) +
                     " differs from hidden_size / num_attention_heads");
@@ -211,8 +217,9 @@ std::string prepare_hf_folder(const std::string& dir, bool overwrite)
 std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std::string& synthetic)
 {
     QJsonObject cfg;
-    cfg.insert("architectures", QJsonArray{"LlamaForCausalLM"});
-    cfg.insert("model_type", "llama");
+    const Architecture& arch = architecture(c.arch, "export");
+    cfg.insert("architectures", QJsonArray{QString::fromLatin1(arch.hf_class.data(), static_cast<qsizetype>(arch.hf_class.size()))});
+    cfg.insert("model_type", QString::fromStdString(c.arch));
     cfg.insert("hidden_size", c.dim);
     cfg.insert("intermediate_size", c.hidden_dim);
     cfg.insert("num_hidden_layers", c.n_layers);
@@ -223,6 +230,9 @@ std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std
     cfg.insert("rms_norm_eps", static_cast<double>(c.norm_eps));
     cfg.insert("rope_theta", static_cast<double>(c.rope_theta));
     cfg.insert("tie_word_embeddings", c.tied_embeddings);
+    cfg.insert("rope_scaling", c.rope_scaling.to_json());
+    if (arch.sliding_window)
+        cfg.insert("sliding_window", c.sliding_window > 0 ? QJsonValue(c.sliding_window) : QJsonValue::Null);
     cfg.insert("hidden_act", "silu");
     cfg.insert("bos_token_id", 1);
     cfg.insert("eos_token_id", 2);

@@ -13,15 +13,49 @@
 
 namespace pbllm {
 
-RopeTables make_rope_tables(const ModelConfig& config, int max_len)
+std::vector<float> rope_inverse_frequencies(const ModelConfig& config)
 {
     const int half = config.head_dim() / 2;
+    const RopeScaling& r = config.rope_scaling;
+    std::vector<float> freq(static_cast<std::size_t>(half));
+    for (int i = 0; i < half; ++i) {
+        float f = 1.0f / std::pow(config.rope_theta, (2.0f * i) / static_cast<float>(config.head_dim()));
+        if (r.type == RopeScaling::Type::Linear) {
+            f /= r.factor;
+        } else if (r.type == RopeScaling::Type::Llama3) {
+            // Wavelengths longer than original / low_freq_factor are scaled, shorter than
+            // original / high_freq_factor kept; those between blend the two linearly in
+            // original / wavelength (transformers' _compute_llama3_parameters, in float32).
+            const float original = static_cast<float>(r.original_max_position);
+            const float low_wavelen = original / r.low_freq_factor, high_wavelen = original / r.high_freq_factor;
+            const float wavelen = 2.0f * static_cast<float>(M_PI) / f;
+            if (wavelen > low_wavelen) {
+                f /= r.factor;
+            } else if (wavelen >= high_wavelen) {
+                const float s = (original / wavelen - r.low_freq_factor) / (r.high_freq_factor - r.low_freq_factor);
+                f = (1.0f - s) * f / r.factor + s * f;
+            }
+        }
+        freq[static_cast<std::size_t>(i)] = f;
+    }
+    return freq;
+}
+
+RopeTables make_rope_tables(const ModelConfig& config, int max_len)
+{
+    if (config.sliding_window > 0 && max_len > config.sliding_window)
+        throw Error("a sequence of " + std::to_string(max_len) + " positions is longer than the model's sliding "
+                    "attention window of " + std::to_string(config.sliding_window) +
+                    " (windowed attention is not implemented; use at most " + std::to_string(config.sliding_window) +
+                    " tokens: --seqlen, or fewer tokens to generate)");
+    const int half = config.head_dim() / 2;
+    const std::vector<float> freqs = rope_inverse_frequencies(config);
     at::Tensor cos = at::empty({max_len, half}, at::kFloat);
     at::Tensor sin = at::empty({max_len, half}, at::kFloat);
     float* c = cos.data_ptr<float>();
     float* s = sin.data_ptr<float>();
     for (int i = 0; i < half; ++i) {
-        const float freq = 1.0f / std::pow(config.rope_theta, (2.0f * i) / static_cast<float>(config.head_dim()));
+        const float freq = freqs[static_cast<std::size_t>(i)];
         for (int pos = 0; pos < max_len; ++pos) {
             const float angle = static_cast<float>(pos) * freq;
             c[pos * half + i] = std::cos(angle);

@@ -4,11 +4,17 @@
 #include "core/model.h"
 
 #include <functional>
+#include <vector>
 
 namespace pbllm {
 
-/// cos and sin of RoPE angles, each (max_len, head_dim / 2), float32 on the CPU. Angles are
-/// pos * theta^(-2i/head_dim) evaluated in float32 as llama2.c and Hugging Face do.
+/// RoPE's inverse frequencies theta^(-2i/head_dim), i < head_dim / 2, in float32 as llama2.c and
+/// Hugging Face compute them, then scaled as config.rope_scaling says.
+std::vector<float> rope_inverse_frequencies(const ModelConfig& config);
+
+/// cos and sin of RoPE angles pos * inverse frequency, each (max_len, head_dim / 2), float32 on
+/// the CPU. Every forward path builds its tables here, so this is also where a sequence longer
+/// than the model's sliding attention window is refused (never silently attended in full).
 struct RopeTables {
     at::Tensor cos;
     at::Tensor sin;

@@ -2,6 +2,7 @@
 
 #include "core/kernels/packed_matvec.h"
 
+#include "core/architecture.h"
 #include "core/error.h"
 #include "core/tensor_stats.h"
 
@@ -45,6 +46,78 @@ void ModelConfig::validate(const std::string& origin) const
         fail("head dimension " + std::to_string(head_dim()) + " is odd; RoPE needs pairs");
     if (!(norm_eps > 0.0f) || !(rope_theta > 0.0f))
         fail("norm_eps and rope_theta must be positive");
+    const Architecture& a = architecture(arch, origin);
+    const RopeScaling& r = rope_scaling;
+    if (r.type != RopeScaling::Type::None && !(r.factor >= 1.0f && r.factor <= 1024.0f))
+        fail("rope_scaling factor " + std::to_string(r.factor) + " is outside [1, 1024]");
+    if (r.type == RopeScaling::Type::Llama3 &&
+        !(r.low_freq_factor > 0.0f && r.high_freq_factor > r.low_freq_factor && r.original_max_position > 0))
+        fail("llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0");
+    if (sliding_window < 0 || (sliding_window > 0 && !a.sliding_window))
+        fail("sliding_window " + std::to_string(sliding_window) + " is not possible for model type " + arch);
+}
+
+namespace {
+
+std::string_view rope_scaling_name(RopeScaling::Type type)
+{
+    switch (type) {
+    case RopeScaling::Type::Linear: return "linear";
+    case RopeScaling::Type::Llama3: return "llama3";
+    case RopeScaling::Type::None: break;
+    }
+    return "none";
+}
+
+} // namespace
+
+RopeScaling RopeScaling::from_json(const QJsonValue& value, const std::string& origin)
+{
+    RopeScaling r;
+    if (value.isNull() || value.isUndefined())
+        return r;
+    const QJsonObject o = value.toObject();
+    // transformers writes "rope_type"; configs from before 4.43 wrote "type".
+    const QString type = o.contains("rope_type") ? o.value("rope_type").toString() : o.value("type").toString();
+    auto number = [&](const char* key, double fallback) {
+        const QJsonValue v = o.value(key);
+        if (v.isUndefined())
+            return fallback;
+        if (!v.isDouble())
+            throw Error(origin + ": rope_scaling." + key + " is not a number");
+        return v.toDouble();
+    };
+    if (type == "default" || type == "none")
+        return r;
+    if (type == "linear") {
+        r.type = Type::Linear;
+    } else if (type == "llama3") {
+        r.type = Type::Llama3;
+        r.low_freq_factor = static_cast<float>(number("low_freq_factor", 1.0));
+        r.high_freq_factor = static_cast<float>(number("high_freq_factor", 4.0));
+        r.original_max_position = static_cast<int>(number("original_max_position_embeddings", 0.0));
+    } else {
+        throw Error(origin + ": rope_scaling type '" + type.toStdString() +
+                    "' is not supported (linear and llama3 are)");
+    }
+    if (!o.contains("factor"))
+        throw Error(origin + ": rope_scaling.factor is missing");
+    r.factor = static_cast<float>(number("factor", 1.0));
+    return r;
+}
+
+QJsonValue RopeScaling::to_json() const
+{
+    if (type == Type::None)
+        return QJsonValue::Null;
+    QJsonObject o{{"rope_type", QString::fromLatin1(rope_scaling_name(type).data())},
+                  {"factor", static_cast<double>(factor)}};
+    if (type == Type::Llama3) {
+        o.insert("low_freq_factor", static_cast<double>(low_freq_factor));
+        o.insert("high_freq_factor", static_cast<double>(high_freq_factor));
+        o.insert("original_max_position_embeddings", original_max_position);
+    }
+    return o;
 }
 
 std::string ModelConfig::to_json() const
@@ -59,7 +132,10 @@ std::string ModelConfig::to_json() const
                                      {"max_seq_len", max_seq_len},
                                      {"norm_eps", static_cast<double>(norm_eps)},
                                      {"rope_theta", static_cast<double>(rope_theta)},
-                                     {"tied_embeddings", tied_embeddings}})
+                                     {"tied_embeddings", tied_embeddings},
+                                     {"arch", QString::fromStdString(arch)},
+                                     {"rope_scaling", rope_scaling.to_json()},
+                                     {"sliding_window", sliding_window}})
         .toJson(QJsonDocument::Compact)
         .toStdString();
 }
@@ -80,6 +156,10 @@ ModelConfig ModelConfig::from_json(const std::string& json, const std::string& o
     c.norm_eps = static_cast<float>(o["norm_eps"].toDouble());
     c.rope_theta = static_cast<float>(o["rope_theta"].toDouble());
     c.tied_embeddings = o["tied_embeddings"].toBool();
+    // Absent from files written before families existed: Llama without scaling.
+    c.arch = o["arch"].toString("llama").toStdString();
+    c.rope_scaling = RopeScaling::from_json(o["rope_scaling"], origin);
+    c.sliding_window = o["sliding_window"].toInt(0);
     c.validate(origin);
     return c;
 }

@@ -1,7 +1,9 @@
 #pragma once
 // The in-memory Llama-family model: configuration plus named weight tensors on one device.
 #include <ATen/core/Tensor.h>
+#include <QJsonValue>
 
+#include <algorithm>
 #include <array>
 #include <functional>
 #include <cstdint>
@@ -16,8 +18,26 @@ namespace kernels {
 struct PackedWeights;
 }
 
-/// Hyper-parameters of a Llama-architecture decoder.
+/// RoPE frequency scaling (config.json "rope_scaling"): "linear" divides every frequency by the
+/// factor; "llama3" (Llama 3.1/3.2) divides the low frequencies, keeps the high ones and blends
+/// between (see make_rope_tables).
+struct RopeScaling {
+    enum class Type { None, Linear, Llama3 };
+    Type type = Type::None;
+    float factor = 1.0f;
+    float low_freq_factor = 1.0f;  ///< llama3
+    float high_freq_factor = 4.0f; ///< llama3
+    int original_max_position = 0; ///< llama3: the context length before scaling
+
+    /// From config.json's "rope_scaling" value (null: none); throws Error naming `origin` and the key.
+    static RopeScaling from_json(const QJsonValue& value, const std::string& origin);
+    /// The same value as config.json spells it (null when none).
+    QJsonValue to_json() const;
+};
+
+/// Hyper-parameters of a Llama-family decoder.
 struct ModelConfig {
+    std::string arch = "llama"; ///< Architecture::model_type (architecture.h)
     int dim = 0;          ///< residual stream width
     int hidden_dim = 0;   ///< SwiGLU inner width
     int n_layers = 0;
@@ -28,12 +48,17 @@ struct ModelConfig {
     float norm_eps = 1e-5f;
     float rope_theta = 10000.0f;
     bool tied_embeddings = false; ///< output head shares the token embedding
+    RopeScaling rope_scaling;
+    int sliding_window = 0; ///< Mistral: attention window in positions (0: none); longer sequences are refused
 
     int head_dim() const { return n_heads > 0 ? dim / n_heads : 0; }
+    /// The longest sequence this engine runs correctly: the context, or the sliding attention
+    /// window when that is shorter (the default for windows, caches and generation).
+    int usable_context() const { return sliding_window > 0 ? std::min(max_seq_len, sliding_window) : max_seq_len; }
     int kv_dim() const { return head_dim() * n_kv_heads; }
     /// Number of weight parameters (embedding counted once when tied).
     std::int64_t parameter_count() const;
-    /// Throws Error naming `origin` when the numbers cannot describe a Llama model.
+    /// Throws Error naming `origin` when the numbers cannot describe a model of its architecture.
     void validate(const std::string& origin) const;
     /// Compact JSON with every field (and head_dim, for readers); from_json validates.
     std::string to_json() const;

@@ -235,7 +235,7 @@ QatResult train_qat(const Model& model_in, const std::vector<int>& train_tokens,
     const auto start_time = std::chrono::steady_clock::now();
     const Model teacher = model_in.to(at::kCPU, at::kFloat);
     const ModelConfig& c = teacher.config;
-    const int seqlen = s.seqlen > 0 ? s.seqlen : c.max_seq_len;
+    const int seqlen = s.seqlen > 0 ? s.seqlen : c.usable_context();
     if (seqlen > c.max_seq_len)
         throw Error("QAT seqlen " + std::to_string(seqlen) + " exceeds the model's context of " + std::to_string(c.max_seq_len));
     if (static_cast<int>(train_tokens.size()) < seqlen)

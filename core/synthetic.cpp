@@ -45,12 +45,48 @@ ModelConfig llama_7b_shape()
     return c;
 }
 
+namespace {
+
+/// Llama 3.1/3.2: vocabulary 128256, rope_theta 500000, "llama3" RoPE scaling from 8192 positions.
+ModelConfig llama3_shape(int dim, int hidden, int layers, int kv_heads, float factor, bool tied)
+{
+    ModelConfig c;
+    c.dim = dim; c.hidden_dim = hidden; c.n_layers = layers; c.n_heads = 32; c.n_kv_heads = kv_heads;
+    c.vocab_size = 128256; c.max_seq_len = 131072; c.norm_eps = 1e-5f; c.rope_theta = 500000.0f;
+    c.tied_embeddings = tied;
+    c.rope_scaling = {RopeScaling::Type::Llama3, factor, 1.0f, 4.0f, 8192};
+    return c;
+}
+
+ModelConfig mistral_7b_shape() // v0.1: a 4096-position sliding window over a 32768 context
+{
+    ModelConfig c;
+    c.arch = "mistral";
+    c.dim = 4096; c.hidden_dim = 14336; c.n_layers = 32; c.n_heads = 32; c.n_kv_heads = 8;
+    c.vocab_size = 32000; c.max_seq_len = 32768; c.norm_eps = 1e-5f; c.sliding_window = 4096;
+    return c;
+}
+
+ModelConfig smollm_135m_shape()
+{
+    ModelConfig c;
+    c.dim = 576; c.hidden_dim = 1536; c.n_layers = 30; c.n_heads = 9; c.n_kv_heads = 3;
+    c.vocab_size = 49152; c.max_seq_len = 2048; c.norm_eps = 1e-5f; c.tied_embeddings = true;
+    return c;
+}
+
+} // namespace
+
 const std::vector<NamedShape>& synthetic_shapes()
 {
     static const std::vector<NamedShape> shapes = {{"stories15m", stories15m_shape()},
                                                    {"stories110m", stories110m_shape()},
+                                                   {"smollm-135m", smollm_135m_shape()},
                                                    {"tinyllama-1.1b", tinyllama_1b_shape()},
-                                                   {"llama-7b", llama_7b_shape()}};
+                                                   {"llama-3.2-1b", llama3_shape(2048, 8192, 16, 8, 32.0f, true)},
+                                                   {"llama-7b", llama_7b_shape()},
+                                                   {"mistral-7b", mistral_7b_shape()},
+                                                   {"llama-3.1-8b", llama3_shape(4096, 14336, 32, 8, 8.0f, false)}};
     return shapes;
 }
 

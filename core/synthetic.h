@@ -20,7 +20,8 @@ ModelConfig tinyllama_1b_shape();
 /// LLaMA-7B: dim 4096, 32 layers, 32 heads, hidden 11008, vocab 32000, context 2048.
 ModelConfig llama_7b_shape();
 
-/// A named shape: "stories15m", "stories110m", "tinyllama-1.1b", "llama-7b".
+/// A named shape: "stories15m", "stories110m", "smollm-135m", "tinyllama-1.1b", "llama-3.2-1b",
+/// "llama-7b", "mistral-7b", "llama-3.1-8b".
 struct NamedShape {
     std::string name;
     ModelConfig config;

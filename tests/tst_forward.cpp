@@ -12,6 +12,7 @@
 #include <QTemporaryDir>
 #include <QtTest>
 
+#include <cmath>
 #include <cstring>
 
 using namespace pbllm;
@@ -29,6 +30,146 @@ at::Tensor decode_all(const Model& m, const at::Tensor& ids, DecoderBackend back
         std::memcpy(out[t].data_ptr<float>(), logits, sizeof(float) * m.config.vocab_size);
     }
     return out;
+}
+
+/// RoPE inverse frequencies in float64 from the formulas (Llama 3.1's "llama3" scaling written out
+/// again here, independently of core/llama.cpp).
+std::vector<double> reference_inverse_frequencies(const ModelConfig& c)
+{
+    const int hd = c.head_dim();
+    std::vector<double> f(static_cast<std::size_t>(hd / 2));
+    for (int i = 0; i < hd / 2; ++i) {
+        double inv = std::pow(static_cast<double>(c.rope_theta), -2.0 * i / hd);
+        const RopeScaling& r = c.rope_scaling;
+        if (r.type == RopeScaling::Type::Linear) {
+            inv /= r.factor;
+        } else if (r.type == RopeScaling::Type::Llama3) {
+            const double wavelen = 2.0 * M_PI / inv;
+            const double low = r.original_max_position / r.low_freq_factor;
+            const double high = r.original_max_position / r.high_freq_factor;
+            if (wavelen > low) {
+                inv /= r.factor;
+            } else if (wavelen >= high) {
+                const double s = (r.original_max_position / wavelen - r.low_freq_factor) /
+                                 (r.high_freq_factor - r.low_freq_factor);
+                inv = (1.0 - s) * inv / r.factor + s * inv;
+            }
+        }
+        f[static_cast<std::size_t>(i)] = inv;
+    }
+    return f;
+}
+
+/// The Llama forward pass for one sequence in plain loops and float64 (T, vocab): a reference
+/// written for the test, sharing no code with the libtorch or decoder paths.
+at::Tensor reference_logits(const Model& m, const std::vector<int>& ids)
+{
+    const ModelConfig& c = m.config;
+    const int D = c.dim, H = c.n_heads, KV = c.n_kv_heads, hd = c.head_dim(), F = c.hidden_dim, T = static_cast<int>(ids.size());
+    using Vec = std::vector<double>;
+    auto at2 = [](const at::Tensor& t) { return t.to(at::kDouble).contiguous(); };
+    auto matvec = [](const at::Tensor& w, const Vec& x) { // w (out, in) float64
+        const double* p = w.data_ptr<double>();
+        const std::int64_t rows = w.size(0), cols = w.size(1);
+        Vec y(static_cast<std::size_t>(rows), 0.0);
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t k = 0; k < cols; ++k)
+                y[r] += p[r * cols + k] * x[k];
+        return y;
+    };
+    auto rmsnorm = [&](const Vec& x, const at::Tensor& w) {
+        double ss = 0.0;
+        for (double v : x)
+            ss += v * v;
+        const double scale = 1.0 / std::sqrt(ss / x.size() + c.norm_eps);
+        const double* g = w.data_ptr<double>();
+        Vec y(x.size());
+        for (std::size_t i = 0; i < x.size(); ++i)
+            y[i] = x[i] * scale * g[i];
+        return y;
+    };
+    const std::vector<double> inv = reference_inverse_frequencies(c);
+    auto rope = [&](Vec& v, int heads, int pos) { // rotate-half pairs (i, i + hd/2)
+        for (int h = 0; h < heads; ++h)
+            for (int i = 0; i < hd / 2; ++i) {
+                const double a = pos * inv[i], x1 = v[h * hd + i], x2 = v[h * hd + i + hd / 2];
+                v[h * hd + i] = x1 * std::cos(a) - x2 * std::sin(a);
+                v[h * hd + i + hd / 2] = x1 * std::sin(a) + x2 * std::cos(a);
+            }
+    };
+    const at::Tensor emb = at2(m.tok_embeddings), head = at2(m.output), final_norm = at2(m.final_norm);
+    std::vector<Vec> x(T);
+    for (int t = 0; t < T; ++t)
+        x[t] = Vec(emb[ids[t]].data_ptr<double>(), emb[ids[t]].data_ptr<double>() + D);
+    for (const DecoderLayer& layer : m.layers) {
+        const at::Tensor wq = at2(layer.weight(LinearKind::Q)), wk = at2(layer.weight(LinearKind::K)),
+                         wv = at2(layer.weight(LinearKind::V)), wo = at2(layer.weight(LinearKind::O)),
+                         wg = at2(layer.weight(LinearKind::Gate)), wu = at2(layer.weight(LinearKind::Up)),
+                         wd = at2(layer.weight(LinearKind::Down)), an = at2(layer.attn_norm), fn = at2(layer.ffn_norm);
+        std::vector<Vec> q(T), k(T), v(T);
+        for (int t = 0; t < T; ++t) {
+            const Vec h = rmsnorm(x[t], an);
+            q[t] = matvec(wq, h);
+            k[t] = matvec(wk, h);
+            v[t] = matvec(wv, h);
+            rope(q[t], H, t);
+            rope(k[t], KV, t);
+        }
+        for (int t = 0; t < T; ++t) {
+            Vec att(static_cast<std::size_t>(D), 0.0);
+            for (int h = 0; h < H; ++h) {
+                const int g = h / (H / KV);
+                Vec score(static_cast<std::size_t>(t + 1));
+                double mx = -1e300, sum = 0.0;
+                for (int s = 0; s <= t; ++s) {
+                    double dot = 0.0;
+                    for (int i = 0; i < hd; ++i)
+                        dot += q[t][h * hd + i] * k[s][g * hd + i];
+                    score[s] = dot / std::sqrt(static_cast<double>(hd));
+                    mx = std::max(mx, score[s]);
+                }
+                for (int s = 0; s <= t; ++s)
+                    sum += (score[s] = std::exp(score[s] - mx));
+                for (int s = 0; s <= t; ++s)
+                    for (int i = 0; i < hd; ++i)
+                        att[h * hd + i] += score[s] / sum * v[s][g * hd + i];
+            }
+            const Vec o = matvec(wo, att);
+            for (int i = 0; i < D; ++i)
+                x[t][i] += o[i];
+            const Vec h2 = rmsnorm(x[t], fn);
+            const Vec gate = matvec(wg, h2), up = matvec(wu, h2);
+            Vec act(static_cast<std::size_t>(F));
+            for (int i = 0; i < F; ++i)
+                act[i] = gate[i] / (1.0 + std::exp(-gate[i])) * up[i];
+            const Vec down = matvec(wd, act);
+            for (int i = 0; i < D; ++i)
+                x[t][i] += down[i];
+        }
+    }
+    at::Tensor out = at::empty({T, c.vocab_size}, at::kDouble);
+    for (int t = 0; t < T; ++t) {
+        const Vec logits = matvec(head, rmsnorm(x[t], final_norm));
+        std::copy(logits.begin(), logits.end(), out[t].data_ptr<double>());
+    }
+    return out.to(at::kFloat);
+}
+
+/// A small synthetic model of `arch` with GQA; Llama 3.1-style RoPE scaling when `scaled`.
+ModelConfig family_config(const std::string& arch, bool scaled)
+{
+    ModelConfig c;
+    c.arch = arch;
+    c.dim = 32; c.hidden_dim = 48; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 40;
+    c.max_seq_len = 64;
+    if (scaled) {
+        // head_dim 8, theta 10000: wavelengths 6.3, 63, 628, 6283 against an original context of 16
+        // (the test runs 48 positions, past it): one blended (4..16), three divided by the factor.
+        c.rope_scaling = {RopeScaling::Type::Llama3, 4.0f, 1.0f, 4.0f, 16};
+    }
+    if (arch == "mistral")
+        c.sliding_window = 24;
+    return c;
 }
 
 } // namespace
@@ -99,6 +240,87 @@ private Q_SLOTS:
         // Auto must pick the plain-loop decoder (libtorch has no half matmul on the CPU).
         QCOMPARE(max_abs_diff(decode_all(mapped, ids[0], DecoderBackend::Auto), decode_all(f32, ids[0], DecoderBackend::Cpu)),
                  0.0);
+    }
+
+    void llama3RopeScalingMatchesTheFormula()
+    {
+        // Llama-3.1-8B: head_dim 128, theta 500000, factor 8, low 1, high 4, original 8192: 29
+        // frequencies kept, 6 blended (i = 29..34), 29 divided by 8 (../shared/docs/MODEL-FAMILIES.md).
+        ModelConfig c = synthetic_shape("llama-3.1-8b");
+        QCOMPARE(c.head_dim(), 128);
+        const std::vector<float> got = rope_inverse_frequencies(c);
+        const std::vector<double> expected = reference_inverse_frequencies(c);
+        ModelConfig plain = c;
+        plain.rope_scaling = {};
+        const std::vector<float> base = rope_inverse_frequencies(plain);
+        int kept = 0, divided = 0, blended = 0;
+        for (std::size_t i = 0; i < got.size(); ++i) {
+            QVERIFY2(std::abs(got[i] / expected[i] - 1.0) < 1e-5, qPrintable(QString("frequency %1").arg(i)));
+            if (got[i] == base[i])
+                ++kept;
+            else if (std::abs(got[i] * 8.0 / base[i] - 1.0) < 1e-6)
+                ++divided;
+            else {
+                ++blended;
+                QVERIFY(i >= 29 && i <= 34);
+            }
+        }
+        QCOMPARE(kept, 29);
+        QCOMPARE(blended, 6);
+        QCOMPARE(divided, 29);
+    }
+
+    void familiesMatchThePlainLoopReference_data()
+    {
+        QTest::addColumn<QString>("arch");
+        QTest::addColumn<bool>("scaled");
+        QTest::addColumn<bool>("tied");
+        QTest::newRow("llama (GQA, untied)") << "llama" << false << false;
+        QTest::newRow("llama 3.1 (llama3 RoPE scaling, past the original context)") << "llama" << true << false;
+        QTest::newRow("smollm-like (GQA, tied)") << "llama" << false << true;
+        QTest::newRow("mistral (sliding window 24)") << "mistral" << false << false;
+    }
+    void familiesMatchThePlainLoopReference()
+    {
+        QFETCH(QString, arch);
+        QFETCH(bool, scaled);
+        QFETCH(bool, tied);
+        ModelConfig c = family_config(arch.toStdString(), scaled);
+        c.tied_embeddings = tied;
+        const Model m = make_synthetic_model(c, 11);
+        // Positions up to 47 (past the window for Mistral, refused below; 24 otherwise in range).
+        const int T = arch == "mistral" ? 24 : 48;
+        std::vector<int> ids(T);
+        for (int t = 0; t < T; ++t)
+            ids[t] = (t * 7 + 3) % c.vocab_size;
+        const at::Tensor ids_tensor = at::tensor(std::vector<std::int64_t>(ids.begin(), ids.end())).view({1, T});
+        const at::Tensor expected = reference_logits(m, ids);
+        const double tol = 1e-4 * std::max(1.0, expected.abs().max().item<double>());
+        const at::Tensor batched = forward(m, ids_tensor)[0];
+        QVERIFY2(max_abs_diff(batched, expected) < tol, qPrintable(QString::number(max_abs_diff(batched, expected))));
+        for (DecoderBackend backend : {DecoderBackend::Cpu, DecoderBackend::Torch}) {
+            const at::Tensor stepped = decode_all(m, ids_tensor[0], backend);
+            QVERIFY2(max_abs_diff(stepped, expected) < tol, qPrintable(QString::number(max_abs_diff(stepped, expected))));
+        }
+        if (scaled) { // the scaling changes the logits past the first position: the test can see it
+            ModelConfig unscaled_config = c;
+            unscaled_config.rope_scaling = {};
+            Model unscaled = m;
+            unscaled.config = unscaled_config;
+            const double scaled_error = max_abs_diff(batched, expected);
+            const double unscaled_gap = max_abs_diff(forward(unscaled, ids_tensor)[0], expected);
+            QVERIFY2(unscaled_gap > 20 * scaled_error,
+                     qPrintable(QString("without scaling %1, with %2").arg(unscaled_gap).arg(scaled_error)));
+        }
+        if (arch == "mistral") { // one position past the window is refused, never attended in full
+            try {
+                forward(m, at::zeros({1, 25}, at::kLong));
+                QFAIL("a sequence past the sliding window was accepted");
+            } catch (const Error& e) {
+                QVERIFY2(QString(e.what()).contains("longer than the model's sliding attention window of 24"), e.what());
+            }
+            QVERIFY_THROWS_EXCEPTION(Error, make_decoder(m, DecoderBackend::Cpu, 25));
+        }
     }
 
     void batchRowsAreIndependent()

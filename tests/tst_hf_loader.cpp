@@ -4,6 +4,7 @@
 #include "core/hf_model.h"
 #include "core/model_io.h"
 #include "core/llama.h"
+#include "core/llama2c.h"
 #include "core/safetensors.h"
 #include "core/synthetic.h"
 #include "tests/support/test_support.h"
@@ -189,6 +190,62 @@ private Q_SLOTS:
         QCOMPARE(max_abs_diff(forward(m, ids), forward(back, ids)), 0.0);
     }
 
+    void familiesRoundTripThroughConfigJson_data()
+    {
+        QTest::addColumn<QString>("shape");
+        QTest::newRow("llama-3.2-1b (llama3 RoPE scaling, tied, GQA)") << "llama-3.2-1b";
+        QTest::newRow("llama-3.1-8b (untied)") << "llama-3.1-8b";
+        QTest::newRow("mistral-7b (sliding window)") << "mistral-7b";
+        QTest::newRow("smollm-135m (tied, GQA 9/3)") << "smollm-135m";
+    }
+    void familiesRoundTripThroughConfigJson()
+    {
+        // The shapes' configs, shrunk to a few KB of weights, through save_hf and load_hf.
+        QFETCH(QString, shape);
+        ModelConfig c = synthetic_shape(shape.toStdString());
+        c.dim = c.n_heads * 4; c.hidden_dim = 16; c.n_layers = 1; c.vocab_size = 24;
+        const Model m = make_synthetic_model(c, 5);
+        QTemporaryDir tmp;
+        save_hf(m, tmp.path().toStdString());
+        const QJsonObject written =
+            QJsonDocument::fromJson(QByteArray::fromStdString(read_bytes(tmp.filePath("config.json")))).object();
+        QCOMPARE(written["model_type"].toString(), QString::fromStdString(c.arch));
+        const Model back = load_hf(tmp.path().toStdString());
+        const ModelConfig& b = back.config;
+        QCOMPARE(b.arch, c.arch);
+        QCOMPARE(b.rope_theta, c.rope_theta);
+        QCOMPARE(static_cast<int>(b.rope_scaling.type), static_cast<int>(c.rope_scaling.type));
+        QCOMPARE(b.rope_scaling.factor, c.rope_scaling.factor);
+        QCOMPARE(b.rope_scaling.original_max_position, c.rope_scaling.original_max_position);
+        QCOMPARE(b.sliding_window, c.sliding_window);
+        QCOMPARE(b.tied_embeddings, c.tied_embeddings);
+        QCOMPARE(b.n_kv_heads, c.n_kv_heads);
+        QCOMPARE(b.to_json(), c.to_json()); // the packed format's copy of the config, too
+        QCOMPARE(ModelConfig::from_json(c.to_json(), "packed").to_json(), c.to_json());
+        if (c.rope_scaling.type == RopeScaling::Type::Llama3) {
+            QCOMPARE(written["rope_scaling"].toObject()["rope_type"].toString(), QString("llama3"));
+            QCOMPARE(written["rope_scaling"].toObject()["original_max_position_embeddings"].toInt(), 8192);
+        }
+        const at::Tensor ids = at::randint(24, {1, 12}, at::kLong);
+        QCOMPARE(max_abs_diff(forward(m, ids), forward(back, ids)), 0.0);
+        // llama2.c has no field for any of this: converting there is refused, not silently wrong.
+        if (shape != "smollm-135m")
+            QVERIFY_THROWS_EXCEPTION(Error, save_llama2c_v1(m, tmp.filePath("x.bin").toStdString()));
+    }
+
+    void configsWithoutNewKeysStayLlama()
+    {
+        // Packed files written before families existed hold no "arch", "rope_scaling" or "sliding_window".
+        const ModelConfig c = ModelConfig::from_json(
+            "{\"dim\":64,\"hidden_dim\":172,\"n_layers\":5,\"n_heads\":8,\"n_kv_heads\":4,\"vocab_size\":512,"
+            "\"max_seq_len\":512,\"norm_eps\":1e-5,\"rope_theta\":10000,\"tied_embeddings\":true}",
+            "old file");
+        QCOMPARE(c.arch, std::string("llama"));
+        QVERIFY(c.rope_scaling.type == RopeScaling::Type::None);
+        QCOMPARE(c.sliding_window, 0);
+        QCOMPARE(c.usable_context(), 512);
+    }
+
     void rejectsBadInput_data()
     {
         QTest::addColumn<QString>("breakage");
@@ -198,7 +255,11 @@ private Q_SLOTS:
         QTest::newRow("missing config") << "no-config" << "config.json: missing";
         QTest::newRow("config not JSON") << "config-garbage" << "not a JSON object";
         QTest::newRow("config missing key") << "config-key" << "required key 'hidden_size' is missing";
-        QTest::newRow("not llama") << "model-type" << "model_type 'gpt2' is not a Llama model";
+        QTest::newRow("unknown family") << "model-type" << "model_type 'gpt2' is not supported (supported: llama, mistral)";
+        QTest::newRow("family needing more") << "qwen2" << "model_type 'qwen2' is not supported: it needs biases on q_proj";
+        QTest::newRow("rope scaling type") << "yarn" << "rope_scaling type 'yarn' is not supported (linear and llama3 are)";
+        QTest::newRow("rope scaling factor") << "no-factor" << "rope_scaling.factor is missing";
+        QTest::newRow("llama3 scaling without context") << "llama3-bad" << "llama3 rope_scaling needs";
         QTest::newRow("header length beyond file") << "header-length" << "exceeds the file size";
         QTest::newRow("header not JSON") << "header-garbage" << "header is not a JSON object";
         QTest::newRow("truncated data") << "truncated" << "file truncated?";
@@ -243,6 +304,14 @@ private Q_SLOTS:
             edit_config(dir, [](QJsonObject& o) { o.remove("hidden_size"); });
         } else if (breakage == "model-type") {
             edit_config(dir, [](QJsonObject& o) { o["model_type"] = "gpt2"; });
+        } else if (breakage == "qwen2") {
+            edit_config(dir, [](QJsonObject& o) { o["model_type"] = "qwen2"; });
+        } else if (breakage == "yarn") {
+            edit_config(dir, [](QJsonObject& o) { o["rope_scaling"] = QJsonObject{{"rope_type", "yarn"}, {"factor", 4}}; });
+        } else if (breakage == "no-factor") {
+            edit_config(dir, [](QJsonObject& o) { o["rope_scaling"] = QJsonObject{{"type", "linear"}}; });
+        } else if (breakage == "llama3-bad") {
+            edit_config(dir, [](QJsonObject& o) { o["rope_scaling"] = QJsonObject{{"rope_type", "llama3"}, {"factor", 8}}; });
         } else if (breakage == "header-length") {
             std::string b = read_bytes(st);
             const std::uint64_t huge = 1ull << 40;

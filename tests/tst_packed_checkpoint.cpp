@@ -4,8 +4,10 @@
 #include "core/calibration_file.h"
 #include "core/error.h"
 #include "core/evaluation.h"
+#include "core/llama.h"
 #include "core/packed_checkpoint.h"
 #include "core/system.h"
+#include "core/synthetic.h"
 #include "core/tokenizer.h"
 #include "tests/support/test_support.h"
 
@@ -178,6 +180,48 @@ private Q_SLOTS:
         QVERIFY(metadata > 0);
         QVERIFY2(metadata < 3000 * static_cast<std::int64_t>(ck.packed.size()) + 16 * 1024,
                  qPrintable(QString::number(metadata)));
+    }
+
+    void familyAndBpeTokenizerSurviveThePackedFile_data()
+    {
+        QTest::addColumn<QString>("arch");
+        QTest::newRow("llama 3.1 (llama3 RoPE scaling, GQA)") << "llama";
+        QTest::newRow("mistral (sliding window)") << "mistral";
+    }
+    void familyAndBpeTokenizerSurviveThePackedFile()
+    {
+        QFETCH(QString, arch);
+        ModelConfig c;
+        c.arch = arch.toStdString();
+        c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 50257;
+        c.max_seq_len = 64;
+        if (arch == "mistral")
+            c.sliding_window = 32;
+        else
+            c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
+        const Tokenizer gpt2 = Tokenizer::from_file(shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json");
+        const Model m = make_synthetic_model(c, 9);
+        std::vector<std::vector<int>> windows(4, std::vector<int>(32));
+        for (std::size_t w = 0; w < windows.size(); ++w)
+            for (std::size_t t = 0; t < 32; ++t)
+                windows[w][t] = static_cast<int>((w * 977 + t * 131) % 50257);
+        QuantizedModel q = quantize_model(m, windows, QuantPlan{});
+        q.tokenizer_bytes = gpt2.model_bytes();
+        QTemporaryDir tmp;
+        const std::string path = tmp.filePath("family.pbllm.h5").toStdString();
+        write_packed_checkpoint(q, path);
+        for (PackedLoad load : {PackedLoad::Dequantized, PackedLoad::Runtime}) {
+            const Model back = read_packed_checkpoint(path, load).quantized.model;
+            QCOMPARE(back.config.to_json(), c.to_json()); // family, scaling and window recorded and reloaded
+            const Tokenizer tok = Tokenizer::from_bytes(back.embedded_tokenizer, "embedded");
+            QCOMPARE(tok.kind(), std::string("bpe"));
+            const std::vector<int> ids = tok.encode("Once upon a time, a packed model remembered its family.");
+            QCOMPARE(ids, gpt2.encode("Once upon a time, a packed model remembered its family."));
+            if (load == PackedLoad::Dequantized) { // the same logits as the quantized model it was written from
+                const at::Tensor t = at::tensor(std::vector<std::int64_t>(ids.begin(), ids.end())).view({1, -1});
+                QCOMPARE(max_abs_diff(forward(back, t), forward(q.model, t)), 0.0);
+            }
+        }
     }
 
     void unpackValidatesEveryField_data()

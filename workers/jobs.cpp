@@ -1,5 +1,6 @@
 #include "workers/jobs.h"
 
+#include "core/architecture.h"
 #include "core/calibration.h"
 #include "core/calibration_file.h"
 #include "core/error.h"
@@ -58,9 +59,10 @@ std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const Q
             out->quantizable_weights += info.weight_count();
             out->linears.push_back(std::move(info));
         }
-    const QString arch = QStringLiteral("Llama: %1 layers, dim %2, hidden %3, %4 heads (%5 KV), vocab %6, context %7%8")
+    const QString arch = QStringLiteral("%9: %1 layers, dim %2, hidden %3, %4 heads (%5 KV), vocab %6, context %7%8")
                              .arg(c.n_layers).arg(c.dim).arg(c.hidden_dim).arg(c.n_heads).arg(c.n_kv_heads)
-                             .arg(c.vocab_size).arg(c.max_seq_len).arg(c.tied_embeddings ? ", tied head" : "");
+                             .arg(c.vocab_size).arg(c.max_seq_len).arg(c.tied_embeddings ? ", tied head" : "")
+                             .arg(QString::fromStdString(architecture_details(c)));
     const std::int64_t embedding = static_cast<std::int64_t>(c.vocab_size) * c.dim;
     out->summary = {
         {QStringLiteral("File"), path},

@@ -1,6 +1,7 @@
 // pbllm info / eval / generate / convert.
 #include "app/cli/cli_common.h"
 
+#include "core/architecture.h"
 #include "core/error.h"
 #include "core/evaluation.h"
 #include "core/generation.h"
@@ -109,9 +110,9 @@ int run_info(const QStringList& args)
     std::printf("model         %s\n", m.source_path.c_str());
     std::printf("format        %s, %s, %s on disk\n", std::string(to_string(m.format)).c_str(), m.file_dtype.c_str(),
                 human_bytes(m.file_bytes).c_str());
-    std::printf("architecture  Llama: dim %d, %d layers, %d heads (%d KV heads%s), head dim %d, hidden %d,\n"
+    std::printf("architecture  %s: dim %d, %d layers, %d heads (%d KV heads%s), head dim %d, hidden %d,\n"
                 "              vocab %d, context %d, %s head\n",
-                c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.n_kv_heads < c.n_heads ? ", grouped-query" : "",
+                architecture_details(c).c_str(), c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.n_kv_heads < c.n_heads ? ", grouped-query" : "",
                 c.head_dim(), c.hidden_dim, c.vocab_size, c.max_seq_len, c.tied_embeddings ? "tied" : "separate");
     std::printf("parameters    %lld\n", static_cast<long long>(c.parameter_count()));
     if (!m.synthetic.empty())
@@ -281,8 +282,8 @@ int run_synth(const QStringList& args)
     cl.parser().addOption({"dtype", "Stored precision: f16 (default), bf16 or f32.", "DTYPE", "f16"});
     cl.parser().addOption({"layers", "Decoder layers (default: the shape's; fewer make a quick stand-in).", "N", "0"});
     cl.parser().addOption({"seed", "Random seed.", "S", "0"});
-    cl.parser().addOption({"tokenizer", "SentencePiece model to copy in as tokenizer.model (its vocabulary must "
-                                        "match the shape's).", "TOK"});
+    cl.parser().addOption({"tokenizer", "Tokenizer to copy in (tokenizer.model or tokenizer.json; no more tokens "
+                                        "than the shape's vocabulary).", "TOK"});
     cl.parser().addOption({{"o", "output"}, "Output folder (must be empty or new).", "DIR"});
     cl.parse(args);
     if (!cl.is_set("shape") || !cl.is_set("o"))
@@ -301,9 +302,9 @@ int run_synth(const QStringList& args)
     if (cl.is_set("tokenizer")) {
         spec.tokenizer_path = cl.value("tokenizer").toStdString();
         const Tokenizer tok = Tokenizer::from_file(spec.tokenizer_path);
-        if (tok.vocab_size() != spec.config.vocab_size)
+        if (tok.vocab_size() > spec.config.vocab_size) // as tokenizer_for: padded embeddings are fine
             throw Error(spec.tokenizer_path + ": tokenizer has " + std::to_string(tok.vocab_size()) +
-                        " pieces but the " + spec.shape_name + " shape has a vocabulary of " +
+                        " tokens but the " + spec.shape_name + " shape has a vocabulary of " +
                         std::to_string(spec.config.vocab_size));
     }
     const std::string out = cl.value("o").toStdString();

@@ -56,7 +56,7 @@ Calibration calibration_input(const CommandLine& cl, const Model& model, const T
     }
     const std::string text = read_text_file(path);
     c.text_sha256 = sha256_of_bytes(text);
-    c.windows = sample_calibration_windows(tok.encode(text), nsamples, seqlen > 0 ? seqlen : model.config.max_seq_len, seed);
+    c.windows = sample_calibration_windows(tok.encode(text), nsamples, seqlen > 0 ? seqlen : model.config.usable_context(), seed);
     return c;
 }
 

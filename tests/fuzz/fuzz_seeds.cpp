@@ -104,13 +104,25 @@ int main(int argc, char** argv)
         save_llama2c_v1(model, out.filePath("llama2c/tiny-v1.bin").toStdString());
         save_llama2c_v1(make_synthetic_model(tied, 2), out.filePath("llama2c/tiny-v1-tied.bin").toStdString());
 
-        const QString hf = out.filePath("hf-folder");
-        save_hf(model, hf.toStdString());
-        const QByteArray config = read_all(hf + "/config.json");
-        QByteArray packed;
-        packed.append(static_cast<char>(config.size() & 0xFF)).append(static_cast<char>(config.size() >> 8));
-        write_all(out.filePath("hf/tiny"), packed + config + read_all(hf + "/model.safetensors"));
-        QDir(hf).removeRecursively();
+        // Hugging Face folders of each family, so that every config key (rope_scaling, sliding_window)
+        // is in the corpus for mutation.
+        ModelConfig llama31 = c, mistral = c;
+        llama31.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 8};
+        llama31.rope_theta = 500000.0f;
+        mistral.arch = "mistral";
+        mistral.sliding_window = 8;
+        const std::pair<const char*, Model> hf_seeds[] = {
+            {"hf/tiny", model}, {"hf/tiny-llama3-scaling", make_synthetic_model(llama31, 4)},
+            {"hf/tiny-mistral", make_synthetic_model(mistral, 5)}};
+        for (const auto& [name, seed_model] : hf_seeds) {
+            const QString hf = out.filePath("hf-folder");
+            save_hf(seed_model, hf.toStdString());
+            const QByteArray config = read_all(hf + "/config.json");
+            QByteArray packed;
+            packed.append(static_cast<char>(config.size() & 0xFF)).append(static_cast<char>(config.size() >> 8));
+            write_all(out.filePath(name), packed + config + read_all(hf + "/model.safetensors"));
+            QDir(hf).removeRecursively();
+        }
 
         std::mt19937 rng(3);
         std::vector<std::vector<int>> windows(4, std::vector<int>(static_cast<std::size_t>(c.max_seq_len)));
