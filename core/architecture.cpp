@@ -19,6 +19,9 @@ const std::vector<Architecture>& architectures()
         {"mistral", "MistralForCausalLM", "Mistral: the Llama layout with grouped-query attention and a sliding "
                                           "attention window (sequences longer than it are refused)",
          true},
+        {"qwen2", "Qwen2ForCausalLM", "Qwen2 / Qwen2.5: the Llama layout with biases on q_proj, k_proj and v_proj "
+                                      "(kept in full precision), rope_theta 1e6",
+         false, true},
     };
     return table;
 }
@@ -30,7 +33,6 @@ const Architecture& architecture(std::string_view model_type, const std::string&
             return a;
     // Families people ask for, with what each would need beyond the Llama layout.
     static const std::pair<std::string_view, std::string_view> known[] = {
-        {"qwen2", "biases on q_proj, k_proj and v_proj"},
         {"qwen3", "per-head RMSNorm of queries and keys (q_norm, k_norm)"},
         {"gemma", "embeddings scaled by sqrt(hidden_size), RMSNorm with (1 + weight), GeGLU"},
         {"gemma2", "embeddings scaled by sqrt(hidden_size), RMSNorm with (1 + weight), GeGLU, logit soft-capping "

@@ -16,6 +16,7 @@ struct Architecture {
     /// Sequences longer than the window are refused (full causal attention equals windowed
     /// attention up to the window's length, and is silently wrong past it).
     bool sliding_window = false;
+    bool qkv_bias = false; ///< q_proj, k_proj and v_proj carry biases (Qwen2)
 };
 
 /// Every supported architecture, Llama first.

@@ -11,6 +11,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <vector>
 
@@ -124,6 +125,10 @@ public:
         for (const DecoderLayer& layer : m_.layers) {
             attn_norm_.push_back(for_compute(layer.attn_norm).contiguous());
             ffn_norm_.push_back(for_compute(layer.ffn_norm).contiguous());
+            auto& biases = bias_.emplace_back();
+            for (int k = 0; k < kLinearKindCount; ++k)
+                if (layer.bias[k].defined())
+                    biases[k] = for_compute(layer.bias[k]).contiguous();
         }
         final_norm_ = for_compute(m_.final_norm).contiguous();
         rope_ = make_rope_tables(c_, capacity_);
@@ -157,13 +162,12 @@ public:
         const float* sin = rope_.sin.data_ptr<float>() + pos_ * (hd / 2);
 
         for (int l = 0; l < c_.n_layers; ++l) {
-            const DecoderLayer& layer = m_.layers[l];
             rms_norm_vec(x_.data(), attn_norm_[l].data_ptr<float>(), xb_.data(), d, c_.norm_eps);
             float* kc = key_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
             float* vc = value_cache_.data() + (static_cast<std::size_t>(l) * capacity_) * kv;
-            linear(layer, LinearKind::Q, xb_.data(), q_.data());
-            linear(layer, LinearKind::K, xb_.data(), kc + static_cast<std::size_t>(pos_) * kv);
-            linear(layer, LinearKind::V, xb_.data(), vc + static_cast<std::size_t>(pos_) * kv);
+            linear(l, LinearKind::Q, xb_.data(), q_.data());
+            linear(l, LinearKind::K, xb_.data(), kc + static_cast<std::size_t>(pos_) * kv);
+            linear(l, LinearKind::V, xb_.data(), vc + static_cast<std::size_t>(pos_) * kv);
             rope_vec(q_.data(), H, hd, cos, sin);
             rope_vec(kc + static_cast<std::size_t>(pos_) * kv, c_.n_kv_heads, hd, cos, sin);
 
@@ -176,18 +180,18 @@ public:
                                 pos_, hd, scale, att_.data() + h * att_stride_, xb_.data() + h * hd);
                 }
             });
-            linear(layer, LinearKind::O, xb_.data(), xb2_.data());
+            linear(l, LinearKind::O, xb_.data(), xb2_.data());
             for (int i = 0; i < d; ++i)
                 x_[i] += xb2_[i];
 
             rms_norm_vec(x_.data(), ffn_norm_[l].data_ptr<float>(), xb_.data(), d, c_.norm_eps);
-            linear(layer, LinearKind::Gate, xb_.data(), hb_.data());
-            linear(layer, LinearKind::Up, xb_.data(), hb2_.data());
+            linear(l, LinearKind::Gate, xb_.data(), hb_.data());
+            linear(l, LinearKind::Up, xb_.data(), hb2_.data());
             for (int i = 0; i < c_.hidden_dim; ++i) {
                 const float g = hb_[i];
                 hb_[i] = g / (1.0f + std::exp(-g)) * hb2_[i];
             }
-            linear(layer, LinearKind::Down, hb_.data(), xb2_.data());
+            linear(l, LinearKind::Down, hb_.data(), xb2_.data());
             for (int i = 0; i < d; ++i)
                 x_[i] += xb2_[i];
         }
@@ -226,8 +230,9 @@ private:
         return out;
     }
 
-    void linear(const DecoderLayer& layer, LinearKind kind, const float* x, float* y)
+    void linear(int l, LinearKind kind, const float* x, float* y)
     {
+        const DecoderLayer& layer = m_.layers[static_cast<std::size_t>(l)];
         // K and V read Q's input, Up reads Gate's: prepared once for the packed kernels (unless a
         // Linear between them was not packed, or had other parameter groups).
         const bool same_input = kind == LinearKind::K || kind == LinearKind::V || kind == LinearKind::Up;
@@ -236,11 +241,17 @@ private:
         else
             dense_matvec(layer.weight(kind), x, y);
         packed_input_for_ = layer.packed_weight(kind) && layer.packed_weight(kind)->groups == 1 ? x : nullptr;
+        if (const at::Tensor& b = bias_[static_cast<std::size_t>(l)][static_cast<int>(kind)]; b.defined()) {
+            const float* bias = b.data_ptr<float>();
+            for (std::int64_t i = 0; i < b.numel(); ++i)
+                y[i] += bias[i];
+        }
     }
 
     Model m_; // shares the caller's tensors
     ModelConfig c_;
     std::vector<at::Tensor> attn_norm_, ffn_norm_; // float32
+    std::vector<std::array<at::Tensor, kLinearKindCount>> bias_; // float32, undefined where none
     at::Tensor final_norm_;
     int capacity_;
     int pos_ = 0;
@@ -287,10 +298,14 @@ public:
         };
         for (int l = 0; l < c_.n_layers; ++l) {
             const DecoderLayer& layer = m_.layers[l];
+            auto linear = [&](LinearKind kind, const at::Tensor& input) {
+                const at::Tensor y = at::matmul(input, layer.weight(kind).t());
+                return layer.bias_of(kind).defined() ? y + layer.bias_of(kind) : y;
+            };
             const at::Tensor h = rms_norm(x, layer.attn_norm, c_.norm_eps);
-            const at::Tensor q = rope(at::matmul(h, layer.weight(LinearKind::Q).t()), H);
-            keys_[l].narrow(1, pos_, 1).copy_(rope(at::matmul(h, layer.weight(LinearKind::K).t()), KV));
-            values_[l].narrow(1, pos_, 1).copy_(at::matmul(h, layer.weight(LinearKind::V).t()).view({KV, 1, hd}));
+            const at::Tensor q = rope(linear(LinearKind::Q, h), H);
+            keys_[l].narrow(1, pos_, 1).copy_(rope(linear(LinearKind::K, h), KV));
+            values_[l].narrow(1, pos_, 1).copy_(linear(LinearKind::V, h).view({KV, 1, hd}));
             at::Tensor k = keys_[l].narrow(1, 0, pos_ + 1);
             at::Tensor v = values_[l].narrow(1, 0, pos_ + 1);
             if (KV != H) {

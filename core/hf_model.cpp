@@ -90,6 +90,8 @@ ModelConfig parse_config(const QJsonObject& o, const QString& path)
     c.rope_theta = static_cast<float>(o.value("rope_theta").toDouble(10000.0));
     c.tied_embeddings = o.value("tie_word_embeddings").toBool(false);
     c.arch = std::string(arch.model_type);
+    if (o.value("use_sliding_window").toBool(false)) // Qwen2: windows on some layers only
+        throw Error(where + ": use_sliding_window is set: per-layer sliding windows are not supported");
     c.rope_scaling = RopeScaling::from_json(o.value("rope_scaling"), where);
     if (arch.sliding_window && o.contains("sliding_window") && !o.value("sliding_window").isNull()) {
         c.sliding_window = integer("sliding_window", 0, false);
@@ -186,6 +188,9 @@ Model load_hf(const std::string& path, bool check_finite)
         m.layers[i].ffn_norm = take(prefix + "post_attention_layernorm.weight");
         for (LinearKind k : kAllLinearKinds)
             m.layers[i].weight(k) = take(linear_name(i, k) + ".weight");
+        if (c.qkv_bias())
+            for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
+                m.layers[i].bias[static_cast<int>(k)] = take(linear_name(i, k) + ".bias");
     }
     m.final_norm = take("model.norm.weight");
     if (c.tied_embeddings) {

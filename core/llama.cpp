@@ -123,8 +123,10 @@ DecoderLayer for_compute(const DecoderLayer& layer)
     DecoderLayer out;
     out.attn_norm = for_compute(layer.attn_norm);
     out.ffn_norm = for_compute(layer.ffn_norm);
-    for (int k = 0; k < kLinearKindCount; ++k)
+    for (int k = 0; k < kLinearKindCount; ++k) {
         out.linear[k] = for_compute(layer.linear[k]);
+        out.bias[k] = for_compute(layer.bias[k]);
+    }
     out.packed = layer.packed;
     return out;
 }
@@ -168,6 +170,8 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
     auto linear = [&](LinearKind kind, const at::Tensor& input) {
         const kernels::PackedWeights* packed = layer.packed_weight(kind);
         at::Tensor output = packed ? packed_linear_forward(*packed, input) : at::matmul(input, layer.weight(kind).t());
+        if (layer.bias_of(kind).defined())
+            output = output + layer.bias_of(kind);
         if (observer)
             observer(kind, input, output);
         return output;

@@ -12,10 +12,12 @@
 
 namespace pbllm {
 
+bool ModelConfig::qkv_bias() const { return architecture(arch, "model").qkv_bias; }
+
 std::int64_t ModelConfig::parameter_count() const
 {
     const std::int64_t d = dim, h = hidden_dim, kv = kv_dim(), v = vocab_size;
-    const std::int64_t per_layer = 2 * d + d * d * 2 + d * kv * 2 + 3 * d * h;
+    const std::int64_t per_layer = 2 * d + d * d * 2 + d * kv * 2 + 3 * d * h + (qkv_bias() ? d + 2 * kv : 0);
     return v * d * (tied_embeddings ? 1 : 2) + n_layers * per_layer + d;
 }
 
@@ -204,9 +206,12 @@ std::vector<NamedTensor> Model::named_tensors() const
     for (int i = 0; i < static_cast<int>(layers.size()); ++i) {
         const std::string prefix = "model.layers." + std::to_string(i) + ".";
         out.push_back({prefix + "input_layernorm.weight", layers[i].attn_norm});
-        for (LinearKind k : kAllLinearKinds)
+        for (LinearKind k : kAllLinearKinds) {
             if (!layers[i].packed_weight(k))
                 out.push_back({linear_name(i, k) + ".weight", layers[i].weight(k)});
+            if (config.qkv_bias() && (k == LinearKind::Q || k == LinearKind::K || k == LinearKind::V))
+                out.push_back({linear_name(i, k) + ".bias", layers[i].bias_of(k)});
+        }
         out.push_back({prefix + "post_attention_layernorm.weight", layers[i].ffn_norm});
     }
     out.push_back({"model.norm.weight", final_norm});
@@ -229,6 +234,8 @@ std::vector<std::int64_t> expected_shape(const ModelConfig& c, const std::string
     if (ends_with("k_proj.weight") || ends_with("v_proj.weight")) return {kv, d};
     if (ends_with("gate_proj.weight") || ends_with("up_proj.weight")) return {h, d};
     if (ends_with("down_proj.weight")) return {d, h};
+    if (ends_with("q_proj.bias")) return {d};
+    if (ends_with("k_proj.bias") || ends_with("v_proj.bias")) return {kv};
     return {};
 }
 
@@ -304,6 +311,9 @@ Model Model::map(const std::function<at::Tensor(const at::Tensor&)>& fn) const
         for (at::Tensor& w : layer.linear)
             if (w.defined())
                 w = fn(w);
+        for (at::Tensor& b : layer.bias)
+            if (b.defined())
+                b = fn(b);
     }
     return m;
 }

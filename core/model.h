@@ -52,6 +52,8 @@ struct ModelConfig {
     int sliding_window = 0; ///< Mistral: attention window in positions (0: none); longer sequences are refused
 
     int head_dim() const { return n_heads > 0 ? dim / n_heads : 0; }
+    /// Whether q_proj, k_proj and v_proj carry biases (the architecture's row says).
+    bool qkv_bias() const;
     /// The longest sequence this engine runs correctly: the context, or the sliding attention
     /// window when that is shorter (the default for windows, caches and generation).
     int usable_context() const { return sliding_window > 0 ? std::min(max_seq_len, sliding_window) : max_seq_len; }
@@ -84,10 +86,14 @@ struct DecoderLayer {
     /// Linears run from their bits (a packed checkpoint loaded with LoadOptions::packed): the
     /// packed kernels multiply by them and their `linear` tensor is undefined.
     std::array<std::shared_ptr<const kernels::PackedWeights>, kLinearKindCount> packed;
+    /// Biases (d_out), undefined where the Linear has none: Qwen2's q, k and v carry them. They stay
+    /// in full precision (FP16 in packed files) and are added after the Linear, packed or not.
+    std::array<at::Tensor, kLinearKindCount> bias;
 
     at::Tensor& weight(LinearKind k) { return linear[static_cast<int>(k)]; }
     const at::Tensor& weight(LinearKind k) const { return linear[static_cast<int>(k)]; }
     const kernels::PackedWeights* packed_weight(LinearKind k) const { return packed[static_cast<int>(k)].get(); }
+    const at::Tensor& bias_of(LinearKind k) const { return bias[static_cast<int>(k)]; }
 };
 
 struct NamedTensor {

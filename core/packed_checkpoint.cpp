@@ -541,6 +541,8 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
                                                                                          : std::vector<hsize_t>{d, d};
             m.layers[i].weight(k) =
                 load_tensor(linear_name(i, k) + ".weight", shape, &m.layers[i].packed[static_cast<int>(k)]);
+            if (c.qkv_bias() && (k == LinearKind::Q || k == LinearKind::K || k == LinearKind::V))
+                m.layers[i].bias[static_cast<int>(k)] = load_tensor(linear_name(i, k) + ".bias", {shape[0]});
         }
         // Each Linear's file arrays are freed once its layout is built: returned here, they do not
         // add up to 256 MiB (glibc's trim threshold) to the peak (LLaMA-7B: 2.8 GiB plus that).

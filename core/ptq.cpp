@@ -45,6 +45,9 @@ Model with_fp16_full_precision(const Model& model, bool head_quantized)
     for (DecoderLayer& layer : m.layers) {
         layer.attn_norm = round_to_fp16(layer.attn_norm);
         layer.ffn_norm = round_to_fp16(layer.ffn_norm);
+        for (at::Tensor& b : layer.bias)
+            if (b.defined())
+                b = round_to_fp16(b);
     }
     return m;
 }
@@ -109,8 +112,11 @@ void LayerwiseQuantizer::quantize_layer(int l, at::Tensor& x, const LinearSink& 
     DecoderLayer layer;
     layer.attn_norm = round_to_fp16(source.attn_norm.to(at::kCPU, at::kFloat));
     layer.ffn_norm = round_to_fp16(source.ffn_norm.to(at::kCPU, at::kFloat));
-    for (int k = 0; k < kLinearKindCount; ++k)
+    for (int k = 0; k < kLinearKindCount; ++k) {
         layer.linear[k] = source.linear[k].to(at::kCPU, at::kFloat);
+        if (source.bias[k].defined()) // stored FP16 like the norms: the quantized model computes with that
+            layer.bias[k] = round_to_fp16(source.bias[k].to(at::kCPU, at::kFloat));
+    }
 
     // 1. Hessians of this layer's inputs, with the (already quantized) earlier layers.
     enter("hessians");

@@ -67,6 +67,16 @@ ModelConfig mistral_7b_shape() // v0.1: a 4096-position sliding window over a 32
     return c;
 }
 
+ModelConfig qwen25_05b_shape() // Qwen2.5-0.5B: q/k/v biases, rope_theta 1e6, tied, GQA 14/2
+{
+    ModelConfig c;
+    c.arch = "qwen2";
+    c.dim = 896; c.hidden_dim = 4864; c.n_layers = 24; c.n_heads = 14; c.n_kv_heads = 2;
+    c.vocab_size = 151936; c.max_seq_len = 32768; c.norm_eps = 1e-6f; c.rope_theta = 1000000.0f;
+    c.tied_embeddings = true;
+    return c;
+}
+
 ModelConfig smollm_135m_shape()
 {
     ModelConfig c;
@@ -82,6 +92,7 @@ const std::vector<NamedShape>& synthetic_shapes()
     static const std::vector<NamedShape> shapes = {{"stories15m", stories15m_shape()},
                                                    {"stories110m", stories110m_shape()},
                                                    {"smollm-135m", smollm_135m_shape()},
+                                                   {"qwen2.5-0.5b", qwen25_05b_shape()},
                                                    {"tinyllama-1.1b", tinyllama_1b_shape()},
                                                    {"llama-3.2-1b", llama3_shape(2048, 8192, 16, 8, 32.0f, true)},
                                                    {"llama-7b", llama_7b_shape()},
@@ -124,6 +135,8 @@ void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, con
             const bool wide_out = k == LinearKind::Gate || k == LinearKind::Up;
             const std::int64_t rows = narrow_out ? kv : wide_out ? h : d;
             tensors.push_back({linear_name(i, k) + ".weight", spec.dtype, {rows, k == LinearKind::Down ? h : d}});
+            if (c.qkv_bias() && (k == LinearKind::Q || narrow_out))
+                tensors.push_back({linear_name(i, k) + ".bias", spec.dtype, {rows}});
         }
         tensors.push_back({prefix + "post_attention_layernorm.weight", spec.dtype, {d}});
     }
@@ -148,9 +161,10 @@ void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, con
     std::int64_t written = 0;
     for (const TensorSpec& t : tensors) {
         const std::int64_t rows = t.shape[0], cols = t.shape.size() > 1 ? t.shape[1] : 1;
-        if (t.shape.size() == 1) { // norm weights
-            const at::Tensor ones = at::ones({rows}, at::kFloat).to(spec.dtype);
-            out.write(ones.data_ptr(), static_cast<std::size_t>(ones.numel() * ones.element_size()));
+        if (t.shape.size() == 1) { // norm weights (ones) and biases
+            const bool bias = t.name.size() > 5 && t.name.compare(t.name.size() - 5, 5, ".bias") == 0;
+            const at::Tensor values = (bias ? at::normal(0.0, 0.02, {rows}, gen) : at::ones({rows}, at::kFloat)).to(spec.dtype);
+            out.write(values.data_ptr(), static_cast<std::size_t>(values.numel() * values.element_size()));
             continue;
         }
         // About 16M weights at a time keeps the float32 staging buffer near 64 MiB.
@@ -196,6 +210,9 @@ Model make_synthetic_model(const ModelConfig& config, std::uint64_t seed)
         l.weight(LinearKind::Gate) = randn(h, d);
         l.weight(LinearKind::Up) = randn(h, d);
         l.weight(LinearKind::Down) = randn(d, h);
+        if (config.qkv_bias())
+            for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
+                l.bias[static_cast<int>(k)] = at::normal(0.0, 0.02, {l.weight(k).size(0)}, gen);
         m.layers.push_back(l);
     }
     m.final_norm = at::ones({d});

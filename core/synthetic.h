@@ -20,7 +20,7 @@ ModelConfig tinyllama_1b_shape();
 /// LLaMA-7B: dim 4096, 32 layers, 32 heads, hidden 11008, vocab 32000, context 2048.
 ModelConfig llama_7b_shape();
 
-/// A named shape: "stories15m", "stories110m", "smollm-135m", "tinyllama-1.1b", "llama-3.2-1b",
+/// A named shape: "stories15m", "stories110m", "smollm-135m", "qwen2.5-0.5b", "tinyllama-1.1b", "llama-3.2-1b",
 /// "llama-7b", "mistral-7b", "llama-3.1-8b".
 struct NamedShape {
     std::string name;

@@ -106,12 +106,20 @@ at::Tensor reference_logits(const Model& m, const std::vector<int>& ids)
                          wv = at2(layer.weight(LinearKind::V)), wo = at2(layer.weight(LinearKind::O)),
                          wg = at2(layer.weight(LinearKind::Gate)), wu = at2(layer.weight(LinearKind::Up)),
                          wd = at2(layer.weight(LinearKind::Down)), an = at2(layer.attn_norm), fn = at2(layer.ffn_norm);
+        auto add_bias = [&](Vec y, LinearKind kind) { // Qwen2's q/k/v biases
+            if (layer.bias_of(kind).defined()) {
+                const at::Tensor b = at2(layer.bias_of(kind));
+                for (std::size_t i = 0; i < y.size(); ++i)
+                    y[i] += b.data_ptr<double>()[i];
+            }
+            return y;
+        };
         std::vector<Vec> q(T), k(T), v(T);
         for (int t = 0; t < T; ++t) {
             const Vec h = rmsnorm(x[t], an);
-            q[t] = matvec(wq, h);
-            k[t] = matvec(wk, h);
-            v[t] = matvec(wv, h);
+            q[t] = add_bias(matvec(wq, h), LinearKind::Q);
+            k[t] = add_bias(matvec(wk, h), LinearKind::K);
+            v[t] = add_bias(matvec(wv, h), LinearKind::V);
             rope(q[t], H, t);
             rope(k[t], KV, t);
         }
@@ -279,6 +287,7 @@ private Q_SLOTS:
         QTest::newRow("llama 3.1 (llama3 RoPE scaling, past the original context)") << "llama" << true << false;
         QTest::newRow("smollm-like (GQA, tied)") << "llama" << false << true;
         QTest::newRow("mistral (sliding window 24)") << "mistral" << false << false;
+        QTest::newRow("qwen2 (q/k/v biases, tied)") << "qwen2" << false << true;
     }
     void familiesMatchThePlainLoopReference()
     {
@@ -287,7 +296,14 @@ private Q_SLOTS:
         QFETCH(bool, tied);
         ModelConfig c = family_config(arch.toStdString(), scaled);
         c.tied_embeddings = tied;
-        const Model m = make_synthetic_model(c, 11);
+        Model m = make_synthetic_model(c, 11);
+        if (arch == "qwen2") { // biases as large as real Qwen2's, so that dropping one shows
+            for (DecoderLayer& layer : m.layers)
+                for (at::Tensor& b : layer.bias)
+                    if (b.defined())
+                        b = b * 50.0;
+            QVERIFY(m.layers[1].bias_of(LinearKind::K).defined());
+        }
         // Positions up to 47 (past the window for Mistral, refused below; 24 otherwise in range).
         const int T = arch == "mistral" ? 24 : 48;
         std::vector<int> ids(T);
@@ -311,6 +327,13 @@ private Q_SLOTS:
             const double unscaled_gap = max_abs_diff(forward(unscaled, ids_tensor)[0], expected);
             QVERIFY2(unscaled_gap > 20 * scaled_error,
                      qPrintable(QString("without scaling %1, with %2").arg(unscaled_gap).arg(scaled_error)));
+        }
+        if (arch == "qwen2") { // the biases matter: without them the logits differ
+            Model unbiased = m;
+            for (DecoderLayer& layer : unbiased.layers)
+                layer.bias = {};
+            unbiased.config.arch = "llama";
+            QVERIFY(max_abs_diff(forward(unbiased, ids_tensor)[0], expected) > 20 * max_abs_diff(batched, expected));
         }
         if (arch == "mistral") { // one position past the window is refused, never attended in full
             try {

@@ -197,6 +197,7 @@ private Q_SLOTS:
         QTest::newRow("llama-3.1-8b (untied)") << "llama-3.1-8b";
         QTest::newRow("mistral-7b (sliding window)") << "mistral-7b";
         QTest::newRow("smollm-135m (tied, GQA 9/3)") << "smollm-135m";
+        QTest::newRow("qwen2.5-0.5b (q/k/v biases, tied, GQA 14/2)") << "qwen2.5-0.5b";
     }
     void familiesRoundTripThroughConfigJson()
     {
@@ -228,6 +229,10 @@ private Q_SLOTS:
         }
         const at::Tensor ids = at::randint(24, {1, 12}, at::kLong);
         QCOMPARE(max_abs_diff(forward(m, ids), forward(back, ids)), 0.0);
+        if (c.qkv_bias()) {
+            QVERIFY(at::equal(back.layers[0].bias_of(LinearKind::V), m.layers[0].bias_of(LinearKind::V)));
+            QCOMPARE(m.named_tensors().size(), std::size_t(1 + 12 + 1)); // embedding; 2 norms, 7 Linears, 3 biases; final norm
+        }
         // llama2.c has no field for any of this: converting there is refused, not silently wrong.
         if (shape != "smollm-135m")
             QVERIFY_THROWS_EXCEPTION(Error, save_llama2c_v1(m, tmp.filePath("x.bin").toStdString()));
@@ -255,8 +260,9 @@ private Q_SLOTS:
         QTest::newRow("missing config") << "no-config" << "config.json: missing";
         QTest::newRow("config not JSON") << "config-garbage" << "not a JSON object";
         QTest::newRow("config missing key") << "config-key" << "required key 'hidden_size' is missing";
-        QTest::newRow("unknown family") << "model-type" << "model_type 'gpt2' is not supported (supported: llama, mistral)";
-        QTest::newRow("family needing more") << "qwen2" << "model_type 'qwen2' is not supported: it needs biases on q_proj";
+        QTest::newRow("unknown family") << "model-type" << "model_type 'gpt2' is not supported (supported: llama, mistral, qwen2)";
+        QTest::newRow("family needing more") << "qwen3" << "model_type 'qwen3' is not supported: it needs per-head RMSNorm";
+        QTest::newRow("qwen2 without biases") << "qwen2" << "tensor 'model.layers.0.self_attn.q_proj.bias' is missing";
         QTest::newRow("rope scaling type") << "yarn" << "rope_scaling type 'yarn' is not supported (linear and llama3 are)";
         QTest::newRow("rope scaling factor") << "no-factor" << "rope_scaling.factor is missing";
         QTest::newRow("llama3 scaling without context") << "llama3-bad" << "llama3 rope_scaling needs";
@@ -306,6 +312,8 @@ private Q_SLOTS:
             edit_config(dir, [](QJsonObject& o) { o["model_type"] = "gpt2"; });
         } else if (breakage == "qwen2") {
             edit_config(dir, [](QJsonObject& o) { o["model_type"] = "qwen2"; });
+        } else if (breakage == "qwen3") {
+            edit_config(dir, [](QJsonObject& o) { o["model_type"] = "qwen3"; });
         } else if (breakage == "yarn") {
             edit_config(dir, [](QJsonObject& o) { o["rope_scaling"] = QJsonObject{{"rope_type", "yarn"}, {"factor", 4}}; });
         } else if (breakage == "no-factor") {

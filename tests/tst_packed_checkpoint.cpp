@@ -2,6 +2,7 @@
 // perplexity to the last digit), honest bit accounting, validation of every field, and atomic writes.
 #include "core/calibration.h"
 #include "core/calibration_file.h"
+#include "core/decoder.h"
 #include "core/error.h"
 #include "core/evaluation.h"
 #include "core/llama.h"
@@ -187,6 +188,7 @@ private Q_SLOTS:
         QTest::addColumn<QString>("arch");
         QTest::newRow("llama 3.1 (llama3 RoPE scaling, GQA)") << "llama";
         QTest::newRow("mistral (sliding window)") << "mistral";
+        QTest::newRow("qwen2 (q/k/v biases kept FP16)") << "qwen2";
     }
     void familyAndBpeTokenizerSurviveThePackedFile()
     {
@@ -197,7 +199,7 @@ private Q_SLOTS:
         c.max_seq_len = 64;
         if (arch == "mistral")
             c.sliding_window = 32;
-        else
+        else if (arch == "llama")
             c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
         const Tokenizer gpt2 = Tokenizer::from_file(shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json");
         const Model m = make_synthetic_model(c, 9);
@@ -210,18 +212,34 @@ private Q_SLOTS:
         QTemporaryDir tmp;
         const std::string path = tmp.filePath("family.pbllm.h5").toStdString();
         write_packed_checkpoint(q, path);
+        std::vector<at::Tensor> decoded; // logits of the CPU decoder, dequantized then packed
         for (PackedLoad load : {PackedLoad::Dequantized, PackedLoad::Runtime}) {
             const Model back = read_packed_checkpoint(path, load).quantized.model;
+            QCOMPARE(back.has_packed_linears(), load == PackedLoad::Runtime);
+            auto decoder = make_decoder(back, DecoderBackend::Cpu, 8);
+            at::Tensor logits = at::empty({8, c.vocab_size});
+            for (int t = 0; t < 8; ++t) {
+                const float* l = decoder->step(windows[0][static_cast<std::size_t>(t)]);
+                std::copy(l, l + c.vocab_size, logits[t].data_ptr<float>());
+            }
+            decoded.push_back(logits);
             QCOMPARE(back.config.to_json(), c.to_json()); // family, scaling and window recorded and reloaded
             const Tokenizer tok = Tokenizer::from_bytes(back.embedded_tokenizer, "embedded");
             QCOMPARE(tok.kind(), std::string("bpe"));
             const std::vector<int> ids = tok.encode("Once upon a time, a packed model remembered its family.");
             QCOMPARE(ids, gpt2.encode("Once upon a time, a packed model remembered its family."));
+            if (c.qkv_bias()) // stored FP16, as the quantizer computed with them
+                QVERIFY(at::equal(back.layers[1].bias_of(LinearKind::Q).to(at::kFloat), q.model.layers[1].bias_of(LinearKind::Q)));
             if (load == PackedLoad::Dequantized) { // the same logits as the quantized model it was written from
                 const at::Tensor t = at::tensor(std::vector<std::int64_t>(ids.begin(), ids.end())).view({1, -1});
                 QCOMPARE(max_abs_diff(forward(back, t), forward(q.model, t)), 0.0);
             }
         }
+        // Run from its bits (packed kernels, biases added after them) it computes the same logits
+        // up to float32 summation order.
+        const double scale = decoded[0].abs().max().item<double>();
+        QVERIFY2(max_abs_diff(decoded[0], decoded[1]) < 1e-4 * std::max(1.0, scale),
+                 qPrintable(QString::number(max_abs_diff(decoded[0], decoded[1]))));
     }
 
     void unpackValidatesEveryField_data()

@@ -105,15 +105,16 @@ int main(int argc, char** argv)
         save_llama2c_v1(make_synthetic_model(tied, 2), out.filePath("llama2c/tiny-v1-tied.bin").toStdString());
 
         // Hugging Face folders of each family, so that every config key (rope_scaling, sliding_window)
-        // is in the corpus for mutation.
-        ModelConfig llama31 = c, mistral = c;
+        // and Qwen2's bias tensors are in the corpus for mutation.
+        ModelConfig llama31 = c, mistral = c, qwen2 = c;
+        qwen2.arch = "qwen2";
         llama31.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 8};
         llama31.rope_theta = 500000.0f;
         mistral.arch = "mistral";
         mistral.sliding_window = 8;
         const std::pair<const char*, Model> hf_seeds[] = {
             {"hf/tiny", model}, {"hf/tiny-llama3-scaling", make_synthetic_model(llama31, 4)},
-            {"hf/tiny-mistral", make_synthetic_model(mistral, 5)}};
+            {"hf/tiny-mistral", make_synthetic_model(mistral, 5)}, {"hf/tiny-qwen2", make_synthetic_model(qwen2, 6)}};
         for (const auto& [name, seed_model] : hf_seeds) {
             const QString hf = out.filePath("hf-folder");
             save_hf(seed_model, hf.toStdString());
