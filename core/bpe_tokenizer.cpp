@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
-#include <cstdio>
+#include <charconv>
 #include <mutex>
 #include <queue>
 #include <unordered_map>
@@ -349,7 +349,20 @@ struct Normalizer {
             case Kind::Form: text = text.normalized(s.form); break;
             case Kind::Lowercase: text = text.toLower(); break;
             case Kind::Prepend: if (!text.isEmpty()) text.prepend(s.content); break;
-            case Kind::Replace: text.replace(s.pattern, s.content); break;
+            case Kind::Replace: { // the content is literal text (QString::replace would read \1 as a group)
+                QString out;
+                qsizetype at = 0;
+                QRegularExpressionMatchIterator it = s.pattern.globalMatch(text);
+                while (it.hasNext()) {
+                    const QRegularExpressionMatch m = it.next();
+                    out += QStringView(text).mid(at, m.capturedStart(0) - at);
+                    out += s.content;
+                    at = m.capturedEnd(0);
+                }
+                out += QStringView(text).mid(at);
+                text = out;
+                break;
+            }
             }
         }
     }
@@ -816,8 +829,20 @@ std::shared_ptr<const Tokenizer::Impl> make_bpe_tokenizer(std::string bytes, con
     std::string_view json = bytes;
     if (json.substr(0, kEmbeddedHeader.size()) == kEmbeddedHeader) {
         const std::size_t eol = json.find('\n');
-        if (eol == std::string_view::npos ||
-            std::sscanf(std::string(json.substr(0, eol)).c_str(), "PBLLM-BPE 1 bos=%d eos=%d", &bos, &eos) != 2)
+        std::string_view header = json.substr(kEmbeddedHeader.size(), eol == std::string_view::npos ? 0 : eol - kEmbeddedHeader.size());
+        auto field = [&](std::string_view name, int& value) { // "name=<int>", then an optional space
+            if (header.substr(0, name.size()) != name)
+                return false;
+            header.remove_prefix(name.size());
+            const auto [end, ec] = std::from_chars(header.data(), header.data() + header.size(), value);
+            if (ec != std::errc())
+                return false;
+            header.remove_prefix(static_cast<std::size_t>(end - header.data()));
+            if (!header.empty() && header.front() == ' ')
+                header.remove_prefix(1);
+            return true;
+        };
+        if (eol == std::string_view::npos || !field("bos=", bos) || !field("eos=", eos) || !header.empty())
             throw Error(origin + ": embedded tokenizer header is malformed");
         json.remove_prefix(eol + 1);
         embedded = true;

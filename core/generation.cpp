@@ -14,9 +14,11 @@ GenerationResult generate(const Model& model, const Tokenizer& tokenizer, const 
 {
     if (settings.max_new_tokens < 0)
         throw Error("the number of tokens to generate must be >= 0");
-    if (tokenizer.vocab_size() != model.config.vocab_size)
+    // Padded embeddings (Qwen2.5: 151936 rows for 151665 tokens) are fine; more tokens than rows are not.
+    if (tokenizer.vocab_size() > model.config.vocab_size)
         throw Error(tokenizer.origin() + ": tokenizer has " + std::to_string(tokenizer.vocab_size()) +
-                    " tokens but the model expects " + std::to_string(model.config.vocab_size));
+                    " tokens but the model has " + std::to_string(model.config.vocab_size));
+    const int sampled_vocab = tokenizer.vocab_size(); // rows past it are padding: never sampled
     c10::InferenceMode inference;
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
@@ -46,7 +48,7 @@ GenerationResult generate(const Model& model, const Tokenizer& tokenizer, const 
     }
     Clock::time_point first{};
     while (static_cast<int>(result.tokens.size()) < settings.max_new_tokens) {
-        const int next = sampler.sample(logits, model.config.vocab_size);
+        const int next = sampler.sample(logits, sampled_vocab);
         if (result.tokens.empty()) {
             first = Clock::now();
             result.time_to_first_token = std::chrono::duration<double>(first - start).count();

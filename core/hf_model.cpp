@@ -92,6 +92,10 @@ ModelConfig parse_config(const QJsonObject& o, const QString& path)
     c.arch = std::string(arch.model_type);
     if (o.value("use_sliding_window").toBool(false)) // Qwen2: windows on some layers only
         throw Error(where + ": use_sliding_window is set: per-layer sliding windows are not supported");
+    for (const char* key : {"attention_bias", "mlp_bias"}) // Llama configs may add biases everywhere
+        if (o.value(key).toBool(false))
+            throw Error(where + ": " + key + " is set: biases on those Linears are not supported for model type " +
+                        c.arch);
     c.rope_scaling = RopeScaling::from_json(o.value("rope_scaling"), where);
     if (arch.sliding_window && o.contains("sliding_window") && !o.value("sliding_window").isNull()) {
         c.sliding_window = integer("sliding_window", 0, false);
@@ -219,7 +223,8 @@ std::string prepare_hf_folder(const std::string& dir, bool overwrite)
     return qdir.absolutePath().toStdString();
 }
 
-std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std::string& synthetic)
+std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std::string& synthetic,
+                           const std::string& tokenizer_path)
 {
     QJsonObject cfg;
     const Architecture& arch = architecture(c.arch, "export");
@@ -239,8 +244,14 @@ std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std
     if (arch.sliding_window)
         cfg.insert("sliding_window", c.sliding_window > 0 ? QJsonValue(c.sliding_window) : QJsonValue::Null);
     cfg.insert("hidden_act", "silu");
-    cfg.insert("bos_token_id", 1);
-    cfg.insert("eos_token_id", 2);
+    int bos = -1, eos = -1;
+    if (!tokenizer_path.empty()) {
+        const Tokenizer tok = Tokenizer::from_file(tokenizer_path);
+        bos = tok.bos_id();
+        eos = tok.eos_id();
+    }
+    cfg.insert("bos_token_id", bos >= 0 ? QJsonValue(bos) : QJsonValue::Null);
+    cfg.insert("eos_token_id", eos >= 0 ? QJsonValue(eos) : QJsonValue::Null);
     cfg.insert("torch_dtype", dtype == at::kHalf ? "float16" : dtype == at::kBFloat16 ? "bfloat16" : "float32");
 
     if (!synthetic.empty())
@@ -261,7 +272,7 @@ void save_hf(const Model& model, const std::string& dir, const HfExportOptions& 
         t.tensor = t.tensor.to(at::kCPU, dtype);
 
     write_safetensors(base + "/model.safetensors", tensors, {{"format", "pt"}});
-    write_file_atomically(base + "/config.json", hf_config_json(c, dtype, model.synthetic));
+    write_file_atomically(base + "/config.json", hf_config_json(c, dtype, model.synthetic, options.tokenizer_path));
     if (!options.tokenizer_path.empty())
         copy_tokenizer_files(options.tokenizer_path, base);
 }

@@ -31,7 +31,9 @@ void save_hf(const Model& model, const std::string& dir, const HfExportOptions& 
 std::string prepare_hf_folder(const std::string& dir, bool overwrite);
 
 /// config.json of a Llama model stored in `dtype` (with the synthetic label when given).
-std::string hf_config_json(const ModelConfig& config, at::ScalarType dtype, const std::string& synthetic = {});
+/// BOS and EOS come from the tokenizer at `tokenizer_path` ("" or none there: null).
+std::string hf_config_json(const ModelConfig& config, at::ScalarType dtype, const std::string& synthetic = {},
+                           const std::string& tokenizer_path = {});
 
 /// True when `path` looks like a Hugging Face model (folder with config.json, .safetensors, index).
 bool looks_like_hf(const std::string& path);

@@ -169,12 +169,10 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
                     std::to_string(rope.cos.size(0)) + " positions");
     auto linear = [&](LinearKind kind, const at::Tensor& input) {
         const kernels::PackedWeights* packed = layer.packed_weight(kind);
-        at::Tensor output = packed ? packed_linear_forward(*packed, input) : at::matmul(input, layer.weight(kind).t());
-        if (layer.bias_of(kind).defined())
-            output = output + layer.bias_of(kind);
-        if (observer)
+        const at::Tensor output = packed ? packed_linear_forward(*packed, input) : at::matmul(input, layer.weight(kind).t());
+        if (observer) // W x alone: the quantizer's output energy is tr(W H W^T), whatever the bias
             observer(kind, input, output);
-        return output;
+        return layer.bias_of(kind).defined() ? output + layer.bias_of(kind) : output;
     };
 
     const at::Tensor h = rms_norm(x, layer.attn_norm, c.norm_eps);

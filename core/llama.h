@@ -21,8 +21,8 @@ struct RopeTables {
 };
 RopeTables make_rope_tables(const ModelConfig& config, int max_len);
 
-/// Sees every Linear's input (B, T, d_in) and output (B, T, d_out) just after the Linear is
-/// applied; Q/K/V and Gate/Up receive the same input tensor. Calibration accumulates Hessians from
+/// Sees every Linear's input (B, T, d_in) and output W x (B, T, d_out, before any bias) just after
+/// the Linear is applied; Q/K/V and Gate/Up receive the same input tensor. Calibration accumulates Hessians from
 /// the inputs; the layer-streamed quantizer the outputs' energy tr(W H W^T) as well.
 using LinearObserver = std::function<void(LinearKind kind, const at::Tensor& input, const at::Tensor& output)>;
 

@@ -10,6 +10,8 @@
 #include <QJsonDocument>
 #include <QJsonObject>
 
+#include <cmath>
+
 namespace pbllm {
 
 bool ModelConfig::qkv_bias() const { return architecture(arch, "model").qkv_bias; }
@@ -85,8 +87,8 @@ RopeScaling RopeScaling::from_json(const QJsonValue& value, const std::string& o
         const QJsonValue v = o.value(key);
         if (v.isUndefined())
             return fallback;
-        if (!v.isDouble())
-            throw Error(origin + ": rope_scaling." + key + " is not a number");
+        if (!v.isDouble() || !(std::abs(v.toDouble()) <= 1e9))
+            throw Error(origin + ": rope_scaling." + key + " is not a number of sensible size");
         return v.toDouble();
     };
     if (type == "default" || type == "none")
@@ -97,7 +99,10 @@ RopeScaling RopeScaling::from_json(const QJsonValue& value, const std::string& o
         r.type = Type::Llama3;
         r.low_freq_factor = static_cast<float>(number("low_freq_factor", 1.0));
         r.high_freq_factor = static_cast<float>(number("high_freq_factor", 4.0));
-        r.original_max_position = static_cast<int>(number("original_max_position_embeddings", 0.0));
+        const double original = number("original_max_position_embeddings", 0.0);
+        if (!(original >= 0.0 && original <= (1 << 24)))
+            throw Error(origin + ": rope_scaling.original_max_position_embeddings is out of range");
+        r.original_max_position = static_cast<int>(original);
     } else {
         throw Error(origin + ": rope_scaling type '" + type.toStdString() +
                     "' is not supported (linear and llama3 are)");

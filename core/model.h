@@ -20,7 +20,7 @@ struct PackedWeights;
 
 /// RoPE frequency scaling (config.json "rope_scaling"): "linear" divides every frequency by the
 /// factor; "llama3" (Llama 3.1/3.2) divides the low frequencies, keeps the high ones and blends
-/// between (see make_rope_tables).
+/// between (see rope_inverse_frequencies in llama.h).
 struct RopeScaling {
     enum class Type { None, Linear, Llama3 };
     Type type = Type::None;

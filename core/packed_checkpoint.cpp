@@ -30,7 +30,9 @@ namespace pbllm {
 namespace {
 
 constexpr const char* kFormat = "pbllm-packed";
-constexpr std::int64_t kFormatVersion = 1;
+// Version 2: a family other than plain Llama (model_config's arch, rope_scaling, sliding_window,
+// q/k/v bias tensors), which a version-1 reader would run as Llama. Llama files stay version 1.
+constexpr std::int64_t kFormatVersion = 2;
 
 std::uint16_t half_bits(float v) { return c10::Half(v).x; }
 float half_value(std::uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
@@ -356,7 +358,9 @@ PackedCheckpointWriter::PackedCheckpointWriter(const std::string& path, const Pa
     const Writer& w = parts_->w;
     const hid_t root = parts_->file.get();
     w.attr(root, "format", std::string(kFormat));
-    w.attr(root, "format_version", kFormatVersion);
+    const ModelConfig& c = h.config;
+    const bool plain_llama = c.arch == "llama" && c.rope_scaling.type == RopeScaling::Type::None && c.sliding_window == 0;
+    w.attr(root, "format_version", plain_llama ? std::int64_t{1} : kFormatVersion);
     w.attr(root, "program_version", std::string(PBLLM_VERSION));
     w.attr(root, "model_config", h.config.to_json());
     w.attr(root, "plan", h.plan.to_json());

@@ -178,7 +178,7 @@ void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, con
         }
     }
     out.commit();
-    write_file_atomically(base + "/config.json", hf_config_json(c, spec.dtype, label));
+    write_file_atomically(base + "/config.json", hf_config_json(c, spec.dtype, label, spec.tokenizer_path));
     if (!spec.tokenizer_path.empty())
         copy_tokenizer_files(spec.tokenizer_path, base);
     report_progress(progress, 1.0, "writing weights");

@@ -330,15 +330,27 @@ std::string find_tokenizer_beside(const std::string& model_path)
 void copy_tokenizer_files(const std::string& tokenizer_path, const std::string& dir)
 {
     const std::string bytes = read_file_bytes(tokenizer_path);
+    QDir out(QString::fromStdString(dir));
+    const QStringList side_files{"tokenizer_config.json", "generation_config.json"};
+    // A tokenizer of the other kind left in the folder by an earlier export would be found first.
     if (!looks_like_bpe_json(bytes)) {
+        for (const QString& stale : QStringList{"tokenizer.json"} + side_files)
+            out.remove(stale);
         write_file_atomically(dir + "/tokenizer.model", bytes);
         return;
     }
-    write_file_atomically(dir + "/tokenizer.json", bytes);
+    // Everything is read before anything is removed: the source may be this very folder.
     const QDir source = QFileInfo(QString::fromStdString(tokenizer_path)).absoluteDir();
-    for (const char* side : {"tokenizer_config.json", "generation_config.json"})
-        if (source.exists(side) && !QFileInfo::exists(QString::fromStdString(dir + "/" + side)))
-            write_file_atomically(dir + "/" + side, read_file_bytes(source.filePath(side).toStdString()));
+    std::vector<std::pair<QString, std::string>> sides;
+    for (const QString& side : side_files)
+        if (source.exists(side))
+            sides.emplace_back(side, read_file_bytes(source.filePath(side).toStdString()));
+    out.remove("tokenizer.model");
+    for (const QString& side : side_files)
+        out.remove(side);
+    write_file_atomically(dir + "/tokenizer.json", bytes);
+    for (const auto& [side, side_bytes] : sides)
+        write_file_atomically(dir + "/" + side.toStdString(), side_bytes);
 }
 
 std::string spm_plugin_path() { return plugin().path; }

@@ -19,7 +19,7 @@ public:
     /// Token ids of `text` as the tokenizer's own library encodes it (SentencePiece, or Hugging Face
     /// tokenizers with add_special_tokens=False), optionally preceded by BOS (when it has one).
     std::vector<int> encode(std::string_view text, bool add_bos = false) const;
-    /// Text of ids as SentencePiece decodes it; throws Error for ids outside the vocabulary.
+    /// Text of ids as the tokenizer's library decodes them; throws Error for ids outside the vocabulary.
     std::string decode(const std::vector<int>& ids) const;
 
     int vocab_size() const;

@@ -294,6 +294,10 @@ private Q_SLOTS:
         write_bytes(dir.filePath("tokenizer_config.json"), "{\"eos_token\": \"<|nope|>\"}");
         expect(tiny_tokenizer_json({}), "tokenizer_config.json: eos_token \"<|nope|>\" is not a token of the vocabulary");
         QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=x\n{}", "embedded"));
+        const std::string json = tiny_tokenizer_json({});
+        QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=99999999999 eos=1\n" + json, "embedded"));
+        QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=1 eos=400\n" + json, "embedded"));
+        QCOMPARE(Tokenizer::from_bytes("PBLLM-BPE 1 bos=300 eos=-1\n" + json, "embedded").bos_id(), 300);
     }
 };
 

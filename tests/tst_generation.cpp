@@ -3,6 +3,8 @@
 #include "core/error.h"
 #include "core/generation.h"
 #include "core/sampler.h"
+#include "core/synthetic.h"
+#include "core/tokenizer.h"
 #include "tests/support/test_support.h"
 
 #include <QtTest>
@@ -129,6 +131,29 @@ private Q_SLOTS:
         } catch (const Error& e) {
             QVERIFY2(QString(e.what()).contains(expected), e.what());
         }
+    }
+
+    void paddedVocabularyNeverSamplesPadding()
+    {
+        // GPT-2's 50257 tokens under an embedding padded to 50304 rows (as models are trained). The
+        // padding rows are made to dominate the logits: sampling over the whole head would pick them.
+        ModelConfig c;
+        c.dim = 16; c.hidden_dim = 32; c.n_layers = 1; c.n_heads = 2; c.n_kv_heads = 2; c.vocab_size = 50304;
+        c.max_seq_len = 64;
+        Model m = make_synthetic_model(c, 4);
+        m.output[50257].fill_(100.0f);
+        m.output[50258].fill_(-100.0f);
+        const Tokenizer gpt2 = Tokenizer::from_file(shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json");
+        GenerationSettings s;
+        s.max_new_tokens = 20;
+        s.stop_at_eos = false;
+        const GenerationResult r = generate(m, gpt2, "Hello", s);
+        QCOMPARE(r.tokens.size(), std::size_t(20));
+        for (int id : r.tokens)
+            QVERIFY2(id < 50257, qPrintable(QString::number(id)));
+        // A tokenizer with more tokens than the embedding has rows is refused.
+        c.vocab_size = 50000;
+        QVERIFY_THROWS_EXCEPTION(Error, generate(make_synthetic_model(c, 4), gpt2, "Hello", s));
     }
 
     void stopsWhenAsked()

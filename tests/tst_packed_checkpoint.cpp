@@ -50,6 +50,17 @@ QuantizedLinear some_linear(LayerQuantSettings s = {}, int rows = 32, int cols =
     return quantize_linear("model.layers.0.mlp.up_proj", at::randn({rows, cols}) * 0.05, H, s, o);
 }
 
+std::int64_t get_int_attribute(const std::string& file, const char* name)
+{
+    std::int64_t value = -1;
+    const hid_t f = H5Fopen(file.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    const hid_t a = H5Aopen(f, name, H5P_DEFAULT);
+    H5Aread(a, H5T_NATIVE_INT64, &value);
+    H5Aclose(a);
+    H5Fclose(f);
+    return value;
+}
+
 /// Overwrites an attribute of an object in an HDF5 file.
 void set_int_attribute(const std::string& file, const std::string& object, const char* name, std::int64_t value)
 {
@@ -147,6 +158,7 @@ private Q_SLOTS:
         QTemporaryDir tmp;
         const std::string path = tmp.filePath("m.pbllm.h5").toStdString();
         write_packed_checkpoint(quantized(), path);
+        QCOMPARE(get_int_attribute(path, "format_version"), std::int64_t{1}); // plain Llama: readable by older builds
         QVERIFY(!QFileInfo::exists(QString::fromStdString(path) + ".partial-" + QString::number(::getpid())));
         const PackedCheckpoint ck = read_packed_checkpoint(path);
         const Model& a = quantized().model;
@@ -212,6 +224,7 @@ private Q_SLOTS:
         QTemporaryDir tmp;
         const std::string path = tmp.filePath("family.pbllm.h5").toStdString();
         write_packed_checkpoint(q, path);
+        QCOMPARE(get_int_attribute(path, "format_version"), std::int64_t{2}); // a version-1 reader would run it as Llama
         std::vector<at::Tensor> decoded; // logits of the CPU decoder, dequantized then packed
         for (PackedLoad load : {PackedLoad::Dequantized, PackedLoad::Runtime}) {
             const Model back = read_packed_checkpoint(path, load).quantized.model;

@@ -40,7 +40,7 @@ std::shared_ptr<LoadedModel> describe(Model loaded, Tokenizer tokenizer, const Q
     out->path = path;
     out->display_name = QFileInfo(path).fileName();
     out->n_layers = c.n_layers;
-    out->context = c.max_seq_len;
+    out->context = c.usable_context();
     out->parameters = c.parameter_count();
     out->fp16_bytes = 2 * out->parameters;
     out->load_seconds = seconds;
@@ -417,7 +417,7 @@ bool ScoreJob::start(std::shared_ptr<const Model> reference, std::vector<int> pr
         [=](const ProgressFn& progress) {
             std::vector<int> all = prompt_tokens;
             all.insert(all.end(), tokens.begin(), tokens.end());
-            all.resize(std::min<std::size_t>(all.size(), static_cast<std::size_t>(reference->config.max_seq_len)));
+            all.resize(std::min<std::size_t>(all.size(), static_cast<std::size_t>(reference->config.usable_context())));
             report_progress(progress, 0.0, "scoring");
             *nll = all.size() > prompt_tokens.size() ? continuation_nll(*reference, all, prompt_tokens.size()) : 0.0;
             report_progress(progress, 1.0, "scored");

@@ -325,7 +325,7 @@ int run_synth(const QStringList& args)
 int run_convert(const QStringList& args)
 {
     CommandLine cl("convert", "Write a model in another format.", "[MODEL]");
-    cl.parser().addOption({"to", "Target format: hf (config.json + model.safetensors + tokenizer.model) or llama2c "
+    cl.parser().addOption({"to", "Target format: hf (config.json + model.safetensors + the tokenizer files) or llama2c "
                                  "(version 1 .bin).", "FORMAT"});
     cl.parser().addOption({{"o", "output"}, "Output folder (hf) or file (llama2c).", "PATH"});
     cl.parser().addOption({"tokenizer", "Tokenizer to copy along: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
