@@ -22,6 +22,9 @@ const std::vector<Architecture>& architectures()
         {"qwen2", "Qwen2ForCausalLM", "Qwen2 / Qwen2.5: the Llama layout with biases on q_proj, k_proj and v_proj "
                                       "(kept in full precision), rope_theta 1e6",
          false, true},
+        {"qwen3", "Qwen3ForCausalLM", "Qwen3: the Llama layout with per-head RMSNorm of queries and keys before "
+                                      "RoPE (q_norm, k_norm, kept in full precision) and head_dim from the config",
+         false, false, true},
     };
     return table;
 }
@@ -33,7 +36,7 @@ const Architecture& architecture(std::string_view model_type, const std::string&
             return a;
     // Families people ask for, with what each would need beyond the Llama layout.
     static const std::pair<std::string_view, std::string_view> known[] = {
-        {"qwen3", "per-head RMSNorm of queries and keys (q_norm, k_norm)"},
+        {"qwen3_moe", "a mixture of experts"},
         {"gemma", "embeddings scaled by sqrt(hidden_size), RMSNorm with (1 + weight), GeGLU"},
         {"gemma2", "embeddings scaled by sqrt(hidden_size), RMSNorm with (1 + weight), GeGLU, logit soft-capping "
                    "and sliding-window layers"},
@@ -56,13 +59,15 @@ std::string architecture_details(const ModelConfig& c)
 {
     std::string out = c.arch;
     if (c.rope_theta != 10000.0f)
-        out += ", rope_theta " + QString::number(static_cast<double>(c.rope_theta)).toStdString();
+        out += ", rope_theta " + QString::number(static_cast<double>(c.rope_theta), 'g', 10).toStdString();
     const RopeScaling& r = c.rope_scaling;
     if (r.type == RopeScaling::Type::Linear)
         out += ", linear RoPE scaling x" + QString::number(static_cast<double>(r.factor)).toStdString();
     else if (r.type == RopeScaling::Type::Llama3)
         out += ", llama3 RoPE scaling x" + QString::number(static_cast<double>(r.factor)).toStdString() + " from " +
                std::to_string(r.original_max_position) + " positions";
+    if (c.explicit_head_dim > 0)
+        out += ", head_dim " + std::to_string(c.explicit_head_dim);
     if (c.sliding_window > 0)
         out += ", sliding window " + std::to_string(c.sliding_window);
     return out;

@@ -17,6 +17,7 @@ struct Architecture {
     /// attention up to the window's length, and is silently wrong past it).
     bool sliding_window = false;
     bool qkv_bias = false; ///< q_proj, k_proj and v_proj carry biases (Qwen2)
+    bool qk_norm = false;  ///< per-head RMSNorm of queries and keys before RoPE (Qwen3)
 };
 
 /// Every supported architecture, Llama first.

@@ -45,6 +45,17 @@ LinearInput input_of(LinearKind kind)
     return LinearInput::Attention;
 }
 
+int input_features(LinearInput input, const ModelConfig& config)
+{
+    switch (input) {
+    case LinearInput::AttentionOutput: return config.q_dim();
+    case LinearInput::MlpHidden: return config.hidden_dim;
+    case LinearInput::Attention:
+    case LinearInput::Mlp: break;
+    }
+    return config.dim;
+}
+
 std::string_view to_string(LinearInput input)
 {
     switch (input) {
@@ -145,7 +156,7 @@ namespace {
 /// states and a few residual-sized temporaries.
 std::int64_t activation_bytes_per_window(std::int64_t seqlen, const ModelConfig& c)
 {
-    return seqlen * (c.n_heads * seqlen + 4 * c.hidden_dim + 8 * c.dim) * 4;
+    return seqlen * (c.n_heads * seqlen + 4 * c.hidden_dim + 8 * std::max(c.dim, c.q_dim())) * 4;
 }
 
 /// Windows per batch: about 128 MiB of activations, 1 to 32 windows.
@@ -172,8 +183,8 @@ std::int64_t batch_activation_bytes(std::int64_t windows, std::int64_t seqlen, c
 
 std::int64_t layer_hessian_bytes(const ModelConfig& c)
 {
-    const std::int64_t d = c.dim, h = c.hidden_dim;
-    return (3 * d * d + h * h) * 8;
+    const std::int64_t d = c.dim, h = c.hidden_dim, q = c.q_dim();
+    return (2 * d * d + q * q + h * h) * 8;
 }
 
 std::int64_t residual_stream_bytes(const ModelConfig& c, std::int64_t windows, std::int64_t seqlen)
@@ -188,7 +199,7 @@ std::int64_t calibration_working_bytes(const Model& model, std::int64_t windows,
     for (const at::Tensor& w : model.layers.front().linear)
         layer += w.numel() * 4;
     // The accumulators' block-row product buffers (1024 rows each) are below 0.1 GiB for 7B.
-    const std::int64_t buffers = 1024 * (3 * c.dim + c.hidden_dim) * 4;
+    const std::int64_t buffers = 1024 * (2 * c.dim + c.q_dim() + c.hidden_dim) * 4;
     return residual_stream_bytes(c, windows, seqlen) + layer + batch_activation_bytes(windows, seqlen, c) +
            layer_hessian_bytes(c) + buffers + kRuntimeReserveBytes;
 }
@@ -215,8 +226,8 @@ void for_each_layer_hessians(const Model& model, const std::vector<std::vector<i
     for (int l = 0; l < c.n_layers; ++l) {
         const DecoderLayer layer = for_compute(model.layers[static_cast<std::size_t>(l)]);
         std::vector<HessianAccumulator> acc;
-        for (int features : {c.dim, c.dim, c.dim, c.hidden_dim})
-            acc.emplace_back(features);
+        for (int i = 0; i < kLinearInputCount; ++i)
+            acc.emplace_back(input_features(static_cast<LinearInput>(i), c));
         at::Tensor next = at::empty_like(x);
         for_each_batch(n, seqlen, c, [&](std::int64_t b, std::int64_t count) {
             next.narrow(0, b, count)

@@ -21,6 +21,8 @@ std::vector<std::vector<int>> sample_calibration_windows(const std::vector<int>&
 enum class LinearInput { Attention = 0, AttentionOutput = 1, Mlp = 2, MlpHidden = 3 };
 constexpr int kLinearInputCount = 4;
 LinearInput input_of(LinearKind kind);
+/// Width of an input: dim, the attention's width (q_dim), dim, hidden_dim.
+int input_features(LinearInput input, const ModelConfig& config);
 std::string_view to_string(LinearInput input);
 
 /// Running H = 2/N sum x x^T for one input, accumulated in float64 from float32 partial products.

@@ -147,10 +147,6 @@ double stored_trace(const Reader& r, hid_t g, const std::string& name)
     return r.attr_double(ds.get(), "trace");
 }
 
-hsize_t features_of(LinearInput input, const ModelConfig& config)
-{
-    return static_cast<hsize_t>(input == LinearInput::MlpHidden ? config.hidden_dim : config.dim);
-}
 
 CalibrationData read_calibration_file_unchecked(const std::string& path, const ModelConfig& config,
                                                 HessianLoading hessians_mode)
@@ -199,10 +195,10 @@ CalibrationData read_calibration_file_unchecked(const std::string& path, const M
             const std::string name(to_string(input));
             const auto k = static_cast<std::size_t>(i);
             if (hessians_mode == HessianLoading::OnDemand) {
-                check_hessian_layout(r, g.get(), layer_group(l), name, features_of(input, config));
+                check_hessian_layout(r, g.get(), layer_group(l), name, static_cast<hsize_t>(input_features(input, config)));
                 traces[k] = stored_trace(r, g.get(), name);
             } else {
-                h[k] = read_hessian(r, g.get(), layer_group(l), name, features_of(input, config));
+                h[k] = read_hessian(r, g.get(), layer_group(l), name, static_cast<hsize_t>(input_features(input, config)));
                 traces[k] = stored_trace(r, g.get(), name);
                 if (std::isnan(traces[k]))
                     traces[k] = h[k].trace().item<double>();

@@ -125,6 +125,8 @@ public:
         for (const DecoderLayer& layer : m_.layers) {
             attn_norm_.push_back(for_compute(layer.attn_norm).contiguous());
             ffn_norm_.push_back(for_compute(layer.ffn_norm).contiguous());
+            q_norm_.push_back(for_compute(layer.q_norm).contiguous()); // undefined unless Qwen3
+            k_norm_.push_back(for_compute(layer.k_norm).contiguous());
             auto& biases = bias_.emplace_back();
             for (int k = 0; k < kLinearKindCount; ++k)
                 if (layer.bias[k].defined())
@@ -133,8 +135,9 @@ public:
         final_norm_ = for_compute(m_.final_norm).contiguous();
         rope_ = make_rope_tables(c_, capacity_);
         const int d = c_.dim, kv = c_.kv_dim();
-        x_.resize(d); xb_.resize(d); xb2_.resize(d);
-        q_.resize(d); k_.resize(kv); v_.resize(kv);
+        x_.resize(d); xb2_.resize(d);
+        xb_.resize(std::max(d, c_.q_dim())); // the normalised stream, then the attention's output
+        q_.resize(c_.q_dim()); k_.resize(kv); v_.resize(kv);
         hb_.resize(c_.hidden_dim); hb2_.resize(c_.hidden_dim);
         // A row of scores per head (heads run on different threads), rounded up to 16 floats (a cache line).
         att_stride_ = (static_cast<std::size_t>(capacity_) + 15) / 16 * 16;
@@ -168,6 +171,14 @@ public:
             linear(l, LinearKind::Q, xb_.data(), q_.data());
             linear(l, LinearKind::K, xb_.data(), kc + static_cast<std::size_t>(pos_) * kv);
             linear(l, LinearKind::V, xb_.data(), vc + static_cast<std::size_t>(pos_) * kv);
+            if (q_norm_[l].defined()) { // Qwen3: every head RMS-normalised before RoPE
+                for (int h = 0; h < H; ++h)
+                    rms_norm_vec(q_.data() + h * hd, q_norm_[l].data_ptr<float>(), q_.data() + h * hd, hd, c_.norm_eps);
+                for (int h = 0; h < c_.n_kv_heads; ++h) {
+                    float* key = kc + static_cast<std::size_t>(pos_) * kv + static_cast<std::size_t>(h) * hd;
+                    rms_norm_vec(key, k_norm_[l].data_ptr<float>(), key, hd, c_.norm_eps);
+                }
+            }
             rope_vec(q_.data(), H, hd, cos, sin);
             rope_vec(kc + static_cast<std::size_t>(pos_) * kv, c_.n_kv_heads, hd, cos, sin);
 
@@ -251,6 +262,7 @@ private:
     Model m_; // shares the caller's tensors
     ModelConfig c_;
     std::vector<at::Tensor> attn_norm_, ffn_norm_; // float32
+    std::vector<at::Tensor> q_norm_, k_norm_;     // float32, undefined unless Qwen3
     std::vector<std::array<at::Tensor, kLinearKindCount>> bias_; // float32, undefined where none
     at::Tensor final_norm_;
     int capacity_;
@@ -303,8 +315,11 @@ public:
                 return layer.bias_of(kind).defined() ? y + layer.bias_of(kind) : y;
             };
             const at::Tensor h = rms_norm(x, layer.attn_norm, c_.norm_eps);
-            const at::Tensor q = rope(linear(LinearKind::Q, h), H);
-            keys_[l].narrow(1, pos_, 1).copy_(rope(linear(LinearKind::K, h), KV));
+            auto head_norm = [&](const at::Tensor& y, const at::Tensor& weight, int heads) { // Qwen3
+                return weight.defined() ? rms_norm(y.view({heads, hd}), weight, c_.norm_eps) : y;
+            };
+            const at::Tensor q = rope(head_norm(linear(LinearKind::Q, h), layer.q_norm, H), H);
+            keys_[l].narrow(1, pos_, 1).copy_(rope(head_norm(linear(LinearKind::K, h), layer.k_norm, KV), KV));
             values_[l].narrow(1, pos_, 1).copy_(linear(LinearKind::V, h).view({KV, 1, hd}));
             at::Tensor k = keys_[l].narrow(1, 0, pos_ + 1);
             at::Tensor v = values_[l].narrow(1, 0, pos_ + 1);
@@ -314,7 +329,7 @@ public:
             }
             const at::Tensor scores = at::matmul(q, k.transpose(1, 2)) * (1.0 / std::sqrt(static_cast<double>(hd)));
             const at::Tensor probs = at::softmax(scores.to(at::kFloat), -1).to(q.scalar_type());
-            const at::Tensor attn = at::matmul(probs, v).reshape({1, c_.dim});
+            const at::Tensor attn = at::matmul(probs, v).reshape({1, c_.q_dim()});
             x = x + at::matmul(attn, layer.weight(LinearKind::O).t());
             const at::Tensor h2 = rms_norm(x, layer.ffn_norm, c_.norm_eps);
             const at::Tensor ff = at::silu(at::matmul(h2, layer.weight(LinearKind::Gate).t())) *

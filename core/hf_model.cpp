@@ -103,9 +103,12 @@ ModelConfig parse_config(const QJsonObject& o, const QString& path)
         if (c.sliding_window >= c.max_seq_len)
             c.sliding_window = 0;
     }
-    if (o.contains("head_dim") && o.value("head_dim").toInt() != c.head_dim())
-        throw Error(where + ": head_dim " + std::to_string(o.value("head_dim").toInt()) +
-                    " differs from hidden_size / num_attention_heads");
+    if (const QJsonValue v = o.value("head_dim"); !v.isUndefined() && !v.isNull()) { // Qwen3, Mistral-Nemo: not hidden_size / num_attention_heads
+        const int head_dim = integer("head_dim", 0, false);
+        if (head_dim <= 0 || head_dim > 1024)
+            throw Error(where + ": head_dim " + std::to_string(head_dim) + " is outside [1, 1024]");
+        c.set_head_dim(head_dim);
+    }
     c.validate(where);
     return c;
 }
@@ -195,6 +198,10 @@ Model load_hf(const std::string& path, bool check_finite)
         if (c.qkv_bias())
             for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
                 m.layers[i].bias[static_cast<int>(k)] = take(linear_name(i, k) + ".bias");
+        if (c.qk_norm()) {
+            m.layers[i].q_norm = take(prefix + "self_attn.q_norm.weight");
+            m.layers[i].k_norm = take(prefix + "self_attn.k_norm.weight");
+        }
     }
     m.final_norm = take("model.norm.weight");
     if (c.tied_embeddings) {
@@ -235,6 +242,8 @@ std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std
     cfg.insert("num_hidden_layers", c.n_layers);
     cfg.insert("num_attention_heads", c.n_heads);
     cfg.insert("num_key_value_heads", c.n_kv_heads);
+    if (c.explicit_head_dim > 0)
+        cfg.insert("head_dim", c.explicit_head_dim);
     cfg.insert("vocab_size", c.vocab_size);
     cfg.insert("max_position_embeddings", c.max_seq_len);
     cfg.insert("rms_norm_eps", static_cast<double>(c.norm_eps));

@@ -123,6 +123,8 @@ DecoderLayer for_compute(const DecoderLayer& layer)
     DecoderLayer out;
     out.attn_norm = for_compute(layer.attn_norm);
     out.ffn_norm = for_compute(layer.ffn_norm);
+    out.q_norm = for_compute(layer.q_norm);
+    out.k_norm = for_compute(layer.k_norm);
     for (int k = 0; k < kLinearKindCount; ++k) {
         out.linear[k] = for_compute(layer.linear[k]);
         out.bias[k] = for_compute(layer.bias[k]);
@@ -179,6 +181,10 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
     at::Tensor q = linear(LinearKind::Q, h).view({B, T, H, hd});
     at::Tensor k = linear(LinearKind::K, h).view({B, T, KV, hd});
     at::Tensor v = linear(LinearKind::V, h).view({B, T, KV, hd});
+    if (layer.q_norm.defined()) { // Qwen3: every head RMS-normalised before RoPE
+        q = rms_norm(q, layer.q_norm, c.norm_eps);
+        k = rms_norm(k, layer.k_norm, c.norm_eps);
+    }
     const at::Tensor cos = rope.cos.narrow(0, 0, T).to(x.device(), x.scalar_type()).view({1, T, 1, hd / 2});
     const at::Tensor sin = rope.sin.narrow(0, 0, T).to(x.device(), x.scalar_type()).view({1, T, 1, hd / 2});
     q = apply_rope(q, cos, sin).transpose(1, 2); // (B, H, T, hd)
@@ -188,7 +194,7 @@ at::Tensor decoder_layer_forward(const ModelConfig& c, const DecoderLayer& layer
         k = k.repeat_interleave(H / KV, 1);
         v = v.repeat_interleave(H / KV, 1);
     }
-    const at::Tensor attn = causal_attention(q, k, v).transpose(1, 2).reshape({B, T, c.dim});
+    const at::Tensor attn = causal_attention(q, k, v).transpose(1, 2).reshape({B, T, c.q_dim()});
     const at::Tensor x2 = x + linear(LinearKind::O, attn);
 
     const at::Tensor h2 = rms_norm(x2, layer.ffn_norm, c.norm_eps);

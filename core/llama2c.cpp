@@ -191,10 +191,11 @@ void save_llama2c_v1(const Model& model, const std::string& path)
     const ModelConfig& c = model.config;
     // The llama2.c header has none of these: a reader would run the model with Llama 2's defaults.
     if (c.arch != "llama" || c.rope_theta != 10000.0f || c.rope_scaling.type != RopeScaling::Type::None ||
-        c.sliding_window > 0)
+        c.sliding_window > 0 || c.explicit_head_dim > 0)
         throw Error(path + ": llama2.c checkpoints cannot record this model (model type " + c.arch + ", rope_theta " +
                     std::to_string(c.rope_theta) + (c.rope_scaling.type != RopeScaling::Type::None ? ", RoPE scaling" : "") +
                     (c.sliding_window > 0 ? ", a sliding window" : "") +
+                    (c.explicit_head_dim > 0 ? ", head_dim " + std::to_string(c.explicit_head_dim) : "") +
                     "); llama2.c assumes Llama with rope_theta 10000. Convert to hf instead");
     std::string header(kHeaderV1Bytes, '\0');
     const std::int32_t fields[9] = {static_cast<std::int32_t>(kMagicV1), 1, c.dim, c.hidden_dim, c.n_layers,

@@ -15,11 +15,19 @@
 namespace pbllm {
 
 bool ModelConfig::qkv_bias() const { return architecture(arch, "model").qkv_bias; }
+bool ModelConfig::qk_norm() const { return architecture(arch, "model").qk_norm; }
+
+void ModelConfig::set_head_dim(int value)
+{
+    const bool is_default = n_heads > 0 && dim % n_heads == 0 && value == dim / n_heads;
+    explicit_head_dim = is_default ? 0 : value;
+}
 
 std::int64_t ModelConfig::parameter_count() const
 {
-    const std::int64_t d = dim, h = hidden_dim, kv = kv_dim(), v = vocab_size;
-    const std::int64_t per_layer = 2 * d + d * d * 2 + d * kv * 2 + 3 * d * h + (qkv_bias() ? d + 2 * kv : 0);
+    const std::int64_t d = dim, h = hidden_dim, kv = kv_dim(), v = vocab_size, q = q_dim();
+    const std::int64_t per_layer = 2 * d + d * q * 2 + d * kv * 2 + 3 * d * h + (qkv_bias() ? q + 2 * kv : 0) +
+                                   (qk_norm() ? 2 * head_dim() : 0);
     return v * d * (tied_embeddings ? 1 : 2) + n_layers * per_layer + d;
 }
 
@@ -42,8 +50,13 @@ void ModelConfig::validate(const std::string& origin) const
         fail("implausibly large value (dim " + std::to_string(dim) + ", hidden_dim " + std::to_string(hidden_dim) +
              ", layers " + std::to_string(n_layers) + ", vocab " + std::to_string(vocab_size) + ", seq_len " +
              std::to_string(max_seq_len) + ")");
-    if (dim % n_heads != 0)
-        fail("dim " + std::to_string(dim) + " is not divisible by n_heads " + std::to_string(n_heads));
+    if (n_heads > 1024)
+        fail("n_heads " + std::to_string(n_heads) + " is implausibly large");
+    if (explicit_head_dim < 0 || explicit_head_dim > 1024)
+        fail("head_dim " + std::to_string(explicit_head_dim) + " is outside [1, 1024]");
+    if (explicit_head_dim == 0 && dim % n_heads != 0)
+        fail("dim " + std::to_string(dim) + " is not divisible by n_heads " + std::to_string(n_heads) +
+             " (and no head_dim is given)");
     if (n_heads % n_kv_heads != 0)
         fail("n_heads " + std::to_string(n_heads) + " is not a multiple of n_kv_heads " + std::to_string(n_kv_heads));
     if (head_dim() % 2 != 0)
@@ -167,6 +180,7 @@ ModelConfig ModelConfig::from_json(const std::string& json, const std::string& o
     c.arch = o["arch"].toString("llama").toStdString();
     c.rope_scaling = RopeScaling::from_json(o["rope_scaling"], origin);
     c.sliding_window = o["sliding_window"].toInt(0);
+    c.set_head_dim(o["head_dim"].toInt(0));
     c.validate(origin);
     return c;
 }
@@ -217,6 +231,10 @@ std::vector<NamedTensor> Model::named_tensors() const
             if (config.qkv_bias() && (k == LinearKind::Q || k == LinearKind::K || k == LinearKind::V))
                 out.push_back({linear_name(i, k) + ".bias", layers[i].bias_of(k)});
         }
+        if (config.qk_norm()) {
+            out.push_back({prefix + "self_attn.q_norm.weight", layers[i].q_norm});
+            out.push_back({prefix + "self_attn.k_norm.weight", layers[i].k_norm});
+        }
         out.push_back({prefix + "post_attention_layernorm.weight", layers[i].ffn_norm});
     }
     out.push_back({"model.norm.weight", final_norm});
@@ -225,24 +243,37 @@ std::vector<NamedTensor> Model::named_tensors() const
     return out;
 }
 
-namespace {
+std::vector<std::string> tensor_names(const ModelConfig& config)
+{
+    Model skeleton; // undefined tensors: only the names and their order are wanted
+    skeleton.config = config;
+    skeleton.layers.resize(static_cast<std::size_t>(config.n_layers));
+    std::vector<std::string> names;
+    for (const NamedTensor& t : skeleton.named_tensors())
+        names.push_back(t.name);
+    return names;
+}
 
 std::vector<std::int64_t> expected_shape(const ModelConfig& c, const std::string& name)
 {
-    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size, q = c.q_dim();
     auto ends_with = [&](std::string_view suffix) {
         return name.size() >= suffix.size() && name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
     };
     if (ends_with("embed_tokens.weight") || ends_with("lm_head.weight")) return {v, d};
     if (ends_with("layernorm.weight") || ends_with("model.norm.weight")) return {d};
-    if (ends_with("q_proj.weight") || ends_with("o_proj.weight")) return {d, d};
+    if (ends_with("q_proj.weight")) return {q, d};
+    if (ends_with("o_proj.weight")) return {d, q};
+    if (ends_with("q_norm.weight") || ends_with("k_norm.weight")) return {c.head_dim()};
     if (ends_with("k_proj.weight") || ends_with("v_proj.weight")) return {kv, d};
     if (ends_with("gate_proj.weight") || ends_with("up_proj.weight")) return {h, d};
     if (ends_with("down_proj.weight")) return {d, h};
-    if (ends_with("q_proj.bias")) return {d};
+    if (ends_with("q_proj.bias")) return {q};
     if (ends_with("k_proj.bias") || ends_with("v_proj.bias")) return {kv};
     return {};
 }
+
+namespace {
 
 std::string shape_string(at::IntArrayRef shape)
 {
@@ -313,6 +344,10 @@ Model Model::map(const std::function<at::Tensor(const at::Tensor&)>& fn) const
     for (DecoderLayer& layer : m.layers) {
         layer.attn_norm = fn(layer.attn_norm);
         layer.ffn_norm = fn(layer.ffn_norm);
+        if (layer.q_norm.defined()) {
+            layer.q_norm = fn(layer.q_norm);
+            layer.k_norm = fn(layer.k_norm);
+        }
         for (at::Tensor& w : layer.linear)
             if (w.defined())
                 w = fn(w);

@@ -50,10 +50,19 @@ struct ModelConfig {
     bool tied_embeddings = false; ///< output head shares the token embedding
     RopeScaling rope_scaling;
     int sliding_window = 0; ///< Mistral: attention window in positions (0: none); longer sequences are refused
+    /// config.json "head_dim" where it is not dim / n_heads (Qwen3, Mistral-Nemo); 0: dim / n_heads.
+    int explicit_head_dim = 0;
 
-    int head_dim() const { return n_heads > 0 ? dim / n_heads : 0; }
+    int head_dim() const { return explicit_head_dim > 0 ? explicit_head_dim : n_heads > 0 ? dim / n_heads : 0; }
+    /// Width of the attention: q_proj's rows and o_proj's columns (dim unless head_dim is explicit).
+    int q_dim() const { return head_dim() * n_heads; }
+    /// Records a configuration's head_dim: kept only where it differs from dim / n_heads, so that a
+    /// config spelling out the default equals one that does not.
+    void set_head_dim(int value);
     /// Whether q_proj, k_proj and v_proj carry biases (the architecture's row says).
     bool qkv_bias() const;
+    /// Whether queries and keys are RMS-normalised per head before RoPE (Qwen3's q_norm, k_norm).
+    bool qk_norm() const;
     /// The longest sequence this engine runs correctly: the context, or the sliding attention
     /// window when that is shorter (the default for windows, caches and generation).
     int usable_context() const { return sliding_window > 0 ? std::min(max_seq_len, sliding_window) : max_seq_len; }
@@ -89,6 +98,9 @@ struct DecoderLayer {
     /// Biases (d_out), undefined where the Linear has none: Qwen2's q, k and v carry them. They stay
     /// in full precision (FP16 in packed files) and are added after the Linear, packed or not.
     std::array<at::Tensor, kLinearKindCount> bias;
+    /// Qwen3: RMSNorm weights (head_dim) applied to every head of the queries and keys after
+    /// their projection and before RoPE; undefined for other families.
+    at::Tensor q_norm, k_norm;
 
     at::Tensor& weight(LinearKind k) { return linear[static_cast<int>(k)]; }
     const at::Tensor& weight(LinearKind k) const { return linear[static_cast<int>(k)]; }
@@ -144,6 +156,11 @@ struct Model {
 std::string linear_name(int layer, LinearKind kind);
 /// "q_proj", "k_proj", ..., "down_proj".
 std::string_view linear_short_name(LinearKind kind);
+/// The names of Model::named_tensors() for a model of `config` (no Linear packed), in that order.
+std::vector<std::string> tensor_names(const ModelConfig& config);
+/// The shape the configuration gives the tensor of a Hugging Face name (Model::named_tensors()'s
+/// names; a Linear's is its ".weight"); empty for a name no model of it has.
+std::vector<std::int64_t> expected_shape(const ModelConfig& config, const std::string& name);
 
 /// The permutation that turns interleaved-RoPE rows (llama2.c, Meta) into rotate-half rows
 /// (Hugging Face) for a (n_heads * head_dim, d_in) projection, and its inverse.

@@ -31,7 +31,7 @@ namespace {
 
 constexpr const char* kFormat = "pbllm-packed";
 // Version 2: a family other than plain Llama (model_config's arch, rope_scaling, sliding_window,
-// q/k/v bias tensors), which a version-1 reader would run as Llama. Llama files stay version 1.
+// head_dim, q/k/v bias and q/k norm tensors), which a version-1 reader would run as Llama. Llama files stay version 1.
 constexpr std::int64_t kFormatVersion = 2;
 
 std::uint16_t half_bits(float v) { return c10::Half(v).x; }
@@ -359,7 +359,8 @@ PackedCheckpointWriter::PackedCheckpointWriter(const std::string& path, const Pa
     const hid_t root = parts_->file.get();
     w.attr(root, "format", std::string(kFormat));
     const ModelConfig& c = h.config;
-    const bool plain_llama = c.arch == "llama" && c.rope_scaling.type == RopeScaling::Type::None && c.sliding_window == 0;
+    const bool plain_llama = c.arch == "llama" && c.rope_scaling.type == RopeScaling::Type::None &&
+                             c.sliding_window == 0 && c.explicit_head_dim == 0;
     w.attr(root, "format_version", plain_llama ? std::int64_t{1} : kFormatVersion);
     w.attr(root, "program_version", std::string(PBLLM_VERSION));
     w.attr(root, "model_config", h.config.to_json());
@@ -474,11 +475,11 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
         // (its arrays, or its float32 matrix when it runs dequantized).
         const std::int64_t d = c.dim, v = c.vocab_size;
         const std::int64_t layer_linears = static_cast<std::int64_t>(c.n_layers) *
-                                           (d * d * 2 + d * c.kv_dim() * 2 + 3 * d * c.hidden_dim);
+                                           (d * c.q_dim() * 2 + d * c.kv_dim() * 2 + 3 * d * c.hidden_dim);
         const bool quantized_head = r.exists(root, "linear") && r.exists(r.group(root, "linear").get(), "lm_head");
         const std::int64_t fp16_tensors = 2 * (c.parameter_count() - layer_linears - (quantized_head ? v * d : 0));
         const std::int64_t packed_file = std::max<std::int64_t>(0, ck.file_bytes - fp16_tensors);
-        const std::int64_t one_linear = 4 * d * std::max<std::int64_t>(d, c.hidden_dim); // the largest, float32
+        const std::int64_t one_linear = 4 * d * std::max({d, std::int64_t{c.q_dim()}, std::int64_t{c.hidden_dim}}); // the largest, float32
         require_memory(fp16_tensors + packed_file * 5 / 4 + (quantized_head ? 4 * v * d : 0) + one_linear + (64ll << 20),
                        path + " kept packed in memory");
     } else
@@ -530,19 +531,20 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
         });
         return runtime ? h : h.to(at::kFloat); // runtime: FP16 in memory, converted per use
     };
-    const hsize_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
+    const hsize_t d = c.dim, v = c.vocab_size, hd = c.head_dim();
     m.tok_embeddings = load_tensor("model.embed_tokens.weight", {v, d});
     m.layers.resize(c.n_layers);
     for (int i = 0; i < c.n_layers; ++i) {
         const std::string prefix = "model.layers." + std::to_string(i) + ".";
         m.layers[i].attn_norm = load_tensor(prefix + "input_layernorm.weight", {d});
         m.layers[i].ffn_norm = load_tensor(prefix + "post_attention_layernorm.weight", {d});
+        if (c.qk_norm()) {
+            m.layers[i].q_norm = load_tensor(prefix + "self_attn.q_norm.weight", {hd});
+            m.layers[i].k_norm = load_tensor(prefix + "self_attn.k_norm.weight", {hd});
+        }
         for (LinearKind k : kAllLinearKinds) {
-            const bool wide = k == LinearKind::Gate || k == LinearKind::Up;
-            const std::vector<hsize_t> shape = k == LinearKind::K || k == LinearKind::V ? std::vector<hsize_t>{kv, d}
-                                               : wide                                    ? std::vector<hsize_t>{h, d}
-                                               : k == LinearKind::Down                   ? std::vector<hsize_t>{d, h}
-                                                                                         : std::vector<hsize_t>{d, d};
+            const std::vector<std::int64_t> dims = expected_shape(c, linear_name(i, k) + ".weight");
+            const std::vector<hsize_t> shape(dims.begin(), dims.end());
             m.layers[i].weight(k) =
                 load_tensor(linear_name(i, k) + ".weight", shape, &m.layers[i].packed[static_cast<int>(k)]);
             if (c.qkv_bias() && (k == LinearKind::Q || k == LinearKind::K || k == LinearKind::V))

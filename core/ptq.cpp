@@ -36,19 +36,30 @@ std::int64_t QuantizedModel::quantized_weights() const
     return n;
 }
 
+namespace {
+
+/// A layer's norms and biases as the packed file stores them (FP16): the quantized model computes
+/// with those values.
+void round_layer_full_precision_to_fp16(DecoderLayer& layer)
+{
+    for (at::Tensor* t : {&layer.attn_norm, &layer.ffn_norm, &layer.q_norm, &layer.k_norm})
+        if (t->defined())
+            *t = round_to_fp16(t->to(at::kCPU, at::kFloat));
+    for (at::Tensor& b : layer.bias)
+        if (b.defined())
+            b = round_to_fp16(b.to(at::kCPU, at::kFloat));
+}
+
+} // namespace
+
 Model with_fp16_full_precision(const Model& model, bool head_quantized)
 {
     Model m = model.to(at::kCPU, at::kFloat);
     m.tok_embeddings = round_to_fp16(m.tok_embeddings);
     m.final_norm = round_to_fp16(m.final_norm);
     m.output = m.config.tied_embeddings ? m.tok_embeddings : (head_quantized ? m.output : round_to_fp16(m.output));
-    for (DecoderLayer& layer : m.layers) {
-        layer.attn_norm = round_to_fp16(layer.attn_norm);
-        layer.ffn_norm = round_to_fp16(layer.ffn_norm);
-        for (at::Tensor& b : layer.bias)
-            if (b.defined())
-                b = round_to_fp16(b);
-    }
+    for (DecoderLayer& layer : m.layers)
+        round_layer_full_precision_to_fp16(layer);
     return m;
 }
 
@@ -110,19 +121,20 @@ void LayerwiseQuantizer::quantize_layer(int l, at::Tensor& x, const LinearSink& 
     };
     const DecoderLayer& source = model_.layers[static_cast<std::size_t>(l)];
     DecoderLayer layer;
-    layer.attn_norm = round_to_fp16(source.attn_norm.to(at::kCPU, at::kFloat));
-    layer.ffn_norm = round_to_fp16(source.ffn_norm.to(at::kCPU, at::kFloat));
-    for (int k = 0; k < kLinearKindCount; ++k) {
+    layer.attn_norm = source.attn_norm;
+    layer.ffn_norm = source.ffn_norm;
+    layer.q_norm = source.q_norm;
+    layer.k_norm = source.k_norm;
+    layer.bias = source.bias;
+    round_layer_full_precision_to_fp16(layer);
+    for (int k = 0; k < kLinearKindCount; ++k)
         layer.linear[k] = source.linear[k].to(at::kCPU, at::kFloat);
-        if (source.bias[k].defined()) // stored FP16 like the norms: the quantized model computes with that
-            layer.bias[k] = round_to_fp16(source.bias[k].to(at::kCPU, at::kFloat));
-    }
 
     // 1. Hessians of this layer's inputs, with the (already quantized) earlier layers.
     enter("hessians");
     std::vector<HessianAccumulator> acc;
-    for (int features : {c.dim, c.dim, c.dim, c.hidden_dim})
-        acc.emplace_back(features);
+    for (int i = 0; i < kLinearInputCount; ++i)
+        acc.emplace_back(input_features(static_cast<LinearInput>(i), c));
     // Each Linear's squared outputs over the windows sum to N/2 tr(W H W^T): the output error's
     // denominator, which would otherwise cost a (rows x cols x cols) product per Linear.
     std::array<double, kLinearKindCount> output_energy{};
@@ -258,17 +270,18 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
 double LayerwiseQuantizer::layer_flops() const
 {
     const ModelConfig& c = model_.config;
-    const double d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
+    const double d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), q = c.q_dim();
     const double tokens = static_cast<double>(n_ * seqlen_);
-    const double weights = 2 * d * d + 2 * d * kv + 3 * d * h;
-    const double attention = 4.0 * static_cast<double>(seqlen_) * d; // scores and weighted sum, per token
+    const double weights = 2 * d * q + 2 * d * kv + 3 * d * h;
+    const double attention = 4.0 * static_cast<double>(seqlen_) * q; // scores and weighted sum, per token
     const double forward = tokens * (2.0 * weights + attention);
-    const double hessians =
-        tokens * (3 * HessianAccumulator::flops_per_token(c.dim) + HessianAccumulator::flops_per_token(c.hidden_dim));
+    const double hessians = tokens * (2 * HessianAccumulator::flops_per_token(c.dim) +
+                                      HessianAccumulator::flops_per_token(c.q_dim()) +
+                                      HessianAccumulator::flops_per_token(c.hidden_dim));
     // GPTQ sweeps rows x cols^2 multiply-adds per Linear (the output error comes free from its
     // losses and the forward's outputs); each Linear factors its Hessian (~4/3 cols^3).
-    const double gptq = 2.0 * (d * d * d + 2 * kv * d * d + d * d * d + 2 * h * d * d + d * h * h);
-    const double factor = 4.0 / 3.0 * (6 * d * d * d + h * h * h);
+    const double gptq = 2.0 * (q * d * d + 2 * kv * d * d + d * q * q + 2 * h * d * d + d * h * h);
+    const double factor = 4.0 / 3.0 * (5 * d * d * d + q * q * q + h * h * h);
     return 2.0 * forward + hessians + gptq + factor;
 }
 

@@ -77,6 +77,17 @@ ModelConfig qwen25_05b_shape() // Qwen2.5-0.5B: q/k/v biases, rope_theta 1e6, ti
     return c;
 }
 
+ModelConfig qwen3_shape(int dim, int hidden, int layers, bool tied) // per-head q/k norms, head_dim 128
+{
+    ModelConfig c;
+    c.arch = "qwen3";
+    c.dim = dim; c.hidden_dim = hidden; c.n_layers = layers; c.n_heads = dim / 64; c.n_kv_heads = 8;
+    c.explicit_head_dim = 128; // Qwen3-0.6B: 16 heads of 128 over a 1024-wide stream
+    c.vocab_size = 151936; c.max_seq_len = 40960; c.norm_eps = 1e-6f; c.rope_theta = 1000000.0f;
+    c.tied_embeddings = tied;
+    return c;
+}
+
 ModelConfig smollm_135m_shape()
 {
     ModelConfig c;
@@ -93,11 +104,13 @@ const std::vector<NamedShape>& synthetic_shapes()
                                                    {"stories110m", stories110m_shape()},
                                                    {"smollm-135m", smollm_135m_shape()},
                                                    {"qwen2.5-0.5b", qwen25_05b_shape()},
+                                                   {"qwen3-0.6b", qwen3_shape(1024, 3072, 28, true)},
                                                    {"tinyllama-1.1b", tinyllama_1b_shape()},
                                                    {"llama-3.2-1b", llama3_shape(2048, 8192, 16, 8, 32.0f, true)},
                                                    {"llama-7b", llama_7b_shape()},
                                                    {"mistral-7b", mistral_7b_shape()},
-                                                   {"llama-3.1-8b", llama3_shape(4096, 14336, 32, 8, 8.0f, false)}};
+                                                   {"llama-3.1-8b", llama3_shape(4096, 14336, 32, 8, 8.0f, false)},
+                                                   {"qwen3-8b", qwen3_shape(4096, 12288, 36, false)}};
     return shapes;
 }
 
@@ -124,25 +137,9 @@ void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, con
                               "): for speed and memory benchmarks only, says nothing about quality";
 
     // The tensors in Model::named_tensors() order, as a loader reads them back.
-    const std::int64_t d = c.dim, h = c.hidden_dim, kv = c.kv_dim(), v = c.vocab_size;
     std::vector<TensorSpec> tensors;
-    tensors.push_back({"model.embed_tokens.weight", spec.dtype, {v, d}});
-    for (int i = 0; i < c.n_layers; ++i) {
-        const std::string prefix = "model.layers." + std::to_string(i) + ".";
-        tensors.push_back({prefix + "input_layernorm.weight", spec.dtype, {d}});
-        for (LinearKind k : kAllLinearKinds) {
-            const bool narrow_out = k == LinearKind::K || k == LinearKind::V;
-            const bool wide_out = k == LinearKind::Gate || k == LinearKind::Up;
-            const std::int64_t rows = narrow_out ? kv : wide_out ? h : d;
-            tensors.push_back({linear_name(i, k) + ".weight", spec.dtype, {rows, k == LinearKind::Down ? h : d}});
-            if (c.qkv_bias() && (k == LinearKind::Q || narrow_out))
-                tensors.push_back({linear_name(i, k) + ".bias", spec.dtype, {rows}});
-        }
-        tensors.push_back({prefix + "post_attention_layernorm.weight", spec.dtype, {d}});
-    }
-    tensors.push_back({"model.norm.weight", spec.dtype, {d}});
-    if (!c.tied_embeddings)
-        tensors.push_back({"lm_head.weight", spec.dtype, {v, d}});
+    for (const std::string& name : tensor_names(c))
+        tensors.push_back({name, spec.dtype, expected_shape(c, name)});
 
     const std::string header = safetensors_header(tensors, {{"format", "pt"}, {kSyntheticConfigKey, label}});
     std::int64_t total = static_cast<std::int64_t>(header.size());
@@ -192,7 +189,8 @@ Model make_synthetic_model(const ModelConfig& config, std::uint64_t seed)
     auto randn = [&](std::int64_t rows, std::int64_t cols) {
         return at::normal(0.0, 0.02, {rows, cols}, gen);
     };
-    const std::int64_t d = config.dim, h = config.hidden_dim, kv = config.kv_dim(), v = config.vocab_size;
+    const std::int64_t d = config.dim, h = config.hidden_dim, kv = config.kv_dim(), v = config.vocab_size,
+                       q = config.q_dim();
     Model m;
     m.config = config;
     m.source_path = "synthetic";
@@ -203,16 +201,20 @@ Model make_synthetic_model(const ModelConfig& config, std::uint64_t seed)
         DecoderLayer l;
         l.attn_norm = at::ones({d});
         l.ffn_norm = at::ones({d});
-        l.weight(LinearKind::Q) = randn(d, d);
+        l.weight(LinearKind::Q) = randn(q, d);
         l.weight(LinearKind::K) = randn(kv, d);
         l.weight(LinearKind::V) = randn(kv, d);
-        l.weight(LinearKind::O) = randn(d, d);
+        l.weight(LinearKind::O) = randn(d, q);
         l.weight(LinearKind::Gate) = randn(h, d);
         l.weight(LinearKind::Up) = randn(h, d);
         l.weight(LinearKind::Down) = randn(d, h);
         if (config.qkv_bias())
             for (LinearKind k : {LinearKind::Q, LinearKind::K, LinearKind::V})
                 l.bias[static_cast<int>(k)] = at::normal(0.0, 0.02, {l.weight(k).size(0)}, gen);
+        if (config.qk_norm()) {
+            l.q_norm = at::ones({config.head_dim()});
+            l.k_norm = at::ones({config.head_dim()});
+        }
         m.layers.push_back(l);
     }
     m.final_norm = at::ones({d});

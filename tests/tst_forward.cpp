@@ -120,11 +120,21 @@ at::Tensor reference_logits(const Model& m, const std::vector<int>& ids)
             q[t] = add_bias(matvec(wq, h), LinearKind::Q);
             k[t] = add_bias(matvec(wk, h), LinearKind::K);
             v[t] = add_bias(matvec(wv, h), LinearKind::V);
+            if (layer.q_norm.defined()) { // Qwen3: each head RMS-normalised before RoPE
+                auto per_head = [&](Vec& y, int heads, const at::Tensor& w) {
+                    for (int h = 0; h < heads; ++h) {
+                        const Vec normed = rmsnorm(Vec(y.begin() + h * hd, y.begin() + (h + 1) * hd), at2(w));
+                        std::copy(normed.begin(), normed.end(), y.begin() + h * hd);
+                    }
+                };
+                per_head(q[t], H, layer.q_norm);
+                per_head(k[t], KV, layer.k_norm);
+            }
             rope(q[t], H, t);
             rope(k[t], KV, t);
         }
         for (int t = 0; t < T; ++t) {
-            Vec att(static_cast<std::size_t>(D), 0.0);
+            Vec att(static_cast<std::size_t>(H * hd), 0.0);
             for (int h = 0; h < H; ++h) {
                 const int g = h / (H / KV);
                 Vec score(static_cast<std::size_t>(t + 1));
@@ -177,6 +187,8 @@ ModelConfig family_config(const std::string& arch, bool scaled)
     }
     if (arch == "mistral")
         c.sliding_window = 24;
+    if (arch == "qwen3")
+        c.explicit_head_dim = 16; // 4 heads of 16: the attention (64) twice as wide as the stream (32)
     return c;
 }
 
@@ -288,6 +300,7 @@ private Q_SLOTS:
         QTest::newRow("smollm-like (GQA, tied)") << "llama" << false << true;
         QTest::newRow("mistral (sliding window 24)") << "mistral" << false << false;
         QTest::newRow("qwen2 (q/k/v biases, tied)") << "qwen2" << false << true;
+        QTest::newRow("qwen3 (q/k norms, head_dim 16 over dim 32)") << "qwen3" << false << true;
     }
     void familiesMatchThePlainLoopReference()
     {
@@ -303,6 +316,14 @@ private Q_SLOTS:
                     if (b.defined())
                         b = b * 50.0;
             QVERIFY(m.layers[1].bias_of(LinearKind::K).defined());
+        }
+        if (arch == "qwen3") { // norm weights away from 1, so that skipping a norm shows
+            for (DecoderLayer& layer : m.layers) {
+                QCOMPARE(layer.weight(LinearKind::Q).size(0), 64);
+                QCOMPARE(layer.weight(LinearKind::O).size(1), 64);
+                layer.q_norm = at::linspace(0.3, 1.8, 16);
+                layer.k_norm = at::linspace(1.6, 0.4, 16);
+            }
         }
         // Positions up to 47 (past the window for Mistral, refused below; 24 otherwise in range).
         const int T = arch == "mistral" ? 24 : 48;
@@ -334,6 +355,13 @@ private Q_SLOTS:
                 layer.bias = {};
             unbiased.config.arch = "llama";
             QVERIFY(max_abs_diff(forward(unbiased, ids_tensor)[0], expected) > 20 * max_abs_diff(batched, expected));
+        }
+        if (arch == "qwen3") { // the norms matter: without them the logits differ
+            Model unnormed = m;
+            for (DecoderLayer& layer : unnormed.layers)
+                layer.q_norm = layer.k_norm = at::Tensor();
+            unnormed.config.arch = "llama";
+            QVERIFY(max_abs_diff(forward(unnormed, ids_tensor)[0], expected) > 20 * max_abs_diff(batched, expected));
         }
         if (arch == "mistral") { // one position past the window is refused, never attended in full
             try {

@@ -198,6 +198,8 @@ private Q_SLOTS:
         QTest::newRow("mistral-7b (sliding window)") << "mistral-7b";
         QTest::newRow("smollm-135m (tied, GQA 9/3)") << "smollm-135m";
         QTest::newRow("qwen2.5-0.5b (q/k/v biases, tied, GQA 14/2)") << "qwen2.5-0.5b";
+        QTest::newRow("qwen3-0.6b (q/k norms, head_dim from the config)") << "qwen3-0.6b";
+        QTest::newRow("qwen3-8b (untied)") << "qwen3-8b";
     }
     void familiesRoundTripThroughConfigJson()
     {
@@ -205,7 +207,13 @@ private Q_SLOTS:
         QFETCH(QString, shape);
         ModelConfig c = synthetic_shape(shape.toStdString());
         c.dim = c.n_heads * 4; c.hidden_dim = 16; c.n_layers = 1; c.vocab_size = 24;
-        const Model m = make_synthetic_model(c, 5);
+        if (c.explicit_head_dim > 0)
+            c.explicit_head_dim = 6; // still not dim / n_heads (4)
+        Model m = make_synthetic_model(c, 5);
+        if (c.qk_norm()) { // values a loader could not guess
+            m.layers[0].q_norm = at::linspace(0.5, 1.5, 6);
+            m.layers[0].k_norm = at::linspace(1.5, 0.5, 6);
+        }
         QTemporaryDir tmp;
         save_hf(m, tmp.path().toStdString());
         const QJsonObject written =
@@ -221,6 +229,8 @@ private Q_SLOTS:
         QCOMPARE(b.sliding_window, c.sliding_window);
         QCOMPARE(b.tied_embeddings, c.tied_embeddings);
         QCOMPARE(b.n_kv_heads, c.n_kv_heads);
+        QCOMPARE(b.head_dim(), c.head_dim());
+        QCOMPARE(written.contains("head_dim"), c.explicit_head_dim > 0);
         QCOMPARE(b.to_json(), c.to_json()); // the packed format's copy of the config, too
         QCOMPARE(ModelConfig::from_json(c.to_json(), "packed").to_json(), c.to_json());
         if (c.rope_scaling.type == RopeScaling::Type::Llama3) {
@@ -232,6 +242,11 @@ private Q_SLOTS:
         if (c.qkv_bias()) {
             QVERIFY(at::equal(back.layers[0].bias_of(LinearKind::V), m.layers[0].bias_of(LinearKind::V)));
             QCOMPARE(m.named_tensors().size(), std::size_t(1 + 12 + 1)); // embedding; 2 norms, 7 Linears, 3 biases; final norm
+        }
+        if (c.qk_norm()) {
+            QVERIFY(at::equal(back.layers[0].k_norm, m.layers[0].k_norm));
+            QCOMPARE(back.layers[0].weight(LinearKind::Q).size(0), c.n_heads * 6);
+            QCOMPARE(back.layers[0].weight(LinearKind::O).size(1), c.n_heads * 6);
         }
         // llama2.c has no field for any of this: converting there is refused, not silently wrong.
         if (shape != "smollm-135m")
@@ -260,8 +275,12 @@ private Q_SLOTS:
         QTest::newRow("missing config") << "no-config" << "config.json: missing";
         QTest::newRow("config not JSON") << "config-garbage" << "not a JSON object";
         QTest::newRow("config missing key") << "config-key" << "required key 'hidden_size' is missing";
-        QTest::newRow("unknown family") << "model-type" << "model_type 'gpt2' is not supported (supported: llama, mistral, qwen2)";
-        QTest::newRow("family needing more") << "qwen3" << "model_type 'qwen3' is not supported: it needs per-head RMSNorm";
+        QTest::newRow("unknown family") << "model-type" << "model_type 'gpt2' is not supported (supported: llama, mistral, qwen2, qwen3)";
+        QTest::newRow("family needing more") << "gemma" << "model_type 'gemma' is not supported: it needs embeddings scaled by sqrt(hidden_size)";
+        QTest::newRow("qwen3 without q/k norms") << "qwen3" << "tensor 'model.layers.0.self_attn.q_norm.weight' is missing";
+        QTest::newRow("head_dim against the tensors") << "head-dim" << "q_proj.weight' has shape (64, 64), expected (128, 64)";
+        QTest::newRow("head_dim out of range") << "head-dim-negative" << "head_dim -3 is outside [1, 1024]";
+        QTest::newRow("head_dim odd") << "head-dim-odd" << "head dimension 7 is odd";
         QTest::newRow("qwen2 without biases") << "qwen2" << "tensor 'model.layers.0.self_attn.q_proj.bias' is missing";
         QTest::newRow("rope scaling type") << "yarn" << "rope_scaling type 'yarn' is not supported (linear and llama3 are)";
         QTest::newRow("rope scaling factor") << "no-factor" << "rope_scaling.factor is missing";
@@ -314,6 +333,14 @@ private Q_SLOTS:
             edit_config(dir, [](QJsonObject& o) { o["model_type"] = "qwen2"; });
         } else if (breakage == "qwen3") {
             edit_config(dir, [](QJsonObject& o) { o["model_type"] = "qwen3"; });
+        } else if (breakage == "gemma") {
+            edit_config(dir, [](QJsonObject& o) { o["model_type"] = "gemma"; });
+        } else if (breakage == "head-dim") {
+            edit_config(dir, [](QJsonObject& o) { o["head_dim"] = 16; });
+        } else if (breakage == "head-dim-negative") {
+            edit_config(dir, [](QJsonObject& o) { o["head_dim"] = -3; });
+        } else if (breakage == "head-dim-odd") {
+            edit_config(dir, [](QJsonObject& o) { o["head_dim"] = 7; });
         } else if (breakage == "yarn") {
             edit_config(dir, [](QJsonObject& o) { o["rope_scaling"] = QJsonObject{{"rope_type", "yarn"}, {"factor", 4}}; });
         } else if (breakage == "no-factor") {

@@ -201,6 +201,7 @@ private Q_SLOTS:
         QTest::newRow("llama 3.1 (llama3 RoPE scaling, GQA)") << "llama";
         QTest::newRow("mistral (sliding window)") << "mistral";
         QTest::newRow("qwen2 (q/k/v biases kept FP16)") << "qwen2";
+        QTest::newRow("qwen3 (q/k norms kept FP16, head_dim 16 over dim 32)") << "qwen3";
     }
     void familyAndBpeTokenizerSurviveThePackedFile()
     {
@@ -213,8 +214,15 @@ private Q_SLOTS:
             c.sliding_window = 32;
         else if (arch == "llama")
             c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
+        else if (arch == "qwen3")
+            c.explicit_head_dim = 16;
         const Tokenizer gpt2 = Tokenizer::from_file(shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json");
-        const Model m = make_synthetic_model(c, 9);
+        Model m = make_synthetic_model(c, 9);
+        for (DecoderLayer& layer : m.layers)
+            if (c.qk_norm()) { // not FP16 values: the file keeps their FP16 rounding
+                layer.q_norm = at::linspace(0.3, 1.7, 16);
+                layer.k_norm = at::linspace(1.9, 0.2, 16);
+            }
         std::vector<std::vector<int>> windows(4, std::vector<int>(32));
         for (std::size_t w = 0; w < windows.size(); ++w)
             for (std::size_t t = 0; t < 32; ++t)
@@ -243,6 +251,11 @@ private Q_SLOTS:
             QCOMPARE(ids, gpt2.encode("Once upon a time, a packed model remembered its family."));
             if (c.qkv_bias()) // stored FP16, as the quantizer computed with them
                 QVERIFY(at::equal(back.layers[1].bias_of(LinearKind::Q).to(at::kFloat), q.model.layers[1].bias_of(LinearKind::Q)));
+            if (c.qk_norm()) {
+                QVERIFY(at::equal(back.layers[1].k_norm.to(at::kFloat), q.model.layers[1].k_norm));
+                QVERIFY(at::equal(q.model.layers[1].k_norm, m.layers[1].k_norm.to(at::kHalf).to(at::kFloat)));
+                QVERIFY(!at::equal(q.model.layers[1].k_norm, m.layers[1].k_norm));
+            }
             if (load == PackedLoad::Dequantized) { // the same logits as the quantized model it was written from
                 const at::Tensor t = at::tensor(std::vector<std::int64_t>(ids.begin(), ids.end())).view({1, -1});
                 QCOMPARE(max_abs_diff(forward(back, t), forward(q.model, t)), 0.0);

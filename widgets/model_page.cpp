@@ -71,6 +71,8 @@ void ModelPage::showStatsProgress()
     stats_toggle_->setText(stats.background() ? tr("Stop") : tr("Resume"));
 }
 
+QString ModelPage::summaryText() const { return summary_->text(); }
+
 void ModelPage::refresh()
 {
     const auto& m = context_.model();

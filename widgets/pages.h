@@ -56,6 +56,7 @@ class ModelPage : public QWidget {
 public:
     explicit ModelPage(StudioContext& context, QWidget* parent = nullptr);
     LayerTreeModel* treeModel() const { return tree_model_; }
+    QString summaryText() const; ///< the summary table as shown (rich text)
 
 private:
     void refresh();
