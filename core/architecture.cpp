@@ -68,6 +68,10 @@ std::string architecture_details(const ModelConfig& c)
                std::to_string(r.original_max_position) + " positions";
     if (c.explicit_head_dim > 0)
         out += ", head_dim " + std::to_string(c.explicit_head_dim);
+    if (c.qkv_bias())
+        out += ", q/k/v biases";
+    if (c.qk_norm())
+        out += ", per-head q/k norms";
     if (c.sliding_window > 0)
         out += ", sliding window " + std::to_string(c.sliding_window);
     return out;

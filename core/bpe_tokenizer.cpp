@@ -510,20 +510,37 @@ public:
                 bos = token_id("bos_token");
             eos = token_id("eos_token");
         }
+        // generation_config.json's eos_token_id: one id or every stop token (Llama 3.1 Instruct lists
+        // three); the first is EOS when tokenizer_config.json named none.
         const QString generation_path = dir.filePath("generation_config.json");
-        if (eos < 0 && QFileInfo(generation_path).isFile()) {
+        std::vector<int> listed;
+        if (QFileInfo(generation_path).isFile()) {
             const std::string where = generation_path.toStdString();
             const QJsonObject config = parse_json(read_file_bytes(where), where).object();
-            QJsonValue v = config.value("eos_token_id");
-            if (v.isArray())
-                v = v.toArray().at(0); // the first of several stop tokens
-            if (!v.isUndefined() && !v.isNull()) {
-                eos = json_int(v, where, "eos_token_id");
-                if (eos >= vocab)
-                    throw Error(where + ": eos_token_id " + std::to_string(eos) + " is outside the vocabulary of " +
+            const QJsonValue v = config.value("eos_token_id");
+            const QJsonArray ids = v.isArray() ? v.toArray() : (v.isUndefined() || v.isNull()) ? QJsonArray{} : QJsonArray{v};
+            for (const QJsonValue& id : ids) {
+                const int stop = json_int(id, where, "eos_token_id");
+                if (stop >= vocab)
+                    throw Error(where + ": eos_token_id " + std::to_string(stop) + " is outside the vocabulary of " +
                                 std::to_string(vocab));
+                listed.push_back(stop);
             }
         }
+        if (eos < 0 && !listed.empty())
+            eos = listed.front();
+        set_stops(eos, listed);
+    }
+
+    /// stops = eos (when any), then `more` without repeats.
+    void set_stops(int eos_id, const std::vector<int>& more)
+    {
+        stops.clear();
+        if (eos_id >= 0)
+            stops.push_back(eos_id);
+        for (int id : more)
+            if (std::find(stops.begin(), stops.end(), id) == stops.end())
+                stops.push_back(id);
     }
 
     std::vector<int> encode(std::string_view text) const override
@@ -823,43 +840,74 @@ private:
 std::shared_ptr<const Tokenizer::Impl> make_bpe_tokenizer(std::string bytes, const std::string& origin,
                                                          const std::string& folder)
 {
-    // The embedded form: "PBLLM-BPE 1 bos=N eos=M\n" then the tokenizer.json text.
+    // The embedded form: "PBLLM-BPE 1 bos=N eos=M[ stops=A,B,...]\n" then the tokenizer.json text.
     int bos = -1, eos = -1;
+    std::vector<int> stops;
     bool embedded = false;
     std::string_view json = bytes;
     if (json.substr(0, kEmbeddedHeader.size()) == kEmbeddedHeader) {
         const std::size_t eol = json.find('\n');
         std::string_view header = json.substr(kEmbeddedHeader.size(), eol == std::string_view::npos ? 0 : eol - kEmbeddedHeader.size());
-        auto field = [&](std::string_view name, int& value) { // "name=<int>", then an optional space
-            if (header.substr(0, name.size()) != name)
-                return false;
-            header.remove_prefix(name.size());
+        auto number = [&](int& value) {
             const auto [end, ec] = std::from_chars(header.data(), header.data() + header.size(), value);
             if (ec != std::errc())
                 return false;
             header.remove_prefix(static_cast<std::size_t>(end - header.data()));
+            return true;
+        };
+        auto field = [&](std::string_view name, int& value) { // "name=<int>", then an optional space
+            if (header.substr(0, name.size()) != name)
+                return false;
+            header.remove_prefix(name.size());
+            if (!number(value))
+                return false;
             if (!header.empty() && header.front() == ' ')
                 header.remove_prefix(1);
             return true;
         };
-        if (eol == std::string_view::npos || !field("bos=", bos) || !field("eos=", eos) || !header.empty())
+        auto stop_list = [&] { // optional "stops=<int>[,<int>]..."
+            if (header.empty())
+                return true;
+            if (header.substr(0, 6) != "stops=")
+                return false;
+            header.remove_prefix(6);
+            for (int id = 0; number(id);) {
+                if (stops.size() >= 1024)
+                    return false;
+                stops.push_back(id);
+                if (header.empty())
+                    return true;
+                if (header.front() != ',')
+                    return false;
+                header.remove_prefix(1);
+            }
+            return false;
+        };
+        if (eol == std::string_view::npos || !field("bos=", bos) || !field("eos=", eos) || !stop_list() || !header.empty())
             throw Error(origin + ": embedded tokenizer header is malformed");
         json.remove_prefix(eol + 1);
         embedded = true;
     }
     auto impl = std::make_shared<BpeTokenizer>(std::string(json), origin);
     if (embedded) {
-        if (bos < -1 || bos >= impl->vocab || eos < -1 || eos >= impl->vocab)
+        const bool stops_inside = std::all_of(stops.begin(), stops.end(), [&](int id) { return id >= 0 && id < impl->vocab; });
+        if (bos < -1 || bos >= impl->vocab || eos < -1 || eos >= impl->vocab || !stops_inside)
             throw Error(origin + ": embedded tokenizer header names ids outside the vocabulary of " +
                         std::to_string(impl->vocab));
         impl->bos = bos;
         impl->eos = eos;
+        impl->set_stops(eos, stops);
     } else if (!folder.empty()) {
         impl->read_side_files(folder);
     }
     impl->origin = origin;
-    impl->bytes = std::string(kEmbeddedHeader) + "bos=" + std::to_string(impl->bos) + " eos=" +
-                  std::to_string(impl->eos) + "\n" + std::string(json);
+    impl->bytes = std::string(kEmbeddedHeader) + "bos=" + std::to_string(impl->bos) + " eos=" + std::to_string(impl->eos);
+    if (impl->stops.size() > (impl->eos >= 0 ? 1u : 0u)) { // more than EOS alone
+        impl->bytes += " stops=";
+        for (std::size_t i = 0; i < impl->stops.size(); ++i)
+            impl->bytes += (i ? "," : "") + std::to_string(impl->stops[i]);
+    }
+    impl->bytes += "\n" + std::string(json);
     return impl;
 }
 

@@ -53,7 +53,7 @@ GenerationResult generate(const Model& model, const Tokenizer& tokenizer, const 
             first = Clock::now();
             result.time_to_first_token = std::chrono::duration<double>(first - start).count();
         }
-        if (settings.stop_at_eos && (next == tokenizer.eos_id() || next == tokenizer.bos_id()))
+        if (settings.stop_at_eos && (tokenizer.is_stop(next) || next == tokenizer.bos_id()))
             break;
         result.tokens.push_back(next);
         const std::string piece = detok.push(next);

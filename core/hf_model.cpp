@@ -15,6 +15,7 @@
 #include <QJsonObject>
 
 #include <memory>
+#include <optional>
 #include <set>
 
 namespace pbllm {
@@ -231,7 +232,7 @@ std::string prepare_hf_folder(const std::string& dir, bool overwrite)
 }
 
 std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std::string& synthetic,
-                           const std::string& tokenizer_path)
+                           const Tokenizer* tokenizer)
 {
     QJsonObject cfg;
     const Architecture& arch = architecture(c.arch, "export");
@@ -253,14 +254,13 @@ std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std
     if (arch.sliding_window)
         cfg.insert("sliding_window", c.sliding_window > 0 ? QJsonValue(c.sliding_window) : QJsonValue::Null);
     cfg.insert("hidden_act", "silu");
-    int bos = -1, eos = -1;
-    if (!tokenizer_path.empty()) {
-        const Tokenizer tok = Tokenizer::from_file(tokenizer_path);
-        bos = tok.bos_id();
-        eos = tok.eos_id();
-    }
+    const int bos = tokenizer ? tokenizer->bos_id() : -1;
+    QJsonArray stops;
+    if (tokenizer)
+        for (int id : tokenizer->stop_ids())
+            stops.append(id);
     cfg.insert("bos_token_id", bos >= 0 ? QJsonValue(bos) : QJsonValue::Null);
-    cfg.insert("eos_token_id", eos >= 0 ? QJsonValue(eos) : QJsonValue::Null);
+    cfg.insert("eos_token_id", stops.isEmpty() ? QJsonValue(QJsonValue::Null) : stops.size() == 1 ? stops.at(0) : QJsonValue(stops));
     cfg.insert("torch_dtype", dtype == at::kHalf ? "float16" : dtype == at::kBFloat16 ? "bfloat16" : "float32");
 
     if (!synthetic.empty())
@@ -281,9 +281,16 @@ void save_hf(const Model& model, const std::string& dir, const HfExportOptions& 
         t.tensor = t.tensor.to(at::kCPU, dtype);
 
     write_safetensors(base + "/model.safetensors", tensors, {{"format", "pt"}});
-    write_file_atomically(base + "/config.json", hf_config_json(c, dtype, model.synthetic, options.tokenizer_path));
+    std::optional<Tokenizer> tokenizer;
+    if (!options.tokenizer_path.empty())
+        tokenizer = Tokenizer::from_file(options.tokenizer_path);
+    else if (!model.embedded_tokenizer.empty())
+        tokenizer = Tokenizer::from_bytes(model.embedded_tokenizer, model.source_path + " (embedded tokenizer)");
+    write_file_atomically(base + "/config.json", hf_config_json(c, dtype, model.synthetic, tokenizer ? &*tokenizer : nullptr));
     if (!options.tokenizer_path.empty())
         copy_tokenizer_files(options.tokenizer_path, base);
+    else if (tokenizer)
+        write_tokenizer_files(*tokenizer, base);
 }
 
 } // namespace pbllm

@@ -2,6 +2,7 @@
 // Hugging Face Llama checkpoints: config.json + model.safetensors, or shards listed in
 // model.safetensors.index.json. Tensors F32/F16/BF16, tied or untied head, grouped-query attention.
 #include "core/model.h"
+#include "core/tokenizer.h"
 
 #include <string>
 
@@ -18,7 +19,9 @@ Model load_hf(const std::string& path, bool check_finite = true);
 
 struct HfExportOptions {
     bool overwrite = false;        ///< replace an existing non-empty folder's files
-    std::string tokenizer_path;    ///< copied in as tokenizer.model when set
+    /// Copied in (tokenizer.model, or tokenizer.json and its side files) when set; otherwise the
+    /// model's embedded tokenizer (a packed checkpoint's) is written out, when it has one.
+    std::string tokenizer_path;
 };
 
 /// Writes config.json, model.safetensors (in the model's file dtype) and tokenizer.model into
@@ -30,10 +33,10 @@ void save_hf(const Model& model, const std::string& dir, const HfExportOptions& 
 /// `overwrite` is false.
 std::string prepare_hf_folder(const std::string& dir, bool overwrite);
 
-/// config.json of a Llama model stored in `dtype` (with the synthetic label when given).
-/// BOS and EOS come from the tokenizer at `tokenizer_path` ("" or none there: null).
+/// config.json of a model stored in `dtype` (with the synthetic label when given). BOS and EOS
+/// (every stop token when there are several) come from `tokenizer` (none: null).
 std::string hf_config_json(const ModelConfig& config, at::ScalarType dtype, const std::string& synthetic = {},
-                           const std::string& tokenizer_path = {});
+                           const Tokenizer* tokenizer = nullptr);
 
 /// True when `path` looks like a Hugging Face model (folder with config.json, .safetensors, index).
 bool looks_like_hf(const std::string& path);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 namespace pbllm {
 
@@ -175,7 +176,10 @@ void write_synthetic_hf(const SyntheticHfSpec& spec, const std::string& dir, con
         }
     }
     out.commit();
-    write_file_atomically(base + "/config.json", hf_config_json(c, spec.dtype, label, spec.tokenizer_path));
+    std::optional<Tokenizer> tokenizer;
+    if (!spec.tokenizer_path.empty())
+        tokenizer = Tokenizer::from_file(spec.tokenizer_path);
+    write_file_atomically(base + "/config.json", hf_config_json(c, spec.dtype, label, tokenizer ? &*tokenizer : nullptr));
     if (!spec.tokenizer_path.empty())
         copy_tokenizer_files(spec.tokenizer_path, base);
     report_progress(progress, 1.0, "writing weights");

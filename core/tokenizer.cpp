@@ -8,7 +8,11 @@
 
 #include <QDir>
 #include <QFileInfo>
+#include <QJsonArray>
+#include <QJsonDocument>
+#include <QJsonObject>
 
+#include <algorithm>
 #include <cstdlib>
 #include <dlfcn.h>
 #include <mutex>
@@ -183,6 +187,8 @@ std::shared_ptr<const Tokenizer::Impl> make_spm_tokenizer(std::string bytes, con
     impl->vocab = impl->api->vocab_size(impl->handle);
     impl->bos = impl->api->special_id(impl->handle, 1);
     impl->eos = impl->api->special_id(impl->handle, 2);
+    if (impl->eos >= 0)
+        impl->stops.push_back(impl->eos);
     impl->token_bytes.resize(impl->vocab);
     for (int id = 0; id < impl->vocab; ++id) {
         const std::string piece = impl->piece(id);
@@ -252,6 +258,11 @@ std::string Tokenizer::decode(const std::vector<int>& ids) const
 int Tokenizer::vocab_size() const { return impl_->vocab; }
 int Tokenizer::bos_id() const { return impl_->bos; }
 int Tokenizer::eos_id() const { return impl_->eos; }
+const std::vector<int>& Tokenizer::stop_ids() const { return impl_->stops; }
+bool Tokenizer::is_stop(int id) const
+{
+    return std::find(impl_->stops.begin(), impl_->stops.end(), id) != impl_->stops.end();
+}
 const std::string& Tokenizer::model_bytes() const { return impl_->bytes; }
 const std::string& Tokenizer::origin() const { return impl_->origin; }
 const std::string& Tokenizer::kind() const { return impl_->kind; }
@@ -351,6 +362,39 @@ void copy_tokenizer_files(const std::string& tokenizer_path, const std::string& 
     write_file_atomically(dir + "/tokenizer.json", bytes);
     for (const auto& [side, side_bytes] : sides)
         write_file_atomically(dir + "/" + side.toStdString(), side_bytes);
+}
+
+void write_tokenizer_files(const Tokenizer& tokenizer, const std::string& dir)
+{
+    QDir out(QString::fromStdString(dir));
+    const std::string& bytes = tokenizer.model_bytes();
+    const QStringList bpe_files{"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    if (tokenizer.kind() != "bpe") {
+        for (const QString& stale : bpe_files)
+            out.remove(stale);
+        write_file_atomically(dir + "/tokenizer.model", bytes);
+        return;
+    }
+    // model_bytes() is the embedded form: a header line (BOS, EOS, stops), then tokenizer.json.
+    const std::size_t eol = bytes.find('\n');
+    if (eol == std::string::npos)
+        throw Error(tokenizer.origin() + ": embedded tokenizer header is malformed");
+    auto piece_or_null = [&](int id) {
+        return id >= 0 ? QJsonValue(QString::fromStdString(tokenizer.piece(id))) : QJsonValue(QJsonValue::Null);
+    };
+    QJsonObject config{{"add_bos_token", tokenizer.bos_id() >= 0},
+                       {"bos_token", piece_or_null(tokenizer.bos_id())},
+                       {"eos_token", piece_or_null(tokenizer.eos_id())}};
+    QJsonArray stops;
+    for (int id : tokenizer.stop_ids())
+        stops.append(id);
+    QJsonObject generation{{"eos_token_id", stops.isEmpty() ? QJsonValue(QJsonValue::Null) : stops.size() == 1 ? stops.at(0) : QJsonValue(stops)}};
+    if (tokenizer.bos_id() >= 0)
+        generation.insert("bos_token_id", tokenizer.bos_id());
+    out.remove("tokenizer.model");
+    write_file_atomically(dir + "/tokenizer.json", bytes.substr(eol + 1));
+    write_file_atomically(dir + "/tokenizer_config.json", QJsonDocument(config).toJson().toStdString());
+    write_file_atomically(dir + "/generation_config.json", QJsonDocument(generation).toJson().toStdString());
 }
 
 std::string spm_plugin_path() { return plugin().path; }

@@ -26,6 +26,10 @@ public:
     /// The BOS the model expects before a text, or -1 when its tokenizer adds none (GPT-2, SmolLM).
     int bos_id() const;
     int eos_id() const;
+    /// Every id that ends a generation: EOS first, then the further stop tokens a
+    /// generation_config.json lists (Llama 3.1 Instruct: <|end_of_text|>, <|eom_id|>, <|eot_id|>).
+    const std::vector<int>& stop_ids() const;
+    bool is_stop(int id) const;
     /// Bytes token `id` stands for: U+2581 turned into a space, <0xNN> byte pieces and byte-level
     /// BPE characters into their bytes, control and special tokens into nothing. A token may hold
     /// part of a longer UTF-8 character.
@@ -72,6 +76,12 @@ std::string find_tokenizer_beside(const std::string& model_path);
 /// tokenizer.model, or tokenizer.json with the tokenizer_config.json and generation_config.json
 /// found beside it (they name BOS and EOS).
 void copy_tokenizer_files(const std::string& tokenizer_path, const std::string& dir);
+
+/// Writes `tokenizer` (e.g. one embedded in a packed checkpoint) into folder `dir` as the files
+/// copy_tokenizer_files would have copied: tokenizer.model, or tokenizer.json with a
+/// tokenizer_config.json and generation_config.json naming its BOS, EOS and stop tokens, so that
+/// from_file on the result gives the same tokenizer.
+void write_tokenizer_files(const Tokenizer& tokenizer, const std::string& dir);
 
 /// Path of the plugin that will be loaded (for diagnostics); throws Error listing where it looked.
 std::string spm_plugin_path();

@@ -12,6 +12,7 @@ struct Tokenizer::Impl {
     std::string origin;
     std::string kind;   ///< "sentencepiece" or "bpe", for display
     int vocab = 0, bos = -1, eos = -1;
+    std::vector<int> stops; ///< see Tokenizer::stop_ids: eos (when >= 0) first
     /// Whether decoding drops the space a text's first word carries after BOS (SentencePiece's
     /// dummy prefix); byte-level BPE adds none, so it keeps every byte.
     bool strips_leading_space = false;

@@ -238,6 +238,29 @@ private Q_SLOTS:
         const Tokenizer gen = Tokenizer::from_file(other.filePath("tokenizer.json").toStdString());
         QCOMPARE(gen.eos_id(), 97);
         QCOMPARE(gen.bos_id(), -1);
+        QCOMPARE(gen.stop_ids(), (std::vector<int>{97, 300})); // every listed id ends a generation
+        QVERIFY(gen.is_stop(300) && !gen.is_stop(98));
+        // tokenizer_config.json's EOS first, then generation_config.json's further stop tokens
+        // (Llama 3.1 Instruct: eos_token <|eot_id|>, eos_token_id [<|end_of_text|>, <|eom_id|>, <|eot_id|>]).
+        write_bytes(other.filePath("tokenizer_config.json"), "{\"eos_token\": \"<|end|>\"}");
+        const Tokenizer instruct = Tokenizer::from_file(other.filePath("tokenizer.json").toStdString());
+        QCOMPARE(instruct.eos_id(), 300);
+        QCOMPARE(instruct.stop_ids(), (std::vector<int>{300, 97}));
+        const Tokenizer embedded = Tokenizer::from_bytes(instruct.model_bytes(), "embedded");
+        QCOMPARE(embedded.stop_ids(), instruct.stop_ids());
+        QCOMPARE(embedded.model_bytes(), instruct.model_bytes());
+        QVERIFY(instruct.model_bytes().rfind("PBLLM-BPE 1 bos=-1 eos=300 stops=300,97\n", 0) == 0);
+        // Written out as files (a packed checkpoint's tokenizer converted to a Hugging Face folder),
+        // it reads back as the same tokenizer.
+        for (const Tokenizer* original : {&tok, &instruct}) {
+            QTemporaryDir out;
+            write_tokenizer_files(*original, out.path().toStdString());
+            const Tokenizer back = Tokenizer::from_file(out.filePath("tokenizer.json").toStdString());
+            QCOMPARE(back.bos_id(), original->bos_id());
+            QCOMPARE(back.eos_id(), original->eos_id());
+            QCOMPARE(back.stop_ids(), original->stop_ids());
+            QCOMPARE(back.model_bytes(), original->model_bytes());
+        }
         QCOMPARE(QFileInfo(QString::fromStdString(find_tokenizer_beside(other.filePath("model.safetensors").toStdString())))
                      .fileName(),
                  QString("tokenizer.json"));
@@ -298,6 +321,15 @@ private Q_SLOTS:
         QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=99999999999 eos=1\n" + json, "embedded"));
         QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=1 eos=400\n" + json, "embedded"));
         QCOMPARE(Tokenizer::from_bytes("PBLLM-BPE 1 bos=300 eos=-1\n" + json, "embedded").bos_id(), 300);
+        for (const char* header : {"bos=1 eos=2 stops=", "bos=1 eos=2 stops=3,", "bos=1 eos=2 stops=3;4", "bos=1 eos=2 stop=3",
+                                   "bos=1 eos=2 stops=3 "})
+            QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 " + std::string(header) + "\n" + json, "embedded"));
+        QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=1 eos=2 stops=2,400\n" + json, "embedded"));
+        QCOMPARE(Tokenizer::from_bytes("PBLLM-BPE 1 bos=-1 eos=2 stops=2,7\n" + json, "embedded").stop_ids(),
+                 (std::vector<int>{2, 7}));
+        write_bytes(dir.filePath("tokenizer_config.json"), "{}");
+        write_bytes(dir.filePath("generation_config.json"), "{\"eos_token_id\": [1, \"two\"]}");
+        expect(tiny_tokenizer_json({}), "generation_config.json: eos_token_id");
     }
 };
 

@@ -1,10 +1,13 @@
 // The pbllm command line as scripts use it: JSON contracts, exit codes, one-line errors, the
 // Hugging Face conversion round trip, and the default-model lookup and verified download.
 #include "core/error.h"
+#include "core/hf_model.h"
 #include "core/model_io.h"
+#include "core/synthetic.h"
 #include "core/tokenizer.h"
 #include "tests/support/test_support.h"
 
+#include <ATen/ATen.h>
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
@@ -152,6 +155,122 @@ private Q_SLOTS:
         QCOMPARE(again.code, 1);
         QVERIFY(again.err.contains("refusing to overwrite"));
         QCOMPARE(pbllm_run({"convert", model(), "--to", "hf", "-o", out, "--force"}).code, 0);
+    }
+
+    void familiesEndToEnd_data()
+    {
+        QTest::addColumn<QString>("family");
+        QTest::newRow("llama 3.1 (llama3 RoPE scaling, windows past the original context)") << "llama-3.1";
+        QTest::newRow("mistral (sliding window)") << "mistral";
+        QTest::newRow("qwen2.5 (q/k/v biases)") << "qwen2.5";
+        QTest::newRow("smollm (tied embeddings, GQA 4/1)") << "smollm";
+        QTest::newRow("qwen3 (q/k norms, head_dim 16 over hidden 32)") << "qwen3";
+    }
+    // A small synthetic model of each family (GPT-2's tokenizer), through every command: loads,
+    // evaluates, generates, quantizes (PB-GPTQ) to a packed file that reloads to the same numbers,
+    // trains (QAT), and converts to a Hugging Face folder that loads back as the same family.
+    void familiesEndToEnd()
+    {
+        QFETCH(QString, family);
+        ModelConfig c;
+        c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 50257;
+        c.max_seq_len = 64;
+        if (family == "llama-3.1") {
+            c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
+            c.rope_theta = 500000.0f;
+        } else if (family == "mistral") {
+            c.arch = "mistral";
+            c.sliding_window = 32;
+        } else if (family == "qwen2.5") {
+            c.arch = "qwen2";
+            c.rope_theta = 1000000.0f;
+        } else if (family == "smollm") {
+            c.tied_embeddings = true;
+            c.n_kv_heads = 1;
+        } else if (family == "qwen3") {
+            c.arch = "qwen3";
+            c.explicit_head_dim = 16;
+        }
+        Model m = make_synthetic_model(c, 11);
+        m.synthetic.clear(); // no label: the commands treat it as any model
+        if (c.qk_norm())
+            for (DecoderLayer& layer : m.layers) { // away from ones, so that they matter
+                layer.q_norm = at::linspace(0.5, 1.5, 16);
+                layer.k_norm = at::linspace(1.5, 0.5, 16);
+            }
+        QTemporaryDir tmp;
+        const QString dir = tmp.filePath("model"), gpt2 = QString::fromStdString(shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json");
+        HfExportOptions options;
+        options.tokenizer_path = gpt2.toStdString();
+        save_hf(m, dir.toStdString(), options);
+
+        const Run info = pbllm_run({"info", dir, "--json"});
+        QVERIFY2(info.code == 0, info.err.constData());
+        QCOMPARE(info.json()["config"].toObject()["arch"].toString(), QString::fromStdString(c.arch));
+        QCOMPARE(info.json()["parameters"].toInteger(), c.parameter_count());
+        // Random weights of std 0.02: logits near zero, perplexity near the vocabulary's size. The
+        // windows (48 tokens) pass Llama 3.1's original context (16) and stay in Mistral's window (32)...
+        const QString train = QString::fromStdString(tinystories_train_path());
+        const QStringList eval_args = {"--text", val(), "--seqlen", family == "mistral" ? "32" : "48", "--max-windows", "2", "--json"};
+        const Run e = pbllm_run(QStringList{"eval", dir} + eval_args);
+        QVERIFY2(e.code == 0, e.err.constData());
+        const double ppl = e.json()["ppl"].toDouble();
+        QVERIFY2(ppl > 0.5 * c.vocab_size && ppl < 2.0 * c.vocab_size, qPrintable(QString::number(ppl)));
+        if (family == "mistral") { // ...and longer windows than Mistral's are refused, not silently wrong
+            const Run long_windows = pbllm_run({"eval", dir, "--text", val(), "--seqlen", "48", "--max-windows", "1"});
+            QCOMPARE(long_windows.code, 1);
+            QVERIFY2(long_windows.err.contains("sliding"), long_windows.err.constData());
+        }
+        const Run g = pbllm_run({"generate", dir, "--prompt", "Once upon a time", "-n", "8", "--json"});
+        QVERIFY2(g.code == 0, g.err.constData());
+        QVERIFY(g.json()["text"].toString().startsWith("Once upon a time")); // the decoders' logits: tst_forward
+
+        // PB-GPTQ into a packed file: its perplexity reloads exactly, and runs from its bits.
+        const QString packed = tmp.filePath("q.pbllm.h5");
+        const Run q = pbllm_run({"quantize", dir, "--calib", train, "-o", packed, "--nsamples", "4", "--seqlen", "32",
+                                 "--eval", val(), "--eval-windows", "2", "--json"});
+        QVERIFY2(q.code == 0, q.err.constData());
+        QCOMPARE(q.json()["layers"].toArray().size(), 7 * c.n_layers); // the (tied) head is not quantized twice
+        const double after = q.json()["ppl_after"].toDouble();
+        const QStringList packed_eval = {"--text", val(), "--max-windows", "2", "--json"}; // quantize's windows
+        const Run dequantized = pbllm_run(QStringList{"eval", packed, "--packed", "off"} + packed_eval);
+        QVERIFY2(dequantized.code == 0, dequantized.err.constData());
+        QCOMPARE(dequantized.json()["ppl"].toDouble(), after);
+        const Run from_bits = pbllm_run(QStringList{"eval", packed} + packed_eval);
+        QCOMPARE(from_bits.json()["packed"].toBool(), true);
+        QVERIFY2(std::abs(from_bits.json()["ppl"].toDouble() / after - 1.0) < 1e-4, from_bits.out.constData());
+        const Run packed_info = pbllm_run({"info", packed, "--json"});
+        QCOMPARE(packed_info.json()["config"].toObject(), info.json()["config"].toObject());
+        QCOMPARE(packed_info.json()["tokenizer"].toString(), QString("(embedded)"));
+        const Run packed_gen = pbllm_run({"generate", packed, "--prompt", "Once upon a time", "-n", "8", "--json"});
+        QVERIFY2(packed_gen.code == 0 && packed_gen.json()["packed"].toBool(), packed_gen.err.constData());
+
+        // To a Hugging Face folder (the embedded tokenizer written out) and back: the same family,
+        // the same tokens, the same perplexity.
+        const QString hf = tmp.filePath("hf");
+        const Run conv = pbllm_run({"convert", packed, "--to", "hf", "-o", hf});
+        QVERIFY2(conv.code == 0, conv.err.constData());
+        const Run hf_info = pbllm_run({"info", hf, "--json"});
+        QCOMPARE(hf_info.json()["config"].toObject(), info.json()["config"].toObject());
+        QVERIFY(hf_info.json()["tokenizer"].toString().endsWith("tokenizer.json"));
+        const Run hf_eval = pbllm_run(QStringList{"eval", hf} + packed_eval);
+        QVERIFY2(hf_eval.code == 0, hf_eval.err.constData());
+        QVERIFY2(std::abs(hf_eval.json()["ppl"].toDouble() / after - 1.0) < 1e-4, hf_eval.out.constData());
+        const QJsonArray ids = pbllm_run({"tokenize", hf, "--text", "Hello world, naïve 🦙 12345!", "--json"}).json()["ids"].toArray();
+        QJsonArray expected;
+        for (int id : Tokenizer::from_file(gpt2.toStdString()).encode("Hello world, naïve 🦙 12345!"))
+            expected.append(id);
+        QCOMPARE(ids, expected);
+
+        // Quantization-aware training keeps the family too.
+        const QString trained = tmp.filePath("qat.pbllm.h5");
+        const Run qat = pbllm_run({"qat", dir, "--train", train, "--steps", "2", "--batch", "1", "--accum", "1", "--seqlen",
+                                   "32", "--lr", "1e-3", "-o", trained, "--json"});
+        QVERIFY2(qat.code == 0, qat.err.constData());
+        const Run qat_eval = pbllm_run(QStringList{"eval", trained} + packed_eval);
+        QVERIFY2(qat_eval.code == 0, qat_eval.err.constData());
+        QVERIFY(qat_eval.json()["ppl"].toDouble() > 1.0);
+        QCOMPARE(pbllm_run({"info", trained, "--json"}).json()["config"].toObject(), info.json()["config"].toObject());
     }
 
     void tokenizeCommand()

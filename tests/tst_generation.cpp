@@ -156,6 +156,36 @@ private Q_SLOTS:
         QVERIFY_THROWS_EXCEPTION(Error, generate(make_synthetic_model(c, 4), gpt2, "Hello", s));
     }
 
+    void stopsAtEveryStopToken()
+    {
+        // A model that always predicts "\n" (198): constant embeddings, zero Linears (the stream
+        // stays all ones through every layer) and a head whose only non-zero row is 198's.
+        ModelConfig c;
+        c.dim = 16; c.hidden_dim = 32; c.n_layers = 1; c.n_heads = 2; c.n_kv_heads = 2; c.vocab_size = 50257;
+        c.max_seq_len = 64;
+        Model m = make_synthetic_model(c, 4);
+        m.tok_embeddings.fill_(1.0f);
+        for (DecoderLayer& layer : m.layers)
+            for (at::Tensor& w : layer.linear)
+                w.zero_();
+        m.output.zero_();
+        m.output[198].fill_(1.0f);
+        // GPT-2's tokenizer with generation_config.json listing "\n" as a second stop token.
+        QTemporaryDir dir;
+        const std::string gpt2 = shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json";
+        copy_tokenizer_files(gpt2, dir.path().toStdString());
+        write_bytes(dir.filePath("generation_config.json"), "{\"eos_token_id\": [50256, 198]}");
+        const Tokenizer chat = Tokenizer::from_file(dir.filePath("tokenizer.json").toStdString());
+        QCOMPARE(chat.stop_ids(), (std::vector<int>{50256, 198}));
+        GenerationSettings s;
+        s.max_new_tokens = 6;
+        QCOMPARE(generate(m, chat, "Hello", s).tokens.size(), std::size_t(0));
+        const GenerationResult plain = generate(m, Tokenizer::from_file(gpt2), "Hello", s); // EOS only
+        QCOMPARE(plain.tokens, std::vector<int>(6, 198));
+        s.stop_at_eos = false;
+        QCOMPARE(generate(m, chat, "Hello", s).tokens, std::vector<int>(6, 198));
+    }
+
     void stopsWhenAsked()
     {
         GenerationSettings s;
