@@ -172,25 +172,7 @@ private Q_SLOTS:
     void familiesEndToEnd()
     {
         QFETCH(QString, family);
-        ModelConfig c;
-        c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 50257;
-        c.max_seq_len = 64;
-        if (family == "llama-3.1") {
-            c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
-            c.rope_theta = 500000.0f;
-        } else if (family == "mistral") {
-            c.arch = "mistral";
-            c.sliding_window = 32;
-        } else if (family == "qwen2.5") {
-            c.arch = "qwen2";
-            c.rope_theta = 1000000.0f;
-        } else if (family == "smollm") {
-            c.tied_embeddings = true;
-            c.n_kv_heads = 1;
-        } else if (family == "qwen3") {
-            c.arch = "qwen3";
-            c.explicit_head_dim = 16;
-        }
+        const ModelConfig c = small_family_config(family.toStdString());
         Model m = make_synthetic_model(c, 11);
         m.synthetic.clear(); // no label: the commands treat it as any model
         if (c.qk_norm())

@@ -197,25 +197,16 @@ private Q_SLOTS:
 
     void familyAndBpeTokenizerSurviveThePackedFile_data()
     {
-        QTest::addColumn<QString>("arch");
-        QTest::newRow("llama 3.1 (llama3 RoPE scaling, GQA)") << "llama";
+        QTest::addColumn<QString>("family");
+        QTest::newRow("llama 3.1 (llama3 RoPE scaling, GQA)") << "llama-3.1";
         QTest::newRow("mistral (sliding window)") << "mistral";
-        QTest::newRow("qwen2 (q/k/v biases kept FP16)") << "qwen2";
+        QTest::newRow("qwen2.5 (q/k/v biases kept FP16)") << "qwen2.5";
         QTest::newRow("qwen3 (q/k norms kept FP16, head_dim 16 over dim 32)") << "qwen3";
     }
     void familyAndBpeTokenizerSurviveThePackedFile()
     {
-        QFETCH(QString, arch);
-        ModelConfig c;
-        c.arch = arch.toStdString();
-        c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 50257;
-        c.max_seq_len = 64;
-        if (arch == "mistral")
-            c.sliding_window = 32;
-        else if (arch == "llama")
-            c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
-        else if (arch == "qwen3")
-            c.explicit_head_dim = 16;
+        QFETCH(QString, family);
+        const ModelConfig c = small_family_config(family.toStdString());
         const Tokenizer gpt2 = Tokenizer::from_file(shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json");
         Model m = make_synthetic_model(c, 9);
         for (DecoderLayer& layer : m.layers)

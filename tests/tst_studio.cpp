@@ -171,33 +171,20 @@ private Q_SLOTS:
 
     void opensEachFamily_data()
     {
-        QTest::addColumn<QString>("arch");
+        QTest::addColumn<QString>("family");
         QTest::addColumn<QString>("expected");
-        QTest::newRow("llama 3.1") << "llama" << "llama, rope_theta 500000, llama3 RoPE scaling x8 from 16 positions";
+        QTest::newRow("llama 3.1") << "llama-3.1" << "llama, rope_theta 500000, llama3 RoPE scaling x8 from 16 positions";
         QTest::newRow("mistral") << "mistral" << "mistral, sliding window 32";
-        QTest::newRow("qwen2.5") << "qwen2" << "qwen2, rope_theta 1000000, q/k/v biases";
+        QTest::newRow("qwen2.5") << "qwen2.5" << "qwen2, rope_theta 1000000, q/k/v biases";
         QTest::newRow("qwen3") << "qwen3" << "qwen3, rope_theta 1000000, head_dim 16, per-head q/k norms";
     }
     // A Hugging Face folder of each family (GPT-2's tokenizer.json beside it) opens, and the Model
     // page names the family and what sets it apart.
     void opensEachFamily()
     {
-        QFETCH(QString, arch);
+        QFETCH(QString, family);
         QFETCH(QString, expected);
-        ModelConfig c;
-        c.arch = arch.toStdString();
-        c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 50257;
-        c.max_seq_len = 64;
-        if (arch == "llama") {
-            c.rope_theta = 500000.0f;
-            c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
-        } else if (arch == "mistral") {
-            c.sliding_window = 32;
-        } else {
-            c.rope_theta = 1000000.0f;
-            if (arch == "qwen3")
-                c.explicit_head_dim = 16;
-        }
+        const ModelConfig c = small_family_config(family.toStdString());
         QTemporaryDir tmp;
         HfExportOptions options;
         options.tokenizer_path = shared_dir() + "/models/tokenizers-bpe/gpt2/tokenizer.json";

@@ -104,17 +104,20 @@ int main(int argc, char** argv)
         save_llama2c_v1(model, out.filePath("llama2c/tiny-v1.bin").toStdString());
         save_llama2c_v1(make_synthetic_model(tied, 2), out.filePath("llama2c/tiny-v1-tied.bin").toStdString());
 
-        // Hugging Face folders of each family, so that every config key (rope_scaling, sliding_window)
-        // and Qwen2's bias tensors are in the corpus for mutation.
-        ModelConfig llama31 = c, mistral = c, qwen2 = c;
+        // Hugging Face folders of each family, so that every config key (rope_scaling, sliding_window,
+        // head_dim), Qwen2's bias tensors and Qwen3's norms are in the corpus for mutation.
+        ModelConfig llama31 = c, mistral = c, qwen2 = c, qwen3 = c;
         qwen2.arch = "qwen2";
+        qwen3.arch = "qwen3";
+        qwen3.explicit_head_dim = 4; // 2 heads of 4: the attention narrower than the stream (16)
         llama31.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 8};
         llama31.rope_theta = 500000.0f;
         mistral.arch = "mistral";
         mistral.sliding_window = 8;
         const std::pair<const char*, Model> hf_seeds[] = {
             {"hf/tiny", model}, {"hf/tiny-llama3-scaling", make_synthetic_model(llama31, 4)},
-            {"hf/tiny-mistral", make_synthetic_model(mistral, 5)}, {"hf/tiny-qwen2", make_synthetic_model(qwen2, 6)}};
+            {"hf/tiny-mistral", make_synthetic_model(mistral, 5)}, {"hf/tiny-qwen2", make_synthetic_model(qwen2, 6)},
+            {"hf/tiny-qwen3", make_synthetic_model(qwen3, 7)}};
         for (const auto& [name, seed_model] : hf_seeds) {
             const QString hf = out.filePath("hf-folder");
             save_hf(seed_model, hf.toStdString());
@@ -137,6 +140,8 @@ int main(int argc, char** argv)
             write_packed_checkpoint(quantize_model(model, windows, plan),
                                     out.filePath(QString("packed_checkpoint/tiny-%1.pbllm.h5").arg(int(method))).toStdString());
         }
+        write_packed_checkpoint(quantize_model(make_synthetic_model(qwen3, 7), windows, QuantPlan{}), // format version 2
+                                out.filePath("packed_checkpoint/tiny-qwen3.pbllm.h5").toStdString());
         write_calibration_file(calibrate(model, windows), c, out.filePath("calibration_file/tiny.calib.h5").toStdString());
         {
             CalibrationData streamed; // format_version 2: float32 Hessians
@@ -177,8 +182,15 @@ int main(int argc, char** argv)
             QDir(work).removeRecursively();
         }
         write_all(out.filePath("tokenizer/tok512.model"), read_all(shared + "/models/stories260K/tok512.model"));
-        write_all(out.filePath("bpe_tokenizer/gpt2-style"),
-                  bpe_seed(QJsonValue(), QJsonObject{{"type", "ByteLevel"}, {"add_prefix_space", true}}, false));
+        const QByteArray gpt2_style = bpe_seed(QJsonValue(), QJsonObject{{"type", "ByteLevel"}, {"add_prefix_space", true}}, false);
+        write_all(out.filePath("bpe_tokenizer/gpt2-style"), gpt2_style);
+        { // the embedded form, with BOS, EOS and further stop tokens in its header line
+            const int json_len = static_cast<unsigned char>(gpt2_style[0]) | (static_cast<unsigned char>(gpt2_style[1]) << 8);
+            const QByteArray embedded = "PBLLM-BPE 1 bos=300 eos=300 stops=300,302,97\n" + gpt2_style.mid(2, json_len);
+            QByteArray seed;
+            seed.append(static_cast<char>(embedded.size() & 0xFF)).append(static_cast<char>((embedded.size() >> 8) & 0xFF));
+            write_all(out.filePath("bpe_tokenizer/embedded-stops"), seed + embedded + gpt2_style.mid(2 + json_len));
+        }
         const QJsonObject llama3_split{
             {"type", "Split"},
             {"pattern", QJsonObject{{"Regex", R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},

@@ -11,6 +11,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <stdexcept>
 
 namespace pbllm::test {
 
@@ -57,6 +58,33 @@ const Model& stories260k()
 {
     static const Model model = load_llama2c(stories260k_path());
     return model;
+}
+
+ModelConfig small_family_config(const std::string& family)
+{
+    ModelConfig c;
+    c.dim = 32; c.hidden_dim = 64; c.n_layers = 2; c.n_heads = 4; c.n_kv_heads = 2; c.vocab_size = 50257;
+    c.max_seq_len = 64;
+    if (family == "llama-3.1") {
+        c.rope_scaling = {RopeScaling::Type::Llama3, 8.0f, 1.0f, 4.0f, 16};
+        c.rope_theta = 500000.0f;
+    } else if (family == "mistral") {
+        c.arch = "mistral";
+        c.sliding_window = 32;
+    } else if (family == "qwen2.5") {
+        c.arch = "qwen2";
+        c.rope_theta = 1000000.0f;
+    } else if (family == "smollm") {
+        c.tied_embeddings = true;
+        c.n_kv_heads = 1;
+    } else if (family == "qwen3") {
+        c.arch = "qwen3";
+        c.explicit_head_dim = 16;
+        c.rope_theta = 1000000.0f;
+    } else if (family != "llama") {
+        throw std::invalid_argument("small_family_config: unknown family " + family);
+    }
+    return c;
 }
 
 void write_bytes(const QString& path, const std::string& bytes)

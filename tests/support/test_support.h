@@ -29,6 +29,12 @@ const std::vector<int>& tinystories_train_tokens();
 /// Loads stories260K (float32, CPU) once per process and returns a shared copy.
 const Model& stories260k();
 
+/// A small configuration of `family`, sized for GPT-2's tokenizer (vocabulary 50257; dim 32, hidden
+/// 64, 2 layers, 4 heads with 2 KV heads, context 64): "llama", "llama-3.1" (llama3 RoPE scaling x8
+/// from 16 positions, theta 500000), "mistral" (sliding window 32), "qwen2.5" (q/k/v biases, theta
+/// 1e6), "smollm" (tied head, GQA 4/1), "qwen3" (q/k norms, head_dim 16 over the stream's 32, theta 1e6).
+ModelConfig small_family_config(const std::string& family);
+
 void write_bytes(const QString& path, const std::string& bytes);
 std::string read_bytes(const QString& path);
 
