@@ -855,36 +855,28 @@ std::shared_ptr<const Tokenizer::Impl> make_bpe_tokenizer(std::string bytes, con
             header.remove_prefix(static_cast<std::size_t>(end - header.data()));
             return true;
         };
-        auto field = [&](std::string_view name, int& value) { // "name=<int>", then an optional space
-            if (header.substr(0, name.size()) != name)
+        auto literal = [&](std::string_view text) {
+            if (header.substr(0, text.size()) != text)
                 return false;
-            header.remove_prefix(name.size());
-            if (!number(value))
-                return false;
-            if (!header.empty() && header.front() == ' ')
-                header.remove_prefix(1);
+            header.remove_prefix(text.size());
             return true;
         };
-        auto stop_list = [&] { // optional "stops=<int>[,<int>]..."
-            if (header.empty())
-                return true;
-            if (header.substr(0, 6) != "stops=")
-                return false;
-            header.remove_prefix(6);
-            for (int id = 0; number(id);) {
-                if (stops.size() >= 1024)
-                    return false;
+        bool ok = eol != std::string_view::npos && literal("bos=") && number(bos) && literal(" eos=") && number(eos);
+        if (ok && !header.empty()) { // " stops=<int>[,<int>]..."
+            ok = literal(" stops=");
+            for (int id = 0; ok; ok = literal(",")) {
+                ok = number(id) && stops.size() < 1024;
+                if (!ok)
+                    break;
                 stops.push_back(id);
                 if (header.empty())
-                    return true;
-                if (header.front() != ',')
-                    return false;
-                header.remove_prefix(1);
+                    break;
             }
-            return false;
-        };
-        if (eol == std::string_view::npos || !field("bos=", bos) || !field("eos=", eos) || !stop_list() || !header.empty())
+        }
+        if (!ok || !header.empty())
             throw Error(origin + ": embedded tokenizer header is malformed");
+        if (eos < 0 && !stops.empty()) // as generation_config.json is read: the first stop id is EOS
+            eos = stops.front();
         json.remove_prefix(eol + 1);
         embedded = true;
     }

@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <QFileInfo>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -78,7 +79,8 @@ void calibrate_to_file(const Model& model, const CalibrationData& data, const st
     if (data.windows.empty())
         throw Error("calibration needs at least one window");
     const std::int64_t n = static_cast<std::int64_t>(data.windows.size());
-    const std::int64_t hidden_square = static_cast<std::int64_t>(c.hidden_dim) * c.hidden_dim;
+    const std::int64_t widest = std::max({c.dim, c.hidden_dim, c.q_dim()}); // the largest Linear input
+    const std::int64_t hidden_square = widest * widest;
     // Besides the pass itself: the largest Hessian's float32 copy while it is written.
     require_memory(calibration_working_bytes(model, n, data.seqlen) + hidden_square * 4,
                    "calibrating " + model.source_path + " into " + path + " (one layer at a time: " + std::to_string(n) +

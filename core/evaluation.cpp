@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -63,7 +64,7 @@ EvalResult evaluate_perplexity(const Model& model, const std::vector<int>& token
 
     // Keep the largest activations of a batch (logits and attention scores) near 256 MiB.
     const std::int64_t per_window = static_cast<std::int64_t>(seqlen) * (c.vocab_size * 3 + c.n_heads * seqlen * 2 +
-                                                                         c.hidden_dim * 3 + c.dim * 8) * 4;
+                                                                         c.hidden_dim * 3 + std::max(c.dim, c.q_dim()) * 8) * 4;
     const std::int64_t batch = settings.batch > 0 ? settings.batch
                                                    : std::clamp<std::int64_t>((256ll << 20) / per_window, 1, 64);
     if (model.tok_embeddings.device().is_cpu())

@@ -271,6 +271,12 @@ std::string hf_config_json(const ModelConfig& c, at::ScalarType dtype, const std
 void save_hf(const Model& model, const std::string& dir, const HfExportOptions& options)
 {
     const ModelConfig& c = model.config;
+    // The tokenizer first: one that cannot be read leaves nothing behind.
+    std::optional<Tokenizer> tokenizer;
+    if (!options.tokenizer_path.empty())
+        tokenizer = Tokenizer::from_file(options.tokenizer_path);
+    else if (!model.embedded_tokenizer.empty())
+        tokenizer = Tokenizer::from_bytes(model.embedded_tokenizer, model.source_path + " (embedded tokenizer)");
     const std::string base = prepare_hf_folder(dir, options.overwrite);
 
     const at::ScalarType dtype = model.file_dtype == "f16" ? at::kHalf
@@ -281,11 +287,6 @@ void save_hf(const Model& model, const std::string& dir, const HfExportOptions& 
         t.tensor = t.tensor.to(at::kCPU, dtype);
 
     write_safetensors(base + "/model.safetensors", tensors, {{"format", "pt"}});
-    std::optional<Tokenizer> tokenizer;
-    if (!options.tokenizer_path.empty())
-        tokenizer = Tokenizer::from_file(options.tokenizer_path);
-    else if (!model.embedded_tokenizer.empty())
-        tokenizer = Tokenizer::from_bytes(model.embedded_tokenizer, model.source_path + " (embedded tokenizer)");
     write_file_atomically(base + "/config.json", hf_config_json(c, dtype, model.synthetic, tokenizer ? &*tokenizer : nullptr));
     if (!options.tokenizer_path.empty())
         copy_tokenizer_files(options.tokenizer_path, base);

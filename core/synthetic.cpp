@@ -78,12 +78,12 @@ ModelConfig qwen25_05b_shape() // Qwen2.5-0.5B: q/k/v biases, rope_theta 1e6, ti
     return c;
 }
 
-ModelConfig qwen3_shape(int dim, int hidden, int layers, bool tied) // per-head q/k norms, head_dim 128
+ModelConfig qwen3_shape(int dim, int hidden, int layers, int heads, bool tied) // per-head q/k norms, head_dim 128
 {
     ModelConfig c;
     c.arch = "qwen3";
-    c.dim = dim; c.hidden_dim = hidden; c.n_layers = layers; c.n_heads = dim / 64; c.n_kv_heads = 8;
-    c.explicit_head_dim = 128; // Qwen3-0.6B: 16 heads of 128 over a 1024-wide stream
+    c.dim = dim; c.hidden_dim = hidden; c.n_layers = layers; c.n_heads = heads; c.n_kv_heads = 8;
+    c.set_head_dim(128); // Qwen3-0.6B: 16 heads of 128 over a 1024-wide stream; Qwen3-8B: 32 x 128 = 4096
     c.vocab_size = 151936; c.max_seq_len = 40960; c.norm_eps = 1e-6f; c.rope_theta = 1000000.0f;
     c.tied_embeddings = tied;
     return c;
@@ -105,13 +105,13 @@ const std::vector<NamedShape>& synthetic_shapes()
                                                    {"stories110m", stories110m_shape()},
                                                    {"smollm-135m", smollm_135m_shape()},
                                                    {"qwen2.5-0.5b", qwen25_05b_shape()},
-                                                   {"qwen3-0.6b", qwen3_shape(1024, 3072, 28, true)},
+                                                   {"qwen3-0.6b", qwen3_shape(1024, 3072, 28, 16, true)},
                                                    {"tinyllama-1.1b", tinyllama_1b_shape()},
                                                    {"llama-3.2-1b", llama3_shape(2048, 8192, 16, 8, 32.0f, true)},
                                                    {"llama-7b", llama_7b_shape()},
                                                    {"mistral-7b", mistral_7b_shape()},
                                                    {"llama-3.1-8b", llama3_shape(4096, 14336, 32, 8, 8.0f, false)},
-                                                   {"qwen3-8b", qwen3_shape(4096, 12288, 36, false)}};
+                                                   {"qwen3-8b", qwen3_shape(4096, 12288, 36, 32, false)}};
     return shapes;
 }
 

@@ -322,11 +322,14 @@ private Q_SLOTS:
         QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=1 eos=400\n" + json, "embedded"));
         QCOMPARE(Tokenizer::from_bytes("PBLLM-BPE 1 bos=300 eos=-1\n" + json, "embedded").bos_id(), 300);
         for (const char* header : {"bos=1 eos=2 stops=", "bos=1 eos=2 stops=3,", "bos=1 eos=2 stops=3;4", "bos=1 eos=2 stop=3",
-                                   "bos=1 eos=2 stops=3 "})
+                                   "bos=1 eos=2 stops=3 ", "bos=1 eos=2stops=3", "bos=1eos=2", "bos=1 eos=2 ", "bos=1 eos=2 stops=,3"})
             QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 " + std::string(header) + "\n" + json, "embedded"));
         QVERIFY_THROWS_EXCEPTION(Error, Tokenizer::from_bytes("PBLLM-BPE 1 bos=1 eos=2 stops=2,400\n" + json, "embedded"));
         QCOMPARE(Tokenizer::from_bytes("PBLLM-BPE 1 bos=-1 eos=2 stops=2,7\n" + json, "embedded").stop_ids(),
                  (std::vector<int>{2, 7}));
+        const Tokenizer no_eos = Tokenizer::from_bytes("PBLLM-BPE 1 bos=-1 eos=-1 stops=5,7\n" + json, "embedded");
+        QCOMPARE(no_eos.eos_id(), 5); // as generation_config.json reads: the first stop id
+        QCOMPARE(no_eos.stop_ids(), (std::vector<int>{5, 7}));
         write_bytes(dir.filePath("tokenizer_config.json"), "{}");
         write_bytes(dir.filePath("generation_config.json"), "{\"eos_token_id\": [1, \"two\"]}");
         expect(tiny_tokenizer_json({}), "generation_config.json: eos_token_id");

@@ -199,7 +199,7 @@ private Q_SLOTS:
         QTest::newRow("smollm-135m (tied, GQA 9/3)") << "smollm-135m";
         QTest::newRow("qwen2.5-0.5b (q/k/v biases, tied, GQA 14/2)") << "qwen2.5-0.5b";
         QTest::newRow("qwen3-0.6b (q/k norms, head_dim from the config)") << "qwen3-0.6b";
-        QTest::newRow("qwen3-8b (untied)") << "qwen3-8b";
+        QTest::newRow("qwen3-8b (untied, head_dim 128 = hidden / heads: not written back)") << "qwen3-8b";
     }
     void familiesRoundTripThroughConfigJson()
     {
@@ -211,8 +211,8 @@ private Q_SLOTS:
             c.explicit_head_dim = 6; // still not dim / n_heads (4)
         Model m = make_synthetic_model(c, 5);
         if (c.qk_norm()) { // values a loader could not guess
-            m.layers[0].q_norm = at::linspace(0.5, 1.5, 6);
-            m.layers[0].k_norm = at::linspace(1.5, 0.5, 6);
+            m.layers[0].q_norm = at::linspace(0.5, 1.5, c.head_dim());
+            m.layers[0].k_norm = at::linspace(1.5, 0.5, c.head_dim());
         }
         QTemporaryDir tmp;
         save_hf(m, tmp.path().toStdString());
@@ -245,8 +245,8 @@ private Q_SLOTS:
         }
         if (c.qk_norm()) {
             QVERIFY(at::equal(back.layers[0].k_norm, m.layers[0].k_norm));
-            QCOMPARE(back.layers[0].weight(LinearKind::Q).size(0), c.n_heads * 6);
-            QCOMPARE(back.layers[0].weight(LinearKind::O).size(1), c.n_heads * 6);
+            QCOMPARE(back.layers[0].weight(LinearKind::Q).size(0), std::int64_t{c.n_heads} * c.head_dim());
+            QCOMPARE(back.layers[0].weight(LinearKind::O).size(1), std::int64_t{c.n_heads} * c.head_dim());
         }
         // llama2.c has no field for any of this: converting there is refused, not silently wrong.
         if (shape != "smollm-135m")

@@ -273,6 +273,11 @@ private Q_SLOTS:
         }
         QCOMPARE(synthetic_shape("llama-7b").parameter_count(), std::int64_t{6738415616});
         QCOMPARE(synthetic_shape("tinyllama-1.1b").parameter_count(), std::int64_t{1100048384});
+        // Qwen3's model cards: 0.6B (0.44B without embeddings), 8.2B (6.95B without embeddings).
+        QCOMPARE(synthetic_shape("qwen3-0.6b").parameter_count(), std::int64_t{596049920});
+        QCOMPARE(synthetic_shape("qwen3-8b").parameter_count(), std::int64_t{8190735360});
+        QCOMPARE(synthetic_shape("qwen3-8b").head_dim(), 128);
+        QCOMPARE(synthetic_shape("qwen3-0.6b").q_dim(), 2048); // wider than the 1024-wide stream
     }
 };
 

@@ -58,10 +58,10 @@ ModelBench bench_model(const std::string& name, const Model& model, const std::v
     r.eval_tokens_per_second =
         median_rate(runs, [&] { return evaluate_perplexity(model, tokens, ps).tokens_per_second; });
     // Per token: 2 FLOPs per weight of the Linears and the head, plus causal attention
-    // (QK^T and PV average T/2 keys: 2 * 2 * T/2 * dim per layer).
+    // (QK^T and PV average T/2 keys: 2 * 2 * T/2 * heads x head_dim per layer).
     const double linear_params = static_cast<double>(c.parameter_count() - static_cast<std::int64_t>(c.vocab_size) * c.dim *
                                                                                 (c.tied_embeddings ? 0 : 1));
-    const double flops_per_token = 2.0 * linear_params + 2.0 * c.n_layers * r.eval_seqlen * c.dim;
+    const double flops_per_token = 2.0 * linear_params + 2.0 * c.n_layers * r.eval_seqlen * c.q_dim();
     r.eval_gflops = r.eval_tokens_per_second * flops_per_token / 1e9;
 
     r.gen_tokens = std::min(gen_tokens, c.max_seq_len - 1);
