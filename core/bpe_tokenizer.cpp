@@ -899,7 +899,9 @@ std::shared_ptr<const Tokenizer::Impl> make_bpe_tokenizer(std::string bytes, con
         for (std::size_t i = 0; i < impl->stops.size(); ++i)
             impl->bytes += (i ? "," : "") + std::to_string(impl->stops[i]);
     }
-    impl->bytes += "\n" + std::string(json);
+    impl->bytes += "\n";
+    impl->file_begin = impl->bytes.size();
+    impl->bytes += json;
     return impl;
 }
 

@@ -264,6 +264,7 @@ bool Tokenizer::is_stop(int id) const
     return std::find(impl_->stops.begin(), impl_->stops.end(), id) != impl_->stops.end();
 }
 const std::string& Tokenizer::model_bytes() const { return impl_->bytes; }
+std::string_view Tokenizer::file_bytes() const { return std::string_view(impl_->bytes).substr(impl_->file_begin); }
 const std::string& Tokenizer::origin() const { return impl_->origin; }
 const std::string& Tokenizer::kind() const { return impl_->kind; }
 bool Tokenizer::strips_leading_space() const { return impl_->strips_leading_space; }
@@ -367,7 +368,7 @@ void copy_tokenizer_files(const std::string& tokenizer_path, const std::string& 
 void write_tokenizer_files(const Tokenizer& tokenizer, const std::string& dir)
 {
     QDir out(QString::fromStdString(dir));
-    const std::string& bytes = tokenizer.model_bytes();
+    const std::string bytes(tokenizer.file_bytes());
     const QStringList bpe_files{"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
     if (tokenizer.kind() != "bpe") {
         for (const QString& stale : bpe_files)
@@ -375,10 +376,7 @@ void write_tokenizer_files(const Tokenizer& tokenizer, const std::string& dir)
         write_file_atomically(dir + "/tokenizer.model", bytes);
         return;
     }
-    // model_bytes() is the embedded form: a header line (BOS, EOS, stops), then tokenizer.json.
-    const std::size_t eol = bytes.find('\n');
-    if (eol == std::string::npos)
-        throw Error(tokenizer.origin() + ": embedded tokenizer header is malformed");
+    // BOS, EOS and the stop ids go where from_file reads them.
     auto piece_or_null = [&](int id) {
         return id >= 0 ? QJsonValue(QString::fromStdString(tokenizer.piece(id))) : QJsonValue(QJsonValue::Null);
     };
@@ -392,7 +390,7 @@ void write_tokenizer_files(const Tokenizer& tokenizer, const std::string& dir)
     if (tokenizer.bos_id() >= 0)
         generation.insert("bos_token_id", tokenizer.bos_id());
     out.remove("tokenizer.model");
-    write_file_atomically(dir + "/tokenizer.json", bytes.substr(eol + 1));
+    write_file_atomically(dir + "/tokenizer.json", bytes);
     write_file_atomically(dir + "/tokenizer_config.json", QJsonDocument(config).toJson().toStdString());
     write_file_atomically(dir + "/generation_config.json", QJsonDocument(generation).toJson().toStdString());
 }

@@ -40,6 +40,9 @@ public:
     float score(int id) const;
 
     const std::string& model_bytes() const; ///< serialized model, for embedding elsewhere
+    /// The tokenizer's own file as its library writes it: the .model protobuf, or tokenizer.json's text
+    /// (model_bytes() without the line that carries BOS, EOS and stop ids).
+    std::string_view file_bytes() const;
     const std::string& origin() const;      ///< file or description it came from
     const std::string& kind() const;        ///< "sentencepiece" or "bpe"
     /// Whether decoding drops the space the first word carries after BOS (SentencePiece's dummy prefix).

@@ -9,6 +9,7 @@ struct Tokenizer::Impl {
     virtual ~Impl() = default;
 
     std::string bytes;  ///< what model_bytes() returns: enough to rebuild this tokenizer
+    std::size_t file_begin = 0; ///< bytes from here are the tokenizer's own file (after any embedded header)
     std::string origin;
     std::string kind;   ///< "sentencepiece" or "bpe", for display
     int vocab = 0, bos = -1, eos = -1;

@@ -230,6 +230,7 @@ private Q_SLOTS:
         QCOMPARE(again.eos_id(), 300);
         QCOMPARE(again.encode("abab b", true), tok.encode("abab b", true));
         QCOMPARE(again.model_bytes(), tok.model_bytes());
+        QCOMPARE(std::string(again.file_bytes()), read_bytes(dir.filePath("tokenizer.json"))); // the header line apart
 
         // generation_config.json gives EOS when tokenizer_config.json does not.
         QTemporaryDir other;

@@ -342,6 +342,10 @@ private Q_SLOTS:
         const Run bad_packed = pbllm_run({"eval", out, "--text", val(), "--packed", "maybe"});
         QCOMPARE(bad_packed.code, 2);
         QVERIFY2(bad_packed.err.contains("--packed must be on or off"), bad_packed.err.constData());
+        // To a Hugging Face folder, the embedded SentencePiece model written out as it came in.
+        const QString hf = tmp.filePath("hf");
+        QCOMPARE(pbllm_run({"convert", out, "--to", "hf", "-o", hf}).code, 0);
+        QVERIFY(read_bytes(hf + "/tokenizer.model") == read_bytes(QString::fromStdString(tok512_path())));
         // Never overwritten silently.
         const Run again = pbllm_run({"quantize", model(), "--calib", train, "-o", out, "--nsamples", "2", "--seqlen", "64"});
         QCOMPARE(again.code, 1);
