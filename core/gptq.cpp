@@ -15,11 +15,15 @@ namespace pbllm {
 
 int QuantizedLinear::grid_bits() const
 {
+    if (settings.method == QuantMethod::Billm)
+        return 2; // a salient weight's two sign bits: BiLLM's headline counts 2 bits there
     return settings.method == QuantMethod::Gptq ? settings.bits : settings.salient_bits;
 }
 
 at::Tensor QuantizedLinear::dequantize() const
 {
+    if (settings.method == QuantMethod::Billm)
+        return block_binary.dequantize(rows, cols);
     const std::int64_t grid_groups = grid.scale.defined() ? grid.scale.size(1) : 1;
     auto expand = [&](const at::Tensor& per_group, std::int64_t groups) {
         // (rows, groups) -> (rows, cols): groups of `groupsize` columns as the quantizers fit
@@ -50,6 +54,10 @@ void QuantizedLinear::validate() const
     };
     if (rows <= 0 || cols <= 0)
         fail("empty shape");
+    if (settings.method == QuantMethod::Billm) {
+        block_binary.validate(rows, cols, name);
+        return;
+    }
     shaped(salient, {rows, cols}, "salient mask");
     shaped(codes, {rows, cols}, "codes");
     shaped(signs, {rows, cols}, "signs");
@@ -169,9 +177,9 @@ void quantize_block_rows(const BlockKernel& k, float* W, std::int64_t r0, std::i
 
 } // namespace
 
-QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in, at::Tensor H,
-                                const LayerQuantSettings& settings, const GptqOptions& options,
-                                double reference_energy)
+QuantizedLinear quantize_gptq_family(const std::string& name, const at::Tensor& W_in, at::Tensor H,
+                                     const LayerQuantSettings& settings, const GptqOptions& options,
+                                     double reference_energy)
 {
     const auto start = std::chrono::steady_clock::now();
     if (W_in.dim() != 2)
@@ -181,8 +189,9 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W_in,
         throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
     if (H.defined() && (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols))
         throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
-    if (settings.method == QuantMethod::Qat)
-        throw Error(name + ": qat is a training method, not a post-training quantizer (use pbllm qat)");
+    if (settings.method != QuantMethod::PbGptq && settings.method != QuantMethod::Rtn &&
+        settings.method != QuantMethod::Gptq)
+        throw Error(name + ": the GPTQ solver does not run " + to_string(settings.method));
     const bool plain_gptq = settings.method == QuantMethod::Gptq;
     const bool feedback = settings.method != QuantMethod::Rtn;
     if (!H.defined() && (feedback || settings.metric != SaliencyMetric::Magnitude))

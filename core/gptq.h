@@ -2,6 +2,7 @@
 // One Linear through PB-GPTQ, RTN or plain GPTQ (METHOD.md section 4), producing both the
 // dequantized weights the model computes with and the exact codes the packed file stores.
 #include "core/quant_config.h"
+#include "core/quant/common/block_binary.h"
 #include "core/quantizers.h"
 
 #include <ATen/core/Tensor.h>
@@ -22,6 +23,7 @@ struct QuantizedLinear {
     at::Tensor signs;        ///< bool (rows, cols): true = +1, meaningful where not salient
     RowGrid grid;            ///< (rows, grid groups); unused when salient_bits = 16
     BinaryStats binary;      ///< (rows, groups); undefined for plain GPTQ
+    BlockBinaryCodes block_binary; ///< BiLLM's codes (the fields above but `salient` stay undefined)
     at::Tensor dequantized;  ///< float32 (rows, cols)
 
     // report
@@ -48,9 +50,12 @@ struct GptqOptions {
     /// The numerator comes free from GPTQ's losses (rtn: one rows x cols x cols product); the
     /// denominator costs one such product unless the caller passes it.
     bool measure_output_error = true;
+    BillmSearch billm_search = BillmSearch::Scores; ///< BiLLM: what its searches score on
+    int billm_max_salient_columns = 49;             ///< BiLLM: k = 1 .. this (the code's up_lim 50)
 };
 
-/// Quantizes W (d_out, d_in) with `settings`. H (d_in, d_in) is the calibration Hessian; it may be
+/// Quantizes W (d_out, d_in) with `settings`, through the method's row in the registry
+/// (core/quant/registry.h). H (d_in, d_in) is the calibration Hessian; it may be
 /// undefined only for magnitude saliency with method rtn. `reference_energy`, when >= 0, is
 /// tr(W H W^T), the output error's denominator, measured by the caller (the layer-streamed quantizer
 /// sums the Linear's squared outputs on the calibration tokens, which is the same quantity).
@@ -60,5 +65,10 @@ struct GptqOptions {
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
                                 const LayerQuantSettings& settings, const GptqOptions& options,
                                 double reference_energy = -1.0);
+
+/// The GPTQ column solver behind pb-gptq, rtn (no feedback) and gptq: their registry rows' quantize.
+QuantizedLinear quantize_gptq_family(const std::string& name, const at::Tensor& W, at::Tensor H,
+                                     const LayerQuantSettings& settings, const GptqOptions& options,
+                                     double reference_energy);
 
 } // namespace pbllm

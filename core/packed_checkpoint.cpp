@@ -4,6 +4,7 @@
 #include "core/hdf5_io.h"
 #include "core/packed_hdf5.h"
 #include "core/packed_runtime.h"
+#include "core/quant/methods/billm/billm_storage.h"
 #include "core/quantizers.h"
 #include "core/system.h"
 
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <map>
 #include <set>
 #include <cstring>
 #include <fstream>
@@ -43,13 +45,15 @@ float half_value(std::uint16_t bits) { return static_cast<float>(c10::Half(bits,
 
 std::int64_t PackedLinear::bytes() const
 {
-    return static_cast<std::int64_t>(index.bytes.size() + codes.size() + signs.size() + grid_zero.size()) +
-           2 * static_cast<std::int64_t>(grid_scale.size() + mu.size() + alpha.size());
+    return index_bytes() + static_cast<std::int64_t>(codes.size() + signs.size() + grid_zero.size() + signs2.size()) +
+           2 * static_cast<std::int64_t>(grid_scale.size() + mu.size() + alpha.size() + block_params.size());
 }
 
 PackedLinear pack_linear(const QuantizedLinear& q)
 {
     q.validate();
+    if (q.settings.method == QuantMethod::Billm)
+        return pack_block_binary(q);
     PackedLinear p;
     p.name = q.name;
     p.rows = q.rows;
@@ -109,6 +113,8 @@ void validate_packed_fields(const PackedLinear& p, const std::string& what)
     auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     if (p.rows <= 0 || p.cols <= 0 || p.rows > (1 << 24) || p.cols > (1 << 24))
         fail("implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
+    if (p.method == QuantMethod::Billm)
+        return validate_block_binary_fields(p, what);
     if (!((p.grid_bits >= 2 && p.grid_bits <= 8) || p.grid_bits == 16))
         fail("salient bit-width " + std::to_string(p.grid_bits) + " is not 2..8 or 16");
     if (p.method == QuantMethod::Gptq && p.grid_bits == 16)
@@ -141,6 +147,8 @@ QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
 {
     auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     validate_packed_fields(p, what);
+    if (p.method == QuantMethod::Billm)
+        return unpack_block_binary(p, what);
     const std::int64_t n = p.weights();
     const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
 
@@ -223,7 +231,9 @@ BitsPerWeight bits_per_weight(const std::vector<LinearBits>& linears)
         const double r = static_cast<double>(p.salient_count) / w;
         const double headline = p.method == QuantMethod::Gptq ? p.grid_bits : p.grid_bits * r + (1.0 - r);
         b.headline += headline * w;
-        b.with_bitmap += (headline + (p.method == QuantMethod::Gptq ? 0.0 : 1.0)) * w;
+        // A block binarizer's bitmaps are its index: with_bitmap counts them as stored.
+        b.with_bitmap += p.method == QuantMethod::Billm ? headline * w + 8.0 * static_cast<double>(p.index_bytes)
+                                                         : (headline + (p.method == QuantMethod::Gptq ? 0.0 : 1.0)) * w;
         b.with_index += headline * w + 8.0 * static_cast<double>(p.index_bytes);
         b.measured += 8.0 * static_cast<double>(p.bytes);
         n += w;
@@ -258,6 +268,8 @@ bool has_hdf5_signature(const std::string& path)
 void write_packed_linear(const Writer& w, hid_t parent, const PackedLinear& p)
 {
     const Hid g = w.group(parent, p.name);
+    if (p.method == QuantMethod::Billm)
+        return write_block_binary(w, g.get(), p);
     w.attr(g.get(), "rows", p.rows);
     w.attr(g.get(), "cols", p.cols);
     w.attr(g.get(), "method", to_string(p.method));
@@ -298,6 +310,10 @@ PackedLinear read_packed_linear(const Reader& r, hid_t parent, const std::string
         p.binarizer = parse_binarizer(r.attr_string(g.get(), "binarizer"));
     } catch (const Error& e) {
         throw Error(what + ": " + e.what());
+    }
+    if (p.method == QuantMethod::Billm) {
+        read_block_binary(r, g.get(), p, what);
+        return p;
     }
     p.grid_bits = static_cast<int>(r.attr_int(g.get(), "salient_bits"));
     p.groupsize = static_cast<int>(r.attr_int(g.get(), "groupsize"));
@@ -496,6 +512,7 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
     // `packed` with the tensor left undefined; one whose layout the packed kernels cannot run, and
     // a quantized head (packed == nullptr: only decoder-layer Linears run packed), is dequantized
     // either way.
+    std::map<std::string, std::vector<std::string>> dequantized_because; // reason -> Linears
     auto load_linear = [&](const std::string& linear_group, const std::vector<hsize_t>& shape,
                            PackedWeightsPtr* packed) -> at::Tensor {
         const std::string what = path + ": Linear '" + linear_group + "'";
@@ -507,7 +524,7 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
             return at::Tensor();
         }
         if (runtime && packed)
-            m.notes.push_back(linear_group + ": " + packed_kernels_unsupported(p) + "; it runs dequantized");
+            dequantized_because[packed_kernels_unsupported(p)].push_back(linear_group);
         QuantizedLinear q = unpack_linear(p, what);
         at::Tensor w = q.dequantized;
         if (!runtime) {
@@ -555,6 +572,10 @@ PackedCheckpoint read_packed_checkpoint_unchecked(const std::string& path, Packe
         if (runtime)
             return_free_heap_memory();
     }
+    for (const auto& [why, names] : dequantized_because) // one note per reason, not per Linear
+        m.notes.push_back(names.size() == 1 ? names.front() + ": " + why + "; it runs dequantized"
+                                            : std::to_string(names.size()) + " Linears (" + names.front() + ", ...): " +
+                                                  why + "; they run dequantized");
     m.final_norm = load_tensor("model.norm.weight", {d});
     m.output = c.tied_embeddings ? m.tok_embeddings : load_tensor("lm_head.weight", {v, d});
     m.validate_weights();

@@ -34,9 +34,20 @@ struct PackedLinear {
     std::vector<std::uint16_t> grid_scale; ///< FP16 bits (rows, grid_groups)
     std::vector<std::uint8_t> grid_zero;   ///< (rows, grid_groups)
     std::vector<std::uint16_t> mu, alpha;  ///< FP16 bits (rows, stat_groups)
+    // Block binarizers (billm): `signs` holds one bit per weight (the first-order sign), `index`,
+    // `codes`, the grid and mu/alpha stay empty; salient_count = rows x salient columns.
+    int block = 0;                            ///< columns per block
+    std::vector<std::uint8_t> column_bitmap;  ///< one bit per column, 1 = salient
+    std::vector<std::uint8_t> group_bitmap;   ///< one bit per non-salient weight, row-major, 1 = sparse
+    std::vector<std::uint8_t> signs2;         ///< one bit per salient weight, row-major (second order)
+    std::vector<std::uint16_t> block_params;  ///< FP16 bits (rows, blocks, kBlockParams)
 
     std::int64_t weights() const { return rows * cols; }
-    std::int64_t index_bytes() const { return static_cast<std::int64_t>(index.bytes.size()); }
+    /// Bytes locating the salient weights: the sparse index, or a block binarizer's two bitmaps.
+    std::int64_t index_bytes() const
+    {
+        return static_cast<std::int64_t>(index.bytes.size() + column_bitmap.size() + group_bitmap.size());
+    }
     /// Bytes of every array above: the honest storage of this Linear.
     std::int64_t bytes() const;
 };

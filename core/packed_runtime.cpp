@@ -33,6 +33,8 @@ constexpr std::uint16_t kHalfOne = 0x3C00; // FP16 bits of 1.0: the scale of FP1
 
 std::string packed_kernels_unsupported(const PackedLinear& p)
 {
+    if (p.method == QuantMethod::Billm)
+        return "the packed kernels do not run block-binarized (billm) Linears yet";
     const std::int64_t groups = parameter_groups(p);
     if (groups <= 1)
         return "";

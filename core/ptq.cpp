@@ -91,6 +91,7 @@ LayerwiseQuantizer::LayerwiseQuantizer(const Model& model, const std::vector<std
     options_.groupsize = cfg.groupsize;
     options_.percdamp = cfg.percdamp;
     options_.act_order = cfg.act_order;
+    options_.billm_search = cfg.billm_search;
     n_ = static_cast<std::int64_t>(windows.size());
     seqlen_ = static_cast<std::int64_t>(windows[0].size());
     std::vector<std::int64_t> flat;
@@ -212,7 +213,9 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
         double bits = 0.0;
         for (int l = 0; l < c.n_layers; ++l) {
             const LayerQuantSettings s = plan_.settings_for(linear_name(l, kind));
-            bits = std::max(bits, s.method == QuantMethod::Gptq ? s.bits + 1.0 : s.salient_bits * s.salient_ratio + 2.0);
+            bits = std::max(bits, s.method == QuantMethod::Gptq    ? s.bits + 1.0
+                                  : s.method == QuantMethod::Billm ? 3.5 // ~3.1 measured at block 128
+                                                                   : s.salient_bits * s.salient_ratio + 2.0);
         }
         kept_bytes += static_cast<std::int64_t>(std::ceil(bits / 8.0 * static_cast<double>(rows * cols)));
         kept_after[static_cast<std::size_t>(kind)] = kept_bytes;

@@ -1,6 +1,7 @@
 #include "core/quant_config.h"
 
 #include "core/error.h"
+#include "core/quant/registry.h"
 #include "core/system.h"
 
 #include <QJsonArray>
@@ -31,15 +32,15 @@ std::string to_string(Binarizer b)
     return "?";
 }
 
-std::string to_string(QuantMethod m)
+std::string to_string(QuantMethod m) { return method_info(m).name; }
+
+std::string to_string(BillmSearch s) { return s == BillmSearch::Scores ? "scores" : "weights"; }
+
+BillmSearch parse_billm_search(const std::string& s)
 {
-    switch (m) {
-    case QuantMethod::PbGptq: return "pb-gptq";
-    case QuantMethod::Rtn: return "rtn";
-    case QuantMethod::Gptq: return "gptq";
-    case QuantMethod::Qat: return "qat";
-    }
-    return "?";
+    if (s == "scores") return BillmSearch::Scores;
+    if (s == "weights") return BillmSearch::Weights;
+    throw Error("BiLLM search '" + s + "' is not one of scores, weights");
 }
 
 SaliencyMetric parse_metric(const std::string& s)
@@ -60,11 +61,9 @@ Binarizer parse_binarizer(const std::string& s)
 
 QuantMethod parse_method(const std::string& s)
 {
-    if (s == "pb-gptq") return QuantMethod::PbGptq;
-    if (s == "rtn") return QuantMethod::Rtn;
-    if (s == "gptq") return QuantMethod::Gptq;
-    if (s == "qat") return QuantMethod::Qat;
-    throw Error("method '" + s + "' is not one of pb-gptq, rtn, gptq, qat");
+    if (const MethodInfo* m = find_method(s))
+        return m->id;
+    throw Error("method '" + s + "' is not one of " + method_names());
 }
 
 bool glob_match(const std::string& pattern, const std::string& text)
@@ -177,6 +176,8 @@ std::string QuantPlan::to_json() const
     root.insert("seqlen", config.seqlen);
     root.insert("seed", QString::number(config.seed));
     root.insert("quantize_head", config.quantize_head);
+    if (config.billm_search != BillmSearch::Scores) // written only when set: older plans stay byte-identical
+        root.insert("billm_search", QString::fromStdString(to_string(config.billm_search)));
     QJsonArray rules_json;
     for (const PlanRule& r : rules) {
         QJsonObject o{{"pattern", QString::fromStdString(r.pattern)}};
@@ -248,6 +249,7 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
         else if (k == "nsamples") c.nsamples = integer(root, k);
         else if (k == "seqlen") c.seqlen = integer(root, k);
         else if (k == "quantize_head") c.quantize_head = boolean(root, k);
+        else if (k == "billm_search") c.billm_search = wrap(k, [&] { return parse_billm_search(text(root, k)); });
         else if (k == "seed") {
             bool ok = it.value().isString() || it.value().isDouble();
             const QString s = it.value().isString() ? it.value().toString() : QString::number(it.value().toDouble(), 'f', 0);

@@ -27,6 +27,13 @@ enum class QuantMethod {
     Rtn,    ///< the same quantizers without error feedback
     Gptq,   ///< plain GPTQ at `bits` for every weight (baseline)
     Qat,    ///< partial binarization learned by quantization-aware training (stored like pb-gptq)
+    Billm,  ///< BiLLM: residual binarization of salient columns, split binarization of the rest
+};
+
+/// What BiLLM's searches score a candidate on (the paper and the authors' code differ).
+enum class BillmSearch {
+    Scores,  ///< binarize the saliency scores S, error measured on S (the authors' code; default)
+    Weights, ///< binarize W, error measured on W (the paper's description)
 };
 
 /// Settings for one Linear (or the global defaults).
@@ -51,6 +58,7 @@ struct QuantConfig {
     int seqlen = 0;              ///< calibration window length; 0 = the model's context
     std::uint64_t seed = 0;      ///< calibration sampling seed
     bool quantize_head = false;  ///< also quantize the output head (not tied embeddings)
+    BillmSearch billm_search = BillmSearch::Scores; ///< what BiLLM's searches score on
 
     static QuantConfig defaults() { return {}; }
     /// Throws Error naming the setting when a value is impossible.
@@ -87,6 +95,8 @@ struct QuantPlan {
 std::string to_string(SaliencyMetric m);
 std::string to_string(Binarizer b);
 std::string to_string(QuantMethod m);
+std::string to_string(BillmSearch s);
+BillmSearch parse_billm_search(const std::string& s);
 SaliencyMetric parse_metric(const std::string& s);
 Binarizer parse_binarizer(const std::string& s);
 QuantMethod parse_method(const std::string& s);

@@ -356,6 +356,42 @@ private Q_SLOTS:
         QVERIFY2(bad.err.contains("groupsize 100"), bad.err.constData());
     }
 
+    /// A plan that mixes methods per Linear (BiLLM on the MLPs, PB-GPTQ elsewhere) through the
+    /// command line: the file reloads bit-identically, and `pbllm methods` lists the registry.
+    void quantizeMixedMethodsFromAPlan()
+    {
+        QTemporaryDir tmp;
+        const QString plan = tmp.filePath("plan.json"), out = tmp.filePath("mixed.pbllm.h5");
+        QFile f(plan);
+        QVERIFY(f.open(QIODevice::WriteOnly));
+        f.write(R"({"billm_search": "weights", "rules": [{"pattern": "*.mlp.*", "method": "billm"}]})");
+        f.close();
+        const Run q = pbllm_run({"quantize", model(), "--calib", QString::fromStdString(tinystories_train_path()), "-o",
+                                 out, "--nsamples", "8", "--seqlen", "128", "--plan", plan, "--eval", val(),
+                                 "--eval-windows", "4", "--json"});
+        QCOMPARE(q.code, 0);
+        const QJsonObject o = q.json();
+        QCOMPARE(o["plan"].toObject()["billm_search"].toString(), QString("weights"));
+        const QJsonObject bits = o["bits_per_weight"].toObject();
+        QVERIFY2(bits["measured"].toDouble() > 2.9 && bits["measured"].toDouble() < 3.9, q.out.constData());
+        const Run eval = pbllm_run({"eval", out, "--text", val(), "--max-windows", "4", "--json"});
+        QCOMPARE(eval.code, 0);
+        // BiLLM Linears run dequantized, the rest from their bits (float32 summation order apart).
+        QVERIFY2(std::abs(eval.json()["ppl"].toDouble() / o["ppl_after"].toDouble() - 1.0) < 1e-4, eval.out.constData());
+        const Run off = pbllm_run({"eval", out, "--text", val(), "--max-windows", "4", "--packed", "off", "--json"});
+        QCOMPARE(off.json()["ppl"].toDouble(), o["ppl_after"].toDouble()); // the reload is bit-identical
+        QVERIFY2(eval.err.contains("15 Linears") && eval.err.contains("billm"), eval.err.constData());
+        const Run listed = pbllm_run({"methods", "--json"});
+        QCOMPARE(listed.code, 0);
+        QStringList names;
+        for (const QJsonValue& m : listed.json()["methods"].toArray())
+            names << m.toObject()["name"].toString();
+        QCOMPARE(names, (QStringList{"pb-gptq", "rtn", "gptq", "qat", "billm"}));
+        const Run unknown = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--method", "bilm"});
+        QCOMPARE(unknown.code, 2);
+        QVERIFY2(unknown.err.contains("'bilm' is not one of pb-gptq, rtn, gptq, qat, billm"), unknown.err.constData());
+    }
+
     void quantizeKilledMidwayResumesToTheSameFile()
     {
         QTemporaryDir tmp;

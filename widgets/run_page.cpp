@@ -1,8 +1,11 @@
 #include "widgets/pages.h"
+#include "core/quant/registry.h"
 #include "widgets/qcustomplot_include.h"
 #include "widgets/studio_context.h"
 
 #include <QComboBox>
+
+#include <algorithm>
 #include <QDateTime>
 #include <QDoubleSpinBox>
 #include <QFormLayout>
@@ -20,10 +23,10 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
     auto* layout = new QHBoxLayout(this);
     auto* left = new QFormLayout;
     method_ = new QComboBox;
-    method_->addItem(tr("PB-GPTQ (partial binarization + error feedback)"), "pb-gptq");
-    method_->addItem(tr("RTN (same quantizers, no feedback)"), "rtn");
-    method_->addItem(tr("GPTQ (every weight at N bits)"), "gptq");
-    method_->addItem(tr("QAT (train the binarized weights)"), "qat");
+    for (const MethodInfo& m : methods()) { // the registry's rows, in its order
+        method_->addItem(QString("%1: %2").arg(m.name, m.summary), m.name);
+        method_->setItemData(method_->count() - 1, QString(m.summary), Qt::ToolTipRole);
+    }
     nsamples_ = new QSpinBox;
     nsamples_->setRange(1, 4096);
     nsamples_->setValue(context_.settings().nsamples);
@@ -91,12 +94,15 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
     layout->addLayout(right, 1);
 
     auto sync_enabled = [this] {
-        const QString m = method_->currentData().toString();
-        gptq_bits_->setEnabled(m == "gptq");
-        blocksize_->setEnabled(m != "qat" && m != "rtn");
+        const MethodInfo* m = find_method(method_->currentData().toString().toStdString());
+        const bool training = m && !m->quantize;
+        gptq_bits_->setEnabled(m && std::find_if(m->settings.begin(), m->settings.end(), [](const char* k) {
+                                        return std::string(k) == "bits";
+                                    }) != m->settings.end());
+        blocksize_->setEnabled(m && m->quantize && m->needs_hessian); // the block of the solver or of BiLLM
         for (QWidget* w : {static_cast<QWidget*>(qat_steps_), static_cast<QWidget*>(qat_lr_), static_cast<QWidget*>(qat_kd_)})
-            w->setEnabled(m == "qat");
-        loss_plot_->setVisible(m == "qat");
+            w->setEnabled(training);
+        loss_plot_->setVisible(training);
     };
     connect(method_, qOverload<int>(&QComboBox::currentIndexChanged), this, sync_enabled);
     sync_enabled();

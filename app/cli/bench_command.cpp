@@ -98,7 +98,7 @@ int run_bench(const QStringList& args)
                                      "name ending in -f16 or -bf16 stores its weights so (the decoder reads them as "
                                      "they are).", "LIST", "stories260K,synthetic-15M,synthetic-110M"});
     cl.parser().addOption({"gen-tokens", "Tokens per generation run.", "N", "128"});
-    cl.parser().addOption({"suite", "eval (evaluation and generation), quant (PB-GPTQ, previews), packed (packed "
+    cl.parser().addOption({"suite", "eval (evaluation and generation), quant (PB-GPTQ, previews), methods (each method on a 4096 x 4096 Linear), packed (packed "
                                     "kernels vs dequantized float32 and FP16), kernels (the packed suite's kernel "
                                     "lines alone) or tokenizer (encoding speed).", "S", "eval"});
     cl.parser().addOption({"tokenizers", "tokenizer suite: comma-separated tokenizer files (default: tok512 and the "
@@ -116,6 +116,8 @@ int run_bench(const QStringList& args)
     const int gen_tokens = cl.int_value("gen-tokens", 1, 1 << 16);
     if (cl.value("suite") == "quant")
         return run_quant_bench(runs, cl.json());
+    if (cl.value("suite") == "methods")
+        return run_methods_bench(runs, cl.json());
     if (cl.value("suite") == "packed" && cl.is_set("file")) {
         if (!cl.is_set("text"))
             throw UsageError{"--file needs --text FILE"};
@@ -131,7 +133,7 @@ int run_bench(const QStringList& args)
         return run_tokenizer_bench(runs, cl.value("tokenizers").split(',', Qt::SkipEmptyParts),
                                    cl.value("text").toStdString(), cl.json());
     if (cl.value("suite") != "eval")
-        throw UsageError{"--suite must be eval, quant, packed, kernels or tokenizer"};
+        throw UsageError{"--suite must be eval, quant, methods, packed, kernels or tokenizer"};
     const Baselines base = measure_baselines(runs);
     std::vector<ModelBench> results;
     for (const QString& which : cl.value("models").split(',', Qt::SkipEmptyParts)) {

@@ -8,6 +8,7 @@
 #include "core/packed_checkpoint.h"
 #include "core/preview.h"
 #include "core/ptq.h"
+#include "core/quant/registry.h"
 #include "core/synthetic.h"
 #include "core/tokenizer.h"
 
@@ -41,15 +42,17 @@ struct LayerTiming {
     BitsPerWeight bits; ///< of the packed result
 };
 
-LayerTiming time_layer(std::int64_t rows, std::int64_t cols, const at::Tensor& H, int runs)
+LayerTiming time_layer(std::int64_t rows, std::int64_t cols, const at::Tensor& H, int runs,
+                       const LayerQuantSettings& settings = LayerQuantSettings{})
 {
-    const at::Tensor W = at::randn({rows, cols}) * 0.02;
+    at::Generator g = at::detail::createCPUGenerator(5);
+    const at::Tensor W = at::normal(0.0, 0.02, {rows, cols}, g);
     GptqOptions o;
     o.measure_output_error = false; // a reporting extra, not part of the algorithm
     std::vector<double> times;
     QuantizedLinear q;
     for (int i = 0; i < runs; ++i)
-        times.push_back(seconds_of([&] { q = quantize_linear("bench", W, H, LayerQuantSettings{}, o); }));
+        times.push_back(seconds_of([&] { q = quantize_linear("bench", W, H, settings, o); }));
     // Cholesky of H, its inverse, Cholesky of that (~5/3 d^3), lazy block updates (rows*d^2) and
     // the per-column updates inside blocks (rows*d*B).
     const double d = static_cast<double>(cols);
@@ -58,6 +61,41 @@ LayerTiming time_layer(std::int64_t rows, std::int64_t cols, const at::Tensor& H
 }
 
 } // namespace
+
+int run_methods_bench(int runs, bool json)
+{
+    // Every post-training method of the registry on one LLaMA-7B attention-sized Linear, against
+    // the GEMM rate measured in the same run. The FLOP count is GPTQ's (factorisation and the
+    // block updates); a method's own searches come on top of it, so the fraction says how far
+    // the extra work takes the method from the factorisation-bound solver.
+    c10::InferenceMode inference;
+    const Baselines base = measure_baselines(runs);
+    const at::Tensor H = realistic_hessian(4096, 8192);
+    QJsonArray rows;
+    if (!json)
+        std::printf("threads %d, medians of %d runs; fp32 GEMM 2048^2: %.1f GFLOP/s\n\n", at::get_num_threads(), runs,
+                    base.matmul_gflops);
+    for (const MethodInfo& m : methods()) {
+        if (!m.quantize)
+            continue;
+        LayerQuantSettings s;
+        s.method = m.id;
+        const LayerTiming t = time_layer(4096, 4096, H, runs, s);
+        const double fraction = t.gflop / t.seconds / base.matmul_gflops;
+        rows.append(QJsonObject{{"method", m.name},
+                                {"seconds", t.seconds},
+                                {"gflop", t.gflop},
+                                {"fraction_of_gemm", fraction},
+                                {"bits_per_weight", bits_json(t.bits)}});
+        if (!json)
+            std::printf("%-8s 4096 x 4096  %6.2f s  (%.0f GFLOP of GPTQ-equivalent work: %.0f%% of the GEMM rate); "
+                        "bits/weight headline %.3f, measured %.3f\n",
+                        m.name, t.seconds, t.gflop, 100.0 * fraction, t.bits.headline, t.bits.measured);
+    }
+    if (json)
+        print_json(QJsonObject{{"threads", at::get_num_threads()}, {"matmul_gflops", base.matmul_gflops}, {"methods", rows}});
+    return 0;
+}
 
 int run_quant_bench(int runs, bool json)
 {

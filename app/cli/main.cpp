@@ -23,7 +23,8 @@ void print_usage()
                "  convert   MODEL --to hf -o DIR  write the model in another format\n"
                "  calibrate MODEL --calib TEXT -o CALIB.h5   calibration windows and Hessians\n"
                "  saliency  MODEL --calib CALIB.h5           salient-weight statistics per Linear\n"
-               "  quantize  MODEL --calib TEXT|CALIB.h5 -o OUT.pbllm.h5   PB-GPTQ / RTN / GPTQ\n"
+               "  quantize  MODEL --calib TEXT|CALIB.h5 -o OUT.pbllm.h5   PB-GPTQ / RTN / GPTQ / BiLLM\n"
+               "  methods                         the quantization methods and their settings\n"
                "  qat       MODEL --train TEXT -o OUT.pbllm.h5            quantization-aware training\n"
                "  bench                           speed of evaluation and generation\n"
                "  synth     --shape NAME -o DIR   a SYNTHETIC model of a real shape, for benchmarks\n"
@@ -58,7 +59,7 @@ int main(int argc, char** argv)
         {"bench", pbllm::cli::run_bench},         {"calibrate", pbllm::cli::run_calibrate},
         {"saliency", pbllm::cli::run_saliency},   {"quantize", pbllm::cli::run_quantize},
         {"qat", pbllm::cli::run_qat},           {"synth", pbllm::cli::run_synth},
-        {"tokenize", pbllm::cli::run_tokenize},
+        {"tokenize", pbllm::cli::run_tokenize},   {"methods", pbllm::cli::run_methods},
     };
     const auto command = commands.find(args[1]);
     if (command == commands.end()) {

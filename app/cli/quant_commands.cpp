@@ -2,6 +2,7 @@
 #include "app/cli/cli_common.h"
 
 #include "core/calibration.h"
+#include "core/quant/registry.h"
 #include "core/calibration_file.h"
 #include "core/error.h"
 #include "core/evaluation.h"
@@ -201,13 +202,44 @@ int run_saliency(const QStringList& args)
     return 0;
 }
 
+int run_methods(const QStringList& args)
+{
+    CommandLine cl("methods", "The quantization methods (the registry): name, summary, settings, bit convention.", "");
+    cl.parse(args);
+    QJsonArray rows;
+    for (const MethodInfo& m : methods()) {
+        QJsonArray settings;
+        for (const char* key : m.settings)
+            settings.append(key);
+        rows.append(QJsonObject{{"name", m.name},
+                                {"summary", m.summary},
+                                {"settings", settings},
+                                {"needs_calibration", m.needs_hessian},
+                                {"post_training", m.quantize != nullptr},
+                                {"headline_bits", m.headline_convention}});
+        if (!cl.json()) {
+            std::string keys;
+            for (const char* key : m.settings)
+                keys += (keys.empty() ? "" : ", ") + std::string(key);
+            std::printf("%-8s %s\n         settings: %s; %s%s\n         headline bits: %s\n", m.name, m.summary,
+                        keys.c_str(), m.needs_hessian ? "needs calibration" : "calibration only for Hessian saliency",
+                        m.quantize ? "" : "; a training method (pbllm qat)", m.headline_convention);
+        }
+    }
+    if (cl.json())
+        print_json(QJsonObject{{"methods", rows}});
+    return 0;
+}
+
 int run_quantize(const QStringList& args)
 {
     CommandLine cl("quantize", "PB-LLM post-training quantization into a packed .pbllm.h5 checkpoint.", "[MODEL]");
     cl.parser().addOption({"calib", "Calibration text, or a calibration file from 'pbllm calibrate'.", "FILE|CALIB.h5"});
     cl.parser().addOption({{"o", "output"}, "Output packed checkpoint.", "OUT.pbllm.h5"});
     cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
-    cl.parser().addOption({"method", "pb-gptq (default), rtn or gptq.", "M"});
+    cl.parser().addOption({"method", QString::fromStdString(method_names(true) + " (default pb-gptq; see pbllm methods)."), "M"});
+    cl.parser().addOption({"billm-search", "What BiLLM's searches score on: scores (the authors' code, default) or "
+                                           "weights (the paper).", "S"});
     cl.parser().addOption({"salient", "Salient ratio (default 0.1).", "R"});
     cl.parser().addOption({"salient-bits", "Bits of salient weights: 2..8 or 16 (default 8).", "B"});
     cl.parser().addOption({"bits", "Bits for plain GPTQ (default 4).", "B"});
@@ -246,6 +278,7 @@ int run_quantize(const QStringList& args)
         }
     };
     if (cl.is_set("method")) c.layer.method = parse("method", parse_method);
+    if (cl.is_set("billm-search")) c.billm_search = parse("billm-search", parse_billm_search);
     if (cl.is_set("metric")) c.layer.metric = parse("metric", parse_metric);
     if (cl.is_set("binarizer")) c.layer.binarizer = parse("binarizer", parse_binarizer);
     if (cl.is_set("salient")) c.layer.salient_ratio = cl.double_value("salient", 0.0, 1.0);

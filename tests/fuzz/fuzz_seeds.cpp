@@ -9,6 +9,7 @@
 #include "core/llama2c.h"
 #include "core/packed_checkpoint.h"
 #include "core/ptq.h"
+#include "core/quant/registry.h"
 #include "core/streamed_ptq.h"
 #include "core/synthetic.h"
 #include "core/system.h"
@@ -133,12 +134,14 @@ int main(int argc, char** argv)
         for (auto& w : windows)
             for (int& t : w)
                 t = static_cast<int>(rng() % static_cast<unsigned>(c.vocab_size));
-        for (QuantMethod method : {QuantMethod::Rtn, QuantMethod::PbGptq}) {
+        for (const MethodInfo& method : methods()) { // every stored payload: one file per method
+            if (!method.quantize)
+                continue;
             QuantPlan plan;
-            plan.config.layer.method = method;
-            plan.config.layer.salient_ratio = method == QuantMethod::Rtn ? 0.1 : 0.3;
+            plan.config.layer.method = method.id;
+            plan.config.layer.salient_ratio = method.id == QuantMethod::Rtn ? 0.1 : 0.3;
             write_packed_checkpoint(quantize_model(model, windows, plan),
-                                    out.filePath(QString("packed_checkpoint/tiny-%1.pbllm.h5").arg(int(method))).toStdString());
+                                    out.filePath(QString("packed_checkpoint/tiny-%1.pbllm.h5").arg(method.name)).toStdString());
         }
         write_packed_checkpoint(quantize_model(make_synthetic_model(qwen3, 7), windows, QuantPlan{}), // format version 2
                                 out.filePath("packed_checkpoint/tiny-qwen3.pbllm.h5").toStdString());
@@ -155,6 +158,9 @@ int main(int argc, char** argv)
         plan.rules.push_back(PlanRule{"model.layers.*.mlp.down_proj", 0.3, 4, {}, SaliencyMetric::Magnitude, Binarizer::Sign, {}, {}});
         plan.rules.push_back(PlanRule{"model.layers.0.*", {}, {}, 3, {}, {}, QuantMethod::Gptq, {}});
         write_all(out.filePath("quant_plan/rules.json"), QByteArray::fromStdString(plan.to_json()));
+        plan.config.billm_search = BillmSearch::Weights;
+        plan.rules.push_back(PlanRule{"model.layers.1.*", {}, {}, {}, {}, {}, QuantMethod::Billm, {}});
+        write_all(out.filePath("quant_plan/billm.json"), QByteArray::fromStdString(plan.to_json()));
 
         {
             const fuzz::ResumeRun& run = fuzz::resume_run();

@@ -1,0 +1,75 @@
+#include "core/quant/registry.h"
+
+#include "core/error.h"
+#include "core/quant/methods/billm/billm.h"
+
+namespace pbllm {
+
+const std::vector<MethodInfo>& methods()
+{
+    // One row per method. The order is the order of help texts and the studio's lists.
+    static const std::vector<MethodInfo> table = {
+        {QuantMethod::PbGptq, "pb-gptq",
+         "PB-LLM: a salient share at salient_bits, the rest binarized, with GPTQ error feedback",
+         "salient_bits * r + (1 - r), r = salient share (PB-LLM)",
+         {"salient_ratio", "salient_bits", "metric", "binarizer"}, true, quantize_gptq_family},
+        {QuantMethod::Rtn, "rtn", "PB-LLM's quantizers without error feedback (round to nearest)",
+         "salient_bits * r + (1 - r), r = salient share (PB-LLM)",
+         {"salient_ratio", "salient_bits", "metric", "binarizer"}, false, quantize_gptq_family},
+        {QuantMethod::Gptq, "gptq", "plain GPTQ: every weight on a `bits` grid (baseline)", "bits", {"bits"}, true,
+         quantize_gptq_family},
+        {QuantMethod::Qat, "qat", "PB-LLM learned by quantization-aware training (pbllm qat), stored like pb-gptq",
+         "salient_bits * r + (1 - r), r = salient share (PB-LLM)", {"salient_ratio", "salient_bits", "binarizer"},
+         false, nullptr},
+        {QuantMethod::Billm, "billm",
+         "BiLLM: salient columns residual-binarized, the rest split at a searched break point, block compensation",
+         "2 r + (1 - r), r = salient column share (BiLLM; bitmaps and FP16 row parameters not counted)",
+         {"metric"}, true, quantize_billm},
+    };
+    return table;
+}
+
+const MethodInfo& method_info(QuantMethod id)
+{
+    for (const MethodInfo& m : methods())
+        if (m.id == id)
+            return m;
+    throw Error("unknown quantization method id " + std::to_string(static_cast<int>(id)));
+}
+
+const MethodInfo* find_method(const std::string& name)
+{
+    for (const MethodInfo& m : methods())
+        if (name == m.name)
+            return &m;
+    return nullptr;
+}
+
+std::string method_names(bool post_training_only)
+{
+    std::string names;
+    for (const MethodInfo& m : methods()) {
+        if (post_training_only && !m.quantize)
+            continue;
+        names += (names.empty() ? "" : ", ") + std::string(m.name);
+    }
+    return names;
+}
+
+bool needs_calibration(const LayerQuantSettings& settings)
+{
+    return method_info(settings.method).needs_hessian || settings.metric != SaliencyMetric::Magnitude;
+}
+
+QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
+                                const LayerQuantSettings& settings, const GptqOptions& options,
+                                double reference_energy)
+{
+    const MethodInfo& m = method_info(settings.method);
+    if (!m.quantize)
+        throw Error(name + ": " + m.name + " is a training method, not a post-training quantizer (use pbllm " + m.name +
+                    ")");
+    return m.quantize(name, W, std::move(H), settings, options, reference_energy);
+}
+
+} // namespace pbllm

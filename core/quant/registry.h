@@ -1,0 +1,42 @@
+#pragma once
+// The method registry: one row per quantization method (ARCHITECTURE.md, "Growing core/"). The
+// command line, plans, the packed-file reader and the conformance tests find methods here, so a
+// new method is its folder under quant/methods plus one row in registry.cpp.
+#include "core/gptq.h"
+
+#include <string>
+#include <vector>
+
+namespace pbllm {
+
+/// Quantizes one Linear; the arguments as quantize_linear (core/gptq.h) documents them.
+using QuantizeLinearFn = QuantizedLinear (*)(const std::string& name, const at::Tensor& W, at::Tensor H,
+                                             const LayerQuantSettings& settings, const GptqOptions& options,
+                                             double reference_energy);
+
+/// One method: what every front end needs to know of it.
+struct MethodInfo {
+    QuantMethod id;
+    const char* name;    ///< in plans, on the command line and in packed files
+    const char* summary; ///< one line for help texts and the studio
+    /// How the method's paper counts bits (the "headline" convention of bits_per_weight).
+    const char* headline_convention;
+    /// The LayerQuantSettings keys (plan JSON names) the method reads; others are ignored.
+    std::vector<const char*> settings;
+    /// Needs a Hessian whatever the saliency metric (error feedback / compensation).
+    bool needs_hessian = true;
+    /// Post-training quantizer; null for a training method (qat runs through pbllm qat).
+    QuantizeLinearFn quantize = nullptr;
+};
+
+/// Every method, in the order help texts list them.
+const std::vector<MethodInfo>& methods();
+const MethodInfo& method_info(QuantMethod id);
+/// The row named `name`, or nullptr.
+const MethodInfo* find_method(const std::string& name);
+/// "pb-gptq, rtn, gptq, ..." (post_training_only: only those quantize_linear runs).
+std::string method_names(bool post_training_only = false);
+/// True when quantizing with `settings` needs calibration data (a Hessian).
+bool needs_calibration(const LayerQuantSettings& settings);
+
+} // namespace pbllm

@@ -1,0 +1,319 @@
+// The method registry and every method in it: names, a conformance loop (quantize, pack, unpack
+// bit for bit, bits as stored), and BiLLM against its definition: the incremental searches
+// against from-scratch re-binarization, hand-worked errors, and the block quantizer against an
+// independent recomputation.
+#include "core/error.h"
+#include "core/packed_checkpoint.h"
+#include "core/quant/methods/billm/billm.h"
+#include "core/quant/registry.h"
+#include "core/saliency.h"
+#include "tests/support/test_support.h"
+
+#include <ATen/ATen.h>
+#include <QtTest>
+
+#include <set>
+
+using namespace pbllm;
+using namespace pbllm::test;
+
+namespace {
+
+/// H = 2/N X^T X for N correlated inputs.
+at::Tensor correlated_hessian(std::int64_t d, std::int64_t n = 1024, std::uint64_t seed = 1)
+{
+    at::Generator g = at::detail::createCPUGenerator(seed);
+    const at::Tensor mix = at::normal(0.0, 1.0, {d, d}, g) / std::sqrt(static_cast<double>(d)) + at::eye(d) * 0.5;
+    const at::Tensor X = at::matmul(at::normal(0.0, 1.0, {n, d}, g), mix);
+    return (at::matmul(X.t(), X) * (2.0 / n)).to(at::kDouble);
+}
+
+at::Tensor heavy_tailed_weights(std::int64_t rows, std::int64_t cols, std::uint64_t seed)
+{
+    at::Generator g = at::detail::createCPUGenerator(seed);
+    // Gaussian with a few large columns, as LLM weights have.
+    at::Tensor W = at::normal(0.0, 0.05, {rows, cols}, g);
+    W.narrow(1, 3, 2).mul_(6.0);
+    return W;
+}
+
+double relative_gap(double a, double b) { return std::abs(a - b) / std::max({std::abs(a), std::abs(b), 1e-12}); }
+
+} // namespace
+
+class TestMethods : public QObject {
+    Q_OBJECT
+
+private Q_SLOTS:
+    void registryNamesRoundTrip()
+    {
+        std::set<std::string> names;
+        for (const MethodInfo& m : methods()) {
+            QVERIFY2(names.insert(m.name).second, m.name);
+            QCOMPARE(static_cast<int>(parse_method(m.name)), static_cast<int>(m.id));
+            QCOMPARE(to_string(m.id), std::string(m.name));
+            QVERIFY(std::string(m.summary).size() > 10);
+            QVERIFY(!m.settings.empty());
+        }
+        QVERIFY(find_method("billm"));
+        QVERIFY(!find_method("bilm"));
+        try {
+            parse_method("bilm");
+            QFAIL("an unknown method was accepted");
+        } catch (const Error& e) {
+            const std::string what = e.what();
+            QVERIFY2(what.find("'bilm'") != std::string::npos && what.find(method_names()) != std::string::npos, e.what());
+        }
+        // qat has no post-training quantizer: the dispatcher says where it runs.
+        LayerQuantSettings qat;
+        qat.method = QuantMethod::Qat;
+        try {
+            quantize_linear("w", at::randn({4, 8}), at::eye(8, at::kDouble), qat, GptqOptions{});
+            QFAIL("qat ran as a post-training quantizer");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("pbllm qat") != std::string::npos, e.what());
+        }
+    }
+
+    void conformance_data()
+    {
+        QTest::addColumn<QString>("method");
+        for (const MethodInfo& m : methods())
+            if (m.quantize)
+                QTest::newRow(m.name) << QString(m.name);
+    }
+
+    /// Every post-training method: quantize, pack, unpack bit for bit, and the measured bits are
+    /// the stored bytes.
+    void conformance()
+    {
+        QFETCH(QString, method);
+        LayerQuantSettings s;
+        s.method = parse_method(method.toStdString());
+        s.bits = 3;
+        const at::Tensor W = heavy_tailed_weights(24, 200, 3);
+        const at::Tensor H = correlated_hessian(200);
+        GptqOptions o;
+        o.blocksize = 64;
+        const QuantizedLinear q = quantize_linear("model.layers.0.mlp.down_proj", W, H, s, o);
+        QCOMPARE(static_cast<int>(q.settings.method), static_cast<int>(s.method));
+        QVERIFY(q.weight_error > 0.0 && q.weight_error < 1.0);
+        QVERIFY(q.output_error > 0.0 && q.output_error < 1.0);
+        QVERIFY(at::equal(q.dequantize(), q.dequantized));
+        const PackedLinear p = pack_linear(q);
+        const QuantizedLinear back = unpack_linear(p, "round trip");
+        QVERIFY(at::equal(back.dequantized, q.dequantized));
+        QCOMPARE(static_cast<int>(back.settings.method), static_cast<int>(s.method));
+        const BitsPerWeight bits = bits_per_weight(std::vector<PackedLinear>{p});
+        QCOMPARE(bits.measured, 8.0 * static_cast<double>(p.bytes()) / static_cast<double>(W.numel()));
+        QVERIFY(bits.headline <= bits.with_index + 1e-12 && bits.with_index <= bits.measured + 1e-12);
+    }
+
+    void billmSearchMatchesReference_data()
+    {
+        QTest::addColumn<bool>("on_scores");
+        QTest::addColumn<int>("rows");
+        QTest::addColumn<int>("cols");
+        QTest::newRow("scores 9x40") << true << 9 << 40;
+        QTest::newRow("weights 9x40") << false << 9 << 40;
+        QTest::newRow("scores 5x128") << true << 5 << 128;
+        QTest::newRow("weights 3x7 (fewer columns than the search's k)") << false << 3 << 7;
+    }
+
+    /// The incremental searches (sorted rows, Fenwick prefix sums) give the errors of
+    /// re-binarizing every candidate from scratch, and so the same choices.
+    void billmSearchMatchesReference()
+    {
+        QFETCH(bool, on_scores);
+        QFETCH(int, rows);
+        QFETCH(int, cols);
+        const at::Tensor W = heavy_tailed_weights(rows, cols, 11);
+        const at::Tensor S = W.pow(2) / (at::rand({1, cols}) + 0.5).pow(2);
+        const at::Tensor V = on_scores ? S : W;
+        const BillmBlockChoice fast = billm_search_block(S, V, 49, false);
+        const BillmBlockChoice ref = billm_search_block(S, V, 49, true);
+        QCOMPARE(fast.column_errors.size(), static_cast<std::size_t>(std::min(49, cols)));
+        QCOMPARE(fast.break_errors.size(), std::size_t(81));
+        const double scale = V.pow(2).sum().item<double>();
+        for (std::size_t k = 0; k < ref.column_errors.size(); ++k)
+            QVERIFY2(std::abs(fast.column_errors[k] - ref.column_errors[k]) <= 1e-9 * scale,
+                     qPrintable(QString("k=%1: %2 vs %3").arg(k + 1).arg(fast.column_errors[k]).arg(ref.column_errors[k])));
+        QCOMPARE(fast.salient_columns, ref.salient_columns);
+        for (std::size_t t = 0; t < ref.break_errors.size(); ++t)
+            QVERIFY2(std::abs(fast.break_errors[t] - ref.break_errors[t]) <= 1e-9 * scale,
+                     qPrintable(QString("p%1: %2 vs %3").arg(t).arg(fast.break_errors[t]).arg(ref.break_errors[t])));
+        QCOMPARE(fast.break_point, ref.break_point);
+        // The break candidates are nondecreasing quantiles of |S| with salient positions as zero.
+        for (std::size_t t = 1; t < fast.break_candidates.size(); ++t)
+            QVERIFY(fast.break_candidates[t] >= fast.break_candidates[t - 1]);
+    }
+
+    /// One row [10, 4, 2, -2, -6] (scores = |values|): columns by |S| are 0, 4, 1, 2, 3.
+    /// k = 1: {10} is exact; {4, 2, -2, -6}: mu1 = -0.5, alpha1 = 3.5, residuals 1, -1, 2, -2,
+    /// mu2 = 0, alpha2 = 1.5, error 4 x 0.5^2 = 1. k = 2: {10, -6} exact; {4, 2, -2}:
+    /// mu1 = 4/3, alpha1 = 20/9, residuals 4/9, -14/9, -10/9, mu2 = -20/27, |r - mu2| = 32, 22, 10
+    /// (/27), alpha2 = 64/81, error (32^2 + 2^2 + 34^2) / 81^2 = 2184/6561.
+    void billmHandWorkedErrors()
+    {
+        const at::Tensor V = at::tensor({10.0f, 4.0f, 2.0f, -2.0f, -6.0f}).view({1, 5});
+        for (bool reference : {false, true}) {
+            const BillmBlockChoice c = billm_search_block(V.abs(), V, 2, reference);
+            QCOMPARE(c.column_order, (std::vector<std::int64_t>{0, 4, 1, 2, 3}));
+            QCOMPARE(c.column_errors.size(), std::size_t(2));
+            QVERIFY(relative_gap(c.column_errors[0], 1.0) < 1e-12);
+            QVERIFY(relative_gap(c.column_errors[1], 2184.0 / 6561.0) < 1e-12);
+            QCOMPARE(c.salient_columns, 2);
+        }
+        // numpy's linear quantile: position q (n - 1).
+        QCOMPARE(quantile_of_sorted({0.0f, 1.0f, 2.0f, 3.0f, 4.0f}, 0.1), 0.4);
+        QCOMPARE(quantile_of_sorted({0.0f, 1.0f, 2.0f, 3.0f, 4.0f}, 0.9), 3.6);
+    }
+
+    /// With H = I nothing is compensated across columns, so each block's output is its searched
+    /// masks binarized per row: recomputed here from the search's choice.
+    void billmBlockQuantizerMatchesRecomputation()
+    {
+        const std::int64_t rows = 6, cols = 48, block = 24;
+        const at::Tensor W = heavy_tailed_weights(rows, cols, 5);
+        const at::Tensor H = at::eye(cols, at::kDouble);
+        GptqOptions o;
+        o.blocksize = block;
+        LayerQuantSettings s;
+        s.method = QuantMethod::Billm;
+        const QuantizedLinear q = quantize_linear("w", W, H, s, o);
+        const HessianFactors f = factor_hessian(H, o.percdamp, "w");
+        const at::Tensor d = f.upper_inverse.diagonal().contiguous();
+        for (std::int64_t b0 = 0; b0 < cols; b0 += block) {
+            const at::Tensor Wb = W.narrow(1, b0, block).contiguous();
+            const at::Tensor Sb = (Wb.pow(2) / d.narrow(0, b0, block).pow(2).unsqueeze(0)).contiguous();
+            const BillmBlockChoice c = billm_search_block(Sb, Sb, 49);
+            std::vector<bool> salient(static_cast<std::size_t>(block), false);
+            for (int i = 0; i < c.salient_columns; ++i)
+                salient[static_cast<std::size_t>(c.column_order[static_cast<std::size_t>(i)])] = true;
+            for (std::int64_t r = 0; r < rows; ++r) {
+                // Groups: 0 salient, 1 concentrated, 2 sparse.
+                std::vector<std::vector<std::int64_t>> groups(3);
+                for (std::int64_t j = 0; j < block; ++j) {
+                    const float key = std::fabs(Sb[r][j].item<float>());
+                    groups[salient[static_cast<std::size_t>(j)] ? 0 : key < c.break_point ? 1 : 2].push_back(j);
+                }
+                for (int g = 0; g < 3; ++g) {
+                    std::vector<double> x, out;
+                    for (std::int64_t j : groups[static_cast<std::size_t>(g)])
+                        x.push_back(Wb[r][j].item<float>());
+                    out.assign(x.size(), 0.0);
+                    for (int order = 0; order < (g == 0 ? 2 : 1) && !x.empty(); ++order) {
+                        double mu = 0.0, alpha = 0.0;
+                        for (double v : x) mu += v;
+                        mu = round_to_fp16(static_cast<float>(mu / static_cast<double>(x.size())));
+                        for (double v : x) alpha += std::abs(v - mu);
+                        alpha = round_to_fp16(static_cast<float>(alpha / static_cast<double>(x.size())));
+                        for (std::size_t i = 0; i < x.size(); ++i) {
+                            const double q1 = x[i] - mu >= 0 ? mu + alpha : mu - alpha;
+                            out[i] += q1;
+                            x[i] -= q1;
+                        }
+                    }
+                    for (std::size_t i = 0; i < out.size(); ++i) {
+                        const std::int64_t j = groups[static_cast<std::size_t>(g)][i];
+                        const double got = q.dequantized[r][b0 + j].item<float>();
+                        QVERIFY2(std::abs(got - out[i]) <= 1e-6 * (1.0 + std::abs(out[i])),
+                                 qPrintable(QString("row %1 col %2 group %3: %4 vs %5").arg(r).arg(b0 + j).arg(g).arg(got).arg(out[i])));
+                    }
+                }
+            }
+        }
+    }
+
+    void billmRefusesWhatItCannotDo()
+    {
+        LayerQuantSettings s;
+        s.method = QuantMethod::Billm;
+        const at::Tensor W = at::randn({4, 16});
+        auto refused = [&](const at::Tensor& H, const GptqOptions& o, const char* expect) {
+            try {
+                quantize_linear("model.layers.1.mlp.up_proj", W, H, s, o);
+            } catch (const Error& e) {
+                const std::string what = e.what();
+                return what.find("model.layers.1.mlp.up_proj") != std::string::npos && what.find(expect) != std::string::npos;
+            }
+            return false;
+        };
+        QVERIFY(refused(at::Tensor(), GptqOptions{}, "calibration"));
+        GptqOptions act;
+        act.act_order = true;
+        QVERIFY(refused(at::eye(16, at::kDouble), act, "act-order"));
+        GptqOptions grouped;
+        grouped.groupsize = 128;
+        QVERIFY(refused(at::eye(16, at::kDouble), grouped, "group size"));
+        at::Tensor bad = W.clone();
+        bad[0][0] = NAN;
+        try {
+            quantize_linear("w", bad, at::eye(16, at::kDouble), s, GptqOptions{});
+            QFAIL("NaN weights were quantized");
+        } catch (const Error& e) {
+            QVERIFY(std::string(e.what()).find("NaN") != std::string::npos);
+        }
+    }
+
+    /// A packed BiLLM Linear whose arrays disagree is refused with the reason.
+    void billmPackedFieldsValidated()
+    {
+        LayerQuantSettings s;
+        s.method = QuantMethod::Billm;
+        GptqOptions o;
+        o.blocksize = 16;
+        const QuantizedLinear q = quantize_linear("w", at::randn({5, 40}), correlated_hessian(40), s, o);
+        const PackedLinear good = pack_linear(q);
+        // Storage: signs for all, second order for salient, the group bitmap for the rest, 8 FP16
+        // per row and block, and the column bitmap.
+        const std::int64_t n = 200, salient = good.salient_count;
+        QCOMPARE(good.bytes(), (n + 7) / 8 + (salient + 7) / 8 + (n - salient + 7) / 8 + 5 * 3 * 8 * 2 + (40 + 7) / 8);
+        auto refused = [&](PackedLinear p, const char* expect) {
+            try {
+                unpack_linear(p, "f.pbllm.h5: w");
+            } catch (const Error& e) {
+                return std::string(e.what()).find(expect) != std::string::npos;
+            }
+            return false;
+        };
+        PackedLinear p = good;
+        p.column_bitmap[0] ^= 1u; // one salient column more or less
+        QVERIFY(refused(p, "salient count"));
+        p = good;
+        p.signs.pop_back();
+        QVERIFY(refused(p, "signs"));
+        p = good;
+        p.block_params[kSalientAlpha1] = 0xBC00; // -1.0
+        QVERIFY(refused(p, "negative"));
+        p = good;
+        p.block_params[kConcentratedMu] = 0x7E00; // NaN
+        QVERIFY(refused(p, "not finite"));
+        p = good;
+        p.block = 0;
+        QVERIFY(refused(p, "block size"));
+    }
+
+    void planCarriesBillmSettings()
+    {
+        const QuantPlan plan = QuantPlan::from_json(
+            R"({"method": "pb-gptq", "billm_search": "weights", "rules": [{"pattern": "*.mlp.*", "method": "billm"}]})", "p.json");
+        QCOMPARE(static_cast<int>(plan.config.billm_search), static_cast<int>(BillmSearch::Weights));
+        QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.mlp.up_proj").method), static_cast<int>(QuantMethod::Billm));
+        QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.self_attn.q_proj").method),
+                 static_cast<int>(QuantMethod::PbGptq));
+        const QuantPlan again = QuantPlan::from_json(plan.to_json(), "again");
+        QCOMPARE(again.to_json(), plan.to_json());
+        // The default search is not written, so plans without BiLLM stay as they were.
+        QVERIFY(QuantPlan{}.to_json().find("billm") == std::string::npos);
+        try {
+            QuantPlan::from_json(R"({"billm_search": "both"})", "p.json");
+            QFAIL("a bad search was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("billm_search") != std::string::npos, e.what());
+        }
+    }
+};
+
+QTEST_GUILESS_MAIN(TestMethods)
+#include "tst_methods.moc"
