@@ -182,13 +182,7 @@ QuantizedLinear quantize_gptq_family(const std::string& name, const at::Tensor& 
                                      double reference_energy)
 {
     const auto start = std::chrono::steady_clock::now();
-    if (W_in.dim() != 2)
-        throw Error(name + ": a Linear weight must be 2-D");
-    const std::int64_t rows = W_in.size(0), cols = W_in.size(1);
-    if (!at::isfinite(W_in).all().item<bool>())
-        throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
-    if (H.defined() && (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols))
-        throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
+    const std::int64_t rows = W_in.size(0), cols = W_in.size(1); // checked by quantize_linear
     if (settings.method != QuantMethod::PbGptq && settings.method != QuantMethod::Rtn &&
         settings.method != QuantMethod::Gptq)
         throw Error(name + ": the GPTQ solver does not run " + to_string(settings.method));

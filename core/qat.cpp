@@ -129,6 +129,10 @@ PbTrainLinear make_train_linear_from(const QuantizedLinear& q)
 {
     if (q.settings.method == QuantMethod::Gptq)
         throw Error(q.name + ": a plain GPTQ layer has no binarized part to train");
+    if (q.settings.method != QuantMethod::PbGptq && q.settings.method != QuantMethod::Rtn &&
+        q.settings.method != QuantMethod::Qat)
+        throw Error(q.name + ": QAT trains PB-LLM's layout; a " + to_string(q.settings.method) +
+                    " Linear cannot be its starting point");
     // Copies: a PTQ result is made under InferenceMode, and autograd cannot save such tensors.
     PbTrainLinear t;
     t.name = q.name;

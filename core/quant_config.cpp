@@ -139,6 +139,16 @@ LayerQuantSettings QuantPlan::settings_for(const std::string& linear_name) const
 void QuantPlan::validate() const
 {
     config.validate();
+    // Settings a method cannot run with are refused now, not hours into a streamed run.
+    bool billm = config.layer.method == QuantMethod::Billm;
+    for (const PlanRule& r : rules)
+        billm |= r.method == QuantMethod::Billm;
+    if (billm && config.act_order)
+        throw Error("billm does not reorder columns: act_order applies to the GPTQ solver only");
+    if (billm && config.groupsize > 0)
+        throw Error("billm keeps its parameters per block of columns: groupsize must be 0");
+    if (billm && config.blocksize < 2)
+        throw Error("billm needs blocks of at least 2 columns (blocksize " + std::to_string(config.blocksize) + ")");
     for (const PlanRule& r : rules) {
         if (r.pattern.empty())
             throw Error("a plan rule has an empty pattern");

@@ -392,6 +392,53 @@ private Q_SLOTS:
         QVERIFY2(unknown.err.contains("'bilm' is not one of pb-gptq, rtn, gptq, qat, billm"), unknown.err.constData());
     }
 
+    /// pbllm sweep: one row per method and setting it reads, sorted by measured bits, each row's
+    /// perplexity that of its kept file, and the Pareto flags consistent with the rows.
+    void sweepWritesOneTable()
+    {
+        QTemporaryDir tmp;
+        const QString keep = tmp.filePath("kept"), table = tmp.filePath("pareto.json");
+        const Run s = pbllm_run({"sweep", model(), "--calib", QString::fromStdString(tinystories_train_path()), "--eval", val(),
+                                 "--eval-windows", "3", "--nsamples", "4", "--seqlen", "128", "--methods", "pb-gptq,gptq,billm",
+                                 "--salient", "0.1,0.3", "--bits", "3", "--billm-search", "weights", "--keep", keep, "-o",
+                                 table});
+        QCOMPARE(s.code, 0);
+        QVERIFY2(s.out.contains("| method | settings |"), s.out.constData());
+        QFile f(table);
+        QVERIFY(f.open(QIODevice::ReadOnly));
+        const QJsonObject report = QJsonDocument::fromJson(f.readAll()).object();
+        const QJsonArray rows = report["rows"].toArray();
+        QCOMPARE(rows.size(), 4); // pb-gptq x 2 ratios, gptq x 1 bit-width, billm x 1 search
+        double last_bits = 0.0;
+        QStringList settings;
+        for (const QJsonValue& v : rows) {
+            const QJsonObject r = v.toObject();
+            const double bits = r["bits_per_weight"].toObject()["measured"].toDouble();
+            QVERIFY(bits >= last_bits);
+            last_bits = bits;
+            settings << r["method"].toString() + " " + r["settings"].toString();
+            bool dominated = false;
+            for (const QJsonValue& w : rows)
+                dominated |= w != v && w.toObject()["bits_per_weight"].toObject()["measured"].toDouble() <= bits &&
+                             w.toObject()["ppl"].toDouble() < r["ppl"].toDouble();
+            QCOMPARE(r["pareto"].toBool(), !dominated);
+        }
+        settings.sort();
+        QCOMPARE(settings, (QStringList{"billm billm_search=weights", "gptq bits=3", "pb-gptq salient_ratio=0.1",
+                                        "pb-gptq salient_ratio=0.3"}));
+        // Each row's perplexity is its file's, evaluated apart.
+        const QStringList kept = QDir(keep).entryList({"*billm.pbllm.h5"});
+        QCOMPARE(kept.size(), 1);
+        const Run eval = pbllm_run({"eval", keep + "/" + kept.front(), "--text", val(), "--max-windows", "3", "--packed",
+                                    "off", "--json"});
+        for (const QJsonValue& v : rows)
+            if (v.toObject()["method"].toString() == "billm")
+                QCOMPARE(v.toObject()["ppl"].toDouble(), eval.json()["ppl"].toDouble());
+        const Run bad = pbllm_run({"sweep", model(), "--calib", val(), "--eval", val(), "--methods", "pb-gptq,qat"});
+        QCOMPARE(bad.code, 2);
+        QVERIFY2(bad.err.contains("'qat' is not one of pb-gptq, rtn, gptq, billm"), bad.err.constData());
+    }
+
     void quantizeKilledMidwayResumesToTheSameFile()
     {
         QTemporaryDir tmp;

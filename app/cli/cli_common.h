@@ -67,6 +67,7 @@ int run_calibrate(const QStringList& args);
 int run_saliency(const QStringList& args);
 int run_quantize(const QStringList& args);
 int run_methods(const QStringList& args);
+int run_sweep(const QStringList& args);
 int run_qat(const QStringList& args);
 int run_tokenize(const QStringList& args);
 

@@ -25,6 +25,7 @@ void print_usage()
                "  saliency  MODEL --calib CALIB.h5           salient-weight statistics per Linear\n"
                "  quantize  MODEL --calib TEXT|CALIB.h5 -o OUT.pbllm.h5   PB-GPTQ / RTN / GPTQ / BiLLM\n"
                "  methods                         the quantization methods and their settings\n"
+               "  sweep     MODEL --calib TEXT --eval TEXT   methods x settings: PPL against measured bits\n"
                "  qat       MODEL --train TEXT -o OUT.pbllm.h5            quantization-aware training\n"
                "  bench                           speed of evaluation and generation\n"
                "  synth     --shape NAME -o DIR   a SYNTHETIC model of a real shape, for benchmarks\n"
@@ -60,6 +61,7 @@ int main(int argc, char** argv)
         {"saliency", pbllm::cli::run_saliency},   {"quantize", pbllm::cli::run_quantize},
         {"qat", pbllm::cli::run_qat},           {"synth", pbllm::cli::run_synth},
         {"tokenize", pbllm::cli::run_tokenize},   {"methods", pbllm::cli::run_methods},
+        {"sweep", pbllm::cli::run_sweep},
     };
     const auto command = commands.find(args[1]);
     if (command == commands.end()) {

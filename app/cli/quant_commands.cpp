@@ -2,23 +2,27 @@
 #include "app/cli/cli_common.h"
 
 #include "core/calibration.h"
-#include "core/quant/registry.h"
 #include "core/calibration_file.h"
 #include "core/error.h"
 #include "core/evaluation.h"
 #include "core/model.h"
 #include "core/packed_checkpoint.h"
 #include "core/ptq.h"
+#include "core/quant/registry.h"
 #include "core/saliency.h"
 #include "core/streamed_ptq.h"
 #include "core/system.h"
 #include "core/tokenizer.h"
 
 #include <ATen/ATen.h>
+#include <QDir>
+#include <QFile>
 #include <QFileInfo>
+#include <QTemporaryDir>
 #include <QJsonArray>
 #include <QJsonDocument>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 
@@ -412,6 +416,227 @@ int run_quantize(const QStringList& args)
     if (report.contains("ppl_before"))
         std::printf("perplexity before %.4f, after %.4f (%lld windows)\n", report["ppl_before"].toDouble(),
                     report["ppl_after"].toDouble(), static_cast<long long>(report["eval_windows"].toDouble()));
+    return 0;
+}
+
+namespace {
+
+/// One point of a sweep: a method and the values of the settings it reads.
+struct SweepPoint {
+    QuantPlan plan;
+    std::string label; ///< "salient_ratio=0.1", "bits=3", "billm_search=weights"
+};
+
+QStringList list_option(const CommandLine& cl, const char* name)
+{
+    QStringList items = cl.value(name).split(',', Qt::SkipEmptyParts);
+    for (QString& item : items)
+        item = item.trimmed();
+    if (items.isEmpty())
+        throw UsageError{std::string("--") + name + " needs at least one value"};
+    return items;
+}
+
+std::vector<double> number_list(const CommandLine& cl, const char* name, double lo, double hi)
+{
+    std::vector<double> values;
+    for (const QString& item : list_option(cl, name)) {
+        bool ok = false;
+        const double v = item.toDouble(&ok);
+        if (!ok || !(v >= lo && v <= hi))
+            throw UsageError{std::string("--") + name + ": '" + item.toStdString() + "' is not a number in [" +
+                             QString::number(lo).toStdString() + ", " + QString::number(hi).toStdString() + "]"};
+        values.push_back(v);
+    }
+    return values;
+}
+
+bool reads(const MethodInfo& m, const char* setting)
+{
+    return std::any_of(m.settings.begin(), m.settings.end(), [&](const char* k) { return std::string(k) == setting; });
+}
+
+/// Every combination of the swept values that each method reads (the rest stay at the base plan).
+std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& base)
+{
+    const std::vector<double> ratios = number_list(cl, "salient", 0.0, 1.0);
+    std::vector<int> bits;
+    for (double b : number_list(cl, "bits", 2, 8))
+        bits.push_back(static_cast<int>(b));
+    std::vector<BillmSearch> searches;
+    for (const QString& s : list_option(cl, "billm-search")) {
+        try {
+            searches.push_back(parse_billm_search(s.toStdString()));
+        } catch (const Error& e) {
+            throw UsageError{std::string("--billm-search: ") + e.what()};
+        }
+    }
+    std::vector<SweepPoint> points;
+    for (const QString& name : list_option(cl, "methods")) {
+        const MethodInfo* m = find_method(name.toStdString());
+        if (!m || !m->quantize)
+            throw UsageError{"--methods: '" + name.toStdString() + "' is not one of " + method_names(true)};
+        SweepPoint p{base, ""};
+        p.plan.config.layer.method = m->id;
+        std::vector<SweepPoint> expanded{p};
+        auto expand = [&](auto values, auto apply) {
+            std::vector<SweepPoint> next;
+            for (const SweepPoint& q : expanded)
+                for (const auto& v : values) {
+                    SweepPoint r = q;
+                    r.label += (r.label.empty() ? "" : " ") + apply(r.plan, v);
+                    next.push_back(r);
+                }
+            expanded = next;
+        };
+        if (reads(*m, "salient_ratio"))
+            expand(ratios, [](QuantPlan& plan, double v) {
+                plan.config.layer.salient_ratio = v;
+                return "salient_ratio=" + QString::number(v).toStdString();
+            });
+        if (reads(*m, "bits"))
+            expand(bits, [](QuantPlan& plan, int v) {
+                plan.config.layer.bits = v;
+                return "bits=" + std::to_string(v);
+            });
+        if (m->id == QuantMethod::Billm)
+            expand(searches, [](QuantPlan& plan, BillmSearch v) {
+                plan.config.billm_search = v;
+                return "billm_search=" + to_string(v);
+            });
+        points.insert(points.end(), expanded.begin(), expanded.end());
+    }
+    return points;
+}
+
+} // namespace
+
+int run_sweep(const QStringList& args)
+{
+    CommandLine cl("sweep", "Quantize with each method and setting, evaluate each result, and write one table of "
+                            "quality against measured bits (the Pareto view).", "[MODEL]");
+    cl.parser().addOption({"calib", "Calibration text, or a calibration file from 'pbllm calibrate'.", "FILE|CALIB.h5"});
+    cl.parser().addOption({"eval", "Text for perplexity.", "TEXT"});
+    cl.parser().addOption({"tokenizer", "Tokenizer (default: found beside the model).", "TOK"});
+    cl.parser().addOption({"methods", "Comma-separated methods (" + QString::fromStdString(method_names(true)) + ").",
+                           "LIST", "pb-gptq,rtn,billm"});
+    cl.parser().addOption({"salient", "Salient ratios, for the methods that read one.", "LIST", "0.05,0.1,0.2"});
+    cl.parser().addOption({"bits", "Bit-widths, for the methods that read one (gptq).", "LIST", "2,3,4"});
+    cl.parser().addOption({"billm-search", "BiLLM searches: scores, weights.", "LIST", "scores,weights"});
+    cl.parser().addOption({"plan", "Base QuantPlan JSON: what the sweep does not vary.", "PLAN.json"});
+    cl.parser().addOption({"nsamples", "Calibration windows (default 128).", "N"});
+    cl.parser().addOption({"seqlen", "Calibration window length (default: the model's context).", "N"});
+    cl.parser().addOption({"seed", "Calibration sampling seed (default 0).", "S"});
+    cl.parser().addOption({"eval-windows", "Evaluate only the first N windows (0 = all).", "N", "0"});
+    cl.parser().addOption({{"o", "output"}, "Write the table: .csv, .md or .json by extension.", "TABLE"});
+    cl.parser().addOption({"keep", "Keep each packed checkpoint in this folder (default: deleted after its row).", "DIR"});
+    cl.parse(args);
+    if (!cl.is_set("calib") || !cl.is_set("eval"))
+        throw UsageError{"--calib FILE and --eval TEXT are required"};
+    const QString table_path = cl.value("o");
+    const QString format = QFileInfo(table_path).suffix().toLower();
+    if (!table_path.isEmpty() && format != "csv" && format != "md" && format != "json")
+        throw UsageError{"-o: the table's extension must be .csv, .md or .json"};
+
+    QuantPlan base = cl.is_set("plan") ? QuantPlan::from_file(cl.value("plan").toStdString()) : QuantPlan{};
+    if (cl.is_set("nsamples")) base.config.nsamples = cl.int_value("nsamples", 1, 1 << 20);
+    if (cl.is_set("seqlen")) base.config.seqlen = cl.int_value("seqlen", 2, 1 << 20);
+    if (cl.is_set("seed")) base.config.seed = seed_value(cl);
+    const std::vector<SweepPoint> points = sweep_points(cl, base);
+    for (const SweepPoint& p : points) {
+        try {
+            p.plan.validate();
+        } catch (const Error& e) {
+            throw UsageError{to_string(p.plan.config.layer.method) + " " + p.label + ": " + e.what()};
+        }
+    }
+
+    const Model m = cl.load_model(/*mapped=*/true);
+    const Tokenizer tok = cl.load_tokenizer(m);
+    const Calibration calib = calibration_input(cl, m, tok, base.config.nsamples, base.config.seqlen, base.config.seed);
+    PerplexitySettings ps;
+    ps.max_windows = cl.int_value("eval-windows", 0, 1 << 30);
+    const std::vector<int> tokens = tok.encode(read_text_file(cl.value("eval").toStdString()));
+    QTemporaryDir scratch;
+    const QString dir = cl.is_set("keep") ? cl.value("keep") : scratch.path();
+    if (!QDir().mkpath(dir))
+        throw Error(dir.toStdString() + ": cannot create the folder for the checkpoints");
+
+    struct Row {
+        std::string method, settings;
+        BitsPerWeight bits;
+        std::int64_t file_bytes = 0;
+        double ppl = 0.0, seconds = 0.0;
+        bool pareto = false;
+    };
+    std::vector<Row> rows;
+    const EvalResult reference = evaluate_perplexity(m, tokens, ps, print_progress);
+    std::fprintf(stderr, "full precision: perplexity %.4f (%lld windows)\n", reference.ppl,
+                 static_cast<long long>(reference.windows));
+    for (std::size_t i = 0; i < points.size(); ++i) {
+        const SweepPoint& p = points[i];
+        const std::string method = to_string(p.plan.config.layer.method);
+        QuantizeToFileOptions options;
+        options.output = (dir + QString("/%1-%2.pbllm.h5").arg(i, 2, 10, QChar('0')).arg(QString::fromStdString(method)))
+                             .toStdString();
+        options.overwrite = true;
+        options.model_fingerprint = model_fingerprint(m);
+        options.header.source_sha256 = model_sha256(m);
+        options.header.calibration_sha256 = calib.text_sha256;
+        options.header.tokenizer_bytes = tok.model_bytes();
+        const QuantizeToFileResult q = quantize_to_file(m, calib.windows, p.plan, options, print_progress);
+        const EvalResult e = evaluate_perplexity(read_packed_checkpoint(options.output).quantized.model, tokens, ps, print_progress);
+        rows.push_back({method, p.label, q.bits, q.file_bytes, e.ppl, q.seconds});
+        std::fprintf(stderr, "%zu/%zu %s %s: perplexity %.4f at %.3f measured bits/weight (%.1f s)\n", i + 1,
+                     points.size(), method.c_str(), p.label.c_str(), e.ppl, q.bits.measured, q.seconds);
+        if (!cl.is_set("keep"))
+            QFile::remove(QString::fromStdString(options.output));
+    }
+    // Quality against measured bits: a row is on the Pareto front when no other row has no more
+    // bits and a lower perplexity.
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.bits.measured < b.bits.measured; });
+    for (Row& r : rows)
+        r.pareto = std::none_of(rows.begin(), rows.end(), [&](const Row& o) {
+            return &o != &r && o.bits.measured <= r.bits.measured && o.ppl < r.ppl;
+        });
+
+    QJsonArray json_rows;
+    QString csv = "method,settings,headline_bits,with_index_bits,measured_bits,file_bytes,ppl,seconds,pareto\n";
+    QString md = QString("Full precision: perplexity %1 over %2 windows.\n\n").arg(reference.ppl, 0, 'f', 4).arg(reference.windows) +
+                 "| method | settings | bits: headline | with index | measured | file | PPL | time | Pareto |\n"
+                 "|---|---|---|---|---|---|---|---|---|\n";
+    for (const Row& r : rows) {
+        const QString method = QString::fromStdString(r.method), settings = QString::fromStdString(r.settings);
+        json_rows.append(QJsonObject{{"method", method},
+                                     {"settings", settings},
+                                     {"bits_per_weight", bits_json(r.bits)},
+                                     {"file_bytes", static_cast<double>(r.file_bytes)},
+                                     {"ppl", r.ppl},
+                                     {"seconds", r.seconds},
+                                     {"pareto", r.pareto}});
+        csv += QString("%1,%2,%3,%4,%5,%6,%7,%8,%9\n").arg(method, settings).arg(r.bits.headline, 0, 'f', 4)
+                   .arg(r.bits.with_index, 0, 'f', 4).arg(r.bits.measured, 0, 'f', 4).arg(r.file_bytes)
+                   .arg(r.ppl, 0, 'f', 4).arg(r.seconds, 0, 'f', 1).arg(r.pareto ? "yes" : "no");
+        md += QString("| %1 | %2 | %3 | %4 | %5 | %6 KiB | %7 | %8 s | %9 |\n").arg(method, settings)
+                  .arg(r.bits.headline, 0, 'f', 3).arg(r.bits.with_index, 0, 'f', 3).arg(r.bits.measured, 0, 'f', 3)
+                  .arg(static_cast<double>(r.file_bytes) / 1024.0, 0, 'f', 0).arg(r.ppl, 0, 'f', 2)
+                  .arg(r.seconds, 0, 'f', 1).arg(r.pareto ? "*" : "");
+    }
+    const QJsonObject report{{"reference_ppl", reference.ppl},
+                             {"eval_windows", static_cast<double>(reference.windows)},
+                             {"calibration", QString("%1 windows x %2 tokens").arg(calib.windows.size())
+                                                 .arg(calib.windows.empty() ? 0 : calib.windows.front().size())},
+                             {"rows", json_rows}};
+    if (!table_path.isEmpty()) {
+        const QByteArray bytes = format == "csv" ? csv.toUtf8()
+                                 : format == "md" ? md.toUtf8()
+                                                  : QJsonDocument(report).toJson(QJsonDocument::Indented);
+        write_file_atomically(table_path.toStdString(), bytes.toStdString());
+    }
+    if (cl.json())
+        print_json(report);
+    else
+        std::fputs(md.toUtf8().constData(), stdout);
     return 0;
 }
 

@@ -3,6 +3,8 @@
 #include "core/error.h"
 #include "core/quant/methods/billm/billm.h"
 
+#include <ATen/ATen.h>
+
 namespace pbllm {
 
 const std::vector<MethodInfo>& methods()
@@ -65,6 +67,14 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at
                                 const LayerQuantSettings& settings, const GptqOptions& options,
                                 double reference_energy)
 {
+    // What every method needs of its inputs, checked once here.
+    if (W.dim() != 2)
+        throw Error(name + ": a Linear weight must be 2-D");
+    const std::int64_t cols = W.size(1);
+    if (!at::isfinite(W).all().item<bool>())
+        throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
+    if (H.defined() && (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols))
+        throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
     const MethodInfo& m = method_info(settings.method);
     if (!m.quantize)
         throw Error(name + ": " + m.name + " is a training method, not a post-training quantizer (use pbllm " + m.name +

@@ -99,13 +99,14 @@ private:
     double square_sum_ = 0.0;
 };
 
-/// A RankedSet, or the complement of one within a universe (`part` set): totals and prefix sums.
+/// A RankedSet's totals and prefix sums. Each side of a split is its own set, built by insertion
+/// (never all minus the other side): on heavy-tailed scores a difference of sums would lose the
+/// small side's error in rounding.
 struct SetSums {
     const RankedSet* set = nullptr;
-    const RankedSet* part = nullptr; ///< subtracted when set
     Moments total;
     double square_sum = 0.0;
-    Moments below(double v) const { return part ? set->below(v) - part->below(v) : set->below(v); }
+    Moments below(double v) const { return set->below(v); }
 };
 
 /// sum over the members x in [lo, hi) of |x - t|.
@@ -155,12 +156,7 @@ double second_order_error(const SetSums& s)
     return std::max(0.0, residual_squares - n * mu2 * mu2 - n * a2 * a2);
 }
 
-SetSums sums_of(const RankedSet& set) { return {&set, nullptr, set.total(), set.square_sum()}; }
-
-SetSums complement(const RankedSet& universe, const RankedSet& part)
-{
-    return {&universe, &part, universe.total() - part.total(), universe.square_sum() - part.square_sum()};
-}
+SetSums sums_of(const RankedSet& set) { return {&set, set.total(), set.square_sum()}; }
 
 /// Sums per-row errors (rows, candidates) in row order: the same total on any number of threads.
 std::vector<double> column_sums(const std::vector<double>& per_row, std::int64_t rows, std::size_t candidates)
@@ -170,6 +166,20 @@ std::vector<double> column_sums(const std::vector<double>& per_row, std::int64_t
         for (std::size_t c = 0; c < candidates; ++c)
             total[c] += per_row[static_cast<std::size_t>(r) * candidates + c];
     return total;
+}
+
+/// Sorts in one chunk per thread, then merges the chunks (a 4096-row block holds 524k keys).
+void sort_in_parallel(std::vector<float>& v)
+{
+    const std::int64_t n = static_cast<std::int64_t>(v.size());
+    const std::int64_t chunks = std::max<std::int64_t>(1, std::min<std::int64_t>(at::get_num_threads(), n / 65536));
+    const std::int64_t width = (n + chunks - 1) / std::max<std::int64_t>(chunks, 1);
+    at::parallel_for(0, chunks, 1, [&](std::int64_t c0, std::int64_t c1) {
+        for (std::int64_t c = c0; c < c1; ++c)
+            std::sort(v.begin() + std::min(n, c * width), v.begin() + std::min(n, (c + 1) * width));
+    });
+    for (std::int64_t c = 1; c < chunks; ++c)
+        std::inplace_merge(v.begin(), v.begin() + std::min(n, c * width), v.begin() + std::min(n, (c + 1) * width));
 }
 
 std::size_t first_minimum(const std::vector<double>& errors)
@@ -199,7 +209,8 @@ BillmBlockChoice billm_search_block(const at::Tensor& scores_in, const at::Tenso
                      [&](std::int64_t a, std::int64_t b) { return col_score[a] > col_score[b]; });
 
     // 1. The salient column count k: salient columns and the rest each binarized to second order
-    //    (as the authors' code scores this search), the smallest total error wins.
+    //    (the authors' code scores this search so; METHODS-BEYOND.md's steps 3-4 would split the
+    //    rest at a break point for every k, 81 times the work), the smallest total error wins.
     const std::size_t K = static_cast<std::size_t>(std::max<std::int64_t>(1, std::min<std::int64_t>(max_salient_columns, nb)));
     std::vector<double> per_row(static_cast<std::size_t>(rows) * K);
     at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
@@ -229,12 +240,17 @@ BillmBlockChoice billm_search_block(const at::Tensor& scores_in, const at::Tenso
                 sorted[i] = row[order[i]];
                 rank[order[i]] = i;
             }
-            RankedSet all(sorted), salient(sorted);
-            for (std::size_t i = 0; i < sorted.size(); ++i)
-                all.insert(i);
+            // Salient sets grow with k; the rest, columns k.. of the order, grow as k falls.
+            RankedSet salient(sorted), rest(sorted);
             for (std::size_t k = 1; k <= K; ++k) {
                 salient.insert(rank[static_cast<std::size_t>(choice.column_order[k - 1])]);
-                out[k - 1] = second_order_error(sums_of(salient)) + second_order_error(complement(all, salient));
+                out[k - 1] = second_order_error(sums_of(salient));
+            }
+            for (std::size_t i = static_cast<std::size_t>(nb); i > K; --i)
+                rest.insert(rank[static_cast<std::size_t>(choice.column_order[i - 1])]);
+            for (std::size_t k = K; k >= 1; --k) {
+                out[k - 1] += second_order_error(sums_of(rest));
+                rest.insert(rank[static_cast<std::size_t>(choice.column_order[k - 1])]);
             }
         }
     });
@@ -251,7 +267,7 @@ BillmBlockChoice billm_search_block(const at::Tensor& scores_in, const at::Tenso
         for (std::int64_t r = 0; r < rows; ++r)
             for (std::int64_t c = 0; c < nb; ++c)
                 keys[static_cast<std::size_t>(r * nb + c)] = salient_col[static_cast<std::size_t>(c)] ? 0.0f : std::fabs(S[r * nb + c]);
-        std::sort(keys.begin(), keys.end());
+        sort_in_parallel(keys);
         for (int t = 0; t < kBreakCandidates; ++t)
             choice.break_candidates.push_back(static_cast<float>(quantile_of_sorted(keys, 0.10 + 0.01 * t)));
     }
@@ -287,14 +303,19 @@ BillmBlockChoice billm_search_block(const at::Tensor& scores_in, const at::Tenso
                 sorted[i] = V[r * nb + members[by_value[i]]];
                 rank[by_value[i]] = i;
             }
-            RankedSet universe(sorted), concentrated(sorted);
-            for (std::size_t i = 0; i < m; ++i)
-                universe.insert(i);
+            // Concentrated sets (key < p) grow with p, sparse ones (key >= p) as p falls.
+            RankedSet concentrated(sorted), sparse(sorted);
             std::size_t next = 0;
             for (std::size_t t = 0; t < P; ++t) {
                 while (next < m && key(members[by_key[next]]) < choice.break_candidates[t])
                     concentrated.insert(rank[by_key[next++]]);
-                out[t] = first_order_error(sums_of(concentrated)) + first_order_error(complement(universe, concentrated));
+                out[t] = first_order_error(sums_of(concentrated));
+            }
+            std::size_t last = m; // members by_key[last..] are in `sparse`
+            for (std::size_t t = P; t-- > 0;) {
+                while (last > 0 && key(members[by_key[last - 1]]) >= choice.break_candidates[t])
+                    sparse.insert(rank[by_key[--last]]);
+                out[t] += first_order_error(sums_of(sparse));
             }
         }
     });
@@ -372,15 +393,9 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
                                const LayerQuantSettings& settings, const GptqOptions& options, double reference_energy)
 {
     const auto start = std::chrono::steady_clock::now();
-    if (W_in.dim() != 2)
-        throw Error(name + ": a Linear weight must be 2-D");
-    const std::int64_t rows = W_in.size(0), cols = W_in.size(1);
-    if (!at::isfinite(W_in).all().item<bool>())
-        throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
+    const std::int64_t rows = W_in.size(0), cols = W_in.size(1); // checked by quantize_linear
     if (!H.defined())
         throw Error(name + ": billm compensates each block's error through the Hessian: it needs calibration data");
-    if (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols)
-        throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
     if (options.act_order)
         throw Error(name + ": billm does not reorder columns (act-order is for the GPTQ solver)");
     if (options.groupsize > 0)
@@ -401,7 +416,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
     W.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
     // H stays: the output error's numerator needs a product with it (BiLLM has no GPTQ losses).
     const at::Tensor& U = factors.upper_inverse;
-    const at::Tensor d = U.diagonal().contiguous(); // compensation divides by U_jj
+    const at::Tensor d = U.diagonal().contiguous(); // U_jj: the saliency's denominator
     const at::Tensor saliency_d = settings.metric == SaliencyMetric::HessianInvDiag ? factors.inverse_diag : d;
 
     BlockBinaryCodes& codes = q.block_binary;
@@ -421,7 +436,9 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
         const at::Tensor Sb = settings.metric == SaliencyMetric::Magnitude
                                   ? Wb.abs()
                                   : (Wb.pow(2) / saliency_d.narrow(0, b0, nb).pow(2).unsqueeze(0)).contiguous();
-        const at::Tensor Vb = options.billm_search == BillmSearch::Scores ? Sb : Wb;
+        // The authors' code searches on S, or on the signed weights when its metric is magnitude.
+        const at::Tensor Vb =
+            options.billm_search == BillmSearch::Scores && settings.metric != SaliencyMetric::Magnitude ? Sb : Wb;
         const BillmBlockChoice choice = billm_search_block(Sb, Vb, options.billm_max_salient_columns);
 
         at::Tensor salient_col = at::zeros({nb}, at::kBool);
@@ -446,15 +463,21 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
         writer.Q = Qb.data_ptr<float>();
         at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) { writer.rows(r0, r1); });
         q.dequantized.narrow(1, b0, nb).copy_(Qb);
-        // The whole block at once, then its error into the later columns (no feedback inside it).
+        // The block is quantized at once, then its error goes into the later columns. The
+        // authors' code walks the block's columns as GPTQ does with Q fixed: column j's scaled
+        // error e_j = (w_j - q_j) / U_jj is taken after the earlier columns' errors updated w_j,
+        // so (W - Q)_block = E U_block,block and E is one triangular solve. (E = (W - Q) / U_jj,
+        // the diagonal of that solve, compensates worse than nothing on correlated Hessians:
+        // tst_methods.)
         if (b1 < cols) {
-            const at::Tensor E = (Wb - Qb) / d.narrow(0, b0, nb).unsqueeze(0);
+            const at::Tensor E = at::linalg_solve_triangular(U.narrow(0, b0, nb).narrow(1, b0, nb), Wb - Qb,
+                                                             /*upper=*/true, /*left=*/false);
             W.narrow(1, b1, cols - b1).addmm_(E, U.narrow(0, b0, nb).narrow(1, b1, cols - b1), /*beta=*/1, /*alpha=*/-1);
         }
     }
     W = at::Tensor();
 
-    q.salient = codes.salient_cols.unsqueeze(0).expand({rows, cols});
+    q.salient = codes.salient_cols.unsqueeze(0).expand({rows, cols}).contiguous();
     q.salient_ratio = codes.salient_cols.to(at::kDouble).mean().item<double>();
     at::Tensor original = W_in.to(at::kCPU, at::kFloat).clone();
     original.masked_fill_(factors.dead.unsqueeze(0), 0.0f);

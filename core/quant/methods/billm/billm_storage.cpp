@@ -71,6 +71,8 @@ void validate_block_binary_fields(const PackedLinear& p, const std::string& what
         fail("implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
     if (p.block < 1 || p.block > (1 << 20))
         fail("block size " + std::to_string(p.block) + " is not in 1..2^20");
+    if (p.grid_bits != 2 || p.groupsize != 0)
+        fail("a billm Linear stores salient_bits 2 and groupsize 0");
     auto sized = [&](const std::vector<std::uint8_t>& v, std::int64_t bits, const char* name) {
         if (static_cast<std::int64_t>(v.size()) != (bits + 7) / 8)
             fail(std::string(name) + " holds " + std::to_string(v.size()) + " bytes, expected " +
@@ -132,7 +134,7 @@ QuantizedLinear unpack_block_binary(const PackedLinear& p, const std::string& wh
     q.dequantized = q.dequantize();
     if (!at::isfinite(q.dequantized).all().item<bool>())
         throw Error(what + ": dequantized weights are not finite");
-    q.salient = codes.salient_cols.unsqueeze(0).expand({p.rows, p.cols});
+    q.salient = codes.salient_cols.unsqueeze(0).expand({p.rows, p.cols}).contiguous();
     q.salient_ratio = static_cast<double>(salient) / static_cast<double>(p.weights());
     return q;
 }
