@@ -1,6 +1,7 @@
 #include "core/gptq.h"
 
 #include "core/error.h"
+#include "core/quant/registry.h"
 #include "core/saliency.h"
 #include "core/simd.h"
 
@@ -15,14 +16,14 @@ namespace pbllm {
 
 int QuantizedLinear::grid_bits() const
 {
-    if (settings.method == QuantMethod::Billm)
+    if (stores_block_binary(settings.method))
         return 2; // a salient weight's two sign bits: BiLLM's headline counts 2 bits there
     return settings.method == QuantMethod::Gptq ? settings.bits : settings.salient_bits;
 }
 
 at::Tensor QuantizedLinear::dequantize() const
 {
-    if (settings.method == QuantMethod::Billm)
+    if (stores_block_binary(settings.method))
         return block_binary.dequantize(rows, cols);
     const std::int64_t grid_groups = grid.scale.defined() ? grid.scale.size(1) : 1;
     auto expand = [&](const at::Tensor& per_group, std::int64_t groups) {
@@ -54,7 +55,7 @@ void QuantizedLinear::validate() const
     };
     if (rows <= 0 || cols <= 0)
         fail("empty shape");
-    if (settings.method == QuantMethod::Billm) {
+    if (stores_block_binary(settings.method)) {
         block_binary.validate(rows, cols, name);
         return;
     }

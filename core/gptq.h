@@ -51,6 +51,7 @@ struct GptqOptions {
     /// denominator costs one such product unless the caller passes it.
     bool measure_output_error = true;
     BillmSearch billm_search = BillmSearch::Scores; ///< BiLLM: what its searches score on
+    BillmCompensation billm_compensation = BillmCompensation::Diagonal; ///< BiLLM: the block's error
     int billm_max_salient_columns = 49;             ///< BiLLM: k = 1 .. this (the code's up_lim 50)
 };
 

@@ -1,6 +1,7 @@
 #include "core/packed_checkpoint.h"
 
 #include "core/error.h"
+#include "core/quant/registry.h"
 #include "core/hdf5_io.h"
 #include "core/packed_hdf5.h"
 #include "core/packed_runtime.h"
@@ -52,7 +53,7 @@ std::int64_t PackedLinear::bytes() const
 PackedLinear pack_linear(const QuantizedLinear& q)
 {
     q.validate();
-    if (q.settings.method == QuantMethod::Billm)
+    if (stores_block_binary(q.settings.method))
         return pack_block_binary(q);
     PackedLinear p;
     p.name = q.name;
@@ -113,7 +114,7 @@ void validate_packed_fields(const PackedLinear& p, const std::string& what)
     auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     if (p.rows <= 0 || p.cols <= 0 || p.rows > (1 << 24) || p.cols > (1 << 24))
         fail("implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
-    if (p.method == QuantMethod::Billm)
+    if (stores_block_binary(p.method))
         return validate_block_binary_fields(p, what);
     if (!((p.grid_bits >= 2 && p.grid_bits <= 8) || p.grid_bits == 16))
         fail("salient bit-width " + std::to_string(p.grid_bits) + " is not 2..8 or 16");
@@ -147,7 +148,7 @@ QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
 {
     auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     validate_packed_fields(p, what);
-    if (p.method == QuantMethod::Billm)
+    if (stores_block_binary(p.method))
         return unpack_block_binary(p, what);
     const std::int64_t n = p.weights();
     const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
@@ -232,7 +233,7 @@ BitsPerWeight bits_per_weight(const std::vector<LinearBits>& linears)
         const double headline = p.method == QuantMethod::Gptq ? p.grid_bits : p.grid_bits * r + (1.0 - r);
         b.headline += headline * w;
         // A block binarizer's bitmaps are its index: with_bitmap counts them as stored.
-        b.with_bitmap += p.method == QuantMethod::Billm ? headline * w + 8.0 * static_cast<double>(p.index_bytes)
+        b.with_bitmap += stores_block_binary(p.method) ? headline * w + 8.0 * static_cast<double>(p.index_bytes)
                                                          : (headline + (p.method == QuantMethod::Gptq ? 0.0 : 1.0)) * w;
         b.with_index += headline * w + 8.0 * static_cast<double>(p.index_bytes);
         b.measured += 8.0 * static_cast<double>(p.bytes);
@@ -268,7 +269,7 @@ bool has_hdf5_signature(const std::string& path)
 void write_packed_linear(const Writer& w, hid_t parent, const PackedLinear& p)
 {
     const Hid g = w.group(parent, p.name);
-    if (p.method == QuantMethod::Billm)
+    if (stores_block_binary(p.method))
         return write_block_binary(w, g.get(), p);
     w.attr(g.get(), "rows", p.rows);
     w.attr(g.get(), "cols", p.cols);
@@ -311,7 +312,7 @@ PackedLinear read_packed_linear(const Reader& r, hid_t parent, const std::string
     } catch (const Error& e) {
         throw Error(what + ": " + e.what());
     }
-    if (p.method == QuantMethod::Billm) {
+    if (stores_block_binary(p.method)) {
         read_block_binary(r, g.get(), p, what);
         return p;
     }

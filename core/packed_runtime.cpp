@@ -2,6 +2,7 @@
 
 #include "core/bitpack.h"
 #include "core/error.h"
+#include "core/quant/registry.h"
 #include "core/kernels/matvec.h"
 #include "core/ptq.h"
 
@@ -33,8 +34,8 @@ constexpr std::uint16_t kHalfOne = 0x3C00; // FP16 bits of 1.0: the scale of FP1
 
 std::string packed_kernels_unsupported(const PackedLinear& p)
 {
-    if (p.method == QuantMethod::Billm)
-        return "the packed kernels do not run block-binarized (billm) Linears yet";
+    if (stores_block_binary(p.method))
+        return "the packed kernels do not run block-binarized (" + to_string(p.method) + ") Linears yet";
     const std::int64_t groups = parameter_groups(p);
     if (groups <= 1)
         return "";

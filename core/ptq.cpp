@@ -1,6 +1,7 @@
 #include "core/ptq.h"
 
 #include "core/calibration.h"
+#include "core/quant/registry.h"
 #include "core/error.h"
 #include "core/system.h"
 #include "core/llama.h"
@@ -92,6 +93,7 @@ LayerwiseQuantizer::LayerwiseQuantizer(const Model& model, const std::vector<std
     options_.percdamp = cfg.percdamp;
     options_.act_order = cfg.act_order;
     options_.billm_search = cfg.billm_search;
+    options_.billm_compensation = cfg.billm_compensation;
     n_ = static_cast<std::int64_t>(windows.size());
     seqlen_ = static_cast<std::int64_t>(windows[0].size());
     std::vector<std::int64_t> flat;
@@ -214,7 +216,7 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
         for (int l = 0; l < c.n_layers; ++l) {
             const LayerQuantSettings s = plan_.settings_for(linear_name(l, kind));
             bits = std::max(bits, s.method == QuantMethod::Gptq    ? s.bits + 1.0
-                                  : s.method == QuantMethod::Billm ? 3.5 // ~3.1 measured at block 128
+                                  : stores_block_binary(s.method) ? 3.5 // ~3.1 measured at block 128
                                                                    : s.salient_bits * s.salient_ratio + 2.0);
         }
         kept_bytes += static_cast<std::int64_t>(std::ceil(bits / 8.0 * static_cast<double>(rows * cols)));

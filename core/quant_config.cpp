@@ -36,6 +36,15 @@ std::string to_string(QuantMethod m) { return method_info(m).name; }
 
 std::string to_string(BillmSearch s) { return s == BillmSearch::Scores ? "scores" : "weights"; }
 
+std::string to_string(BillmCompensation c) { return c == BillmCompensation::Diagonal ? "diagonal" : "exact"; }
+
+BillmCompensation parse_billm_compensation(const std::string& s)
+{
+    if (s == "diagonal") return BillmCompensation::Diagonal;
+    if (s == "exact") return BillmCompensation::Exact;
+    throw Error("BiLLM compensation '" + s + "' is not one of diagonal, exact");
+}
+
 BillmSearch parse_billm_search(const std::string& s)
 {
     if (s == "scores") return BillmSearch::Scores;
@@ -140,15 +149,15 @@ void QuantPlan::validate() const
 {
     config.validate();
     // Settings a method cannot run with are refused now, not hours into a streamed run.
-    bool billm = config.layer.method == QuantMethod::Billm;
+    bool billm = stores_block_binary(config.layer.method);
     for (const PlanRule& r : rules)
-        billm |= r.method == QuantMethod::Billm;
+        billm |= r.method && stores_block_binary(*r.method);
     if (billm && config.act_order)
-        throw Error("billm does not reorder columns: act_order applies to the GPTQ solver only");
+        throw Error("billm and arb do not reorder columns: act_order applies to the GPTQ solver only");
     if (billm && config.groupsize > 0)
-        throw Error("billm keeps its parameters per block of columns: groupsize must be 0");
+        throw Error("billm and arb keep their parameters per block of columns: groupsize must be 0");
     if (billm && config.blocksize < 2)
-        throw Error("billm needs blocks of at least 2 columns (blocksize " + std::to_string(config.blocksize) + ")");
+        throw Error("billm and arb need blocks of at least 2 columns (blocksize " + std::to_string(config.blocksize) + ")");
     for (const PlanRule& r : rules) {
         if (r.pattern.empty())
             throw Error("a plan rule has an empty pattern");
@@ -188,6 +197,8 @@ std::string QuantPlan::to_json() const
     root.insert("quantize_head", config.quantize_head);
     if (config.billm_search != BillmSearch::Scores) // written only when set: older plans stay byte-identical
         root.insert("billm_search", QString::fromStdString(to_string(config.billm_search)));
+    if (config.billm_compensation != BillmCompensation::Diagonal)
+        root.insert("billm_compensation", QString::fromStdString(to_string(config.billm_compensation)));
     QJsonArray rules_json;
     for (const PlanRule& r : rules) {
         QJsonObject o{{"pattern", QString::fromStdString(r.pattern)}};
@@ -260,6 +271,8 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
         else if (k == "seqlen") c.seqlen = integer(root, k);
         else if (k == "quantize_head") c.quantize_head = boolean(root, k);
         else if (k == "billm_search") c.billm_search = wrap(k, [&] { return parse_billm_search(text(root, k)); });
+        else if (k == "billm_compensation")
+            c.billm_compensation = wrap(k, [&] { return parse_billm_compensation(text(root, k)); });
         else if (k == "seed") {
             bool ok = it.value().isString() || it.value().isDouble();
             const QString s = it.value().isString() ? it.value().toString() : QString::number(it.value().toDouble(), 'f', 0);

@@ -28,12 +28,19 @@ enum class QuantMethod {
     Gptq,   ///< plain GPTQ at `bits` for every weight (baseline)
     Qat,    ///< partial binarization learned by quantization-aware training (stored like pb-gptq)
     Billm,  ///< BiLLM: residual binarization of salient columns, split binarization of the rest
+    Arb,    ///< BiLLM's pipeline with ARB-LLM's alternating refined binarization of every group
 };
 
 /// What BiLLM's searches score a candidate on (the paper and the authors' code differ).
 enum class BillmSearch {
     Scores,  ///< binarize the saliency scores S, error measured on S (the authors' code; default)
     Weights, ///< binarize W, error measured on W (the paper's description)
+};
+
+/// How BiLLM carries a block's error into the later columns.
+enum class BillmCompensation {
+    Diagonal, ///< E = (W - Q) / U_jj per column (the authors' code and METHODS-BEYOND.md; default)
+    Exact,    ///< E with (W - Q)_block = E U_block,block: GPTQ's column walk with Q fixed
 };
 
 /// Settings for one Linear (or the global defaults).
@@ -59,6 +66,7 @@ struct QuantConfig {
     std::uint64_t seed = 0;      ///< calibration sampling seed
     bool quantize_head = false;  ///< also quantize the output head (not tied embeddings)
     BillmSearch billm_search = BillmSearch::Scores; ///< what BiLLM's searches score on
+    BillmCompensation billm_compensation = BillmCompensation::Diagonal; ///< BiLLM's block compensation
 
     static QuantConfig defaults() { return {}; }
     /// Throws Error naming the setting when a value is impossible.
@@ -97,6 +105,8 @@ std::string to_string(Binarizer b);
 std::string to_string(QuantMethod m);
 std::string to_string(BillmSearch s);
 BillmSearch parse_billm_search(const std::string& s);
+std::string to_string(BillmCompensation c);
+BillmCompensation parse_billm_compensation(const std::string& s);
 SaliencyMetric parse_metric(const std::string& s);
 Binarizer parse_binarizer(const std::string& s);
 QuantMethod parse_method(const std::string& s);

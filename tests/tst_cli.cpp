@@ -386,10 +386,10 @@ private Q_SLOTS:
         QStringList names;
         for (const QJsonValue& m : listed.json()["methods"].toArray())
             names << m.toObject()["name"].toString();
-        QCOMPARE(names, (QStringList{"pb-gptq", "rtn", "gptq", "qat", "billm"}));
+        QCOMPARE(names, (QStringList{"pb-gptq", "rtn", "gptq", "qat", "billm", "arb"}));
         const Run unknown = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--method", "bilm"});
         QCOMPARE(unknown.code, 2);
-        QVERIFY2(unknown.err.contains("'bilm' is not one of pb-gptq, rtn, gptq, qat, billm"), unknown.err.constData());
+        QVERIFY2(unknown.err.contains("'bilm' is not one of pb-gptq, rtn, gptq, qat, billm, arb"), unknown.err.constData());
     }
 
     /// pbllm sweep: one row per method and setting it reads, sorted by measured bits, each row's
@@ -424,7 +424,7 @@ private Q_SLOTS:
             QCOMPARE(r["pareto"].toBool(), !dominated);
         }
         settings.sort();
-        QCOMPARE(settings, (QStringList{"billm billm_search=weights", "gptq bits=3", "pb-gptq salient_ratio=0.1",
+        QCOMPARE(settings, (QStringList{"billm billm_search=weights billm_compensation=diagonal", "gptq bits=3", "pb-gptq salient_ratio=0.1",
                                         "pb-gptq salient_ratio=0.3"}));
         // Each row's perplexity is its file's, evaluated apart.
         const QStringList kept = QDir(keep).entryList({"*billm.pbllm.h5"});
@@ -436,7 +436,7 @@ private Q_SLOTS:
                 QCOMPARE(v.toObject()["ppl"].toDouble(), eval.json()["ppl"].toDouble());
         const Run bad = pbllm_run({"sweep", model(), "--calib", val(), "--eval", val(), "--methods", "pb-gptq,qat"});
         QCOMPARE(bad.code, 2);
-        QVERIFY2(bad.err.contains("'qat' is not one of pb-gptq, rtn, gptq, billm"), bad.err.constData());
+        QVERIFY2(bad.err.contains("'qat' is not one of pb-gptq, rtn, gptq, billm, arb"), bad.err.constData());
     }
 
     void quantizeKilledMidwayResumesToTheSameFile()

@@ -4,6 +4,7 @@
 // independent recomputation.
 #include "core/error.h"
 #include "core/packed_checkpoint.h"
+#include "core/quant/methods/arb/arb.h"
 #include "core/quant/methods/billm/billm.h"
 #include "core/quant/registry.h"
 #include "core/saliency.h"
@@ -183,76 +184,154 @@ private Q_SLOTS:
     void billmBlockQuantizerMatchesRecomputation()
     {
         const std::int64_t rows = 6, cols = 56, block = 24;
-        at::Tensor W = heavy_tailed_weights(rows, cols, 5);
         const at::Tensor H = correlated_hessian(cols);
         GptqOptions o;
         o.blocksize = block;
         LayerQuantSettings s;
         s.method = QuantMethod::Billm;
-        const QuantizedLinear q = quantize_linear("w", W, H, s, o);
         const HessianFactors f = factor_hessian(H, o.percdamp, "w");
         const at::Tensor d = f.upper_inverse.diagonal().contiguous();
-        W = W.clone();
-        for (std::int64_t b0 = 0; b0 < cols; b0 += block) {
-            const std::int64_t nb = std::min(block, cols - b0);
-            const at::Tensor Wb = W.narrow(1, b0, nb).contiguous();
-            const at::Tensor Sb = (Wb.pow(2) / d.narrow(0, b0, nb).pow(2).unsqueeze(0)).contiguous();
-            const BillmBlockChoice c = billm_search_block(Sb, Sb, 49);
-            std::vector<bool> salient(static_cast<std::size_t>(nb), false);
-            for (int i = 0; i < c.salient_columns; ++i)
-                salient[static_cast<std::size_t>(c.column_order[static_cast<std::size_t>(i)])] = true;
-            for (std::int64_t r = 0; r < rows; ++r) {
-                // Groups: 0 salient, 1 concentrated, 2 sparse.
-                std::vector<std::vector<std::int64_t>> groups(3);
-                for (std::int64_t j = 0; j < nb; ++j) {
-                    const float key = std::fabs(Sb[r][j].item<float>());
-                    groups[salient[static_cast<std::size_t>(j)] ? 0 : key < c.break_point ? 1 : 2].push_back(j);
-                }
-                for (int g = 0; g < 3; ++g) {
-                    std::vector<double> x, out;
-                    for (std::int64_t j : groups[static_cast<std::size_t>(g)])
-                        x.push_back(Wb[r][j].item<float>());
-                    out.assign(x.size(), 0.0);
-                    for (int order = 0; order < (g == 0 ? 2 : 1) && !x.empty(); ++order) {
-                        double mu = 0.0, alpha = 0.0;
-                        for (double v : x) mu += v;
-                        mu = round_to_fp16(static_cast<float>(mu / static_cast<double>(x.size())));
-                        for (double v : x) alpha += std::abs(v - mu);
-                        alpha = round_to_fp16(static_cast<float>(alpha / static_cast<double>(x.size())));
-                        for (std::size_t i = 0; i < x.size(); ++i) {
-                            const double q1 = x[i] - mu >= 0 ? mu + alpha : mu - alpha;
-                            out[i] += q1;
-                            x[i] -= q1;
+        auto check = [&](const QuantizedLinear& q, bool exact) {
+            at::Tensor W = heavy_tailed_weights(rows, cols, 5);
+            for (std::int64_t b0 = 0; b0 < cols; b0 += block) {
+                const std::int64_t nb = std::min(block, cols - b0);
+                const at::Tensor Wb = W.narrow(1, b0, nb).contiguous();
+                const at::Tensor Sb = (Wb.pow(2) / d.narrow(0, b0, nb).pow(2).unsqueeze(0)).contiguous();
+                const BillmBlockChoice c = billm_search_block(Sb, Sb, 49);
+                std::vector<bool> salient(static_cast<std::size_t>(nb), false);
+                for (int i = 0; i < c.salient_columns; ++i)
+                    salient[static_cast<std::size_t>(c.column_order[static_cast<std::size_t>(i)])] = true;
+                for (std::int64_t r = 0; r < rows; ++r) {
+                    // Groups: 0 salient, 1 concentrated, 2 sparse.
+                    std::vector<std::vector<std::int64_t>> groups(3);
+                    for (std::int64_t j = 0; j < nb; ++j) {
+                        const float key = std::fabs(Sb[r][j].item<float>());
+                        groups[salient[static_cast<std::size_t>(j)] ? 0 : key < c.break_point ? 1 : 2].push_back(j);
+                    }
+                    for (int g = 0; g < 3; ++g) {
+                        std::vector<double> x, out;
+                        for (std::int64_t j : groups[static_cast<std::size_t>(g)])
+                            x.push_back(Wb[r][j].item<float>());
+                        out.assign(x.size(), 0.0);
+                        for (int order = 0; order < (g == 0 ? 2 : 1) && !x.empty(); ++order) {
+                            double mu = 0.0, alpha = 0.0;
+                            for (double v : x) mu += v;
+                            mu = round_to_fp16(static_cast<float>(mu / static_cast<double>(x.size())));
+                            for (double v : x) alpha += std::abs(v - mu);
+                            alpha = round_to_fp16(static_cast<float>(alpha / static_cast<double>(x.size())));
+                            for (std::size_t i = 0; i < x.size(); ++i) {
+                                const double q1 = x[i] - mu >= 0 ? mu + alpha : mu - alpha;
+                                out[i] += q1;
+                                x[i] -= q1;
+                            }
+                        }
+                        for (std::size_t i = 0; i < out.size(); ++i) {
+                            const std::int64_t j = groups[static_cast<std::size_t>(g)][i];
+                            const double got = q.dequantized[r][b0 + j].item<float>();
+                            QVERIFY2(std::abs(got - out[i]) <= 1e-6 * (1.0 + std::abs(out[i])),
+                                     qPrintable(QString("row %1 col %2 group %3: %4 vs %5").arg(r).arg(b0 + j).arg(g).arg(got).arg(out[i])));
                         }
                     }
-                    for (std::size_t i = 0; i < out.size(); ++i) {
-                        const std::int64_t j = groups[static_cast<std::size_t>(g)][i];
-                        const double got = q.dequantized[r][b0 + j].item<float>();
-                        QVERIFY2(std::abs(got - out[i]) <= 1e-6 * (1.0 + std::abs(out[i])),
-                                 qPrintable(QString("row %1 col %2 group %3: %4 vs %5").arg(r).arg(b0 + j).arg(g).arg(got).arg(out[i])));
+                }
+                if (b0 + nb < cols) {
+                    const at::Tensor delta = Wb - q.dequantized.narrow(1, b0, nb);
+                    at::Tensor E;
+                    if (!exact) { // the authors' compensation: each column's error over its own U_jj
+                        E = delta / d.narrow(0, b0, nb).unsqueeze(0);
+                    } else { // GPTQ's column walk with Q fixed, written out
+                        const at::Tensor Ub = f.upper_inverse.narrow(0, b0, nb).narrow(1, b0, nb);
+                        at::Tensor walk = delta.clone();
+                        E = at::zeros_like(delta);
+                        for (std::int64_t j = 0; j < nb; ++j) {
+                            E.select(1, j).copy_(walk.select(1, j) / Ub[j][j]);
+                            walk.narrow(1, j, nb - j).sub_(E.select(1, j).unsqueeze(1) * Ub[j].narrow(0, j, nb - j).unsqueeze(0));
+                        }
                     }
+                    W.narrow(1, b0 + nb, cols - b0 - nb)
+                        .addmm_(E, f.upper_inverse.narrow(0, b0, nb).narrow(1, b0 + nb, cols - b0 - nb), 1, -1);
                 }
             }
-            if (b0 + nb < cols) {
-                // GPTQ's column walk with Q fixed, written out: e_j from w_j as the earlier
-                // columns' errors updated it.
-                const at::Tensor Ub = f.upper_inverse.narrow(0, b0, nb).narrow(1, b0, nb);
-                at::Tensor walk = Wb.clone(), E = at::zeros_like(Wb);
-                for (std::int64_t j = 0; j < nb; ++j) {
-                    E.select(1, j).copy_((walk.select(1, j) - q.dequantized.select(1, b0 + j)) / Ub[j][j]);
-                    walk.narrow(1, j, nb - j).sub_(E.select(1, j).unsqueeze(1) * Ub[j].narrow(0, j, nb - j).unsqueeze(0));
-                }
-                W.narrow(1, b0 + nb, cols - b0 - nb)
-                    .addmm_(E, f.upper_inverse.narrow(0, b0, nb).narrow(1, b0 + nb, cols - b0 - nb), 1, -1);
-            }
-        }
-        // The compensation is what makes the output error small: it beats the same blocks
-        // quantized each from the original weights (H' = I: no compensation, same searches).
-        const QuantizedLinear plain = quantize_linear("w", heavy_tailed_weights(rows, cols, 5), at::eye(cols, at::kDouble), s, o);
-        auto energy = [&](const at::Tensor& A) { return (at::matmul(A.to(at::kDouble), H) * A.to(at::kDouble)).sum().item<double>(); };
+        };
+        const QuantizedLinear q = quantize_linear("w", heavy_tailed_weights(rows, cols, 5), H, s, o);
+        check(q, false);
+        if (QTest::currentTestFailed())
+            return;
+        GptqOptions exact = o;
+        exact.billm_compensation = BillmCompensation::Exact;
+        const QuantizedLinear qe = quantize_linear("w", heavy_tailed_weights(rows, cols, 5), H, s, exact);
+        check(qe, true);
+        if (QTest::currentTestFailed())
+            return;
+        // The exact compensation beats none (H' = I: the same searches on the original weights);
+        // the diagonal form need not (on this Hessian it does worse than none: hence the option).
         const at::Tensor W0 = heavy_tailed_weights(rows, cols, 5);
-        QVERIFY2(energy(W0 - q.dequantized) < energy(W0 - plain.dequantized),
-                 qPrintable(QString("%1 vs %2").arg(energy(W0 - q.dequantized)).arg(energy(W0 - plain.dequantized))));
+        const QuantizedLinear plain = quantize_linear("w", W0, at::eye(cols, at::kDouble), s, o);
+        auto energy = [&](const at::Tensor& A) { return (at::matmul(A.to(at::kDouble), H) * A.to(at::kDouble)).sum().item<double>(); };
+        QVERIFY2(energy(W0 - qe.dequantized) < energy(W0 - plain.dequantized),
+                 qPrintable(QString("%1 vs %2").arg(energy(W0 - qe.dequantized)).arg(energy(W0 - plain.dequantized))));
+    }
+
+    /// ARB: every iteration sets the mean, the scale(s) and the signs to their best given the
+    /// rest, so the group's squared error never rises (both orders, many random groups).
+    void arbIterationsNeverRaiseTheError()
+    {
+        at::Generator g = at::detail::createCPUGenerator(21);
+        for (int trial = 0; trial < 200; ++trial) {
+            const std::int64_t n = 1 + trial % 37;
+            at::Tensor t = at::normal(0.0, 1.0, {n}, g);
+            if (trial % 3 == 0)
+                t = t.pow(3); // heavy tails
+            const std::vector<float> x(t.data_ptr<float>(), t.data_ptr<float>() + n);
+            double mean = 0.0, dev = 0.0;
+            for (float v : x) mean += v;
+            mean /= static_cast<double>(n);
+            for (float v : x) dev += std::abs(v - mean);
+            dev /= static_cast<double>(n);
+            std::vector<double> e1, e2;
+            arb_refine_order1(x, {mean, dev}, kArbIterations, &e1);
+            arb_refine_order2(x, {mean, dev, 0.5 * dev}, kArbIterations, &e2);
+            QCOMPARE(e1.size(), std::size_t(kArbIterations + 1));
+            for (const std::vector<double>* e : {&e1, &e2})
+                for (std::size_t i = 1; i < e->size(); ++i)
+                    QVERIFY2((*e)[i] <= (*e)[i - 1] * (1.0 + 1e-12) + 1e-15,
+                             qPrintable(QString("trial %1 step %2: %3 after %4").arg(trial).arg(i).arg((*e)[i]).arg((*e)[i - 1])));
+        }
+    }
+
+    /// x = [0, 0, 0, 3]: the plain fit mu = 0.75, alpha = 1.125 errs by 1.6875. One ARB round:
+    /// mu = mean(x - alpha B) = 1.3125, alpha = mean(B (x - mu)) = 1.40625, levels -0.09375 and
+    /// 2.71875, error 3 x 0.09375^2 + 0.28125^2 = 0.10546875. It converges to levels 0 and 3.
+    void arbHandWorked()
+    {
+        std::vector<double> errors;
+        const OrderOneFit f = arb_refine_order1({0.0f, 0.0f, 0.0f, 3.0f}, {0.75, 1.125}, kArbIterations, &errors);
+        QCOMPARE(errors[0], 1.6875);
+        QCOMPARE(errors[1], 0.10546875);
+        QVERIFY(std::abs(f.mu - 1.5) < 1e-6 && std::abs(f.alpha - 1.5) < 1e-6);
+        const OrderOneFit one = arb_refine_order1({0.0f, 0.0f, 0.0f, 3.0f}, {0.75, 1.125}, 1);
+        QCOMPARE(one.mu, 1.3125);
+        QCOMPARE(one.alpha, 1.40625);
+    }
+
+    /// arb runs BiLLM's searches and storage and refines each group's fit: with H = I (nothing
+    /// compensated) the masks are the same, and the error is lower.
+    void arbRefinesBillm()
+    {
+        const at::Tensor W = heavy_tailed_weights(32, 256, 9);
+        const at::Tensor H = at::eye(256, at::kDouble);
+        LayerQuantSettings billm, arb;
+        billm.method = QuantMethod::Billm;
+        arb.method = QuantMethod::Arb;
+        const QuantizedLinear b = quantize_linear("w", W, H, billm, GptqOptions{});
+        const QuantizedLinear a = quantize_linear("w", W, H, arb, GptqOptions{});
+        QVERIFY(at::equal(a.block_binary.salient_cols, b.block_binary.salient_cols));
+        QVERIFY(at::equal(a.block_binary.sparse, b.block_binary.sparse));
+        QVERIFY2(a.weight_error < 0.97 * b.weight_error, qPrintable(QString("%1 vs %2").arg(a.weight_error).arg(b.weight_error)));
+        // One shared mean at the salient columns: stored as mu1, with mu2 = 0.
+        QVERIFY(at::equal(a.block_binary.params.select(2, kSalientMu2), at::zeros({32, 2})));
+        const QuantizedLinear back = unpack_linear(pack_linear(a), "arb");
+        QVERIFY(at::equal(back.dequantized, a.dequantized));
+        QCOMPARE(static_cast<int>(back.settings.method), static_cast<int>(QuantMethod::Arb));
     }
 
     void billmRefusesWhatItCannotDo()
@@ -329,6 +408,8 @@ private Q_SLOTS:
         const QuantPlan plan = QuantPlan::from_json(
             R"({"method": "pb-gptq", "billm_search": "weights", "rules": [{"pattern": "*.mlp.*", "method": "billm"}]})", "p.json");
         QCOMPARE(static_cast<int>(plan.config.billm_search), static_cast<int>(BillmSearch::Weights));
+        QCOMPARE(static_cast<int>(QuantPlan::from_json(R"({"billm_compensation": "exact"})", "p.json").config.billm_compensation),
+                 static_cast<int>(BillmCompensation::Exact));
         QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.mlp.up_proj").method), static_cast<int>(QuantMethod::Billm));
         QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.self_attn.q_proj").method),
                  static_cast<int>(QuantMethod::PbGptq));

@@ -23,7 +23,7 @@ void print_usage()
                "  convert   MODEL --to hf -o DIR  write the model in another format\n"
                "  calibrate MODEL --calib TEXT -o CALIB.h5   calibration windows and Hessians\n"
                "  saliency  MODEL --calib CALIB.h5           salient-weight statistics per Linear\n"
-               "  quantize  MODEL --calib TEXT|CALIB.h5 -o OUT.pbllm.h5   PB-GPTQ / RTN / GPTQ / BiLLM\n"
+               "  quantize  MODEL --calib TEXT|CALIB.h5 -o OUT.pbllm.h5   PB-GPTQ / RTN / GPTQ / BiLLM / ARB\n"
                "  methods                         the quantization methods and their settings\n"
                "  sweep     MODEL --calib TEXT --eval TEXT   methods x settings: PPL against measured bits\n"
                "  qat       MODEL --train TEXT -o OUT.pbllm.h5            quantization-aware training\n"

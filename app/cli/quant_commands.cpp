@@ -244,6 +244,8 @@ int run_quantize(const QStringList& args)
     cl.parser().addOption({"method", QString::fromStdString(method_names(true) + " (default pb-gptq; see pbllm methods)."), "M"});
     cl.parser().addOption({"billm-search", "What BiLLM's searches score on: scores (the authors' code, default) or "
                                            "weights (the paper).", "S"});
+    cl.parser().addOption({"billm-compensation", "How BiLLM carries a block's error on: diagonal (the authors' "
+                                                 "code, default) or exact (GPTQ's column walk).", "C"});
     cl.parser().addOption({"salient", "Salient ratio (default 0.1).", "R"});
     cl.parser().addOption({"salient-bits", "Bits of salient weights: 2..8 or 16 (default 8).", "B"});
     cl.parser().addOption({"bits", "Bits for plain GPTQ (default 4).", "B"});
@@ -283,6 +285,8 @@ int run_quantize(const QStringList& args)
     };
     if (cl.is_set("method")) c.layer.method = parse("method", parse_method);
     if (cl.is_set("billm-search")) c.billm_search = parse("billm-search", parse_billm_search);
+    if (cl.is_set("billm-compensation"))
+        c.billm_compensation = parse("billm-compensation", parse_billm_compensation);
     if (cl.is_set("metric")) c.layer.metric = parse("metric", parse_metric);
     if (cl.is_set("binarizer")) c.layer.binarizer = parse("binarizer", parse_binarizer);
     if (cl.is_set("salient")) c.layer.salient_ratio = cl.double_value("salient", 0.0, 1.0);
@@ -471,6 +475,14 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
             throw UsageError{std::string("--billm-search: ") + e.what()};
         }
     }
+    std::vector<BillmCompensation> compensations;
+    for (const QString& s : list_option(cl, "billm-compensation")) {
+        try {
+            compensations.push_back(parse_billm_compensation(s.toStdString()));
+        } catch (const Error& e) {
+            throw UsageError{std::string("--billm-compensation: ") + e.what()};
+        }
+    }
     std::vector<SweepPoint> points;
     for (const QString& name : list_option(cl, "methods")) {
         const MethodInfo* m = find_method(name.toStdString());
@@ -499,11 +511,16 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
                 plan.config.layer.bits = v;
                 return "bits=" + std::to_string(v);
             });
-        if (m->id == QuantMethod::Billm)
+        if (m->block_binary) {
             expand(searches, [](QuantPlan& plan, BillmSearch v) {
                 plan.config.billm_search = v;
                 return "billm_search=" + to_string(v);
             });
+            expand(compensations, [](QuantPlan& plan, BillmCompensation v) {
+                plan.config.billm_compensation = v;
+                return "billm_compensation=" + to_string(v);
+            });
+        }
         points.insert(points.end(), expanded.begin(), expanded.end());
     }
     return points;
@@ -523,6 +540,7 @@ int run_sweep(const QStringList& args)
     cl.parser().addOption({"salient", "Salient ratios, for the methods that read one.", "LIST", "0.05,0.1,0.2"});
     cl.parser().addOption({"bits", "Bit-widths, for the methods that read one (gptq).", "LIST", "2,3,4"});
     cl.parser().addOption({"billm-search", "BiLLM searches: scores, weights.", "LIST", "scores,weights"});
+    cl.parser().addOption({"billm-compensation", "BiLLM compensations: diagonal, exact.", "LIST", "diagonal"});
     cl.parser().addOption({"plan", "Base QuantPlan JSON: what the sweep does not vary.", "PLAN.json"});
     cl.parser().addOption({"nsamples", "Calibration windows (default 128).", "N"});
     cl.parser().addOption({"seqlen", "Calibration window length (default: the model's context).", "N"});

@@ -26,7 +26,11 @@ const std::vector<MethodInfo>& methods()
         {QuantMethod::Billm, "billm",
          "BiLLM: salient columns residual-binarized, the rest split at a searched break point, block compensation",
          "2 r + (1 - r), r = salient column share (BiLLM; bitmaps and FP16 row parameters not counted)",
-         {"metric"}, true, quantize_billm},
+         {"metric"}, true, quantize_billm, true},
+        {QuantMethod::Arb, "arb",
+         "ARB-LLM's alternating refined binarization (15 iterations of mean, scale and signs per group, both "
+         "orders) in BiLLM's pipeline; stored like billm",
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, true},
     };
     return table;
 }
@@ -57,6 +61,8 @@ std::string method_names(bool post_training_only)
     }
     return names;
 }
+
+bool stores_block_binary(QuantMethod id) { return method_info(id).block_binary; }
 
 bool needs_calibration(const LayerQuantSettings& settings)
 {

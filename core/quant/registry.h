@@ -27,6 +27,8 @@ struct MethodInfo {
     bool needs_hessian = true;
     /// Post-training quantizer; null for a training method (qat runs through pbllm qat).
     QuantizeLinearFn quantize = nullptr;
+    /// Stored as block-binarized codes (BlockBinaryCodes) rather than PB-LLM's layout.
+    bool block_binary = false;
 };
 
 /// Every method, in the order help texts list them.
@@ -36,6 +38,8 @@ const MethodInfo& method_info(QuantMethod id);
 const MethodInfo* find_method(const std::string& name);
 /// "pb-gptq, rtn, gptq, ..." (post_training_only: only those quantize_linear runs).
 std::string method_names(bool post_training_only = false);
+/// True when `id` stores BlockBinaryCodes (billm, arb): its own payload, kernels and checks.
+bool stores_block_binary(QuantMethod id);
 /// True when quantizing with `settings` needs calibration data (a Hessian).
 bool needs_calibration(const LayerQuantSettings& settings);
 

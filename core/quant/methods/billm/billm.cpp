@@ -1,6 +1,7 @@
 #include "core/quant/methods/billm/billm.h"
 
 #include "core/error.h"
+#include "core/quant/methods/arb/arb.h"
 #include "core/saliency.h"
 
 #include <ATen/ATen.h>
@@ -342,6 +343,7 @@ std::pair<float, float> fit_group(const std::vector<float>& xs)
 /// Quantizes the rows of one block with the searched masks, writing codes, parameters and Q.
 struct BlockWriter {
     std::int64_t cols = 0, b0 = 0, nb = 0, block_index = 0, blocks = 0;
+    bool refine = false;      ///< ARB: refine every group's fit (method arb)
     const float* W = nullptr; ///< (rows, nb) block values
     const float* S = nullptr; ///< (rows, nb) scores
     const bool* salient_col = nullptr; ///< (nb)
@@ -350,9 +352,19 @@ struct BlockWriter {
     float* params = nullptr; ///< (rows, blocks, kBlockParams)
     float* Q = nullptr;      ///< (rows, nb)
 
+    /// A first-order group's FP16 (mu, alpha): the plain fit, refined by ARB when asked.
+    std::pair<float, float> order1(const std::vector<float>& xs) const
+    {
+        const auto [mu, alpha] = fit_group(xs);
+        if (!refine || xs.empty())
+            return {mu, alpha};
+        const OrderOneFit f = arb_refine_order1(xs, {mu, alpha}, kArbIterations);
+        return {round_to_fp16(static_cast<float>(f.mu)), round_to_fp16(static_cast<float>(f.alpha))};
+    }
+
     void rows(std::int64_t r0, std::int64_t r1) const
     {
-        std::vector<float> salient, concentrated, dispersed;
+        std::vector<float> salient, residual, concentrated, dispersed;
         for (std::int64_t r = r0; r < r1; ++r) {
             const float* w = W + r * nb;
             salient.clear();
@@ -362,21 +374,44 @@ struct BlockWriter {
             for (std::int64_t c = 0; c < nb; ++c)
                 (salient_col[c] ? salient : is_sparse(c) ? dispersed : concentrated).push_back(w[c]);
             float* p = params + (r * blocks + block_index) * kBlockParams;
+            // Salient columns: BiLLM's residual binarization (order 1, then order 1 of the residual).
             std::tie(p[kSalientMu1], p[kSalientAlpha1]) = fit_group(salient);
-            for (float& x : salient) // the first order's residual
+            residual = salient;
+            for (float& x : residual)
                 x -= binary_value(binary_sign(x, p[kSalientMu1]), p[kSalientMu1], p[kSalientAlpha1]);
-            std::tie(p[kSalientMu2], p[kSalientAlpha2]) = fit_group(salient);
-            std::tie(p[kConcentratedMu], p[kConcentratedAlpha]) = fit_group(concentrated);
-            std::tie(p[kSparseMu], p[kSparseAlpha]) = fit_group(dispersed);
+            std::tie(p[kSalientMu2], p[kSalientAlpha2]) = fit_group(residual);
+            if (refine && !salient.empty()) {
+                // ARB of order 2 from there: one shared mean (stored as mu1, mu2 = 0), both scales.
+                const OrderTwoFit f = arb_refine_order2(
+                    salient, {static_cast<double>(p[kSalientMu1]) + p[kSalientMu2], p[kSalientAlpha1], p[kSalientAlpha2]},
+                    kArbIterations);
+                p[kSalientMu1] = round_to_fp16(static_cast<float>(f.mu));
+                p[kSalientMu2] = 0.0f;
+                p[kSalientAlpha1] = round_to_fp16(static_cast<float>(f.alpha1));
+                p[kSalientAlpha2] = round_to_fp16(static_cast<float>(f.alpha2));
+            }
+            std::tie(p[kConcentratedMu], p[kConcentratedAlpha]) = order1(concentrated);
+            std::tie(p[kSparseMu], p[kSparseAlpha]) = order1(dispersed);
             for (std::int64_t c = 0; c < nb; ++c) {
                 const std::int64_t i = r * cols + b0 + c;
                 const bool sal = salient_col[c], spa = !sal && is_sparse(c);
                 const float mu1 = sal ? p[kSalientMu1] : spa ? p[kSparseMu] : p[kConcentratedMu];
-                const bool s1 = binary_sign(w[c], mu1);
+                bool s1 = binary_sign(w[c], mu1);
                 bool s2 = false;
-                if (sal) {
-                    const float residual = w[c] - binary_value(s1, p[kSalientMu1], p[kSalientAlpha1]);
-                    s2 = binary_sign(residual, p[kSalientMu2]);
+                if (sal && refine) { // the nearest of the four stored levels
+                    float best = INFINITY;
+                    for (bool a : {true, false})
+                        for (bool b : {true, false}) {
+                            const float e = std::fabs(w[c] - block_binary_value(true, false, a, b, p));
+                            if (e < best) {
+                                best = e;
+                                s1 = a;
+                                s2 = b;
+                            }
+                        }
+                } else if (sal) { // BiLLM: the residual's sign
+                    const float rest = w[c] - binary_value(s1, p[kSalientMu1], p[kSalientAlpha1]);
+                    s2 = binary_sign(rest, p[kSalientMu2]);
                 }
                 sparse[i] = spa;
                 sign1[i] = s1;
@@ -395,20 +430,20 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
     const auto start = std::chrono::steady_clock::now();
     const std::int64_t rows = W_in.size(0), cols = W_in.size(1); // checked by quantize_linear
     if (!H.defined())
-        throw Error(name + ": billm compensates each block's error through the Hessian: it needs calibration data");
+        throw Error(name + ": " + to_string(settings.method) + " compensates each block's error through the Hessian: it needs calibration data");
     if (options.act_order)
-        throw Error(name + ": billm does not reorder columns (act-order is for the GPTQ solver)");
+        throw Error(name + ": " + to_string(settings.method) + " does not reorder columns (act-order is for the GPTQ solver)");
     if (options.groupsize > 0)
-        throw Error(name + ": billm keeps its parameters per block of columns; a group size does not apply (use 0)");
+        throw Error(name + ": " + to_string(settings.method) + " keeps its parameters per block of columns; a group size does not apply (use 0)");
     if (options.blocksize < 2)
-        throw Error(name + ": billm needs blocks of at least 2 columns");
+        throw Error(name + ": " + to_string(settings.method) + " needs blocks of at least 2 columns");
 
     QuantizedLinear q;
     q.name = name;
     q.rows = rows;
     q.cols = cols;
     q.settings = settings;
-    q.settings.method = QuantMethod::Billm;
+    const bool refine = settings.method == QuantMethod::Arb; // ARB's refinement of every group
 
     at::Tensor W = W_in.to(at::kCPU, at::kFloat).clone();
     const HessianFactors factors = factor_hessian(H.to(at::kCPU, at::kDouble), options.percdamp, name);
@@ -416,7 +451,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
     W.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
     // H stays: the output error's numerator needs a product with it (BiLLM has no GPTQ losses).
     const at::Tensor& U = factors.upper_inverse;
-    const at::Tensor d = U.diagonal().contiguous(); // U_jj: the saliency's denominator
+    const at::Tensor d = U.diagonal().contiguous(); // U_jj: saliency and compensation
     const at::Tensor saliency_d = settings.metric == SaliencyMetric::HessianInvDiag ? factors.inverse_diag : d;
 
     BlockBinaryCodes& codes = q.block_binary;
@@ -451,6 +486,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
         writer.b0 = b0;
         writer.nb = nb;
         writer.block_index = bi;
+        writer.refine = refine;
         writer.blocks = blocks;
         writer.W = Wb.data_ptr<float>();
         writer.S = Sb.data_ptr<float>();
@@ -464,14 +500,15 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
         at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) { writer.rows(r0, r1); });
         q.dequantized.narrow(1, b0, nb).copy_(Qb);
         // The block is quantized at once, then its error goes into the later columns. The
-        // authors' code walks the block's columns as GPTQ does with Q fixed: column j's scaled
-        // error e_j = (w_j - q_j) / U_jj is taken after the earlier columns' errors updated w_j,
-        // so (W - Q)_block = E U_block,block and E is one triangular solve. (E = (W - Q) / U_jj,
-        // the diagonal of that solve, compensates worse than nothing on correlated Hessians:
-        // tst_methods.)
+        // authors' code scales each column's error by its own U_jj (diagonal). GPTQ's column walk
+        // with Q fixed would take column j's error after the earlier columns' errors updated w_j:
+        // (W - Q)_block = E U_block,block, one triangular solve (exact). tst_methods shows the
+        // diagonal form can compensate worse than none on a correlated Hessian.
         if (b1 < cols) {
-            const at::Tensor E = at::linalg_solve_triangular(U.narrow(0, b0, nb).narrow(1, b0, nb), Wb - Qb,
-                                                             /*upper=*/true, /*left=*/false);
+            const at::Tensor E = options.billm_compensation == BillmCompensation::Exact
+                                     ? at::linalg_solve_triangular(U.narrow(0, b0, nb).narrow(1, b0, nb), Wb - Qb,
+                                                                   /*upper=*/true, /*left=*/false)
+                                     : (Wb - Qb) / d.narrow(0, b0, nb).unsqueeze(0);
             W.narrow(1, b1, cols - b1).addmm_(E, U.narrow(0, b0, nb).narrow(1, b1, cols - b1), /*beta=*/1, /*alpha=*/-1);
         }
     }
