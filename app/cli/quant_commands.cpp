@@ -467,16 +467,21 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
     std::vector<int> bits;
     for (double b : number_list(cl, "bits", 2, 8))
         bits.push_back(static_cast<int>(b));
-    std::vector<BillmSearch> searches;
-    for (const QString& s : list_option(cl, "billm-search")) {
+    // The BiLLM options vary only when given; otherwise the base plan's value holds.
+    std::vector<BillmSearch> searches{base.config.billm_search};
+    if (cl.is_set("billm-search"))
+        searches.clear();
+    for (const QString& s : cl.is_set("billm-search") ? list_option(cl, "billm-search") : QStringList{}) {
         try {
             searches.push_back(parse_billm_search(s.toStdString()));
         } catch (const Error& e) {
             throw UsageError{std::string("--billm-search: ") + e.what()};
         }
     }
-    std::vector<BillmCompensation> compensations;
-    for (const QString& s : list_option(cl, "billm-compensation")) {
+    std::vector<BillmCompensation> compensations{base.config.billm_compensation};
+    if (cl.is_set("billm-compensation"))
+        compensations.clear();
+    for (const QString& s : cl.is_set("billm-compensation") ? list_option(cl, "billm-compensation") : QStringList{}) {
         try {
             compensations.push_back(parse_billm_compensation(s.toStdString()));
         } catch (const Error& e) {
@@ -496,7 +501,9 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
             for (const SweepPoint& q : expanded)
                 for (const auto& v : values) {
                     SweepPoint r = q;
-                    r.label += (r.label.empty() ? "" : " ") + apply(r.plan, v);
+                    const std::string piece = apply(r.plan, v);
+                    if (!piece.empty())
+                        r.label += (r.label.empty() ? "" : " ") + piece;
                     next.push_back(r);
                 }
             expanded = next;
@@ -512,13 +519,14 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
                 return "bits=" + std::to_string(v);
             });
         if (m->block_binary) {
-            expand(searches, [](QuantPlan& plan, BillmSearch v) {
+            const bool search_varies = cl.is_set("billm-search"), compensation_varies = cl.is_set("billm-compensation");
+            expand(searches, [&](QuantPlan& plan, BillmSearch v) {
                 plan.config.billm_search = v;
-                return "billm_search=" + to_string(v);
+                return search_varies ? "billm_search=" + to_string(v) : std::string();
             });
-            expand(compensations, [](QuantPlan& plan, BillmCompensation v) {
+            expand(compensations, [&](QuantPlan& plan, BillmCompensation v) {
                 plan.config.billm_compensation = v;
-                return "billm_compensation=" + to_string(v);
+                return compensation_varies ? "billm_compensation=" + to_string(v) : std::string();
             });
         }
         points.insert(points.end(), expanded.begin(), expanded.end());
@@ -539,8 +547,9 @@ int run_sweep(const QStringList& args)
                            "LIST", "pb-gptq,rtn,billm"});
     cl.parser().addOption({"salient", "Salient ratios, for the methods that read one.", "LIST", "0.05,0.1,0.2"});
     cl.parser().addOption({"bits", "Bit-widths, for the methods that read one (gptq).", "LIST", "2,3,4"});
-    cl.parser().addOption({"billm-search", "BiLLM searches: scores, weights.", "LIST", "scores,weights"});
-    cl.parser().addOption({"billm-compensation", "BiLLM compensations: diagonal, exact.", "LIST", "diagonal"});
+    cl.parser().addOption({"billm-search", "BiLLM/ARB searches to vary: scores, weights (default: the plan's).", "LIST"});
+    cl.parser().addOption({"billm-compensation", "BiLLM/ARB compensations to vary: diagonal, exact (default: the "
+                                                 "plan's).", "LIST"});
     cl.parser().addOption({"plan", "Base QuantPlan JSON: what the sweep does not vary.", "PLAN.json"});
     cl.parser().addOption({"nsamples", "Calibration windows (default 128).", "N"});
     cl.parser().addOption({"seqlen", "Calibration window length (default: the model's context).", "N"});
