@@ -455,6 +455,23 @@ std::vector<double> number_list(const CommandLine& cl, const char* name, double 
     return values;
 }
 
+/// The values of a list option parsed by `parse`, or just `fallback` when the option is absent.
+template <typename T, typename Parse>
+std::vector<T> choice_list(const CommandLine& cl, const char* name, T fallback, Parse parse)
+{
+    if (!cl.is_set(name))
+        return {fallback};
+    std::vector<T> values;
+    for (const QString& item : list_option(cl, name)) {
+        try {
+            values.push_back(parse(item.toStdString()));
+        } catch (const Error& e) {
+            throw UsageError{std::string("--") + name + ": " + e.what()};
+        }
+    }
+    return values;
+}
+
 bool reads(const MethodInfo& m, const char* setting)
 {
     return std::any_of(m.settings.begin(), m.settings.end(), [&](const char* k) { return std::string(k) == setting; });
@@ -468,26 +485,9 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
     for (double b : number_list(cl, "bits", 2, 8))
         bits.push_back(static_cast<int>(b));
     // The BiLLM options vary only when given; otherwise the base plan's value holds.
-    std::vector<BillmSearch> searches{base.config.billm_search};
-    if (cl.is_set("billm-search"))
-        searches.clear();
-    for (const QString& s : cl.is_set("billm-search") ? list_option(cl, "billm-search") : QStringList{}) {
-        try {
-            searches.push_back(parse_billm_search(s.toStdString()));
-        } catch (const Error& e) {
-            throw UsageError{std::string("--billm-search: ") + e.what()};
-        }
-    }
-    std::vector<BillmCompensation> compensations{base.config.billm_compensation};
-    if (cl.is_set("billm-compensation"))
-        compensations.clear();
-    for (const QString& s : cl.is_set("billm-compensation") ? list_option(cl, "billm-compensation") : QStringList{}) {
-        try {
-            compensations.push_back(parse_billm_compensation(s.toStdString()));
-        } catch (const Error& e) {
-            throw UsageError{std::string("--billm-compensation: ") + e.what()};
-        }
-    }
+    const std::vector<BillmSearch> searches = choice_list(cl, "billm-search", base.config.billm_search, parse_billm_search);
+    const std::vector<BillmCompensation> compensations =
+        choice_list(cl, "billm-compensation", base.config.billm_compensation, parse_billm_compensation);
     std::vector<SweepPoint> points;
     for (const QString& name : list_option(cl, "methods")) {
         const MethodInfo* m = find_method(name.toStdString());

@@ -64,11 +64,6 @@ std::string method_names(bool post_training_only)
 
 bool stores_block_binary(QuantMethod id) { return method_info(id).block_binary; }
 
-bool needs_calibration(const LayerQuantSettings& settings)
-{
-    return method_info(settings.method).needs_hessian || settings.metric != SaliencyMetric::Magnitude;
-}
-
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
                                 const LayerQuantSettings& settings, const GptqOptions& options,
                                 double reference_energy)

@@ -40,7 +40,5 @@ const MethodInfo* find_method(const std::string& name);
 std::string method_names(bool post_training_only = false);
 /// True when `id` stores BlockBinaryCodes (billm, arb): its own payload, kernels and checks.
 bool stores_block_binary(QuantMethod id);
-/// True when quantizing with `settings` needs calibration data (a Hessian).
-bool needs_calibration(const LayerQuantSettings& settings);
 
 } // namespace pbllm
