@@ -47,7 +47,8 @@ float half_value(std::uint16_t bits) { return static_cast<float>(c10::Half(bits,
 std::int64_t PackedLinear::bytes() const
 {
     return index_bytes() + static_cast<std::int64_t>(codes.size() + signs.size() + grid_zero.size() + signs2.size()) +
-           2 * static_cast<std::int64_t>(grid_scale.size() + mu.size() + alpha.size() + block_params.size());
+           2 * static_cast<std::int64_t>(grid_scale.size() + mu.size() + alpha.size() + block_params.size() +
+                                         column_params.size());
 }
 
 PackedLinear pack_linear(const QuantizedLinear& q)

@@ -38,9 +38,10 @@ struct PackedLinear {
     // `codes`, the grid and mu/alpha stay empty; salient_count = rows x salient columns.
     int block = 0;                            ///< columns per block
     std::vector<std::uint8_t> column_bitmap;  ///< one bit per column, 1 = salient
-    std::vector<std::uint8_t> group_bitmap;   ///< one bit per non-salient weight, row-major, 1 = sparse
+    std::vector<std::uint8_t> group_bitmap;   ///< one bit per non-salient weight (every weight under CGB), row-major, 1 = sparse
     std::vector<std::uint8_t> signs2;         ///< one bit per salient weight, row-major (second order)
-    std::vector<std::uint16_t> block_params;  ///< FP16 bits (rows, blocks, kBlockParams)
+    std::vector<std::uint16_t> block_params;  ///< FP16 bits (rows, blocks, layout.row_params())
+    std::vector<std::uint16_t> column_params; ///< FP16 bits, per column its layout.column_params() (ARB-RC)
 
     std::int64_t weights() const { return rows * cols; }
     /// Bytes locating the salient weights: the sparse index, or a block binarizer's two bitmaps.

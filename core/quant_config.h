@@ -29,6 +29,8 @@ enum class QuantMethod {
     Qat,    ///< partial binarization learned by quantization-aware training (stored like pb-gptq)
     Billm,  ///< BiLLM: residual binarization of salient columns, split binarization of the rest
     Arb,    ///< BiLLM's pipeline with ARB-LLM's alternating refined binarization of every group
+    ArbX,   ///< ARB-LLM_X: ARB, then its scales refined in the Hessian's metric, with CGB
+    ArbRc,  ///< ARB-LLM_RC: row and column scales without means, with CGB
 };
 
 /// What BiLLM's searches score a candidate on (the paper and the authors' code differ).

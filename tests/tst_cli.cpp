@@ -386,7 +386,7 @@ private Q_SLOTS:
         QStringList names;
         for (const QJsonValue& m : listed.json()["methods"].toArray())
             names << m.toObject()["name"].toString();
-        QCOMPARE(names, (QStringList{"pb-gptq", "rtn", "gptq", "qat", "billm", "arb"}));
+        QCOMPARE(names, (QStringList{"pb-gptq", "rtn", "gptq", "qat", "billm", "arb", "arb-x", "arb-rc"}));
         const Run unknown = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--method", "bilm"});
         QCOMPARE(unknown.code, 2);
         QVERIFY2(unknown.err.contains("'bilm' is not one of pb-gptq, rtn, gptq, qat, billm, arb"), unknown.err.constData());

@@ -138,8 +138,8 @@ private Q_SLOTS:
         at::Generator g = at::detail::createCPUGenerator(12);
         const at::Tensor S = W.pow(2) / (at::rand({1, cols}, g) + 0.5).pow(2);
         const at::Tensor V = on_scores ? S : W;
-        const BillmBlockChoice fast = billm_search_block(S, V, 49, false);
-        const BillmBlockChoice ref = billm_search_block(S, V, 49, true);
+        const BillmBlockChoice fast = billm_search_block(S, V, 49, false, false);
+        const BillmBlockChoice ref = billm_search_block(S, V, 49, false, true);
         QCOMPARE(fast.column_errors.size(), static_cast<std::size_t>(std::min(49, cols)));
         QCOMPARE(fast.break_errors.size(), std::size_t(81));
         // Relative to each candidate's own error: the small ones count as much as the large.
@@ -165,7 +165,7 @@ private Q_SLOTS:
     {
         const at::Tensor V = at::tensor({10.0f, 4.0f, 2.0f, -2.0f, -6.0f}).view({1, 5});
         for (bool reference : {false, true}) {
-            const BillmBlockChoice c = billm_search_block(V.abs(), V, 2, reference);
+            const BillmBlockChoice c = billm_search_block(V.abs(), V, 2, false, reference);
             QCOMPARE(c.column_order, (std::vector<std::int64_t>{0, 4, 1, 2, 3}));
             QCOMPARE(c.column_errors.size(), std::size_t(2));
             QVERIFY(relative_gap(c.column_errors[0], 1.0) < 1e-12);
@@ -334,6 +334,162 @@ private Q_SLOTS:
         QCOMPARE(static_cast<int>(back.settings.method), static_cast<int>(QuantMethod::Arb));
     }
 
+    /// ARB-X: with the signs fixed, each round sets mu, then each scale, to its best in the metric
+    /// of S, so r^T S r never rises (random PSD S, both orders, positions a subset of the block).
+    void arbxIterationsNeverRaiseTheMetricError()
+    {
+        at::Generator g = at::detail::createCPUGenerator(5);
+        const std::int64_t n = 24;
+        const at::Tensor S = correlated_hessian(n, 64, 8).contiguous();
+        const double* Sp = S.data_ptr<double>();
+        for (int trial = 0; trial < 60; ++trial) {
+            std::vector<std::int64_t> at;
+            for (std::int64_t c = trial % 3; c < n; c += 1 + trial % 4)
+                at.push_back(c);
+            const at::Tensor t = at::normal(0.0, 1.0, {static_cast<std::int64_t>(at.size())}, g);
+            const std::vector<float> x(t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+            std::vector<double> b1(x.size()), b2(x.size());
+            for (std::size_t i = 0; i < x.size(); ++i) {
+                b1[i] = x[i] >= 0 ? 1.0 : -1.0;
+                b2[i] = (i * 7 + static_cast<std::size_t>(trial)) % 3 == 0 ? -1.0 : 1.0;
+            }
+            std::vector<double> e1, e2;
+            const OrderOneFit f1 = arbx_refine_order1(x, b1, Sp, n, at, {0.1, 0.5}, kArbIterations, &e1);
+            const OrderTwoFit f2 = arbx_refine_order2(x, b1, b2, Sp, n, at, {0.1, 0.5, 0.2}, kArbIterations, &e2);
+            QCOMPARE(e1.size(), std::size_t(kArbIterations + 1));
+            for (const std::vector<double>* e : {&e1, &e2})
+                for (std::size_t i = 1; i < e->size(); ++i)
+                    QVERIFY2((*e)[i] <= (*e)[i - 1] * (1.0 + 1e-10) + 1e-13,
+                             qPrintable(QString("trial %1 step %2: %3 after %4").arg(trial).arg(i).arg((*e)[i]).arg((*e)[i - 1])));
+            // The error reported is r^T S r of the fit returned, computed independently here.
+            double direct = 0.0;
+            for (std::size_t i = 0; i < at.size(); ++i)
+                for (std::size_t j = 0; j < at.size(); ++j)
+                    direct += (x[i] - f1.mu - f1.alpha * b1[i]) * Sp[at[i] * n + at[j]] * (x[j] - f1.mu - f1.alpha * b1[j]);
+            QVERIFY(relative_gap(direct, e1.back()) < 1e-9);
+            QVERIFY(e2.back() <= e2.front() && std::isfinite(f2.alpha2));
+        }
+    }
+
+    /// Two weights, signs (+1, -1), S = diag(1, 4): mu + alpha = 1 and mu - alpha = -3 fit
+    /// exactly (mu = -1, alpha = 2). The coordinate rounds contract by (3/5)^2 each, so 15 rounds
+    /// land within 1e-5. metric_error of r = (1, -1) under [[2, 1], [1, 2]] is 2 - 1 - 1 + 2 = 2.
+    void arbxHandWorked()
+    {
+        const double S[4] = {1.0, 0.0, 0.0, 4.0};
+        const OrderOneFit f = arbx_refine_order1({1.0f, -3.0f}, {1.0, -1.0}, S, 2, {0, 1}, {0.0, 1.0}, kArbIterations);
+        QVERIFY2(std::abs(f.mu + 1.0) < 1e-5 && std::abs(f.alpha - 2.0) < 1e-5, qPrintable(QString("%1 %2").arg(f.mu).arg(f.alpha)));
+        const double T[4] = {2.0, 1.0, 1.0, 2.0};
+        QCOMPARE(metric_error({1.0f, -1.0f}, {1.0, 1.0}, {}, T, 2, {0, 1}, 0.0, 0.0, 0.0), 2.0);
+        // A position outside the group does not count: only (0, 0) of T, r = 1.
+        QCOMPARE(metric_error({1.0f}, {1.0}, {}, T, 2, {0}, 0.0, 0.0, 0.0), 2.0);
+    }
+
+    /// ARB-RC: each scale update is a least-squares solve and each sign update the nearest level,
+    /// so the masked squared error never rises (random masks, both orders).
+    void arbRcIterationsNeverRaiseTheError()
+    {
+        at::Generator g = at::detail::createCPUGenerator(17);
+        for (int trial = 0; trial < 30; ++trial) {
+            const std::int64_t rows = 3 + trial % 7, cols = 5 + trial % 11;
+            at::Tensor W = at::normal(0.0, 1.0, {rows, cols}, g);
+            if (trial % 2)
+                W = W * at::rand({rows, 1}, g) * at::rand({1, cols}, g) * 4.0; // row and column structure
+            const at::Tensor mask = (at::rand({rows, cols}, g) < 0.7).contiguous();
+            for (int order : {1, 2}) {
+                std::vector<double> e;
+                const RowColumnFit f =
+                    arb_rc_fit(W.data_ptr<float>(), mask.data_ptr<bool>(), rows, cols, order, kArbIterations, &e);
+                QCOMPARE(e.size(), std::size_t(kArbIterations + 1));
+                for (std::size_t i = 1; i < e.size(); ++i)
+                    QVERIFY2(e[i] <= e[i - 1] * (1.0 + 1e-10) + 1e-13,
+                             qPrintable(QString("trial %1 order %2 step %3: %4 after %5").arg(trial).arg(order).arg(i).arg(e[i]).arg(e[i - 1])));
+                QCOMPARE(rc_error(W.data_ptr<float>(), mask.data_ptr<bool>(), f), e.back());
+                for (std::int64_t r = 0; r < rows; ++r) // outside the mask: no sign
+                    for (std::int64_t c = 0; c < cols; ++c)
+                        QCOMPARE(f.b1[static_cast<std::size_t>(r * cols + c)] == 0, !mask[r][c].item<bool>());
+            }
+        }
+    }
+
+    /// W = [[1, -2], [3, 4]], every weight in the group, order 1: B = sign(W) and a c^T is the
+    /// best rank-one fit of |W| = [[1, 2], [3, 4]], whose error is its smaller squared singular
+    /// value: 15 - sqrt(221) (|W|^T |W| = [[10, 14], [14, 20]]). The rounds converge to it.
+    void arbRcHandWorked()
+    {
+        const float W[4] = {1.0f, -2.0f, 3.0f, 4.0f};
+        const bool mask[4] = {true, true, true, true};
+        std::vector<double> e;
+        const RowColumnFit f = arb_rc_fit(W, mask, 2, 2, 1, kArbIterations, &e);
+        QVERIFY2(std::abs(e.back() - (15.0 - std::sqrt(221.0))) < 1e-9, qPrintable(QString::number(e.back(), 'g', 12)));
+        QCOMPARE(static_cast<int>(f.b1[1]), -1);
+        // The start, as the authors' code has it: a = mean |w| per row = (1.5, 3.5);
+        // c_j = mean_i |w_ij / a_i| = (1/1.5 + 3/3.5) / 2, (2/1.5 + 4/3.5) / 2.
+        const RowColumnFit start = arb_rc_fit(W, mask, 2, 2, 1, 0);
+        QCOMPARE(start.a[0], 1.5);
+        QCOMPARE(start.a[1], 3.5);
+        QVERIFY(std::abs(start.c[0] - (1.0 / 1.5 + 3.0 / 3.5) / 2.0) < 1e-15);
+        QVERIFY(std::abs(start.c[1] - (2.0 / 1.5 + 4.0 / 3.5) / 2.0) < 1e-15);
+    }
+
+    /// CGB's salient split: the incremental search against re-binarization from scratch, with
+    /// second-order sides.
+    void cgbSearchMatchesReference()
+    {
+        const at::Tensor W = heavy_tailed_weights(7, 64, 4);
+        const at::Tensor S = W.pow(2) * 50.0;
+        for (const at::Tensor& V : {S, W}) {
+            const BillmBlockChoice fast = billm_search_block(S, V, 49, true, false);
+            const BillmBlockChoice ref = billm_search_block(S, V, 49, true, true);
+            QCOMPARE(fast.salient_break_candidates, ref.salient_break_candidates);
+            QCOMPARE(fast.salient_break_errors.size(), std::size_t(81));
+            for (std::size_t t = 0; t < fast.salient_break_errors.size(); ++t)
+                QVERIFY2(relative_gap(fast.salient_break_errors[t], ref.salient_break_errors[t]) < 1e-7,
+                         qPrintable(QString("%1: %2 vs %3").arg(t).arg(fast.salient_break_errors[t]).arg(ref.salient_break_errors[t])));
+            QCOMPARE(fast.salient_break_point, ref.salient_break_point);
+            // The candidates are quantiles of the non-zero |S| at salient positions only.
+            QVERIFY(fast.salient_break_candidates.front() >= 0.0f);
+            QVERIFY(fast.salient_break_candidates.front() <= fast.salient_break_candidates.back());
+        }
+    }
+
+    /// ARB-RC and ARB-X through quantize_linear: CGB splits salient columns too (the group bitmap
+    /// marks salient weights), ARB-RC stores no means and per-column scales, and on weights with
+    /// row and column structure ARB-RC's error is below ARB's; ARB-X's block error in the
+    /// metric of H is below ARB's.
+    void arbRcAndArbXOnTheirObjectives()
+    {
+        at::Generator g = at::detail::createCPUGenerator(31);
+        const at::Tensor W = (at::normal(0.0, 1.0, {48, 128}, g) * (at::rand({48, 1}, g) + 0.2) *
+                              (at::rand({1, 128}, g) * 3.0 + 0.2)).contiguous();
+        const at::Tensor I = at::eye(128, at::kDouble);
+        LayerQuantSettings arb, rc, x;
+        arb.method = QuantMethod::Arb;
+        rc.method = QuantMethod::ArbRc;
+        x.method = QuantMethod::ArbX;
+        GptqOptions o;
+        o.billm_search = BillmSearch::Weights;
+        const QuantizedLinear qa = quantize_linear("w", W, I, arb, o);
+        const QuantizedLinear qr = quantize_linear("w", W, I, rc, o);
+        QVERIFY2(qr.weight_error < 0.9 * qa.weight_error, qPrintable(QString("%1 vs %2").arg(qr.weight_error).arg(qa.weight_error)));
+        const at::Tensor salient = qr.block_binary.salient_cols.unsqueeze(0).expand({48, 128});
+        QVERIFY((qr.block_binary.sparse & salient).any().item<bool>());    // CGB
+        QVERIFY((qr.block_binary.sparse & ~salient).any().item<bool>());
+        QCOMPARE(qr.block_binary.params.size(2), std::int64_t(6));
+        QCOMPARE(qr.block_binary.column_params.size(0), std::int64_t(128));
+        // ARB-X on one block with a correlated H: tr(dW H dW^T) below ARB's.
+        const at::Tensor H = correlated_hessian(128, 512, 12);
+        o.blocksize = 128;
+        const QuantizedLinear xa = quantize_linear("w", W, H, arb, o);
+        const QuantizedLinear xx = quantize_linear("w", W, H, x, o);
+        QVERIFY2(xx.output_error < xa.output_error, qPrintable(QString("%1 vs %2").arg(xx.output_error).arg(xa.output_error)));
+        for (const QuantizedLinear* q : {&qr, &xx}) {
+            const QuantizedLinear back = unpack_linear(pack_linear(*q), "round trip");
+            QVERIFY(at::equal(back.dequantized, q->dequantized));
+            QVERIFY(back.block_binary.layout == q->block_binary.layout);
+        }
+    }
+
     void billmRefusesWhatItCannotDo()
     {
         LayerQuantSettings s;
@@ -401,6 +557,22 @@ private Q_SLOTS:
         p = good;
         p.block = 0;
         QVERIFY(refused(p, "block size"));
+        // ARB-RC: the group bitmap covers every weight (CGB), 6 FP16 row scales per row and
+        // block, and per column 2 scales (4 at salient columns); a missing or negative one is refused.
+        s.method = QuantMethod::ArbRc;
+        const PackedLinear rc = pack_linear(quantize_linear("w", at::randn({5, 40}), correlated_hessian(40), s, o));
+        const std::int64_t salient_columns = rc.salient_count / 5;
+        QCOMPARE(rc.bytes(), (n + 7) / 8 + (rc.salient_count + 7) / 8 + (n + 7) / 8 + 5 * 3 * 6 * 2 +
+                                 2 * (2 * 40 + 2 * salient_columns) + (40 + 7) / 8);
+        p = rc;
+        p.column_params.pop_back();
+        QVERIFY(refused(p, "column parameters"));
+        p = rc;
+        p.column_params[0] = 0xBC00;
+        QVERIFY(refused(p, "negative"));
+        p = rc;
+        p.group_bitmap.pop_back();
+        QVERIFY(refused(p, "group bitmap"));
     }
 
     void planCarriesBillmSettings()

@@ -31,6 +31,16 @@ const std::vector<MethodInfo>& methods()
          "ARB-LLM's alternating refined binarization (15 iterations of mean, scale and signs per group, both "
          "orders) in BiLLM's pipeline; stored like billm",
          "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, true},
+        {QuantMethod::ArbX, "arb-x",
+         "ARB-LLM_X: ARB, then 15 rounds of its means and scales in the metric of the block's Hessian, the "
+         "break point scored by tr(R S R^T); salient columns split by the group bitmap too (CGB)",
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, true,
+         BlockBinaryLayout{true, false}},
+        {QuantMethod::ArbRc, "arb-rc",
+         "ARB-LLM_RC: a row scale and a column scale per order and group, no means, 15 alternating rounds; "
+         "salient columns split by the group bitmap too (CGB)",
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, true,
+         BlockBinaryLayout{true, true}},
     };
     return table;
 }
@@ -63,6 +73,8 @@ std::string method_names(bool post_training_only)
 }
 
 bool stores_block_binary(QuantMethod id) { return method_info(id).block_binary; }
+
+BlockBinaryLayout block_layout_of(QuantMethod id) { return method_info(id).block_layout; }
 
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
                                 const LayerQuantSettings& settings, const GptqOptions& options,

@@ -29,6 +29,7 @@ struct MethodInfo {
     QuantizeLinearFn quantize = nullptr;
     /// Stored as block-binarized codes (BlockBinaryCodes) rather than PB-LLM's layout.
     bool block_binary = false;
+    BlockBinaryLayout block_layout{}; ///< what those codes hold (block_binary only)
 };
 
 /// Every method, in the order help texts list them.
@@ -40,5 +41,7 @@ const MethodInfo* find_method(const std::string& name);
 std::string method_names(bool post_training_only = false);
 /// True when `id` stores BlockBinaryCodes (billm, arb): its own payload, kernels and checks.
 bool stores_block_binary(QuantMethod id);
+/// The codes' layout of a block-binary method.
+BlockBinaryLayout block_layout_of(QuantMethod id);
 
 } // namespace pbllm

@@ -1,5 +1,8 @@
 #include "core/quant/methods/arb/arb.h"
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -8,8 +11,8 @@ namespace {
 
 double sign_of(double v) { return v >= 0.0 ? 1.0 : -1.0; }
 
-/// The nearest of mu +- a1 +- a2 to x: (B1, B2) in {-1, +1}^2 (ties: the first in the order
-/// ++, +-, -+, --).
+} // namespace
+
 void nearest_levels(double x, const OrderTwoFit& f, double& b1, double& b2)
 {
     double best = INFINITY;
@@ -24,7 +27,6 @@ void nearest_levels(double x, const OrderTwoFit& f, double& b1, double& b2)
         }
 }
 
-} // namespace
 
 double order1_error(const std::vector<float>& x, const OrderOneFit& f)
 {
@@ -109,6 +111,253 @@ OrderTwoFit arb_refine_order2(const std::vector<float>& x, OrderTwoFit f, int it
     // The levels mu +- a1 +- a2 do not change when a scale and its signs flip together.
     f.alpha1 = std::fabs(f.alpha1);
     f.alpha2 = std::fabs(f.alpha2);
+    return f;
+}
+
+// ---- ARB-X: the same coordinates in the metric of the block's Hessian ---------------------------
+
+namespace {
+
+/// The quadratic forms ARB-X's updates need, over the group's positions: u^T S v for u, v among
+/// the values x, the all-ones vector m and the signs b1, b2.
+struct MetricForms {
+    double xSm = 0, xS1 = 0, xS2 = 0, mSm = 0, mS1 = 0, mS2 = 0, s1S1 = 0, s1S2 = 0, s2S2 = 0;
+};
+
+MetricForms metric_forms(const std::vector<float>& x, const std::vector<double>& b1, const std::vector<double>& b2,
+                         const double* S, std::int64_t n, const std::vector<std::int64_t>& P)
+{
+    MetricForms f;
+    const bool two = !b2.empty();
+    for (std::size_t i = 0; i < P.size(); ++i) {
+        const double* row = S + P[i] * n;
+        double sm = 0, s1 = 0, s2 = 0; // (S m)_i, (S b1)_i, (S b2)_i
+        for (std::size_t j = 0; j < P.size(); ++j) {
+            const double v = row[P[j]];
+            sm += v;
+            s1 += v * b1[j];
+            if (two)
+                s2 += v * b2[j];
+        }
+        f.xSm += x[i] * sm;
+        f.xS1 += x[i] * s1;
+        f.mSm += sm;
+        f.mS1 += s1;
+        f.s1S1 += b1[i] * s1;
+        if (two) {
+            f.xS2 += x[i] * s2;
+            f.mS2 += s2;
+            f.s1S2 += b1[i] * s2;
+            f.s2S2 += b2[i] * s2;
+        }
+    }
+    return f;
+}
+
+/// num / den, or `keep` where S leaves the coordinate undetermined.
+double solved(double num, double den, double keep) { return den > 1e-300 ? num / den : keep; }
+
+} // namespace
+
+double metric_error(const std::vector<float>& x, const std::vector<double>& b1, const std::vector<double>& b2,
+                    const double* S, std::int64_t n, const std::vector<std::int64_t>& P, double mu, double alpha1,
+                    double alpha2)
+{
+    std::vector<double> r(P.size());
+    for (std::size_t i = 0; i < P.size(); ++i)
+        r[i] = x[i] - mu - alpha1 * b1[i] - (b2.empty() ? 0.0 : alpha2 * b2[i]);
+    double e = 0.0;
+    for (std::size_t i = 0; i < P.size(); ++i)
+        for (std::size_t j = 0; j < P.size(); ++j)
+            e += r[i] * S[P[i] * n + P[j]] * r[j];
+    return e;
+}
+
+OrderOneFit arbx_refine_order1(const std::vector<float>& x, const std::vector<double>& b1, const double* S,
+                               std::int64_t n, const std::vector<std::int64_t>& P, OrderOneFit f, int iterations,
+                               std::vector<double>* errors)
+{
+    static const std::vector<double> none;
+    const MetricForms q = metric_forms(x, b1, none, S, n, P);
+    if (errors)
+        errors->assign(1, metric_error(x, b1, none, S, n, P, f.mu, f.alpha, 0.0));
+    for (int t = 0; t < iterations; ++t) {
+        f.mu = solved(q.xSm - f.alpha * q.mS1, q.mSm, f.mu);
+        f.alpha = solved(q.xS1 - f.mu * q.mS1, q.s1S1, f.alpha);
+        if (errors)
+            errors->push_back(metric_error(x, b1, none, S, n, P, f.mu, f.alpha, 0.0));
+    }
+    return f;
+}
+
+OrderTwoFit arbx_refine_order2(const std::vector<float>& x, const std::vector<double>& b1, const std::vector<double>& b2,
+                               const double* S, std::int64_t n, const std::vector<std::int64_t>& P, OrderTwoFit f,
+                               int iterations, std::vector<double>* errors)
+{
+    const MetricForms q = metric_forms(x, b1, b2, S, n, P);
+    if (errors)
+        errors->assign(1, metric_error(x, b1, b2, S, n, P, f.mu, f.alpha1, f.alpha2));
+    for (int t = 0; t < iterations; ++t) {
+        f.mu = solved(q.xSm - f.alpha1 * q.mS1 - f.alpha2 * q.mS2, q.mSm, f.mu);
+        f.alpha1 = solved(q.xS1 - f.mu * q.mS1 - f.alpha2 * q.s1S2, q.s1S1, f.alpha1);
+        f.alpha2 = solved(q.xS2 - f.mu * q.mS2 - f.alpha1 * q.s1S2, q.s2S2, f.alpha2);
+        if (errors)
+            errors->push_back(metric_error(x, b1, b2, S, n, P, f.mu, f.alpha1, f.alpha2));
+    }
+    return f;
+}
+
+// ---- ARB-RC: a row scale and a column scale per order ------------------------------------------
+
+double RowColumnFit::value(std::int64_t i, std::int64_t j) const
+{
+    const std::size_t e = static_cast<std::size_t>(i * cols + j);
+    double v = a[static_cast<std::size_t>(i * order)] * c[static_cast<std::size_t>(j * order)] * b1[e];
+    if (order == 2)
+        v += a[static_cast<std::size_t>(i * order + 1)] * c[static_cast<std::size_t>(j * order + 1)] * b2[e];
+    return v;
+}
+
+double rc_error(const float* W, const bool* mask, const RowColumnFit& f)
+{
+    double e = 0.0;
+    for (std::int64_t i = 0; i < f.rows; ++i)
+        for (std::int64_t j = 0; j < f.cols; ++j)
+            if (mask[i * f.cols + j]) {
+                const double r = W[i * f.cols + j] - f.value(i, j);
+                e += r * r;
+            }
+    return e;
+}
+
+namespace {
+
+/// Order k's least-squares row scales given its column scales and signs, against the target
+/// W minus the other order (`other` < 0: none); then its column scales given those rows.
+void refit_scales(const float* W, const bool* mask, RowColumnFit& f, int k, int other)
+{
+    const std::int64_t R = f.rows, C = f.cols, o = f.order;
+    auto target = [&](std::int64_t i, std::int64_t j) {
+        const std::size_t e = static_cast<std::size_t>(i * C + j);
+        double t = W[e];
+        if (other >= 0)
+            t -= f.a[static_cast<std::size_t>(i * o + other)] * f.c[static_cast<std::size_t>(j * o + other)] *
+                 (other == 0 ? f.b1[e] : f.b2[e]);
+        return t;
+    };
+    auto sign = [&](std::int64_t i, std::int64_t j) {
+        const std::size_t e = static_cast<std::size_t>(i * C + j);
+        return static_cast<double>(k == 0 ? f.b1[e] : f.b2[e]);
+    };
+    // Rows, then columns, each in parallel (the rows' scales are all known before the columns').
+    at::parallel_for(0, R, 64, [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t i = r0; i < r1; ++i) {
+            double num = 0.0, den = 0.0;
+            for (std::int64_t j = 0; j < C; ++j)
+                if (mask[i * C + j]) {
+                    const double cj = f.c[static_cast<std::size_t>(j * o + k)];
+                    num += cj * sign(i, j) * target(i, j);
+                    den += cj * cj;
+                }
+            f.a[static_cast<std::size_t>(i * o + k)] = den > 0.0 ? num / den : 0.0;
+        }
+    });
+    at::parallel_for(0, C, 8, [&](std::int64_t c0, std::int64_t c1) {
+        for (std::int64_t j = c0; j < c1; ++j) {
+            double num = 0.0, den = 0.0;
+            for (std::int64_t i = 0; i < R; ++i)
+                if (mask[i * C + j]) {
+                    const double ai = f.a[static_cast<std::size_t>(i * o + k)];
+                    num += ai * sign(i, j) * target(i, j);
+                    den += ai * ai;
+                }
+            f.c[static_cast<std::size_t>(j * o + k)] = den > 0.0 ? num / den : 0.0;
+        }
+    });
+}
+
+} // namespace
+
+RowColumnFit arb_rc_fit(const float* W, const bool* mask, std::int64_t rows, std::int64_t cols, int order,
+                        int iterations, std::vector<double>* errors)
+{
+    RowColumnFit f;
+    f.order = order;
+    f.rows = rows;
+    f.cols = cols;
+    const std::size_t n = static_cast<std::size_t>(rows * cols);
+    f.a.assign(static_cast<std::size_t>(rows * order), 0.0);
+    f.c.assign(static_cast<std::size_t>(cols * order), 0.0);
+    f.b1.assign(n, 0);
+    f.b2.assign(order == 2 ? n : 0, 0);
+    // The start: each order fits the residual of the ones before it.
+    std::vector<double> residual(n, 0.0);
+    for (std::size_t e = 0; e < n; ++e)
+        residual[e] = mask[e] ? W[e] : 0.0;
+    for (int k = 0; k < order; ++k) {
+        std::vector<signed char>& b = k == 0 ? f.b1 : f.b2;
+        for (std::int64_t i = 0; i < rows; ++i) {
+            double s = 0.0, m = 0.0;
+            for (std::int64_t j = 0; j < cols; ++j)
+                if (mask[i * cols + j]) {
+                    s += std::fabs(residual[static_cast<std::size_t>(i * cols + j)]);
+                    m += 1.0;
+                }
+            f.a[static_cast<std::size_t>(i * order + k)] = m > 0.0 ? s / m : 0.0;
+        }
+        for (std::int64_t j = 0; j < cols; ++j) {
+            double s = 0.0, m = 0.0;
+            for (std::int64_t i = 0; i < rows; ++i) {
+                const double ai = f.a[static_cast<std::size_t>(i * order + k)];
+                if (mask[i * cols + j] && ai > 0.0) { // 0/0 is skipped, as a NaN-ignoring mean would
+                    s += std::fabs(residual[static_cast<std::size_t>(i * cols + j)] / ai);
+                    m += 1.0;
+                }
+            }
+            f.c[static_cast<std::size_t>(j * order + k)] = m > 0.0 ? s / m : 0.0;
+        }
+        for (std::int64_t i = 0; i < rows; ++i)
+            for (std::int64_t j = 0; j < cols; ++j) {
+                const std::size_t e = static_cast<std::size_t>(i * cols + j);
+                if (!mask[e])
+                    continue;
+                b[e] = residual[e] >= 0.0 ? 1 : -1;
+                residual[e] -= f.a[static_cast<std::size_t>(i * order + k)] * f.c[static_cast<std::size_t>(j * order + k)] * b[e];
+            }
+    }
+    if (errors)
+        errors->assign(1, rc_error(W, mask, f));
+    for (int t = 0; t < iterations; ++t) {
+        if (order == 1) {
+            refit_scales(W, mask, f, 0, -1);
+        } else {
+            refit_scales(W, mask, f, 0, 1);
+            refit_scales(W, mask, f, 1, 0);
+            // The nearest of the four levels +-a1 c1 +-a2 c2 (ties: the first of ++, +-, -+, --).
+            at::parallel_for(0, rows, 64, [&](std::int64_t r0, std::int64_t r1) {
+                for (std::int64_t i = r0; i < r1; ++i)
+                    for (std::int64_t j = 0; j < cols; ++j) {
+                        const std::size_t e = static_cast<std::size_t>(i * cols + j);
+                        if (!mask[e])
+                            continue;
+                        const double x = f.a[static_cast<std::size_t>(i * 2)] * f.c[static_cast<std::size_t>(j * 2)];
+                        const double y = f.a[static_cast<std::size_t>(i * 2 + 1)] * f.c[static_cast<std::size_t>(j * 2 + 1)];
+                        double best = INFINITY;
+                        for (signed char s1 : {1, -1})
+                            for (signed char s2 : {1, -1}) {
+                                const double d = std::fabs(W[e] - (s1 * x + s2 * y));
+                                if (d < best) {
+                                    best = d;
+                                    f.b1[e] = s1;
+                                    f.b2[e] = s2;
+                                }
+                            }
+                    }
+            });
+        }
+        if (errors)
+            errors->push_back(rc_error(W, mask, f));
+    }
     return f;
 }
 

@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "core/quant/methods/arb/arb.h"
+#include "core/quant/registry.h"
 #include "core/saliency.h"
 
 #include <ATen/ATen.h>
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 
 namespace pbllm {
@@ -188,10 +190,68 @@ std::size_t first_minimum(const std::vector<double>& errors)
     return static_cast<std::size_t>(std::min_element(errors.begin(), errors.end()) - errors.begin());
 }
 
+/// For each candidate p, the error of splitting each row's `member` columns at p (|S| < p:
+/// concentrated, else sparse) with each side binarized to `order` (1 or 2), summed over rows.
+std::vector<double> split_errors(const float* S, const float* V, std::int64_t rows, std::int64_t nb,
+                                 const std::vector<bool>& member, const std::vector<float>& candidates, int order,
+                                 bool reference)
+{
+    const std::size_t P = candidates.size();
+    std::vector<double> per_row(static_cast<std::size_t>(rows) * P, 0.0);
+    auto side_error = [&](const SetSums& set) { return order == 1 ? first_order_error(set) : second_order_error(set); };
+    at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t r = r0; r < r1; ++r) {
+            double* out = per_row.data() + static_cast<std::size_t>(r) * P;
+            std::vector<std::int64_t> members; // the row's columns in the set being split
+            for (std::int64_t c = 0; c < nb; ++c)
+                if (member[static_cast<std::size_t>(c)])
+                    members.push_back(c);
+            auto key = [&](std::int64_t c) { return std::fabs(S[r * nb + c]); };
+            if (reference) {
+                for (std::size_t t = 0; t < P; ++t) {
+                    std::vector<double> concentrated, sparse;
+                    for (std::int64_t c : members)
+                        (key(c) < candidates[t] ? concentrated : sparse).push_back(V[r * nb + c]);
+                    out[t] = residual_error(concentrated, order) + residual_error(sparse, order);
+                }
+                continue;
+            }
+            const std::size_t m = members.size();
+            std::vector<std::size_t> by_value(m), by_key(m);
+            std::iota(by_value.begin(), by_value.end(), 0);
+            std::iota(by_key.begin(), by_key.end(), 0);
+            std::sort(by_value.begin(), by_value.end(),
+                      [&](std::size_t a, std::size_t b) { return V[r * nb + members[a]] < V[r * nb + members[b]]; });
+            std::sort(by_key.begin(), by_key.end(), [&](std::size_t a, std::size_t b) { return key(members[a]) < key(members[b]); });
+            std::vector<double> sorted(m);
+            std::vector<std::size_t> rank(m);
+            for (std::size_t i = 0; i < m; ++i) {
+                sorted[i] = V[r * nb + members[by_value[i]]];
+                rank[by_value[i]] = i;
+            }
+            // Concentrated sets (key < p) grow with p, sparse ones (key >= p) as p falls.
+            RankedSet concentrated(sorted), sparse(sorted);
+            std::size_t next = 0;
+            for (std::size_t t = 0; t < P; ++t) {
+                while (next < m && key(members[by_key[next]]) < candidates[t])
+                    concentrated.insert(rank[by_key[next++]]);
+                out[t] = side_error(sums_of(concentrated));
+            }
+            std::size_t last = m; // members by_key[last..] are in `sparse`
+            for (std::size_t t = P; t-- > 0;) {
+                while (last > 0 && key(members[by_key[last - 1]]) >= candidates[t])
+                    sparse.insert(rank[by_key[--last]]);
+                out[t] += side_error(sums_of(sparse));
+            }
+        }
+    });
+    return column_sums(per_row, rows, P);
+}
+
 } // namespace
 
 BillmBlockChoice billm_search_block(const at::Tensor& scores_in, const at::Tensor& values_in, int max_salient_columns,
-                                    bool reference)
+                                    bool split_salient, bool reference)
 {
     const at::Tensor scores = scores_in.to(at::kFloat).contiguous(), values = values_in.to(at::kFloat).contiguous();
     const std::int64_t rows = scores.size(0), nb = scores.size(1);
@@ -272,56 +332,27 @@ BillmBlockChoice billm_search_block(const at::Tensor& scores_in, const at::Tenso
         for (int t = 0; t < kBreakCandidates; ++t)
             choice.break_candidates.push_back(static_cast<float>(quantile_of_sorted(keys, 0.10 + 0.01 * t)));
     }
-    const std::size_t P = choice.break_candidates.size();
-    per_row.assign(static_cast<std::size_t>(rows) * P, 0.0);
-    at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
-        for (std::int64_t r = r0; r < r1; ++r) {
-            double* out = per_row.data() + static_cast<std::size_t>(r) * P;
-            std::vector<std::int64_t> members; // the row's non-salient columns
-            for (std::int64_t c = 0; c < nb; ++c)
-                if (!salient_col[static_cast<std::size_t>(c)])
-                    members.push_back(c);
-            auto key = [&](std::int64_t c) { return std::fabs(S[r * nb + c]); };
-            if (reference) {
-                for (std::size_t t = 0; t < P; ++t) {
-                    std::vector<double> concentrated, sparse;
-                    for (std::int64_t c : members)
-                        (key(c) < choice.break_candidates[t] ? concentrated : sparse).push_back(V[r * nb + c]);
-                    out[t] = residual_error(concentrated, 1) + residual_error(sparse, 1);
-                }
-                continue;
-            }
-            const std::size_t m = members.size();
-            std::vector<std::size_t> by_value(m), by_key(m);
-            std::iota(by_value.begin(), by_value.end(), 0);
-            std::iota(by_key.begin(), by_key.end(), 0);
-            std::sort(by_value.begin(), by_value.end(),
-                      [&](std::size_t a, std::size_t b) { return V[r * nb + members[a]] < V[r * nb + members[b]]; });
-            std::sort(by_key.begin(), by_key.end(), [&](std::size_t a, std::size_t b) { return key(members[a]) < key(members[b]); });
-            std::vector<double> sorted(m);
-            std::vector<std::size_t> rank(m);
-            for (std::size_t i = 0; i < m; ++i) {
-                sorted[i] = V[r * nb + members[by_value[i]]];
-                rank[by_value[i]] = i;
-            }
-            // Concentrated sets (key < p) grow with p, sparse ones (key >= p) as p falls.
-            RankedSet concentrated(sorted), sparse(sorted);
-            std::size_t next = 0;
-            for (std::size_t t = 0; t < P; ++t) {
-                while (next < m && key(members[by_key[next]]) < choice.break_candidates[t])
-                    concentrated.insert(rank[by_key[next++]]);
-                out[t] = first_order_error(sums_of(concentrated));
-            }
-            std::size_t last = m; // members by_key[last..] are in `sparse`
-            for (std::size_t t = P; t-- > 0;) {
-                while (last > 0 && key(members[by_key[last - 1]]) >= choice.break_candidates[t])
-                    sparse.insert(rank[by_key[--last]]);
-                out[t] += first_order_error(sums_of(sparse));
-            }
-        }
-    });
-    choice.break_errors = column_sums(per_row, rows, P);
+    std::vector<bool> non_salient(salient_col.size());
+    for (std::size_t c = 0; c < salient_col.size(); ++c)
+        non_salient[c] = !salient_col[c];
+    choice.break_errors = split_errors(S, V, rows, nb, non_salient, choice.break_candidates, 1, reference);
     choice.break_point = choice.break_candidates[first_minimum(choice.break_errors)];
+
+    // 3. CGB: the salient columns split the same way, at the 0.10 .. 0.90 quantiles of the
+    //    non-zero |S| at salient positions, each side binarized to second order.
+    if (split_salient) {
+        std::vector<float> keys;
+        for (std::int64_t r = 0; r < rows; ++r)
+            for (std::int64_t c = 0; c < nb; ++c)
+                if (salient_col[static_cast<std::size_t>(c)] && S[r * nb + c] != 0.0f)
+                    keys.push_back(std::fabs(S[r * nb + c]));
+        sort_in_parallel(keys);
+        for (int t = 0; t < kBreakCandidates; ++t)
+            choice.salient_break_candidates.push_back(static_cast<float>(quantile_of_sorted(keys, 0.10 + 0.01 * t)));
+        choice.salient_break_errors =
+            split_errors(S, V, rows, nb, salient_col, choice.salient_break_candidates, 2, reference);
+        choice.salient_break_point = choice.salient_break_candidates[first_minimum(choice.salient_break_errors)];
+    }
     return choice;
 }
 
@@ -340,87 +371,333 @@ std::pair<float, float> fit_group(const std::vector<float>& xs)
     return {mu, round_to_fp16(static_cast<float>(dev / static_cast<double>(xs.size())))};
 }
 
-/// Quantizes the rows of one block with the searched masks, writing codes, parameters and Q.
-struct BlockWriter {
+float fp16(double v) { return round_to_fp16(static_cast<float>(v)); }
+
+/// How a block-binary method fits its groups (the layout comes from its registry row).
+struct Recipe {
+    BlockBinaryLayout layout;
+    bool refine = false;         ///< ARB's alternating refinement of every group
+    bool hessian_metric = false; ///< ARB-X: then the scales in the block Hessian's metric
+};
+
+Recipe recipe_of(QuantMethod m)
+{
+    Recipe r;
+    r.layout = block_layout_of(m);
+    r.refine = m != QuantMethod::Billm;
+    r.hessian_metric = m == QuantMethod::ArbX;
+    return r;
+}
+
+/// The four groups of a block: salient columns (split into two under CGB), the rest at p.
+enum Group : int { kSalientDense, kSalientSparse, kDense, kSparse, kGroups };
+bool group_is_sparse(int g) { return g == kSalientSparse || g == kSparse; }
+int group_order(int g) { return g == kSalientDense || g == kSalientSparse ? 2 : 1; }
+
+/// Where a group's parameters sit: mean-and-scale slots (alpha1, mu1[, alpha2, mu2]), or the
+/// row-column layout's row scales and column scales per order.
+int mean_slot(int g) { return g == kSalientDense ? kSalientAlpha1 : g == kSalientSparse ? kSalientSparseAlpha1 : g == kDense ? kConcentratedAlpha : kSparseAlpha; }
+int rc_row_slot(int g, int k) { return g == kSalientDense ? kRcSalientA1 + k : g == kSalientSparse ? kRcSalientSparseA1 + k : g == kDense ? kRcConcentratedA : kRcSparseA; }
+int rc_column_slot(int g, int k) { return (group_is_sparse(g) ? kRcColumnSparse1 : kRcColumn1) + k; }
+
+/// The block's masks: each weight's group (salient split at `salient_break` under CGB, the rest at `break_point`).
+std::vector<signed char> group_map(const float* S, std::int64_t rows, std::int64_t nb, const bool* salient_col,
+                                   bool split_salient, float salient_break, float break_point)
+{
+    std::vector<signed char> g(static_cast<std::size_t>(rows * nb));
+    for (std::int64_t r = 0; r < rows; ++r)
+        for (std::int64_t c = 0; c < nb; ++c) {
+            const float key = std::fabs(S[r * nb + c]);
+            g[static_cast<std::size_t>(r * nb + c)] = static_cast<signed char>(
+                salient_col[c] ? (split_salient && key >= salient_break ? kSalientSparse : kSalientDense)
+                               : (key >= break_point ? kSparse : kDense));
+        }
+    return g;
+}
+
+/// The block's values of one row in one group, with their positions.
+void gather(const float* w, const signed char* groups, std::int64_t nb, int g, std::vector<float>& xs,
+            std::vector<std::int64_t>& positions)
+{
+    xs.clear();
+    positions.clear();
+    for (std::int64_t c = 0; c < nb; ++c)
+        if (groups[c] == g) {
+            xs.push_back(w[c]);
+            positions.push_back(c);
+        }
+}
+
+/// Quantizes the rows of one block with the searched groups, writing codes, row parameters and Q
+/// (mean-and-scale layouts: BiLLM, ARB, ARB-X).
+struct MeanScaleWriter {
+    Recipe recipe;
     std::int64_t cols = 0, b0 = 0, nb = 0, block_index = 0, blocks = 0;
-    bool refine = false;      ///< ARB: refine every group's fit (method arb)
-    const float* W = nullptr; ///< (rows, nb) block values
-    const float* S = nullptr; ///< (rows, nb) scores
-    const bool* salient_col = nullptr; ///< (nb)
-    float break_point = 0.0f;
+    const float* W = nullptr;          ///< (rows, nb) block values
+    const signed char* groups = nullptr; ///< (rows, nb)
+    const double* H = nullptr;         ///< (nb, nb) the block's Hessian (ARB-X)
     bool *sparse = nullptr, *sign1 = nullptr, *sign2 = nullptr; ///< (rows, cols)
-    float* params = nullptr; ///< (rows, blocks, kBlockParams)
+    float* params = nullptr; ///< (rows, blocks, layout.row_params())
     float* Q = nullptr;      ///< (rows, nb)
 
-    /// A first-order group's FP16 (mu, alpha): the plain fit, refined by ARB when asked.
-    std::pair<float, float> order1(const std::vector<float>& xs) const
+    /// One order-1 group: parameters into p[slot], signs into s1.
+    void order1(const std::vector<float>& xs, const std::vector<std::int64_t>& at, float* p, int slot, bool* s1) const
     {
-        const auto [mu, alpha] = fit_group(xs);
-        if (!refine || xs.empty())
-            return {mu, alpha};
-        const OrderOneFit f = arb_refine_order1(xs, {mu, alpha}, kArbIterations);
-        return {round_to_fp16(static_cast<float>(f.mu)), round_to_fp16(static_cast<float>(f.alpha))};
+        auto [mu, alpha] = fit_group(xs);
+        if (recipe.refine && !xs.empty()) {
+            OrderOneFit f = arb_refine_order1(xs, {mu, alpha}, kArbIterations);
+            if (recipe.hessian_metric) {
+                std::vector<double> b(xs.size());
+                for (std::size_t i = 0; i < xs.size(); ++i)
+                    b[i] = xs[i] - f.mu >= 0.0 ? 1.0 : -1.0;
+                f = arbx_refine_order1(xs, b, H, nb, at, f, kArbIterations);
+                const double flip = f.alpha < 0.0 ? -1.0 : 1.0; // -alpha with -B: the same values
+                p[slot] = fp16(flip * f.alpha);
+                p[slot + 1] = fp16(f.mu);
+                for (std::size_t i = 0; i < xs.size(); ++i) // ARB-X keeps the signs it refined under
+                    s1[at[i]] = flip * b[i] > 0.0;
+                return;
+            }
+            mu = fp16(f.mu);
+            alpha = fp16(f.alpha);
+        }
+        p[slot] = alpha;
+        p[slot + 1] = mu;
+        for (std::size_t i = 0; i < xs.size(); ++i)
+            s1[at[i]] = binary_sign(xs[i], mu);
+    }
+
+    /// One order-2 group (slots alpha1, mu1, alpha2, mu2).
+    void order2(const std::vector<float>& xs, const std::vector<std::int64_t>& at, float* p, int slot, bool* s1,
+                bool* s2) const
+    {
+        // BiLLM's residual binarization: order 1, then order 1 of the residual.
+        std::tie(p[slot + 1], p[slot]) = fit_group(xs);
+        std::vector<float> residual = xs;
+        for (float& x : residual)
+            x -= binary_value(binary_sign(x, p[slot + 1]), p[slot + 1], p[slot]);
+        std::tie(p[slot + 3], p[slot + 2]) = fit_group(residual);
+        if (!recipe.refine || xs.empty()) {
+            for (std::size_t i = 0; i < xs.size(); ++i) {
+                s1[at[i]] = binary_sign(xs[i], p[slot + 1]);
+                s2[at[i]] = binary_sign(residual[i], p[slot + 3]);
+            }
+            return;
+        }
+        // ARB of order 2 from there: one shared mean (stored as mu1, mu2 = 0), both scales.
+        OrderTwoFit f = arb_refine_order2(xs, {static_cast<double>(p[slot + 1]) + p[slot + 3], p[slot], p[slot + 2]},
+                                          kArbIterations);
+        if (recipe.hessian_metric) {
+            std::vector<double> b1(xs.size()), b2(xs.size());
+            for (std::size_t i = 0; i < xs.size(); ++i)
+                nearest_levels(xs[i], f, b1[i], b2[i]);
+            f = arbx_refine_order2(xs, b1, b2, H, nb, at, f, kArbIterations);
+            const double f1 = f.alpha1 < 0.0 ? -1.0 : 1.0, f2 = f.alpha2 < 0.0 ? -1.0 : 1.0;
+            p[slot] = fp16(f1 * f.alpha1);
+            p[slot + 1] = fp16(f.mu);
+            p[slot + 2] = fp16(f2 * f.alpha2);
+            p[slot + 3] = 0.0f;
+            for (std::size_t i = 0; i < xs.size(); ++i) {
+                s1[at[i]] = f1 * b1[i] > 0.0;
+                s2[at[i]] = f2 * b2[i] > 0.0;
+            }
+            return;
+        }
+        p[slot] = fp16(f.alpha1);
+        p[slot + 1] = fp16(f.mu);
+        p[slot + 2] = fp16(f.alpha2);
+        p[slot + 3] = 0.0f;
+        const bool split_group = slot == kSalientSparseAlpha1;
+        for (std::size_t i = 0; i < xs.size(); ++i) { // the nearest of the four stored levels
+            float best = INFINITY;
+            for (bool a : {true, false})
+                for (bool b : {true, false}) {
+                    const float e = std::fabs(xs[i] - block_binary_value(recipe.layout, true, split_group, a, b, p, nullptr));
+                    if (e < best) {
+                        best = e;
+                        s1[at[i]] = a;
+                        s2[at[i]] = b;
+                    }
+                }
+        }
     }
 
     void rows(std::int64_t r0, std::int64_t r1) const
     {
-        std::vector<float> salient, residual, concentrated, dispersed;
+        std::vector<float> xs;
+        std::vector<std::int64_t> at;
+        std::unique_ptr<bool[]> s1(new bool[static_cast<std::size_t>(nb)]), s2(new bool[static_cast<std::size_t>(nb)]);
+        const int np = recipe.layout.row_params();
         for (std::int64_t r = r0; r < r1; ++r) {
             const float* w = W + r * nb;
-            salient.clear();
-            concentrated.clear();
-            dispersed.clear();
-            auto is_sparse = [&](std::int64_t c) { return std::fabs(S[r * nb + c]) >= break_point; };
-            for (std::int64_t c = 0; c < nb; ++c)
-                (salient_col[c] ? salient : is_sparse(c) ? dispersed : concentrated).push_back(w[c]);
-            float* p = params + (r * blocks + block_index) * kBlockParams;
-            // Salient columns: BiLLM's residual binarization (order 1, then order 1 of the residual).
-            std::tie(p[kSalientMu1], p[kSalientAlpha1]) = fit_group(salient);
-            residual = salient;
-            for (float& x : residual)
-                x -= binary_value(binary_sign(x, p[kSalientMu1]), p[kSalientMu1], p[kSalientAlpha1]);
-            std::tie(p[kSalientMu2], p[kSalientAlpha2]) = fit_group(residual);
-            if (refine && !salient.empty()) {
-                // ARB of order 2 from there: one shared mean (stored as mu1, mu2 = 0), both scales.
-                const OrderTwoFit f = arb_refine_order2(
-                    salient, {static_cast<double>(p[kSalientMu1]) + p[kSalientMu2], p[kSalientAlpha1], p[kSalientAlpha2]},
-                    kArbIterations);
-                p[kSalientMu1] = round_to_fp16(static_cast<float>(f.mu));
-                p[kSalientMu2] = 0.0f;
-                p[kSalientAlpha1] = round_to_fp16(static_cast<float>(f.alpha1));
-                p[kSalientAlpha2] = round_to_fp16(static_cast<float>(f.alpha2));
+            const signed char* g = groups + r * nb;
+            float* p = params + (r * blocks + block_index) * np;
+            std::fill(s1.get(), s1.get() + nb, false);
+            std::fill(s2.get(), s2.get() + nb, false);
+            for (int grp = 0; grp < kGroups; ++grp) {
+                if (grp == kSalientSparse && !recipe.layout.split_salient)
+                    continue;
+                gather(w, g, nb, grp, xs, at);
+                if (group_order(grp) == 2)
+                    order2(xs, at, p, mean_slot(grp), s1.get(), s2.get());
+                else
+                    order1(xs, at, p, mean_slot(grp), s1.get());
             }
-            std::tie(p[kConcentratedMu], p[kConcentratedAlpha]) = order1(concentrated);
-            std::tie(p[kSparseMu], p[kSparseAlpha]) = order1(dispersed);
             for (std::int64_t c = 0; c < nb; ++c) {
                 const std::int64_t i = r * cols + b0 + c;
-                const bool sal = salient_col[c], spa = !sal && is_sparse(c);
-                const float mu1 = sal ? p[kSalientMu1] : spa ? p[kSparseMu] : p[kConcentratedMu];
-                bool s1 = binary_sign(w[c], mu1);
-                bool s2 = false;
-                if (sal && refine) { // the nearest of the four stored levels
-                    float best = INFINITY;
-                    for (bool a : {true, false})
-                        for (bool b : {true, false}) {
-                            const float e = std::fabs(w[c] - block_binary_value(true, false, a, b, p));
-                            if (e < best) {
-                                best = e;
-                                s1 = a;
-                                s2 = b;
-                            }
-                        }
-                } else if (sal) { // BiLLM: the residual's sign
-                    const float rest = w[c] - binary_value(s1, p[kSalientMu1], p[kSalientAlpha1]);
-                    s2 = binary_sign(rest, p[kSalientMu2]);
-                }
+                const bool sal = g[c] == kSalientDense || g[c] == kSalientSparse, spa = group_is_sparse(g[c]);
                 sparse[i] = spa;
-                sign1[i] = s1;
-                sign2[i] = s2;
-                Q[r * nb + c] = block_binary_value(sal, spa, s1, s2, p);
+                sign1[i] = s1[c];
+                sign2[i] = sal && s2[c];
+                Q[r * nb + c] = block_binary_value(recipe.layout, sal, spa, sign1[i], sign2[i], p, nullptr);
             }
         }
     }
 };
+
+/// ARB-RC on one block: each group fitted across the block's rows (row and column scales couple
+/// them), the scales normalised (column scales of mean 1 per order), rounded to FP16, and every
+/// weight at the nearest of its stored levels.
+void write_row_column_block(const Recipe& recipe, const float* Wb, const signed char* groups, std::int64_t rows,
+                            std::int64_t nb, std::int64_t cols, std::int64_t b0, std::int64_t block_index,
+                            std::int64_t blocks, BlockBinaryCodes& codes, float* Q)
+{
+    const int np = recipe.layout.row_params();
+    float* params = codes.params.data_ptr<float>();
+    float* colp = codes.column_params.data_ptr<float>() + b0 * kRcColumnParams;
+    for (int grp = 0; grp < kGroups; ++grp) {
+        if (grp == kSalientSparse && !recipe.layout.split_salient)
+            continue;
+        std::unique_ptr<bool[]> mask(new bool[static_cast<std::size_t>(rows * nb)]);
+        bool any = false;
+        for (std::int64_t e = 0; e < rows * nb; ++e)
+            any |= (mask[static_cast<std::size_t>(e)] = groups[e] == grp);
+        if (!any)
+            continue;
+        const int order = group_order(grp);
+        const RowColumnFit f = arb_rc_fit(Wb, mask.get(), rows, nb, order, kArbIterations);
+        for (int k = 0; k < order; ++k) {
+            double sum = 0.0, n = 0.0; // the column scales' mean over the group's columns
+            for (std::int64_t c = 0; c < nb; ++c) {
+                const double v = std::fabs(f.c[static_cast<std::size_t>(c * order + k)]);
+                if (v > 0.0) {
+                    sum += v;
+                    n += 1.0;
+                }
+            }
+            const double norm = n > 0.0 && sum > 0.0 ? sum / n : 1.0;
+            // The levels +-a c (+-a' c') are the same set whatever the scales' signs: store |.|.
+            for (std::int64_t r = 0; r < rows; ++r)
+                params[(r * blocks + block_index) * np + rc_row_slot(grp, k)] =
+                    fp16(std::fabs(f.a[static_cast<std::size_t>(r * order + k)]) * norm);
+            for (std::int64_t c = 0; c < nb; ++c) {
+                bool used = false;
+                for (std::int64_t r = 0; r < rows && !used; ++r)
+                    used = mask[static_cast<std::size_t>(r * nb + c)];
+                if (used)
+                    colp[c * kRcColumnParams + rc_column_slot(grp, k)] =
+                        fp16(std::fabs(f.c[static_cast<std::size_t>(c * order + k)]) / norm);
+            }
+        }
+    }
+    bool *sparse = codes.sparse.data_ptr<bool>(), *sign1 = codes.sign1.data_ptr<bool>(), *sign2 = codes.sign2.data_ptr<bool>();
+    at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
+        for (std::int64_t r = r0; r < r1; ++r) {
+            const float* p = params + (r * blocks + block_index) * np;
+            for (std::int64_t c = 0; c < nb; ++c) {
+                const int g = groups[r * nb + c];
+                const bool sal = group_order(g) == 2, spa = group_is_sparse(g);
+                const std::int64_t i = r * cols + b0 + c;
+                const float w = Wb[r * nb + c];
+                float best = INFINITY;
+                for (bool a : {true, false})
+                    for (bool b : {true, false}) {
+                        if (!sal && !b)
+                            continue; // order 1: the second sign stays false
+                        const float e = std::fabs(w - block_binary_value(recipe.layout, sal, spa, a, sal && b, p,
+                                                                          colp + c * kRcColumnParams));
+                        if (e < best) {
+                            best = e;
+                            sign1[i] = a;
+                            sign2[i] = sal && b;
+                        }
+                    }
+                sparse[i] = spa;
+                Q[r * nb + c] = block_binary_value(recipe.layout, sal, spa, sign1[i], sign2[i], p, colp + c * kRcColumnParams);
+            }
+        }
+    });
+}
+
+/// ARB-X's break point: each candidate scored by tr(R S R^T) on the block's Hessian S, R the
+/// residual of the searched values with the salient columns ARB-fitted (order 2, one group) and
+/// the rest split at the candidate and binarized to first order, as the authors' code scores it.
+std::vector<double> hessian_metric_break_errors(const float* V, const float* S, std::int64_t rows, std::int64_t nb,
+                                                const bool* salient_col, const std::vector<float>& candidates,
+                                                const at::Tensor& Hb)
+{
+    at::Tensor Rsal = at::zeros({rows, nb}, at::kFloat);
+    float* rs = Rsal.data_ptr<float>();
+    at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
+        std::vector<float> xs;
+        for (std::int64_t r = r0; r < r1; ++r) {
+            xs.clear();
+            for (std::int64_t c = 0; c < nb; ++c)
+                if (salient_col[c])
+                    xs.push_back(V[r * nb + c]);
+            if (xs.empty())
+                continue;
+            const auto [mu1, a1] = fit_group(xs);
+            std::vector<float> res = xs;
+            for (float& x : res)
+                x -= binary_value(binary_sign(x, mu1), mu1, a1);
+            const auto [mu2, a2] = fit_group(res);
+            const OrderTwoFit f = arb_refine_order2(xs, {static_cast<double>(mu1) + mu2, a1, a2}, kArbIterations);
+            std::size_t i = 0;
+            for (std::int64_t c = 0; c < nb; ++c)
+                if (salient_col[c]) {
+                    double b1 = 1.0, b2 = 1.0;
+                    nearest_levels(xs[i], f, b1, b2);
+                    rs[r * nb + c] = static_cast<float>(xs[i] - (f.mu + f.alpha1 * b1 + f.alpha2 * b2));
+                    ++i;
+                }
+        }
+    });
+    const at::Tensor Hf = Hb.to(at::kFloat);
+    std::vector<double> errors;
+    at::Tensor R = at::empty({rows, nb}, at::kFloat);
+    for (float p : candidates) {
+        R.copy_(Rsal);
+        float* rr = R.data_ptr<float>();
+        at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
+            for (std::int64_t r = r0; r < r1; ++r) {
+                double n[2] = {0, 0}, sum[2] = {0, 0}, dev[2] = {0, 0};
+                for (std::int64_t c = 0; c < nb; ++c)
+                    if (!salient_col[c]) {
+                        const int k = std::fabs(S[r * nb + c]) >= p;
+                        n[k] += 1;
+                        sum[k] += V[r * nb + c];
+                    }
+                double mu[2];
+                for (int k = 0; k < 2; ++k)
+                    mu[k] = n[k] > 0 ? sum[k] / n[k] : 0.0;
+                for (std::int64_t c = 0; c < nb; ++c)
+                    if (!salient_col[c]) {
+                        const int k = std::fabs(S[r * nb + c]) >= p;
+                        dev[k] += std::fabs(V[r * nb + c] - mu[k]);
+                    }
+                for (std::int64_t c = 0; c < nb; ++c)
+                    if (!salient_col[c]) {
+                        const int k = std::fabs(S[r * nb + c]) >= p;
+                        const double alpha = n[k] > 0 ? dev[k] / n[k] : 0.0, x = V[r * nb + c];
+                        rr[r * nb + c] = static_cast<float>(x - (x - mu[k] >= 0.0 ? mu[k] + alpha : mu[k] - alpha));
+                    }
+            }
+        });
+        errors.push_back((at::matmul(R, Hf) * R).sum(at::kDouble).item<double>());
+    }
+    return errors;
+}
 
 } // namespace
 
@@ -443,25 +720,30 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
     q.rows = rows;
     q.cols = cols;
     q.settings = settings;
-    const bool refine = settings.method == QuantMethod::Arb; // ARB's refinement of every group
+    const Recipe recipe = recipe_of(settings.method);
 
     at::Tensor W = W_in.to(at::kCPU, at::kFloat).clone();
     const HessianFactors factors = factor_hessian(H.to(at::kCPU, at::kDouble), options.percdamp, name);
     q.note = factors.note;
     W.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
-    // H stays: the output error's numerator needs a product with it (BiLLM has no GPTQ losses).
+    // H stays: the output error's numerator needs a product with it (BiLLM has no GPTQ losses),
+    // and ARB-X its blocks.
     const at::Tensor& U = factors.upper_inverse;
     const at::Tensor d = U.diagonal().contiguous(); // U_jj: saliency and compensation
     const at::Tensor saliency_d = settings.metric == SaliencyMetric::HessianInvDiag ? factors.inverse_diag : d;
+    const at::Tensor Hd = recipe.hessian_metric ? H.to(at::kCPU, at::kDouble).contiguous() : at::Tensor();
 
     BlockBinaryCodes& codes = q.block_binary;
+    codes.layout = recipe.layout;
     codes.block = options.blocksize;
     const std::int64_t blocks = codes.blocks(cols);
     codes.salient_cols = at::zeros({cols}, at::kBool);
     codes.sparse = at::zeros({rows, cols}, at::kBool);
     codes.sign1 = at::zeros({rows, cols}, at::kBool);
     codes.sign2 = at::zeros({rows, cols}, at::kBool);
-    codes.params = at::zeros({rows, blocks, kBlockParams}, at::kFloat);
+    codes.params = at::zeros({rows, blocks, recipe.layout.row_params()}, at::kFloat);
+    if (recipe.layout.row_column)
+        codes.column_params = at::zeros({cols, kRcColumnParams}, at::kFloat);
     q.dequantized = at::empty({rows, cols}, at::kFloat);
 
     for (std::int64_t b0 = 0, bi = 0; b0 < cols; b0 += codes.block, ++bi) {
@@ -474,30 +756,47 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
         // The authors' code searches on S, or on the signed weights when its metric is magnitude.
         const at::Tensor Vb =
             options.billm_search == BillmSearch::Scores && settings.metric != SaliencyMetric::Magnitude ? Sb : Wb;
-        const BillmBlockChoice choice = billm_search_block(Sb, Vb, options.billm_max_salient_columns);
+        BillmBlockChoice choice =
+            billm_search_block(Sb, Vb, options.billm_max_salient_columns, recipe.layout.split_salient);
 
         at::Tensor salient_col = at::zeros({nb}, at::kBool);
         for (int i = 0; i < choice.salient_columns; ++i)
             salient_col.data_ptr<bool>()[choice.column_order[static_cast<std::size_t>(i)]] = true;
         codes.salient_cols.narrow(0, b0, nb).copy_(salient_col);
+        at::Tensor Hb;
+        if (recipe.hessian_metric) {
+            Hb = Hd.narrow(0, b0, nb).narrow(1, b0, nb).contiguous();
+            const std::vector<double> errors =
+                hessian_metric_break_errors(Vb.data_ptr<float>(), Sb.data_ptr<float>(), rows, nb,
+                                            salient_col.data_ptr<bool>(), choice.break_candidates, Hb);
+            choice.break_point = choice.break_candidates[static_cast<std::size_t>(
+                std::min_element(errors.begin(), errors.end()) - errors.begin())];
+        }
+        const std::vector<signed char> groups =
+            group_map(Sb.data_ptr<float>(), rows, nb, salient_col.data_ptr<bool>(), recipe.layout.split_salient,
+                      choice.salient_break_point, choice.break_point);
         at::Tensor Qb = at::empty({rows, nb}, at::kFloat);
-        BlockWriter writer;
-        writer.cols = cols;
-        writer.b0 = b0;
-        writer.nb = nb;
-        writer.block_index = bi;
-        writer.refine = refine;
-        writer.blocks = blocks;
-        writer.W = Wb.data_ptr<float>();
-        writer.S = Sb.data_ptr<float>();
-        writer.salient_col = salient_col.data_ptr<bool>();
-        writer.break_point = choice.break_point;
-        writer.sparse = codes.sparse.data_ptr<bool>();
-        writer.sign1 = codes.sign1.data_ptr<bool>();
-        writer.sign2 = codes.sign2.data_ptr<bool>();
-        writer.params = codes.params.data_ptr<float>();
-        writer.Q = Qb.data_ptr<float>();
-        at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) { writer.rows(r0, r1); });
+        if (recipe.layout.row_column) {
+            write_row_column_block(recipe, Wb.data_ptr<float>(), groups.data(), rows, nb, cols, b0, bi, blocks, codes,
+                                   Qb.data_ptr<float>());
+        } else {
+            MeanScaleWriter writer;
+            writer.recipe = recipe;
+            writer.cols = cols;
+            writer.b0 = b0;
+            writer.nb = nb;
+            writer.block_index = bi;
+            writer.blocks = blocks;
+            writer.W = Wb.data_ptr<float>();
+            writer.groups = groups.data();
+            writer.H = Hb.defined() ? Hb.data_ptr<double>() : nullptr;
+            writer.sparse = codes.sparse.data_ptr<bool>();
+            writer.sign1 = codes.sign1.data_ptr<bool>();
+            writer.sign2 = codes.sign2.data_ptr<bool>();
+            writer.params = codes.params.data_ptr<float>();
+            writer.Q = Qb.data_ptr<float>();
+            at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) { writer.rows(r0, r1); });
+        }
         q.dequantized.narrow(1, b0, nb).copy_(Qb);
         // The block is quantized at once, then its error goes into the later columns. The
         // authors' code scales each column's error by its own U_jj (diagonal). GPTQ's column walk

@@ -23,11 +23,16 @@ struct BillmBlockChoice {
     std::vector<double> column_errors;      ///< the search's error for k = 1, 2, ...
     std::vector<double> break_errors;       ///< for each candidate break point
     std::vector<float> break_candidates;    ///< the 0.10 .. 0.90 quantiles
+    /// CGB (split_salient): the salient columns' break point, searched as p with second-order sides.
+    float salient_break_point = 0.0f;
+    std::vector<double> salient_break_errors;
+    std::vector<float> salient_break_candidates; ///< quantiles of the non-zero salient |S|
 };
-/// `reference`: re-binarize every candidate from scratch (the definition, for tests); otherwise
-/// the incremental search (values sorted once per row, prefix sums in Fenwick trees).
+/// `split_salient`: also search CGB's salient break point. `reference`: re-binarize every
+/// candidate from scratch (the definition, for tests); otherwise the incremental search (values
+/// sorted once per row, prefix sums in Fenwick trees).
 BillmBlockChoice billm_search_block(const at::Tensor& scores, const at::Tensor& values, int max_salient_columns,
-                                    bool reference = false);
+                                    bool split_salient = false, bool reference = false);
 
 /// The linear-interpolated q-quantile of sorted values (numpy's default).
 double quantile_of_sorted(const std::vector<float>& sorted, double q);

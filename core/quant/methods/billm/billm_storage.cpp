@@ -2,6 +2,7 @@
 
 #include "core/bitpack.h"
 #include "core/error.h"
+#include "core/quant/registry.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Half.h>
@@ -24,6 +25,26 @@ std::int64_t salient_columns(const PackedLinear& p)
     return n;
 }
 
+/// Column parameters stored for one column, in slot order (see RowColumnColumnParam).
+std::vector<int> column_slots(const BlockBinaryLayout& layout, bool salient)
+{
+    if (!layout.row_column)
+        return {};
+    if (!salient)
+        return {kRcColumn1, kRcColumnSparse1};
+    if (!layout.split_salient)
+        return {kRcColumn1, kRcColumn2};
+    return {kRcColumn1, kRcColumn2, kRcColumnSparse1, kRcColumnSparse2};
+}
+
+std::int64_t column_param_count(const PackedLinear& p, const BlockBinaryLayout& layout)
+{
+    std::int64_t n = 0;
+    for (std::int64_t c = 0; c < p.cols; ++c)
+        n += layout.column_params(bit(p.column_bitmap, c));
+    return n;
+}
+
 } // namespace
 
 PackedLinear pack_block_binary(const QuantizedLinear& q)
@@ -41,6 +62,7 @@ PackedLinear pack_block_binary(const QuantizedLinear& q)
     const at::Tensor cols = codes.salient_cols.contiguous(), sparse = codes.sparse.contiguous(),
                      s1 = codes.sign1.contiguous(), s2 = codes.sign2.contiguous();
     const bool* col = cols.data_ptr<bool>();
+    const BlockBinaryLayout& layout = codes.layout;
     p.column_bitmap = pack_bits(col, q.cols);
     p.signs = pack_bits(s1.data_ptr<bool>(), q.rows * q.cols);
     BitWriter group, second;
@@ -51,9 +73,9 @@ PackedLinear pack_block_binary(const QuantizedLinear& q)
             if (col[c]) {
                 second.put(b[i], 1);
                 ++p.salient_count;
-            } else {
-                group.put(spa[i], 1);
             }
+            if (!col[c] || layout.split_salient)
+                group.put(spa[i], 1);
         }
     p.group_bitmap = group.take();
     p.signs2 = second.take();
@@ -61,6 +83,12 @@ PackedLinear pack_block_binary(const QuantizedLinear& q)
     p.block_params.reserve(static_cast<std::size_t>(params.numel()));
     for (std::int64_t i = 0; i < params.numel(); ++i)
         p.block_params.push_back(c10::Half(params.data_ptr<float>()[i]).x);
+    if (layout.row_column) {
+        const at::Tensor cp = codes.column_params.contiguous();
+        for (std::int64_t c = 0; c < q.cols; ++c)
+            for (int slot : column_slots(layout, col[c]))
+                p.column_params.push_back(c10::Half(cp.data_ptr<float>()[c * kRcColumnParams + slot]).x);
+    }
     return p;
 }
 
@@ -71,8 +99,10 @@ void validate_block_binary_fields(const PackedLinear& p, const std::string& what
         fail("implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
     if (p.block < 1 || p.block > (1 << 20))
         fail("block size " + std::to_string(p.block) + " is not in 1..2^20");
+    const std::string method = to_string(p.method);
     if (p.grid_bits != 2 || p.groupsize != 0)
-        fail("a billm Linear stores salient_bits 2 and groupsize 0");
+        fail("a " + method + " Linear stores salient_bits 2 and groupsize 0");
+    const BlockBinaryLayout layout = block_layout_of(p.method);
     auto sized = [&](const std::vector<std::uint8_t>& v, std::int64_t bits, const char* name) {
         if (static_cast<std::int64_t>(v.size()) != (bits + 7) / 8)
             fail(std::string(name) + " holds " + std::to_string(v.size()) + " bytes, expected " +
@@ -85,9 +115,12 @@ void validate_block_binary_fields(const PackedLinear& p, const std::string& what
              std::to_string(salient) + ")");
     sized(p.signs, n, "signs");
     sized(p.signs2, salient, "second-order signs");
-    sized(p.group_bitmap, n - salient, "group bitmap");
-    if (static_cast<std::int64_t>(p.block_params.size()) != p.rows * blocks_of(p) * kBlockParams)
+    sized(p.group_bitmap, layout.split_salient ? n : n - salient, "group bitmap");
+    if (static_cast<std::int64_t>(p.block_params.size()) != p.rows * blocks_of(p) * layout.row_params())
         fail("block parameters do not match the shape and block size");
+    if (static_cast<std::int64_t>(p.column_params.size()) != column_param_count(p, layout))
+        fail("column parameters hold " + std::to_string(p.column_params.size()) + " values, expected " +
+             std::to_string(column_param_count(p, layout)));
     if (!p.index.bytes.empty() || !p.codes.empty() || !p.grid_scale.empty() || !p.mu.empty() || !p.alpha.empty())
         fail("holds arrays that a block binarizer does not store");
 }
@@ -103,12 +136,13 @@ QuantizedLinear unpack_block_binary(const PackedLinear& p, const std::string& wh
     q.settings.binarizer = p.binarizer;
     q.settings.salient_ratio = p.salient_ratio_requested;
     BlockBinaryCodes& codes = q.block_binary;
+    codes.layout = block_layout_of(p.method);
     codes.block = p.block;
     codes.salient_cols = at::empty({p.cols}, at::kBool);
     codes.sparse = at::zeros({p.rows, p.cols}, at::kBool);
     codes.sign1 = at::empty({p.rows, p.cols}, at::kBool);
     codes.sign2 = at::zeros({p.rows, p.cols}, at::kBool);
-    codes.params = at::empty({p.rows, blocks_of(p), kBlockParams}, at::kFloat);
+    codes.params = at::empty({p.rows, blocks_of(p), codes.layout.row_params()}, at::kFloat);
     bool* col = codes.salient_cols.data_ptr<bool>();
     for (std::int64_t c = 0; c < p.cols; ++c)
         col[c] = bit(p.column_bitmap, c);
@@ -120,12 +154,20 @@ QuantizedLinear unpack_block_binary(const PackedLinear& p, const std::string& wh
             s1[i] = bit(p.signs, i);
             if (col[c])
                 s2[i] = bit(p.signs2, salient++);
-            else
+            if (!col[c] || codes.layout.split_salient)
                 spa[i] = bit(p.group_bitmap, rest++);
         }
     float* params = codes.params.data_ptr<float>();
     for (std::size_t i = 0; i < p.block_params.size(); ++i)
         params[i] = static_cast<float>(c10::Half(p.block_params[i], c10::Half::from_bits()));
+    if (codes.layout.row_column) {
+        codes.column_params = at::zeros({p.cols, kRcColumnParams}, at::kFloat);
+        float* cp = codes.column_params.data_ptr<float>();
+        std::size_t next = 0;
+        for (std::int64_t c = 0; c < p.cols; ++c)
+            for (int slot : column_slots(codes.layout, col[c]))
+                cp[c * kRcColumnParams + slot] = static_cast<float>(c10::Half(p.column_params[next++], c10::Half::from_bits()));
+    }
     try {
         q.validate();
     } catch (const Error& e) {
@@ -154,8 +196,11 @@ void write_block_binary(const Writer& w, hid_t g, const PackedLinear& p)
     w.bytes(g, "group_bitmap", p.group_bitmap);
     w.bytes(g, "signs", p.signs);
     w.bytes(g, "signs2", p.signs2);
+    const BlockBinaryLayout layout = block_layout_of(p.method);
     w.halves(g, "block_params", p.block_params,
-             {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(blocks_of(p) * kBlockParams)});
+             {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(blocks_of(p) * layout.row_params())});
+    if (layout.row_column)
+        w.halves(g, "column_params", p.column_params, {static_cast<hsize_t>(p.column_params.size())});
 }
 
 void read_block_binary(const Reader& r, hid_t g, PackedLinear& p, const std::string& what)
@@ -169,15 +214,22 @@ void read_block_binary(const Reader& r, hid_t g, PackedLinear& p, const std::str
         throw Error(what + ": block size " + std::to_string(block) + " is not in 1..2^20");
     p.block = static_cast<int>(block);
     if (p.grid_bits != 2 || p.groupsize != 0)
-        throw Error(what + ": a billm Linear stores salient_bits 2 and groupsize 0");
+        throw Error(what + ": a " + to_string(p.method) + " Linear stores salient_bits 2 and groupsize 0");
     p.column_bitmap = r.bytes(g, "column_bitmap");
     p.group_bitmap = r.bytes(g, "group_bitmap");
     p.signs = r.bytes(g, "signs");
     p.signs2 = r.bytes(g, "signs2");
     if (p.rows <= 0 || p.cols <= 0 || p.rows > (1 << 24) || p.cols > (1 << 24))
         throw Error(what + ": implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
+    if (static_cast<std::int64_t>(p.column_bitmap.size()) != (p.cols + 7) / 8)
+        throw Error(what + ": column bitmap holds " + std::to_string(p.column_bitmap.size()) + " bytes, expected " +
+                    std::to_string((p.cols + 7) / 8));
+    const BlockBinaryLayout layout = block_layout_of(p.method);
     p.block_params = r.halves(g, "block_params",
-                              {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(blocks_of(p) * kBlockParams)});
+                              {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(blocks_of(p) * layout.row_params())});
+    if (layout.row_column)
+        p.column_params =
+            r.halves(g, "column_params", {static_cast<hsize_t>(column_param_count(p, layout))});
     validate_block_binary_fields(p, what);
 }
 

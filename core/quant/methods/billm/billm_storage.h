@@ -1,10 +1,13 @@
 #pragma once
-// How a block binarizer's Linear (billm) is stored in a packed checkpoint, beside PB-LLM's layout:
+// How a block binarizer's Linear (billm, arb, arb-x, arb-rc) is stored in a packed checkpoint,
+// beside PB-LLM's layout (the method's BlockBinaryLayout fixes the counts):
 //   /linear/<name>/ attributes rows, cols, method, binarizer, salient_bits (2), groupsize (0),
 //                   salient_ratio_requested, salient_count, block
 //                   column_bitmap (uint8, one bit per column), group_bitmap (one bit per non-salient
-//                   weight), signs (one bit per weight), signs2 (one bit per salient weight),
-//                   block_params (FP16, rows x blocks * 8: see BlockParam)
+//                   weight; per weight under CGB), signs (one bit per weight), signs2 (one bit per
+//                   salient weight), block_params (FP16, rows x blocks * row_params(): BlockParam or
+//                   RowColumnRowParam), column_params (FP16, ARB-RC only: per column its
+//                   column_params(), in slot order)
 #include "core/hdf5_io.h"
 #include "core/packed_checkpoint.h"
 
