@@ -259,6 +259,8 @@ bool Reader::exists(hid_t parent, const std::string& name) const
     return H5Lexists(parent, name.c_str(), H5P_DEFAULT) > 0;
 }
 
+bool Reader::has_attr(hid_t obj, const std::string& name) const { return H5Aexists(obj, name.c_str()) > 0; }
+
 Hid Reader::group(hid_t parent, const std::string& name) const
 {
     if (!exists(parent, name))

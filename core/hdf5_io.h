@@ -101,6 +101,7 @@ public:
     explicit Reader(std::string path) : path_(std::move(path)) {}
     [[noreturn]] void fail(const std::string& why) const;
     bool exists(hid_t parent, const std::string& name) const;
+    bool has_attr(hid_t obj, const std::string& name) const;
     Hid group(hid_t parent, const std::string& name) const;
     std::vector<hsize_t> dims(hid_t ds, const std::string& name) const;
     std::vector<std::uint8_t> read_raw(hid_t parent, const std::string& name, hid_t mem_type, std::size_t element_size,

@@ -46,7 +46,9 @@ float half_value(std::uint16_t bits) { return static_cast<float>(c10::Half(bits,
 
 std::int64_t PackedLinear::bytes() const
 {
-    return index_bytes() + static_cast<std::int64_t>(codes.size() + signs.size() + grid_zero.size() + signs2.size()) +
+    return index_bytes() +
+           static_cast<std::int64_t>(codes.size() + signs.size() + grid_zero.size() + signs2.size() + scale_codes.size()) +
+           4 * static_cast<std::int64_t>(scale_bases.size()) +
            2 * static_cast<std::int64_t>(grid_scale.size() + mu.size() + alpha.size() + block_params.size() +
                                          column_params.size());
 }

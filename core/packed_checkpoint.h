@@ -42,6 +42,11 @@ struct PackedLinear {
     std::vector<std::uint8_t> signs2;         ///< one bit per salient weight, row-major (second order)
     std::vector<std::uint16_t> block_params;  ///< FP16 bits (rows, blocks, layout.row_params())
     std::vector<std::uint16_t> column_params; ///< FP16 bits, per column its layout.column_params() (ARB-RC)
+    BlockBinaryLayout block_layout;           ///< what the block-binary arrays hold
+    /// log8 scales (ARB-RC): the row scales' codes then the column scales' (in block_params' and
+    /// column_params' order, which stay empty), and per block the row and the column base.
+    std::vector<std::uint8_t> scale_codes;
+    std::vector<float> scale_bases;
 
     std::int64_t weights() const { return rows * cols; }
     /// Bytes locating the salient weights: the sparse index, or a block binarizer's two bitmaps.

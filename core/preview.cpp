@@ -2,6 +2,8 @@
 
 #include "core/bitpack.h"
 #include "core/error.h"
+#include "core/packed_checkpoint.h"
+#include "core/quant/registry.h"
 #include "core/quantizers.h"
 #include "core/saliency.h"
 #include "core/simd.h"
@@ -265,6 +267,43 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     res.estimated_bytes = static_cast<std::int64_t>(std::ceil(bytes));
     res.estimated_bits = 8.0 * static_cast<double>(res.estimated_bytes) / full_n;
     res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return res;
+}
+
+PreviewResult LayerPreview::preview_block_binary(const LayerQuantSettings& settings, const BlockBinaryOptions& options,
+                                                int blocksize)
+{
+    std::string key = to_string(settings.method) + " " + to_string(settings.metric) + " " + std::to_string(blocksize);
+    for (const BlockBinaryOption& o : block_binary_options())
+        key += " " + o.value(options);
+    if (const auto hit = block_binary_results_.find(key); hit != block_binary_results_.end())
+        return hit->second;
+    const auto start = std::chrono::steady_clock::now();
+    // The diagonal of H (the identity without calibration): each block quantized as the method
+    // does, nothing carried into later blocks.
+    const at::Tensor H = hdiag_.defined() ? at::diag(hdiag_.to(at::kDouble)) : at::eye(cols_, at::kDouble);
+    GptqOptions o;
+    o.blocksize = blocksize;
+    o.block_binary = options;
+    o.measure_output_error = false;
+    const QuantizedLinear q = quantize_linear(name_, W_, H, settings, o);
+    const PackedLinear packed = pack_linear(q);
+    const BitsPerWeight bits = bits_per_weight(std::vector<PackedLinear>{packed});
+    PreviewResult res;
+    res.salient_ratio = q.salient_ratio;
+    res.threshold = 0.0f;
+    res.weight_error = q.weight_error;
+    if (hdiag_.defined() && weighted_norm2_ > 0)
+        res.hessian_error_diag = ((W_ - q.dequantized).pow(2) * hdiag_.unsqueeze(0)).sum().item<double>() / weighted_norm2_;
+    res.headline_bits = bits.headline;
+    res.bitmap_bits = bits.with_bitmap;
+    res.index_bits = bits.with_index;
+    // A sample's bytes stand for the whole matrix in proportion to its rows.
+    res.estimated_bytes = static_cast<std::int64_t>(
+        std::ceil(static_cast<double>(packed.bytes()) * static_cast<double>(full_rows_) / static_cast<double>(rows_)));
+    res.estimated_bits = 8.0 * static_cast<double>(res.estimated_bytes) / (static_cast<double>(full_rows_) * cols_);
+    res.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    block_binary_results_[key] = res;
     return res;
 }
 

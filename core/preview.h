@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -49,6 +50,14 @@ public:
     /// buffers); previews of different Linears may run in parallel.
     PreviewResult preview(double salient_ratio, int salient_bits, Binarizer binarizer, bool exact_hessian_error = false);
 
+    /// Error and bits of a block-binary method (billm, arb, arb-x, arb-rc; settings.method) on
+    /// this Linear: the method itself run on the (sampled) rows with the Hessian's diagonal, so
+    /// without compensation between blocks (as preview() is without GPTQ's feedback), and its
+    /// codes packed to count the bytes. Remembered per method, options and block size: a slider
+    /// that these methods do not read costs nothing.
+    PreviewResult preview_block_binary(const LayerQuantSettings& settings, const BlockBinaryOptions& options,
+                                       int blocksize);
+
     /// Share of salient weights in each of (out_rows x out_cols) blocks of W at this ratio,
     /// row-major: where the salient weights sit, for a heat map.
     std::vector<float> salient_density(double salient_ratio, int out_rows, int out_cols) const;
@@ -79,6 +88,7 @@ private:
     double weight_norm2_ = 0.0, weighted_norm2_ = 0.0;
     double hessian_norm_ = -1.0; ///< tr(W H W^T), computed on the first exact request
     std::vector<float> row_min_, row_max_;
+    std::map<std::string, PreviewResult> block_binary_results_; ///< by method, options and block size
 };
 
 } // namespace pbllm

@@ -34,24 +34,6 @@ std::string to_string(Binarizer b)
 
 std::string to_string(QuantMethod m) { return method_info(m).name; }
 
-std::string to_string(BillmSearch s) { return s == BillmSearch::Scores ? "scores" : "weights"; }
-
-std::string to_string(BillmCompensation c) { return c == BillmCompensation::Diagonal ? "diagonal" : "exact"; }
-
-BillmCompensation parse_billm_compensation(const std::string& s)
-{
-    if (s == "diagonal") return BillmCompensation::Diagonal;
-    if (s == "exact") return BillmCompensation::Exact;
-    throw Error("BiLLM compensation '" + s + "' is not one of diagonal, exact");
-}
-
-BillmSearch parse_billm_search(const std::string& s)
-{
-    if (s == "scores") return BillmSearch::Scores;
-    if (s == "weights") return BillmSearch::Weights;
-    throw Error("BiLLM search '" + s + "' is not one of scores, weights");
-}
-
 SaliencyMetric parse_metric(const std::string& s)
 {
     if (s == "magnitude") return SaliencyMetric::Magnitude;
@@ -158,6 +140,18 @@ void QuantPlan::validate() const
         throw Error("billm and arb keep their parameters per block of columns: groupsize must be 0");
     if (billm && config.blocksize < 2)
         throw Error("billm and arb need blocks of at least 2 columns (blocksize " + std::to_string(config.blocksize) + ")");
+    // Options only the row-column layout reads are refused for a plan whose block-binary methods
+    // include another one (ARB-RC's 8-bit scales: the others store signed means).
+    std::vector<QuantMethod> used{config.layer.method};
+    for (const PlanRule& r : rules)
+        if (r.method)
+            used.push_back(*r.method);
+    for (const BlockBinaryOption& o : block_binary_options())
+        if (o.row_column_only && o.get(config.block_binary) != 0)
+            for (QuantMethod m : used)
+                if (stores_block_binary(m) && !block_layout_of(m).row_column)
+                    throw Error(std::string(o.key) + " " + o.value(config.block_binary) + " applies to arb-rc only; " +
+                                to_string(m) + " stores signed means");
     for (const PlanRule& r : rules) {
         if (r.pattern.empty())
             throw Error("a plan rule has an empty pattern");
@@ -195,10 +189,9 @@ std::string QuantPlan::to_json() const
     root.insert("seqlen", config.seqlen);
     root.insert("seed", QString::number(config.seed));
     root.insert("quantize_head", config.quantize_head);
-    if (config.billm_search != BillmSearch::Scores) // written only when set: older plans stay byte-identical
-        root.insert("billm_search", QString::fromStdString(to_string(config.billm_search)));
-    if (config.billm_compensation != BillmCompensation::Diagonal)
-        root.insert("billm_compensation", QString::fromStdString(to_string(config.billm_compensation)));
+    for (const BlockBinaryOption& o : block_binary_options()) // written only when set: older plans stay byte-identical
+        if (o.get(config.block_binary) != 0)
+            root.insert(o.key, QString::fromStdString(o.value(config.block_binary)));
     QJsonArray rules_json;
     for (const PlanRule& r : rules) {
         QJsonObject o{{"pattern", QString::fromStdString(r.pattern)}};
@@ -270,9 +263,8 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
         else if (k == "nsamples") c.nsamples = integer(root, k);
         else if (k == "seqlen") c.seqlen = integer(root, k);
         else if (k == "quantize_head") c.quantize_head = boolean(root, k);
-        else if (k == "billm_search") c.billm_search = wrap(k, [&] { return parse_billm_search(text(root, k)); });
-        else if (k == "billm_compensation")
-            c.billm_compensation = wrap(k, [&] { return parse_billm_compensation(text(root, k)); });
+        else if (const BlockBinaryOption* o = find_block_binary_option(k.toStdString()))
+            wrap(k, [&] { o->set_value(c.block_binary, text(root, k)); return 0; });
         else if (k == "seed") {
             bool ok = it.value().isString() || it.value().isDouble();
             const QString s = it.value().isString() ? it.value().toString() : QString::number(it.value().toDouble(), 'f', 0);

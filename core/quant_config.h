@@ -45,6 +45,28 @@ enum class BillmCompensation {
     Exact,    ///< E with (W - Q)_block = E U_block,block: GPTQ's column walk with Q fixed
 };
 
+/// Whether the group bitmap splits the salient columns too (ARB-LLM's CGB).
+enum class CgbChoice {
+    Preset, ///< as the method's preset: on for arb-x and arb-rc, off for billm and arb
+    On,
+    Off,
+};
+
+/// How ARB-RC stores its row and column scales.
+enum class ScaleFormat {
+    Fp16, ///< FP16, as the paper
+    Log8, ///< 8-bit codes: 0, or the block's largest scale times 2^(-k/16), k = 0..254
+};
+
+/// The options of the block-binary methods (billm, arb, arb-x, arb-rc). Each has a row in
+/// block_binary_options() (core/quant/registry.h): plan key, flag, help and choices.
+struct BlockBinaryOptions {
+    BillmSearch search = BillmSearch::Scores;
+    BillmCompensation compensation = BillmCompensation::Diagonal;
+    CgbChoice cgb = CgbChoice::Preset;
+    ScaleFormat scale_format = ScaleFormat::Fp16;
+};
+
 /// Settings for one Linear (or the global defaults).
 struct LayerQuantSettings {
     double salient_ratio = 0.1;  ///< fraction of weights kept at high precision, [0, 1]
@@ -67,8 +89,7 @@ struct QuantConfig {
     int seqlen = 0;              ///< calibration window length; 0 = the model's context
     std::uint64_t seed = 0;      ///< calibration sampling seed
     bool quantize_head = false;  ///< also quantize the output head (not tied embeddings)
-    BillmSearch billm_search = BillmSearch::Scores; ///< what BiLLM's searches score on
-    BillmCompensation billm_compensation = BillmCompensation::Diagonal; ///< BiLLM's block compensation
+    BlockBinaryOptions block_binary; ///< billm, arb, arb-x, arb-rc
 
     static QuantConfig defaults() { return {}; }
     /// Throws Error naming the setting when a value is impossible.
@@ -105,10 +126,6 @@ struct QuantPlan {
 std::string to_string(SaliencyMetric m);
 std::string to_string(Binarizer b);
 std::string to_string(QuantMethod m);
-std::string to_string(BillmSearch s);
-BillmSearch parse_billm_search(const std::string& s);
-std::string to_string(BillmCompensation c);
-BillmCompensation parse_billm_compensation(const std::string& s);
 SaliencyMetric parse_metric(const std::string& s);
 Binarizer parse_binarizer(const std::string& s);
 QuantMethod parse_method(const std::string& s);

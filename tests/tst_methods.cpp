@@ -6,11 +6,14 @@
 #include "core/packed_checkpoint.h"
 #include "core/quant/methods/arb/arb.h"
 #include "core/quant/methods/billm/billm.h"
+#include "core/ptq.h"
+#include "core/synthetic.h"
 #include "core/quant/registry.h"
 #include "core/saliency.h"
 #include "tests/support/test_support.h"
 
 #include <ATen/ATen.h>
+#include <QTemporaryDir>
 #include <QtTest>
 
 #include <set>
@@ -257,7 +260,7 @@ private Q_SLOTS:
         if (QTest::currentTestFailed())
             return;
         GptqOptions exact = o;
-        exact.billm_compensation = BillmCompensation::Exact;
+        exact.block_binary.compensation = BillmCompensation::Exact;
         const QuantizedLinear qe = quantize_linear("w", heavy_tailed_weights(rows, cols, 5), H, s, exact);
         check(qe, true);
         if (QTest::currentTestFailed())
@@ -468,7 +471,7 @@ private Q_SLOTS:
         rc.method = QuantMethod::ArbRc;
         x.method = QuantMethod::ArbX;
         GptqOptions o;
-        o.billm_search = BillmSearch::Weights;
+        o.block_binary.search = BillmSearch::Weights;
         const QuantizedLinear qa = quantize_linear("w", W, I, arb, o);
         const QuantizedLinear qr = quantize_linear("w", W, I, rc, o);
         QVERIFY2(qr.weight_error < 0.9 * qa.weight_error, qPrintable(QString("%1 vs %2").arg(qr.weight_error).arg(qa.weight_error)));
@@ -487,6 +490,151 @@ private Q_SLOTS:
             const QuantizedLinear back = unpack_linear(pack_linear(*q), "round trip");
             QVERIFY(at::equal(back.dequantized, q->dequantized));
             QVERIFY(back.block_binary.layout == q->block_binary.layout);
+        }
+    }
+
+    /// 8-bit scale codes: every code's value maps back to the code, 0 to 0, and any value within
+    /// the 16 octaves below the base is stored within half a step (2^(1/32) - 1 = 2.2%).
+    void log8ScaleCodes()
+    {
+        const float base = 0.37f;
+        for (int k = 0; k < 256; ++k)
+            QCOMPARE(static_cast<int>(log8_code(log8_value(base, static_cast<std::uint8_t>(k)), base)), k);
+        QCOMPARE(log8_value(base, 255), base);
+        QCOMPARE(log8_value(base, 239), base / 2.0f);
+        QCOMPARE(static_cast<int>(log8_code(0.0f, base)), 0);
+        QCOMPARE(static_cast<int>(log8_code(1e-12f, base)), 0); // nearer 0 than the smallest step
+        at::Generator g = at::detail::createCPUGenerator(2);
+        const at::Tensor v = at::exp2(at::rand({1000}, g) * -15.0) * base;
+        for (std::int64_t i = 0; i < v.numel(); ++i) {
+            const float x = v[i].item<float>();
+            const float y = log8_value(base, log8_code(x, base));
+            QVERIFY2(std::abs(y - x) <= x * (std::exp2(1.0 / 32.0) - 1.0) * 1.0001, qPrintable(QString("%1 -> %2").arg(x).arg(y)));
+        }
+    }
+
+    /// The block-binary options: plans carry them (written only when set), the CGB choice
+    /// overrides a preset either way, 8-bit scales shrink arb-rc's storage and round-trip bit for
+    /// bit, and are refused with the reason for a method that stores signed means.
+    void blockBinaryOptions()
+    {
+        const QuantPlan plan = QuantPlan::from_json(R"({"method": "arb-rc", "cgb": "off", "scale_format": "log8"})", "p.json");
+        QCOMPARE(static_cast<int>(plan.config.block_binary.cgb), static_cast<int>(CgbChoice::Off));
+        QCOMPARE(static_cast<int>(plan.config.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
+        QCOMPARE(QuantPlan::from_json(plan.to_json(), "again").to_json(), plan.to_json());
+        for (const BlockBinaryOption& o : block_binary_options()) {
+            QVERIFY(find_block_binary_option(o.key) == &o && find_block_binary_option(o.flag()) == &o);
+            QVERIFY(QuantPlan{}.to_json().find(o.key) == std::string::npos);
+        }
+        try {
+            QuantPlan::from_json(R"({"method": "billm", "scale_format": "log8"})", "p.json").validate();
+            QFAIL("8-bit scales were accepted for billm");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("arb-rc only") != std::string::npos, e.what());
+        }
+        try {
+            QuantPlan::from_json(R"({"cgb": "sometimes"})", "p.json");
+            QFAIL("a bad choice was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("preset, on, off") != std::string::npos, e.what());
+        }
+
+        const at::Tensor W = heavy_tailed_weights(16, 96, 6);
+        const at::Tensor H = correlated_hessian(96);
+        LayerQuantSettings rc, arb;
+        rc.method = QuantMethod::ArbRc;
+        arb.method = QuantMethod::Arb;
+        GptqOptions o;
+        o.blocksize = 48;
+        const QuantizedLinear fp16 = quantize_linear("w", W, H, rc, o);
+        GptqOptions cgb_on = o, cgb_off = o, log8 = o;
+        cgb_on.block_binary.cgb = CgbChoice::On;
+        cgb_off.block_binary.cgb = CgbChoice::Off;
+        log8.block_binary.scale_format = ScaleFormat::Log8;
+        const at::Tensor salient = fp16.block_binary.salient_cols.unsqueeze(0).expand({16, 96});
+        QVERIFY((fp16.block_binary.sparse & salient).any().item<bool>()); // the preset: on
+        const QuantizedLinear no_cgb = quantize_linear("w", W, H, rc, cgb_off);
+        QVERIFY(!(no_cgb.block_binary.sparse & no_cgb.block_binary.salient_cols.unsqueeze(0)).any().item<bool>());
+        QCOMPARE(no_cgb.block_binary.params.size(2), std::int64_t(4));
+        const QuantizedLinear arb_cgb = quantize_linear("w", W, H, arb, cgb_on);
+        QCOMPARE(arb_cgb.block_binary.params.size(2), std::int64_t(12));
+        QVERIFY((arb_cgb.block_binary.sparse & arb_cgb.block_binary.salient_cols.unsqueeze(0)).any().item<bool>());
+
+        const QuantizedLinear small = quantize_linear("w", W, H, rc, log8);
+        const PackedLinear p16 = pack_linear(fp16), p8 = pack_linear(small);
+        QVERIFY(p8.block_params.empty() && p8.column_params.empty());
+        // One byte per scale: 6 per row and block, 2 per column and 2 more per salient column;
+        // two float bases per block; signs, second-order signs, the group bitmap over every
+        // weight (CGB) and the column bitmap as before.
+        const std::int64_t n = 16 * 96, salient_columns = p8.salient_count / 16;
+        QCOMPARE(static_cast<std::int64_t>(p8.scale_codes.size()), 16 * 2 * 6 + 2 * 96 + 2 * salient_columns);
+        QCOMPARE(p8.bytes(), (n + 7) / 8 + (p8.salient_count + 7) / 8 + (n + 7) / 8 + (96 + 7) / 8 +
+                                 static_cast<std::int64_t>(p8.scale_codes.size()) + 2 * 2 * 4);
+        QVERIFY2(small.weight_error < fp16.weight_error * 1.05,
+                 qPrintable(QString("log8 %1 vs fp16 %2").arg(small.weight_error).arg(fp16.weight_error)));
+        const QuantizedLinear back = unpack_linear(p8, "log8");
+        QVERIFY(at::equal(back.dequantized, small.dequantized));
+        QVERIFY(back.block_binary.layout == small.block_binary.layout && back.block_binary.layout.log8_scales);
+        for (const QuantizedLinear* q : {&no_cgb, &arb_cgb}) {
+            const QuantizedLinear again = unpack_linear(pack_linear(*q), "round trip");
+            QVERIFY(at::equal(again.dequantized, q->dequantized));
+        }
+        try {
+            quantize_linear("model.layers.0.mlp.up_proj", W, H, arb, log8);
+            QFAIL("8-bit scales were accepted for arb");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("model.layers.0.mlp.up_proj") != std::string::npos, e.what());
+        }
+        PackedLinear bad = p8;
+        bad.scale_bases[0] = -1.0f;
+        try {
+            unpack_linear(bad, "f: w");
+            QFAIL("a negative base was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("base") != std::string::npos, e.what());
+        }
+        bad = p8;
+        bad.scale_codes.pop_back();
+        try {
+            unpack_linear(bad, "f: w");
+            QFAIL("a missing code was accepted");
+        } catch (const Error& e) {
+            QVERIFY2(std::string(e.what()).find("8-bit scale codes") != std::string::npos, e.what());
+        }
+    }
+
+    /// Through a file: a model quantized with arb-rc (8-bit scales, CGB off) and one mixing arb-x
+    /// with a billm rule are written and read back with every Linear bit-identical and its
+    /// layout (the cgb and scale_format attributes) intact.
+    void blockBinaryFileRoundTrip()
+    {
+        const Model m = make_synthetic_model(small_family_config("llama"), 4);
+        std::vector<std::vector<int>> windows(4, std::vector<int>(32));
+        for (std::size_t w = 0; w < windows.size(); ++w)
+            for (std::size_t t = 0; t < 32; ++t)
+                windows[w][t] = static_cast<int>((w * 37 + t * 11) % static_cast<std::size_t>(m.config.vocab_size));
+        QuantPlan rc, mixed;
+        rc.config.layer.method = QuantMethod::ArbRc;
+        rc.config.block_binary.scale_format = ScaleFormat::Log8;
+        rc.config.block_binary.cgb = CgbChoice::Off;
+        mixed.config.layer.method = QuantMethod::ArbX;
+        mixed.rules.push_back(PlanRule{"*.mlp.*", {}, {}, {}, {}, {}, QuantMethod::Billm, {}});
+        QTemporaryDir tmp;
+        for (const QuantPlan* plan : {&rc, &mixed}) {
+            const QuantizedModel q = quantize_model(m, windows, *plan);
+            const std::string path = tmp.filePath("m.pbllm.h5").toStdString();
+            write_packed_checkpoint(q, path);
+            const PackedCheckpoint back = read_packed_checkpoint(path);
+            QCOMPARE(back.quantized.linears.size(), q.linears.size());
+            for (std::size_t i = 0; i < q.linears.size(); ++i) {
+                const QuantizedLinear& a = q.linears[i];
+                const QuantizedLinear& b = back.quantized.linears[i];
+                QCOMPARE(b.name, a.name);
+                QCOMPARE(static_cast<int>(b.settings.method), static_cast<int>(a.settings.method));
+                QVERIFY2(b.block_binary.layout == a.block_binary.layout, a.name.c_str());
+                QVERIFY2(at::equal(b.dequantized, a.dequantized), a.name.c_str());
+            }
+            QFile::remove(QString::fromStdString(path));
         }
     }
 
@@ -579,8 +727,8 @@ private Q_SLOTS:
     {
         const QuantPlan plan = QuantPlan::from_json(
             R"({"method": "pb-gptq", "billm_search": "weights", "rules": [{"pattern": "*.mlp.*", "method": "billm"}]})", "p.json");
-        QCOMPARE(static_cast<int>(plan.config.billm_search), static_cast<int>(BillmSearch::Weights));
-        QCOMPARE(static_cast<int>(QuantPlan::from_json(R"({"billm_compensation": "exact"})", "p.json").config.billm_compensation),
+        QCOMPARE(static_cast<int>(plan.config.block_binary.search), static_cast<int>(BillmSearch::Weights));
+        QCOMPARE(static_cast<int>(QuantPlan::from_json(R"({"billm_compensation": "exact"})", "p.json").config.block_binary.compensation),
                  static_cast<int>(BillmCompensation::Exact));
         QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.mlp.up_proj").method), static_cast<int>(QuantMethod::Billm));
         QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.self_attn.q_proj").method),

@@ -14,6 +14,7 @@
 #include "core/synthetic.h"
 
 #include <QAbstractItemModelTester>
+#include <QComboBox>
 #include <QLabel>
 #include <QRegularExpression>
 #include <QSettings>
@@ -104,6 +105,44 @@ private Q_SLOTS:
         table->resetOverrides({6});
         QCOMPARE(window_->context().plan().settings_for(down0).salient_ratio, 0.1);
         QVERIFY(window_->context().plan().rules.empty());
+    }
+
+    /// The block binarizers preview on the Tuning page: choosing arb-rc there sets the plan (and
+    /// the Run page's method), every Linear shows its error and 2-bit salient columns, the
+    /// bits come from its packed codes, and 8-bit scales lower the estimated stored bits.
+    void blockBinaryMethodPreviews()
+    {
+        TuningPage* page = window_->tuningPage();
+        QSignalSpy updated(page, &TuningPage::chartUpdated);
+        auto stored = [page] {
+            const QRegularExpressionMatch m = QRegularExpression("estimated stored ([0-9.]+)").match(page->bitsLabel()->text());
+            return m.hasMatch() ? m.captured(1).toDouble() : -1.0;
+        };
+        const double pb = stored();
+        page->methodCombo()->setCurrentIndex(page->methodCombo()->findData("arb-rc"));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.layer.method), static_cast<int>(QuantMethod::ArbRc));
+        QTRY_COMPARE(window_->runPage()->findChild<QComboBox*>("method")->currentData().toString(), QString("arb-rc"));
+        QVERIFY(!page->ratioSlider()->isEnabled()); // arb-rc searches its salient columns
+        PlanTableModel* table = page->tableModel();
+        QCOMPARE(table->index(0, PlanTableModel::Bits).data(Qt::EditRole).toInt(), 2);
+        QVERIFY(!(table->flags(table->index(0, PlanTableModel::Ratio)) & Qt::ItemIsEditable));
+        QTRY_VERIFY_WITH_TIMEOUT(table->index(0, PlanTableModel::Ratio).data(Qt::DisplayRole).toString().endsWith("searched") &&
+                                     table->index(0, PlanTableModel::Ratio).data(Qt::EditRole).toDouble() > 0.0,
+                                 kPatientMs);
+        QTRY_VERIFY_WITH_TIMEOUT(stored() > 3.0 && stored() != pb, kPatientMs); // FP16 scales over 64-wide rows
+        const double fp16 = stored();
+        const double error = table->index(0, PlanTableModel::WeightError).data(Qt::EditRole).toDouble();
+        QVERIFY2(error > 0.0 && error < 1.0, qPrintable(QString::number(error)));
+        QComboBox* format = page->findChild<QComboBox*>("scale-format");
+        QVERIFY(format && format->isEnabled());
+        format->setCurrentIndex(format->findData("log8"));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
+        QTRY_VERIFY_WITH_TIMEOUT(stored() > 0.0 && stored() < fp16 - 0.3, kPatientMs);
+        // Back to PB-LLM: arb-rc's own option returns to its default, the slider comes back.
+        page->methodCombo()->setCurrentIndex(page->methodCombo()->findData("pb-gptq"));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
+        QVERIFY(page->ratioSlider()->isEnabled() && !format->isEnabled());
+        QTRY_VERIFY_WITH_TIMEOUT(std::abs(stored() - pb) < 1e-9, kPatientMs);
     }
 
     void endToEnd()

@@ -116,6 +116,9 @@ public:
     QLabel* bitsLabel() const { return bits_label_; }
     PlanTableModel* tableModel() const { return table_model_; }
     QCustomPlot* errorPlot() const { return error_plot_; }
+    QComboBox* methodCombo() const { return method_; }
+    /// The block-binary options' combos, in block_binary_options() order.
+    const std::vector<QComboBox*>& blockOptionCombos() const { return block_options_; }
     /// Number of chart updates so far (tests and the latency benchmark watch it).
     int replots() const { return replots_; }
 
@@ -124,12 +127,17 @@ Q_SIGNALS:
 
 private:
     void applyControls();
+    /// Shows the plan's method and block-binary options (set on the Run page or by a plan), and
+    /// enables the controls the method reads.
+    void syncMethodControls();
     void requestPreview();
     void showPreview(const PreviewSnapshot& snapshot);
     void replot();
     StudioContext& context_;
     QSlider* ratio_;
     QLabel* ratio_label_;
+    QComboBox* method_;
+    std::vector<QComboBox*> block_options_; ///< one per block_binary_options() row
     QComboBox* bits_;
     QComboBox* metric_;
     QComboBox* binarizer_;

@@ -1,6 +1,7 @@
 #include "widgets/plan_table_model.h"
 
 #include "widgets/studio_context.h"
+#include "core/quant/registry.h"
 
 #include <algorithm>
 
@@ -84,13 +85,21 @@ QVariant PlanTableModel::data(const QModelIndex& index, int role) const
     if (role != Qt::DisplayRole && role != Qt::EditRole)
         return {};
     const bool display = role == Qt::DisplayRole;
+    // The block binarizers search their salient columns (2 bits): the preview's share, not a setting.
+    const bool searched = !s.skip && stores_block_binary(s.method);
     switch (index.column()) {
     case Name: return QStringLiteral("%1.%2").arg(info.layer).arg(info.kind);
     case Ratio:
         if (s.skip)
             return display ? QVariant(tr("FP16")) : QVariant(1.0);
+        if (searched) {
+            if (!p)
+                return display ? QVariant(tr("searched")) : QVariant(-1.0);
+            return display ? QVariant(QString::number(100.0 * p->salient_ratio, 'f', 1) + tr("% searched"))
+                           : QVariant(p->salient_ratio);
+        }
         return display ? QVariant(QString::number(100.0 * s.salient_ratio, 'f', 1) + QLatin1Char('%')) : QVariant(s.salient_ratio);
-    case Bits: return s.salient_bits;
+    case Bits: return searched ? 2 : s.salient_bits;
     case Overridden: return display ? QVariant(overridden(row) ? tr("yes") : QString()) : QVariant(overridden(row));
     case WeightError:
         if (!p)
@@ -106,7 +115,7 @@ QVariant PlanTableModel::data(const QModelIndex& index, int role) const
 
 bool PlanTableModel::setData(const QModelIndex& index, const QVariant& value, int role)
 {
-    if (!index.isValid() || role != Qt::EditRole || !model_ || (index.column() != Ratio && index.column() != Bits))
+    if (!index.isValid() || role != Qt::EditRole || !model_ || !(flags(index) & Qt::ItemIsEditable))
         return false;
     bool ok = false;
     QuantPlan plan = context_.plan();
@@ -136,7 +145,9 @@ bool PlanTableModel::setData(const QModelIndex& index, const QVariant& value, in
 Qt::ItemFlags PlanTableModel::flags(const QModelIndex& index) const
 {
     Qt::ItemFlags f = QAbstractTableModel::flags(index);
-    if (index.isValid() && (index.column() == Ratio || index.column() == Bits))
+    if (index.isValid() && (index.column() == Ratio || index.column() == Bits) && model_ &&
+        !stores_block_binary(
+            context_.plan().settings_for(model_->linears[static_cast<std::size_t>(index.row())].name.toStdString()).method))
         f |= Qt::ItemIsEditable;
     return f;
 }

@@ -23,6 +23,7 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
     auto* layout = new QHBoxLayout(this);
     auto* left = new QFormLayout;
     method_ = new QComboBox;
+    method_->setObjectName("method");
     for (const MethodInfo& m : methods()) { // the registry's rows, in its order
         method_->addItem(QString("%1: %2").arg(m.name, m.summary), m.name);
         method_->setItemData(method_->count() - 1, QString(m.summary), Qt::ToolTipRole);
@@ -60,6 +61,7 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
     eval_->addItem(tr("none"), -1);
     run_ = new QPushButton(tr("Run"));
     left->addRow(tr("Method"), method_);
+
     left->addRow(tr("Calibration windows"), nsamples_);
     left->addRow(tr("GPTQ block size"), blocksize_);
     left->addRow(tr("Damping (of mean diag H)"), percdamp_);
@@ -105,6 +107,19 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
         loss_plot_->setVisible(training);
     };
     connect(method_, qOverload<int>(&QComboBox::currentIndexChanged), this, sync_enabled);
+    // The method is a plan setting (the Tuning page previews it): one value, shown on both pages.
+    connect(method_, qOverload<int>(&QComboBox::currentIndexChanged), this, [this] {
+        const MethodInfo* m = find_method(method_->currentData().toString().toStdString());
+        if (!m || !m->quantize || context_.plan().config.layer.method == m->id)
+            return;
+        QuantPlan plan = context_.plan();
+        plan.config.layer.method = m->id;
+        context_.setPlan(plan);
+    });
+    connect(&context_, &StudioContext::planChanged, this, [this] {
+        if (method_->currentData().toString() != "qat")
+            setMethod(QString::fromStdString(to_string(context_.plan().config.layer.method)));
+    });
     sync_enabled();
     connect(run_, &QPushButton::clicked, this, &RunPage::start);
     connect(&job_, &Job::started, this, [this] {

@@ -1,4 +1,5 @@
 #include "widgets/pages.h"
+#include "core/quant/registry.h"
 #include "widgets/plan_table_model.h"
 #include "widgets/qcustomplot_include.h"
 #include "widgets/studio_context.h"
@@ -8,6 +9,7 @@
 #include <QHeaderView>
 #include <QLabel>
 #include <QPushButton>
+#include <QSignalBlocker>
 #include <QSlider>
 #include <QSplitter>
 #include <QTableView>
@@ -43,6 +45,26 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     for (Binarizer b : {Binarizer::Xnor, Binarizer::XnorCode, Binarizer::Sign})
         binarizer_->addItem(QString::fromStdString(to_string(b)), static_cast<int>(b));
     binarizer_->setCurrentIndex(binarizer_->findData(static_cast<int>(context_.plan().config.layer.binarizer)));
+    method_ = new QComboBox;
+    for (const MethodInfo& m : methods())
+        if (m.quantize) {
+            method_->addItem(m.name, m.name);
+            method_->setItemData(method_->count() - 1, QString(m.summary), Qt::ToolTipRole);
+        }
+    auto* block_row = new QHBoxLayout;
+    block_row->addWidget(new QLabel(tr("Method")));
+    block_row->addWidget(method_);
+    for (const BlockBinaryOption& o : block_binary_options()) { // read by billm, arb, arb-x, arb-rc
+        auto* combo = new QComboBox;
+        for (const char* c : o.choices)
+            combo->addItem(c, c);
+        combo->setToolTip(QString::fromStdString(o.help));
+        combo->setObjectName(QString::fromStdString(o.flag()));
+        block_options_.push_back(combo);
+        block_row->addWidget(new QLabel(QString::fromStdString(o.key)));
+        block_row->addWidget(combo);
+    }
+    block_row->addStretch(1);
     auto* reset = new QPushButton(tr("Reset overrides"));
     reset->setToolTip(tr("Selected rows, or all rows when none is selected"));
     controls->addWidget(new QLabel(tr("Salient")));
@@ -55,6 +77,7 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     controls->addWidget(new QLabel(tr("Binarizer")));
     controls->addWidget(binarizer_);
     controls->addWidget(reset);
+    layout->addLayout(block_row);
     layout->addLayout(controls);
 
     bits_label_ = new QLabel;
@@ -95,6 +118,10 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
             replot();
     });
     connect(bits_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
+    connect(method_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
+    for (QComboBox* combo : block_options_)
+        connect(combo, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
+    connect(&context_, &StudioContext::planChanged, this, &TuningPage::syncMethodControls);
     connect(metric_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
     connect(binarizer_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
     connect(reset, &QPushButton::clicked, this, [this] {
@@ -107,7 +134,25 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     connect(&context_, &StudioContext::planChanged, this, &TuningPage::requestPreview);
     connect(&context_.previews(), &PreviewService::prepared, this, &TuningPage::requestPreview);
     connect(&context_.previews(), &PreviewService::previewReady, this, &TuningPage::showPreview);
+    syncMethodControls();
     applyControls();
+}
+
+void TuningPage::syncMethodControls()
+{
+    const QuantPlan& plan = context_.plan();
+    const QSignalBlocker block(method_);
+    method_->setCurrentIndex(method_->findData(QString::fromStdString(to_string(plan.config.layer.method))));
+    const MethodInfo& m = method_info(plan.config.layer.method);
+    for (std::size_t i = 0; i < block_options_.size(); ++i) {
+        const BlockBinaryOption& o = block_binary_options()[i];
+        const QSignalBlocker quiet(block_options_[i]);
+        block_options_[i]->setCurrentIndex(o.get(plan.config.block_binary));
+        block_options_[i]->setEnabled(m.block_binary && (!o.row_column_only || m.block_layout.row_column));
+    }
+    // PB-LLM's knobs mean nothing to the block binarizers (salient columns are searched, at 2 bits).
+    for (QWidget* w : {static_cast<QWidget*>(ratio_), static_cast<QWidget*>(bits_), static_cast<QWidget*>(binarizer_)})
+        w->setEnabled(!m.block_binary && m.id != QuantMethod::Gptq);
 }
 
 void TuningPage::applyControls()
@@ -118,6 +163,13 @@ void TuningPage::applyControls()
     s.salient_bits = bits_->currentData().toInt();
     s.metric = static_cast<SaliencyMetric>(metric_->currentData().toInt());
     s.binarizer = static_cast<Binarizer>(binarizer_->currentData().toInt());
+    if (const MethodInfo* m = find_method(method_->currentData().toString().toStdString()))
+        s.method = m->id;
+    const bool row_column = block_layout_of(s.method).row_column;
+    for (std::size_t i = 0; i < block_options_.size(); ++i) { // arb-rc's own options return to their default elsewhere
+        const BlockBinaryOption& o = block_binary_options()[i];
+        o.set(plan.config.block_binary, o.row_column_only && !row_column ? 0 : block_options_[i]->currentIndex());
+    }
     ratio_label_->setText(QStringLiteral("%1%").arg(100.0 * s.salient_ratio, 0, 'f', 2));
     context_.setPlan(plan);
 }

@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "core/preview.h"
+#include "core/quant/registry.h"
 #include "core/system.h"
 #include "workers/background.h"
 #include "core/tokenizer.h"
@@ -159,14 +160,17 @@ bool snapshot_of(const QuantPlan& plan, const LoadedModel& model, std::size_t co
             continue;
         }
         const std::shared_ptr<LayerPreview> p = preview_of(i);
-        // Plain GPTQ puts every weight on the b-bit grid: ratio 1 at `bits`.
-        const bool plain = s.method == QuantMethod::Gptq;
-        const PreviewResult r = p->preview(plain ? 1.0 : s.salient_ratio, plain ? s.bits : s.salient_bits, s.binarizer);
+        // Plain GPTQ puts every weight on the b-bit grid: ratio 1 at `bits`. The block binarizers
+        // run themselves on the sample (salient columns at 2 bits).
+        const bool plain = s.method == QuantMethod::Gptq, block = stores_block_binary(s.method);
+        const PreviewResult r =
+            block ? p->preview_block_binary(s, plan.config.block_binary, plan.config.blocksize)
+                  : p->preview(plain ? 1.0 : s.salient_ratio, plain ? s.bits : s.salient_bits, s.binarizer);
         lp.salient_ratio = r.salient_ratio;
         lp.threshold = r.threshold;
         lp.weight_error = r.weight_error;
         lp.hessian_error = r.hessian_error_diag;
-        lp.salient_bits = plain ? s.bits : s.salient_bits;
+        lp.salient_bits = plain ? s.bits : block ? 2 : s.salient_bits;
         lp.estimated_bytes = r.estimated_bytes;
         snap.linears.push_back(lp);
         quantized_weights += n;

@@ -242,10 +242,11 @@ int run_quantize(const QStringList& args)
     cl.parser().addOption({{"o", "output"}, "Output packed checkpoint.", "OUT.pbllm.h5"});
     cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
     cl.parser().addOption({"method", QString::fromStdString(method_names(true) + " (default pb-gptq; see pbllm methods)."), "M"});
-    cl.parser().addOption({"billm-search", "What BiLLM's searches score on: scores (the authors' code, default) or "
-                                           "weights (the paper).", "S"});
-    cl.parser().addOption({"billm-compensation", "How BiLLM carries a block's error on: diagonal (the authors' "
-                                                 "code, default) or exact (GPTQ's column walk).", "C"});
+    for (const BlockBinaryOption& o : block_binary_options())
+        cl.parser().addOption({QString::fromStdString(o.flag()),
+                               QString::fromStdString(std::string(o.help) + " (billm, arb, arb-x, arb-rc; default " +
+                                                      o.choices.front() + ")."),
+                               "X"});
     cl.parser().addOption({"salient", "Salient ratio (default 0.1).", "R"});
     cl.parser().addOption({"salient-bits", "Bits of salient weights: 2..8 or 16 (default 8).", "B"});
     cl.parser().addOption({"bits", "Bits for plain GPTQ (default 4).", "B"});
@@ -284,9 +285,9 @@ int run_quantize(const QStringList& args)
         }
     };
     if (cl.is_set("method")) c.layer.method = parse("method", parse_method);
-    if (cl.is_set("billm-search")) c.billm_search = parse("billm-search", parse_billm_search);
-    if (cl.is_set("billm-compensation"))
-        c.billm_compensation = parse("billm-compensation", parse_billm_compensation);
+    for (const BlockBinaryOption& o : block_binary_options())
+        if (cl.is_set(o.flag().c_str()))
+            parse(o.flag().c_str(), [&](const std::string& v) { o.set_value(c.block_binary, v); return 0; });
     if (cl.is_set("metric")) c.layer.metric = parse("metric", parse_metric);
     if (cl.is_set("binarizer")) c.layer.binarizer = parse("binarizer", parse_binarizer);
     if (cl.is_set("salient")) c.layer.salient_ratio = cl.double_value("salient", 0.0, 1.0);
@@ -455,19 +456,21 @@ std::vector<double> number_list(const CommandLine& cl, const char* name, double 
     return values;
 }
 
-/// The values of a list option parsed by `parse`, or just `fallback` when the option is absent.
-template <typename T, typename Parse>
-std::vector<T> choice_list(const CommandLine& cl, const char* name, T fallback, Parse parse)
+/// The choice indices a block-binary option's list flag names, or the base plan's when absent.
+std::vector<int> choice_list(const CommandLine& cl, const BlockBinaryOption& o, const BlockBinaryOptions& base)
 {
-    if (!cl.is_set(name))
-        return {fallback};
-    std::vector<T> values;
-    for (const QString& item : list_option(cl, name)) {
+    const std::string flag = o.flag();
+    if (!cl.is_set(flag.c_str()))
+        return {o.get(base)};
+    std::vector<int> values;
+    for (const QString& item : list_option(cl, flag.c_str())) {
+        BlockBinaryOptions probe;
         try {
-            values.push_back(parse(item.toStdString()));
+            o.set_value(probe, item.toStdString());
         } catch (const Error& e) {
-            throw UsageError{std::string("--") + name + ": " + e.what()};
+            throw UsageError{"--" + flag + ": " + e.what()};
         }
+        values.push_back(o.get(probe));
     }
     return values;
 }
@@ -484,10 +487,6 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
     std::vector<int> bits;
     for (double b : number_list(cl, "bits", 2, 8))
         bits.push_back(static_cast<int>(b));
-    // The BiLLM options vary only when given; otherwise the base plan's value holds.
-    const std::vector<BillmSearch> searches = choice_list(cl, "billm-search", base.config.billm_search, parse_billm_search);
-    const std::vector<BillmCompensation> compensations =
-        choice_list(cl, "billm-compensation", base.config.billm_compensation, parse_billm_compensation);
     std::vector<SweepPoint> points;
     for (const QString& name : list_option(cl, "methods")) {
         const MethodInfo* m = find_method(name.toStdString());
@@ -518,17 +517,17 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
                 plan.config.layer.bits = v;
                 return "bits=" + std::to_string(v);
             });
-        if (m->block_binary) {
-            const bool search_varies = cl.is_set("billm-search"), compensation_varies = cl.is_set("billm-compensation");
-            expand(searches, [&](QuantPlan& plan, BillmSearch v) {
-                plan.config.billm_search = v;
-                return search_varies ? "billm_search=" + to_string(v) : std::string();
-            });
-            expand(compensations, [&](QuantPlan& plan, BillmCompensation v) {
-                plan.config.billm_compensation = v;
-                return compensation_varies ? "billm_compensation=" + to_string(v) : std::string();
-            });
-        }
+        // The block-binary options vary only when given; otherwise the base plan's value holds.
+        if (m->block_binary)
+            for (const BlockBinaryOption& o : block_binary_options()) {
+                if (o.row_column_only && !m->block_layout.row_column)
+                    continue;
+                const bool varies = cl.is_set(o.flag().c_str());
+                expand(choice_list(cl, o, base.config.block_binary), [&](QuantPlan& plan, int v) {
+                    o.set(plan.config.block_binary, v);
+                    return varies ? std::string(o.key) + "=" + o.choices[static_cast<std::size_t>(v)] : std::string();
+                });
+            }
         points.insert(points.end(), expanded.begin(), expanded.end());
     }
     return points;
@@ -547,9 +546,11 @@ int run_sweep(const QStringList& args)
                            "LIST", "pb-gptq,rtn,billm"});
     cl.parser().addOption({"salient", "Salient ratios, for the methods that read one.", "LIST", "0.05,0.1,0.2"});
     cl.parser().addOption({"bits", "Bit-widths, for the methods that read one (gptq).", "LIST", "2,3,4"});
-    cl.parser().addOption({"billm-search", "BiLLM/ARB searches to vary: scores, weights (default: the plan's).", "LIST"});
-    cl.parser().addOption({"billm-compensation", "BiLLM/ARB compensations to vary: diagonal, exact (default: the "
-                                                 "plan's).", "LIST"});
+    for (const BlockBinaryOption& o : block_binary_options())
+        cl.parser().addOption({QString::fromStdString(o.flag()),
+                               QString::fromStdString("Values to vary for billm/arb/arb-x/arb-rc: " + o.choice_list() +
+                                                      " (default: the plan's). " + o.help + "."),
+                               "LIST"});
     cl.parser().addOption({"plan", "Base QuantPlan JSON: what the sweep does not vary.", "PLAN.json"});
     cl.parser().addOption({"nsamples", "Calibration windows (default 128).", "N"});
     cl.parser().addOption({"seqlen", "Calibration window length (default: the model's context).", "N"});

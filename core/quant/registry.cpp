@@ -76,6 +76,76 @@ bool stores_block_binary(QuantMethod id) { return method_info(id).block_binary; 
 
 BlockBinaryLayout block_layout_of(QuantMethod id) { return method_info(id).block_layout; }
 
+BlockBinaryLayout block_layout_of(QuantMethod id, const BlockBinaryOptions& options)
+{
+    BlockBinaryLayout layout = block_layout_of(id);
+    if (options.cgb != CgbChoice::Preset)
+        layout.split_salient = options.cgb == CgbChoice::On;
+    layout.log8_scales = options.scale_format == ScaleFormat::Log8;
+    return layout;
+}
+
+const std::vector<BlockBinaryOption>& block_binary_options()
+{
+    using O = BlockBinaryOptions;
+    static const std::vector<BlockBinaryOption> table = {
+        {"billm_search",
+         "What the column and break-point searches score candidates on: scores (binarize S = W^2 / U_jj^2, the "
+         "authors' code) or weights (binarize W, the papers' text)",
+         {"scores", "weights"}, [](const O& o) { return static_cast<int>(o.search); },
+         [](O& o, int i) { o.search = static_cast<BillmSearch>(i); }},
+        {"billm_compensation",
+         "How a block's error reaches the later columns: diagonal ((W - Q) / U_jj, the authors' code) or exact "
+         "(GPTQ's column walk with Q fixed: one triangular solve)",
+         {"diagonal", "exact"}, [](const O& o) { return static_cast<int>(o.compensation); },
+         [](O& o, int i) { o.compensation = static_cast<BillmCompensation>(i); }},
+        {"cgb",
+         "The column-group bitmap: split the salient columns at a break point too (preset: on for arb-x and "
+         "arb-rc, off for billm and arb)",
+         {"preset", "on", "off"}, [](const O& o) { return static_cast<int>(o.cgb); },
+         [](O& o, int i) { o.cgb = static_cast<CgbChoice>(i); }},
+        {"scale_format",
+         "How arb-rc stores its row and column scales: fp16 (the paper) or log8 (8 bits: 0, or the block's "
+         "largest scale times 2^(-k/16); half the parameter bits, steps of 4.4%)",
+         {"fp16", "log8"}, [](const O& o) { return static_cast<int>(o.scale_format); },
+         [](O& o, int i) { o.scale_format = static_cast<ScaleFormat>(i); }, true},
+    };
+    return table;
+}
+
+std::string BlockBinaryOption::flag() const
+{
+    std::string f = key;
+    for (char& c : f)
+        if (c == '_')
+            c = '-';
+    return f;
+}
+
+std::string BlockBinaryOption::choice_list() const
+{
+    std::string list;
+    for (const char* c : choices)
+        list += (list.empty() ? "" : ", ") + std::string(c);
+    return list;
+}
+
+void BlockBinaryOption::set_value(BlockBinaryOptions& o, const std::string& name) const
+{
+    for (std::size_t i = 0; i < choices.size(); ++i)
+        if (name == choices[i])
+            return set(o, static_cast<int>(i));
+    throw Error(std::string(key) + " '" + name + "' is not one of " + choice_list());
+}
+
+const BlockBinaryOption* find_block_binary_option(const std::string& name)
+{
+    for (const BlockBinaryOption& o : block_binary_options())
+        if (name == o.key || name == o.flag())
+            return &o;
+    return nullptr;
+}
+
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
                                 const LayerQuantSettings& settings, const GptqOptions& options,
                                 double reference_energy)

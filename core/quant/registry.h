@@ -3,6 +3,7 @@
 // command line, plans, the packed-file reader and the conformance tests find methods here, so a
 // new method is its folder under quant/methods plus one row in registry.cpp.
 #include "core/gptq.h"
+#include "core/quant_config.h"
 
 #include <string>
 #include <vector>
@@ -41,7 +42,28 @@ const MethodInfo* find_method(const std::string& name);
 std::string method_names(bool post_training_only = false);
 /// True when `id` stores BlockBinaryCodes (billm, arb): its own payload, kernels and checks.
 bool stores_block_binary(QuantMethod id);
-/// The codes' layout of a block-binary method.
+/// The codes' layout of a block-binary method: its preset, or as `options` set it.
 BlockBinaryLayout block_layout_of(QuantMethod id);
+BlockBinaryLayout block_layout_of(QuantMethod id, const BlockBinaryOptions& options);
+
+/// One option of the block-binary methods: the plan JSON key (the command-line flag is the key
+/// with '-' for '_'), a help text, and its choices, the first being the default. The command
+/// line, plans, sweeps and the studio's Run form are built from these rows.
+struct BlockBinaryOption {
+    const char* key;
+    const char* help;
+    std::vector<const char*> choices;
+    int (*get)(const BlockBinaryOptions&);   ///< the index of the current choice
+    void (*set)(BlockBinaryOptions&, int);   ///< sets the choice at that index
+    bool row_column_only = false;            ///< only arb-rc reads it (other choices than the default are refused elsewhere)
+    std::string flag() const;                ///< "billm-search"
+    std::string value(const BlockBinaryOptions& o) const { return choices[static_cast<std::size_t>(get(o))]; }
+    /// Sets the choice named `name`; Error listing the choices otherwise.
+    void set_value(BlockBinaryOptions& o, const std::string& name) const;
+    std::string choice_list() const;         ///< "scores, weights"
+};
+const std::vector<BlockBinaryOption>& block_binary_options();
+/// The row whose key (or flag) is `name`, or nullptr.
+const BlockBinaryOption* find_block_binary_option(const std::string& name);
 
 } // namespace pbllm

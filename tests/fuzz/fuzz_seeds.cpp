@@ -143,6 +143,13 @@ int main(int argc, char** argv)
             write_packed_checkpoint(quantize_model(model, windows, plan),
                                     out.filePath(QString("packed_checkpoint/tiny-%1.pbllm.h5").arg(method.name)).toStdString());
         }
+        { // the 8-bit scales payload of arb-rc
+            QuantPlan plan;
+            plan.config.layer.method = QuantMethod::ArbRc;
+            plan.config.block_binary.scale_format = ScaleFormat::Log8;
+            write_packed_checkpoint(quantize_model(model, windows, plan),
+                                    out.filePath("packed_checkpoint/tiny-arb-rc-log8.pbllm.h5").toStdString());
+        }
         write_packed_checkpoint(quantize_model(make_synthetic_model(qwen3, 7), windows, QuantPlan{}), // format version 2
                                 out.filePath("packed_checkpoint/tiny-qwen3.pbllm.h5").toStdString());
         write_calibration_file(calibrate(model, windows), c, out.filePath("calibration_file/tiny.calib.h5").toStdString());
@@ -158,7 +165,7 @@ int main(int argc, char** argv)
         plan.rules.push_back(PlanRule{"model.layers.*.mlp.down_proj", 0.3, 4, {}, SaliencyMetric::Magnitude, Binarizer::Sign, {}, {}});
         plan.rules.push_back(PlanRule{"model.layers.0.*", {}, {}, 3, {}, {}, QuantMethod::Gptq, {}});
         write_all(out.filePath("quant_plan/rules.json"), QByteArray::fromStdString(plan.to_json()));
-        plan.config.billm_search = BillmSearch::Weights;
+        plan.config.block_binary.search = BillmSearch::Weights;
         plan.rules.push_back(PlanRule{"model.layers.1.*", {}, {}, {}, {}, {}, QuantMethod::Billm, {}});
         write_all(out.filePath("quant_plan/billm.json"), QByteArray::fromStdString(plan.to_json()));
 

@@ -4,9 +4,30 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace pbllm {
+
+float log8_value(float base, std::uint8_t code)
+{
+    return code == 0 ? 0.0f : base * std::exp2(static_cast<float>(static_cast<int>(code) - 255) / 16.0f);
+}
+
+std::uint8_t log8_code(float value, float base)
+{
+    if (!(value > 0.0f) || !(base > 0.0f))
+        return 0;
+    const double k = 255.0 + 16.0 * std::log2(static_cast<double>(value) / base);
+    const int guess = static_cast<int>(std::lround(std::min(255.0, std::max(0.0, k))));
+    int best = 0;
+    for (int c : {guess - 1, guess, guess + 1}) // the nearest in value among the neighbours and 0
+        if (c >= 1 && c <= 255 &&
+            std::fabs(log8_value(base, static_cast<std::uint8_t>(c)) - value) <
+                std::fabs(log8_value(base, static_cast<std::uint8_t>(best)) - value))
+            best = c;
+    return static_cast<std::uint8_t>(best);
+}
 
 void BlockBinaryCodes::validate(std::int64_t rows, std::int64_t cols, const std::string& what) const
 {
@@ -30,7 +51,14 @@ void BlockBinaryCodes::validate(std::int64_t rows, std::int64_t cols, const std:
             fail("column parameters are not finite");
         if ((params < 0).any().item<bool>() || (column_params < 0).any().item<bool>())
             fail("a scale is negative");
+        if (layout.log8_scales) {
+            shaped(scale_bases, {blocks(cols), 2}, at::kFloat, "scale bases");
+            if (!at::isfinite(scale_bases).all().item<bool>() || (scale_bases < 0).any().item<bool>())
+                fail("a scale base is negative or not finite");
+        }
     } else {
+        if (layout.log8_scales)
+            fail("8-bit scales belong to the row-column layout only");
         if (column_params.defined() && column_params.numel() > 0)
             fail("column parameters belong to the row-column layout only");
         for (int a = kSalientAlpha1; a < layout.row_params(); a += 2) // alphas sit at the even slots

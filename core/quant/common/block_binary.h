@@ -19,13 +19,19 @@ struct BlockBinaryLayout {
     bool split_salient = false;
     /// ARB-RC: w = a_i c_j B per order (a row scale per block, a column scale), no mean.
     bool row_column = false;
+    /// row_column only: the scales stored as 8-bit codes against one base per block and kind
+    /// (rows, columns) instead of FP16 (see log8_value).
+    bool log8_scales = false;
 
     /// FP16 parameters per row and block.
     int row_params() const { return row_column ? (split_salient ? 6 : 4) : (split_salient ? 12 : 8); }
     /// FP16 parameters stored for a column (row_column only): salient columns carry two orders
     /// per salient group, the others one per group.
     int column_params(bool salient) const { return !row_column ? 0 : salient ? (split_salient ? 4 : 2) : 2; }
-    bool operator==(const BlockBinaryLayout& o) const { return split_salient == o.split_salient && row_column == o.row_column; }
+    bool operator==(const BlockBinaryLayout& o) const
+    {
+        return split_salient == o.split_salient && row_column == o.row_column && log8_scales == o.log8_scales;
+    }
 };
 
 /// Row parameters of one block (FP16-representable floats). Mean-and-scale layouts (BiLLM, ARB,
@@ -50,6 +56,13 @@ enum RowColumnColumnParam : int {
     kRcColumnSparse2, ///< its order 2 (salient columns under CGB)
     kRcColumnParams
 };
+
+/// An 8-bit scale code: 0 is 0, k = 1..255 is base * 2^((k - 255) / 16), 16 octaves below
+/// `base` (the largest scale of its block and kind) in steps of 2^(1/16) = 4.4%.
+float log8_value(float base, std::uint8_t code);
+/// The code whose value is nearest `value` (>= 0): log8_value(base, log8_code(v, base)) == v
+/// for every v that log8_value produced, so codes survive a round trip.
+std::uint8_t log8_code(float value, float base);
 
 inline float signed_one(bool positive) { return positive ? 1.0f : -1.0f; }
 
@@ -86,6 +99,7 @@ struct BlockBinaryCodes {
     at::Tensor sign2;         ///< bool (rows, cols): second-order sign at salient columns, false elsewhere
     at::Tensor params;        ///< float32 (rows, blocks, layout.row_params())
     at::Tensor column_params; ///< float32 (cols, kRcColumnParams), row_column only (unused entries 0)
+    at::Tensor scale_bases;   ///< float32 (blocks, 2): log8 bases of the row and the column scales (log8 only)
 
     std::int64_t blocks(std::int64_t cols) const { return (cols + block - 1) / block; }
     /// Throws Error naming `what` when shapes or parameters are inconsistent.

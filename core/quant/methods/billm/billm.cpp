@@ -380,10 +380,10 @@ struct Recipe {
     bool hessian_metric = false; ///< ARB-X: then the scales in the block Hessian's metric
 };
 
-Recipe recipe_of(QuantMethod m)
+Recipe recipe_of(QuantMethod m, const BlockBinaryOptions& options)
 {
     Recipe r;
-    r.layout = block_layout_of(m);
+    r.layout = block_layout_of(m, options);
     r.refine = m != QuantMethod::Billm;
     r.hessian_metric = m == QuantMethod::ArbX;
     return r;
@@ -589,17 +589,38 @@ void write_row_column_block(const Recipe& recipe, const float* Wb, const signed 
             // The levels +-a c (+-a' c') are the same set whatever the scales' signs: store |.|.
             for (std::int64_t r = 0; r < rows; ++r)
                 params[(r * blocks + block_index) * np + rc_row_slot(grp, k)] =
-                    fp16(std::fabs(f.a[static_cast<std::size_t>(r * order + k)]) * norm);
+                    static_cast<float>(std::fabs(f.a[static_cast<std::size_t>(r * order + k)]) * norm);
             for (std::int64_t c = 0; c < nb; ++c) {
                 bool used = false;
                 for (std::int64_t r = 0; r < rows && !used; ++r)
                     used = mask[static_cast<std::size_t>(r * nb + c)];
                 if (used)
                     colp[c * kRcColumnParams + rc_column_slot(grp, k)] =
-                        fp16(std::fabs(f.c[static_cast<std::size_t>(c * order + k)]) / norm);
+                        static_cast<float>(std::fabs(f.c[static_cast<std::size_t>(c * order + k)]) / norm);
             }
         }
     }
+    // The scales as stored: FP16, or 8-bit codes against the block's largest row and column scale.
+    float bases[2] = {0.0f, 0.0f};
+    for (std::int64_t r = 0; r < rows; ++r)
+        for (int k = 0; k < np; ++k)
+            bases[0] = std::max(bases[0], params[(r * blocks + block_index) * np + k]);
+    for (std::int64_t i = 0; i < nb * kRcColumnParams; ++i)
+        bases[1] = std::max(bases[1], colp[i]);
+    auto stored = [&](float v, int kind) {
+        return recipe.layout.log8_scales ? log8_value(bases[kind], log8_code(v, bases[kind])) : round_to_fp16(v);
+    };
+    if (recipe.layout.log8_scales) {
+        codes.scale_bases.data_ptr<float>()[block_index * 2] = bases[0];
+        codes.scale_bases.data_ptr<float>()[block_index * 2 + 1] = bases[1];
+    }
+    for (std::int64_t r = 0; r < rows; ++r)
+        for (int k = 0; k < np; ++k) {
+            float& v = params[(r * blocks + block_index) * np + k];
+            v = stored(v, 0);
+        }
+    for (std::int64_t i = 0; i < nb * kRcColumnParams; ++i)
+        colp[i] = stored(colp[i], 1);
     bool *sparse = codes.sparse.data_ptr<bool>(), *sign1 = codes.sign1.data_ptr<bool>(), *sign2 = codes.sign2.data_ptr<bool>();
     at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
         for (std::int64_t r = r0; r < r1; ++r) {
@@ -720,7 +741,10 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
     q.rows = rows;
     q.cols = cols;
     q.settings = settings;
-    const Recipe recipe = recipe_of(settings.method);
+    const Recipe recipe = recipe_of(settings.method, options.block_binary);
+    if (recipe.layout.log8_scales && !recipe.layout.row_column)
+        throw Error(name + ": scale_format log8 applies to arb-rc only (" + to_string(settings.method) +
+                    " stores signed means)");
 
     at::Tensor W = W_in.to(at::kCPU, at::kFloat).clone();
     const HessianFactors factors = factor_hessian(H.to(at::kCPU, at::kDouble), options.percdamp, name);
@@ -744,6 +768,8 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
     codes.params = at::zeros({rows, blocks, recipe.layout.row_params()}, at::kFloat);
     if (recipe.layout.row_column)
         codes.column_params = at::zeros({cols, kRcColumnParams}, at::kFloat);
+    if (recipe.layout.log8_scales)
+        codes.scale_bases = at::zeros({blocks, 2}, at::kFloat);
     q.dequantized = at::empty({rows, cols}, at::kFloat);
 
     for (std::int64_t b0 = 0, bi = 0; b0 < cols; b0 += codes.block, ++bi) {
@@ -755,7 +781,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
                                   : (Wb.pow(2) / saliency_d.narrow(0, b0, nb).pow(2).unsqueeze(0)).contiguous();
         // The authors' code searches on S, or on the signed weights when its metric is magnitude.
         const at::Tensor Vb =
-            options.billm_search == BillmSearch::Scores && settings.metric != SaliencyMetric::Magnitude ? Sb : Wb;
+            options.block_binary.search == BillmSearch::Scores && settings.metric != SaliencyMetric::Magnitude ? Sb : Wb;
         BillmBlockChoice choice =
             billm_search_block(Sb, Vb, options.billm_max_salient_columns, recipe.layout.split_salient);
 
@@ -804,7 +830,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
         // (W - Q)_block = E U_block,block, one triangular solve (exact). tst_methods shows the
         // diagonal form can compensate worse than none on a correlated Hessian.
         if (b1 < cols) {
-            const at::Tensor E = options.billm_compensation == BillmCompensation::Exact
+            const at::Tensor E = options.block_binary.compensation == BillmCompensation::Exact
                                      ? at::linalg_solve_triangular(U.narrow(0, b0, nb).narrow(1, b0, nb), Wb - Qb,
                                                                    /*upper=*/true, /*left=*/false)
                                      : (Wb - Qb) / d.narrow(0, b0, nb).unsqueeze(0);

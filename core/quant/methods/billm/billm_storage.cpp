@@ -7,6 +7,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
+#include <cstring>
+
 namespace pbllm {
 namespace {
 
@@ -63,6 +66,7 @@ PackedLinear pack_block_binary(const QuantizedLinear& q)
                      s1 = codes.sign1.contiguous(), s2 = codes.sign2.contiguous();
     const bool* col = cols.data_ptr<bool>();
     const BlockBinaryLayout& layout = codes.layout;
+    p.block_layout = layout;
     p.column_bitmap = pack_bits(col, q.cols);
     p.signs = pack_bits(s1.data_ptr<bool>(), q.rows * q.cols);
     BitWriter group, second;
@@ -80,14 +84,27 @@ PackedLinear pack_block_binary(const QuantizedLinear& q)
     p.group_bitmap = group.take();
     p.signs2 = second.take();
     const at::Tensor params = codes.params.contiguous();
-    p.block_params.reserve(static_cast<std::size_t>(params.numel()));
-    for (std::int64_t i = 0; i < params.numel(); ++i)
-        p.block_params.push_back(c10::Half(params.data_ptr<float>()[i]).x);
+    const float* pr = params.data_ptr<float>();
+    const std::int64_t blocks = codes.blocks(q.cols), np = layout.row_params();
+    const float* bases = layout.log8_scales ? codes.scale_bases.contiguous().data_ptr<float>() : nullptr;
+    if (bases)
+        p.scale_bases.assign(bases, bases + blocks * 2);
+    for (std::int64_t i = 0; i < params.numel(); ++i) {
+        if (bases)
+            p.scale_codes.push_back(log8_code(pr[i], bases[(i / np) % blocks * 2]));
+        else
+            p.block_params.push_back(c10::Half(pr[i]).x);
+    }
     if (layout.row_column) {
         const at::Tensor cp = codes.column_params.contiguous();
         for (std::int64_t c = 0; c < q.cols; ++c)
-            for (int slot : column_slots(layout, col[c]))
-                p.column_params.push_back(c10::Half(cp.data_ptr<float>()[c * kRcColumnParams + slot]).x);
+            for (int slot : column_slots(layout, col[c])) {
+                const float v = cp.data_ptr<float>()[c * kRcColumnParams + slot];
+                if (bases)
+                    p.scale_codes.push_back(log8_code(v, bases[c / codes.block * 2 + 1]));
+                else
+                    p.column_params.push_back(c10::Half(v).x);
+            }
     }
     return p;
 }
@@ -102,7 +119,9 @@ void validate_block_binary_fields(const PackedLinear& p, const std::string& what
     const std::string method = to_string(p.method);
     if (p.grid_bits != 2 || p.groupsize != 0)
         fail("a " + method + " Linear stores salient_bits 2 and groupsize 0");
-    const BlockBinaryLayout layout = block_layout_of(p.method);
+    const BlockBinaryLayout& layout = p.block_layout;
+    if (layout.log8_scales && !layout.row_column)
+        fail("8-bit scales belong to the row-column layout (arb-rc) only");
     auto sized = [&](const std::vector<std::uint8_t>& v, std::int64_t bits, const char* name) {
         if (static_cast<std::int64_t>(v.size()) != (bits + 7) / 8)
             fail(std::string(name) + " holds " + std::to_string(v.size()) + " bytes, expected " +
@@ -116,11 +135,24 @@ void validate_block_binary_fields(const PackedLinear& p, const std::string& what
     sized(p.signs, n, "signs");
     sized(p.signs2, salient, "second-order signs");
     sized(p.group_bitmap, layout.split_salient ? n : n - salient, "group bitmap");
-    if (static_cast<std::int64_t>(p.block_params.size()) != p.rows * blocks_of(p) * layout.row_params())
-        fail("block parameters do not match the shape and block size");
-    if (static_cast<std::int64_t>(p.column_params.size()) != column_param_count(p, layout))
-        fail("column parameters hold " + std::to_string(p.column_params.size()) + " values, expected " +
-             std::to_string(column_param_count(p, layout)));
+    const std::int64_t row_count = p.rows * blocks_of(p) * layout.row_params(),
+                       column_count = column_param_count(p, layout);
+    auto counted = [&](std::size_t have, std::int64_t want, const char* name) {
+        if (static_cast<std::int64_t>(have) != want)
+            fail(std::string(name) + " hold " + std::to_string(have) + " values, expected " + std::to_string(want));
+    };
+    if (layout.log8_scales) {
+        counted(p.scale_codes.size(), row_count + column_count, "8-bit scale codes");
+        counted(p.scale_bases.size(), 2 * blocks_of(p), "scale bases");
+        counted(p.block_params.size() + p.column_params.size(), 0, "FP16 parameters beside 8-bit scales");
+        for (float b : p.scale_bases)
+            if (!std::isfinite(b) || b < 0.0f)
+                fail("a scale base is negative or not finite");
+    } else {
+        counted(p.block_params.size(), row_count, "block parameters");
+        counted(p.column_params.size(), column_count, "column parameters");
+        counted(p.scale_codes.size() + p.scale_bases.size(), 0, "8-bit scale codes beside FP16 parameters");
+    }
     if (!p.index.bytes.empty() || !p.codes.empty() || !p.grid_scale.empty() || !p.mu.empty() || !p.alpha.empty())
         fail("holds arrays that a block binarizer does not store");
 }
@@ -136,7 +168,7 @@ QuantizedLinear unpack_block_binary(const PackedLinear& p, const std::string& wh
     q.settings.binarizer = p.binarizer;
     q.settings.salient_ratio = p.salient_ratio_requested;
     BlockBinaryCodes& codes = q.block_binary;
-    codes.layout = block_layout_of(p.method);
+    codes.layout = p.block_layout;
     codes.block = p.block;
     codes.salient_cols = at::empty({p.cols}, at::kBool);
     codes.sparse = at::zeros({p.rows, p.cols}, at::kBool);
@@ -158,15 +190,27 @@ QuantizedLinear unpack_block_binary(const PackedLinear& p, const std::string& wh
                 spa[i] = bit(p.group_bitmap, rest++);
         }
     float* params = codes.params.data_ptr<float>();
-    for (std::size_t i = 0; i < p.block_params.size(); ++i)
-        params[i] = static_cast<float>(c10::Half(p.block_params[i], c10::Half::from_bits()));
+    const std::int64_t blocks = blocks_of(p), np = codes.layout.row_params(), row_count = codes.params.numel();
+    const bool log8 = codes.layout.log8_scales;
+    if (log8)
+        codes.scale_bases = at::from_blob(const_cast<float*>(p.scale_bases.data()), {blocks, 2}, at::kFloat).clone();
+    auto half = [](std::uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); };
+    for (std::int64_t i = 0; i < row_count; ++i)
+        params[i] = log8 ? log8_value(p.scale_bases[static_cast<std::size_t>((i / np) % blocks * 2)],
+                                      p.scale_codes[static_cast<std::size_t>(i)])
+                         : half(p.block_params[static_cast<std::size_t>(i)]);
     if (codes.layout.row_column) {
         codes.column_params = at::zeros({p.cols, kRcColumnParams}, at::kFloat);
         float* cp = codes.column_params.data_ptr<float>();
         std::size_t next = 0;
         for (std::int64_t c = 0; c < p.cols; ++c)
-            for (int slot : column_slots(codes.layout, col[c]))
-                cp[c * kRcColumnParams + slot] = static_cast<float>(c10::Half(p.column_params[next++], c10::Half::from_bits()));
+            for (int slot : column_slots(codes.layout, col[c])) {
+                cp[c * kRcColumnParams + slot] =
+                    log8 ? log8_value(p.scale_bases[static_cast<std::size_t>(c / p.block * 2 + 1)],
+                                      p.scale_codes[static_cast<std::size_t>(row_count) + next])
+                         : half(p.column_params[next]);
+                ++next;
+            }
     }
     try {
         q.validate();
@@ -196,7 +240,15 @@ void write_block_binary(const Writer& w, hid_t g, const PackedLinear& p)
     w.bytes(g, "group_bitmap", p.group_bitmap);
     w.bytes(g, "signs", p.signs);
     w.bytes(g, "signs2", p.signs2);
-    const BlockBinaryLayout layout = block_layout_of(p.method);
+    const BlockBinaryLayout& layout = p.block_layout;
+    w.attr(g, "cgb", static_cast<std::int64_t>(layout.split_salient));
+    w.attr(g, "scale_format", std::string(layout.log8_scales ? "log8" : "fp16"));
+    if (layout.log8_scales) {
+        w.bytes(g, "scale_codes", p.scale_codes);
+        w.dataset(g, "scale_bases", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {static_cast<hsize_t>(p.scale_bases.size())},
+                  p.scale_bases.data());
+        return;
+    }
     w.halves(g, "block_params", p.block_params,
              {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(blocks_of(p) * layout.row_params())});
     if (layout.row_column)
@@ -224,12 +276,38 @@ void read_block_binary(const Reader& r, hid_t g, PackedLinear& p, const std::str
     if (static_cast<std::int64_t>(p.column_bitmap.size()) != (p.cols + 7) / 8)
         throw Error(what + ": column bitmap holds " + std::to_string(p.column_bitmap.size()) + " bytes, expected " +
                     std::to_string((p.cols + 7) / 8));
-    const BlockBinaryLayout layout = block_layout_of(p.method);
-    p.block_params = r.halves(g, "block_params",
-                              {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(blocks_of(p) * layout.row_params())});
-    if (layout.row_column)
-        p.column_params =
-            r.halves(g, "column_params", {static_cast<hsize_t>(column_param_count(p, layout))});
+    // Files from before CGB and 8-bit scales were options hold neither attribute: the preset.
+    BlockBinaryLayout& layout = p.block_layout;
+    layout = block_layout_of(p.method);
+    if (r.has_attr(g, "cgb")) {
+        const std::int64_t cgb = r.attr_int(g, "cgb");
+        if (cgb != 0 && cgb != 1)
+            throw Error(what + ": attribute cgb is " + std::to_string(cgb) + ", not 0 or 1");
+        layout.split_salient = cgb == 1;
+    }
+    if (r.has_attr(g, "scale_format")) {
+        const std::string format = r.attr_string(g, "scale_format");
+        if (format != "fp16" && format != "log8")
+            throw Error(what + ": scale_format '" + format + "' is not one of fp16, log8");
+        layout.log8_scales = format == "log8";
+    }
+    if (layout.log8_scales && !layout.row_column)
+        throw Error(what + ": 8-bit scales belong to the row-column layout (arb-rc) only");
+    const std::int64_t row_count = p.rows * blocks_of(p) * layout.row_params(),
+                       column_count = column_param_count(p, layout);
+    if (layout.log8_scales) {
+        const std::vector<hsize_t> codes_shape{static_cast<hsize_t>(row_count + column_count)},
+            bases_shape{static_cast<hsize_t>(2 * blocks_of(p))};
+        p.scale_codes = r.read_raw(g, "scale_codes", H5T_NATIVE_UINT8, 1, &codes_shape);
+        const std::vector<std::uint8_t> raw = r.read_raw(g, "scale_bases", H5T_NATIVE_FLOAT, 4, &bases_shape);
+        p.scale_bases.resize(raw.size() / 4);
+        std::memcpy(p.scale_bases.data(), raw.data(), raw.size());
+    } else {
+        p.block_params = r.halves(g, "block_params",
+                                  {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(blocks_of(p) * layout.row_params())});
+        if (layout.row_column)
+            p.column_params = r.halves(g, "column_params", {static_cast<hsize_t>(column_count)});
+    }
     validate_block_binary_fields(p, what);
 }
 
