@@ -1,6 +1,7 @@
 #pragma once
-// One Linear through PB-GPTQ, RTN or plain GPTQ (METHOD.md section 4), producing both the
-// dequantized weights the model computes with and the exact codes the packed file stores.
+// A quantized Linear (its codes as the packed file stores them and the dequantized weights the
+// model computes with), and quantize_linear, which runs any method of the registry
+// (core/quant/registry.h; the GPTQ family's solver is core/quant/methods/gptq/).
 #include "core/quant_config.h"
 #include "core/quant/common/block_binary.h"
 #include "core/quantizers.h"
@@ -65,10 +66,5 @@ struct GptqOptions {
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
                                 const LayerQuantSettings& settings, const GptqOptions& options,
                                 double reference_energy = -1.0);
-
-/// The GPTQ column solver behind pb-gptq, rtn (no feedback) and gptq: their registry rows' quantize.
-QuantizedLinear quantize_gptq_family(const std::string& name, const at::Tensor& W, at::Tensor H,
-                                     const LayerQuantSettings& settings, const GptqOptions& options,
-                                     double reference_energy);
 
 } // namespace pbllm

@@ -5,7 +5,7 @@
 #include "core/hdf5_io.h"
 #include "core/packed_hdf5.h"
 #include "core/packed_runtime.h"
-#include "core/quant/methods/billm/billm_storage.h"
+#include "core/quant/payload.h"
 #include "core/quantizers.h"
 #include "core/system.h"
 
@@ -37,8 +37,6 @@ constexpr const char* kFormat = "pbllm-packed";
 // head_dim, q/k/v bias and q/k norm tensors), which a version-1 reader would run as Llama. Llama files stay version 1.
 constexpr std::int64_t kFormatVersion = 2;
 
-std::uint16_t half_bits(float v) { return c10::Half(v).x; }
-float half_value(std::uint16_t bits) { return static_cast<float>(c10::Half(bits, c10::Half::from_bits())); }
 
 } // namespace
 
@@ -56,8 +54,6 @@ std::int64_t PackedLinear::bytes() const
 PackedLinear pack_linear(const QuantizedLinear& q)
 {
     q.validate();
-    if (stores_block_binary(q.settings.method))
-        return pack_block_binary(q);
     PackedLinear p;
     p.name = q.name;
     p.rows = q.rows;
@@ -65,153 +61,22 @@ PackedLinear pack_linear(const QuantizedLinear& q)
     p.method = q.settings.method;
     p.binarizer = q.settings.binarizer;
     p.grid_bits = q.grid_bits();
-    p.groupsize = q.groupsize;
     p.salient_ratio_requested = q.settings.salient_ratio;
-    const at::Tensor mask = q.salient.contiguous();
-    const at::Tensor codes = q.codes.contiguous();
-    const at::Tensor signs = q.signs.contiguous();
-    const bool* m = mask.data_ptr<bool>();
-    const std::int16_t* c = codes.data_ptr<std::int16_t>();
-    const bool* s = signs.data_ptr<bool>();
-    const std::int64_t n = q.rows * q.cols;
-    p.index = encode_index(m, n);
-    BitWriter code_bits;
-    std::vector<bool> sign_bits;
-    std::vector<std::uint8_t> sign_bytes;
-    std::int64_t nonsalient = 0;
-    for (std::int64_t i = 0; i < n; ++i) {
-        if (m[i]) {
-            ++p.salient_count;
-            code_bits.put(static_cast<std::uint16_t>(c[i]), p.grid_bits);
-        } else {
-            if (nonsalient % 8 == 0)
-                sign_bytes.push_back(0);
-            if (s[i])
-                sign_bytes.back() |= static_cast<std::uint8_t>(1u << (nonsalient % 8));
-            ++nonsalient;
-        }
-    }
-    p.codes = code_bits.take();
-    p.signs = std::move(sign_bytes);
-    if (p.grid_bits != 16) {
-        p.grid_groups = q.grid.scale.size(1);
-        const at::Tensor scale = q.grid.scale.contiguous(), zero = q.grid.zero.contiguous();
-        for (std::int64_t i = 0; i < scale.numel(); ++i) {
-            p.grid_scale.push_back(half_bits(scale.data_ptr<float>()[i]));
-            p.grid_zero.push_back(static_cast<std::uint8_t>(zero.data_ptr<float>()[i]));
-        }
-    }
-    if (p.method != QuantMethod::Gptq) {
-        p.stat_groups = q.binary.mu.size(1);
-        const at::Tensor mu = q.binary.mu.contiguous(), alpha = q.binary.alpha.contiguous();
-        for (std::int64_t i = 0; i < mu.numel(); ++i) {
-            p.mu.push_back(half_bits(mu.data_ptr<float>()[i]));
-            p.alpha.push_back(half_bits(alpha.data_ptr<float>()[i]));
-        }
-    }
+    method_info(q.settings.method).payload().pack(q, p);
     return p;
 }
 
 void validate_packed_fields(const PackedLinear& p, const std::string& what)
 {
-    auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     if (p.rows <= 0 || p.cols <= 0 || p.rows > (1 << 24) || p.cols > (1 << 24))
-        fail("implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
-    if (stores_block_binary(p.method))
-        return validate_block_binary_fields(p, what);
-    if (!((p.grid_bits >= 2 && p.grid_bits <= 8) || p.grid_bits == 16))
-        fail("salient bit-width " + std::to_string(p.grid_bits) + " is not 2..8 or 16");
-    if (p.method == QuantMethod::Gptq && p.grid_bits == 16)
-        fail("plain GPTQ cannot store FP16 codes");
-    const std::int64_t n = p.weights();
-    if (p.salient_count < 0 || p.salient_count > n)
-        fail("salient count " + std::to_string(p.salient_count) + " is outside [0, " + std::to_string(n) + "]");
-    const std::int64_t nonsalient = n - p.salient_count;
-    if (static_cast<std::int64_t>(p.codes.size()) != (p.salient_count * p.grid_bits + 7) / 8)
-        fail("codes hold " + std::to_string(p.codes.size()) + " bytes, expected " +
-             std::to_string((p.salient_count * p.grid_bits + 7) / 8));
-    if (static_cast<std::int64_t>(p.signs.size()) != (nonsalient + 7) / 8)
-        fail("signs hold " + std::to_string(p.signs.size()) + " bytes, expected " + std::to_string((nonsalient + 7) / 8));
-    auto groups_for = [&](int width) { return width > 0 ? (p.cols + width - 1) / width : 1; };
-    if (p.grid_bits != 16) {
-        const std::int64_t expect = groups_for(p.method == QuantMethod::Gptq ? p.groupsize : 0);
-        if (p.grid_groups != expect || static_cast<std::int64_t>(p.grid_scale.size()) != p.rows * expect ||
-            static_cast<std::int64_t>(p.grid_zero.size()) != p.rows * expect)
-            fail("grid parameters do not match the shape and group size");
-    }
-    if (p.method != QuantMethod::Gptq) {
-        const std::int64_t expect = groups_for(p.groupsize);
-        if (p.stat_groups != expect || static_cast<std::int64_t>(p.mu.size()) != p.rows * expect ||
-            static_cast<std::int64_t>(p.alpha.size()) != p.rows * expect)
-            fail("binarization statistics do not match the shape and group size");
-    }
+        throw Error(what + ": implausible shape " + std::to_string(p.rows) + " x " + std::to_string(p.cols));
+    method_info(p.method).payload().validate(p, what);
 }
 
 QuantizedLinear unpack_linear(const PackedLinear& p, const std::string& what)
 {
-    auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     validate_packed_fields(p, what);
-    if (stores_block_binary(p.method))
-        return unpack_block_binary(p, what);
-    const std::int64_t n = p.weights();
-    const std::vector<bool> mask = decode_index(p.index, n, p.salient_count, what);
-
-    QuantizedLinear q;
-    q.name = p.name;
-    q.rows = p.rows;
-    q.cols = p.cols;
-    q.groupsize = p.groupsize;
-    q.settings.method = p.method;
-    q.settings.binarizer = p.binarizer;
-    q.settings.salient_ratio = p.salient_ratio_requested;
-    if (p.method == QuantMethod::Gptq)
-        q.settings.bits = p.grid_bits;
-    else
-        q.settings.salient_bits = p.grid_bits;
-    q.salient = at::empty({p.rows, p.cols}, at::kBool);
-    q.codes = at::zeros({p.rows, p.cols}, at::kShort);
-    q.signs = at::zeros({p.rows, p.cols}, at::kBool);
-    bool* m = q.salient.data_ptr<bool>();
-    std::int16_t* c = q.codes.data_ptr<std::int16_t>();
-    bool* s = q.signs.data_ptr<bool>();
-    BitReader codes(p.codes.data(), p.codes.size(), what + " (codes)");
-    std::int64_t j = 0;
-    for (std::int64_t i = 0; i < n; ++i) {
-        m[i] = mask[static_cast<std::size_t>(i)];
-        if (m[i]) {
-            c[i] = static_cast<std::int16_t>(static_cast<std::uint16_t>(codes.get(p.grid_bits)));
-        } else {
-            s[i] = (p.signs[static_cast<std::size_t>(j >> 3)] >> (j & 7)) & 1u;
-            ++j;
-        }
-    }
-    auto halves = [&](const std::vector<std::uint16_t>& bits, std::int64_t groups) {
-        at::Tensor t = at::empty({p.rows, groups}, at::kFloat);
-        for (std::size_t i = 0; i < bits.size(); ++i)
-            t.data_ptr<float>()[i] = half_value(bits[i]);
-        return t;
-    };
-    if (p.grid_bits != 16) {
-        q.grid.bits = p.grid_bits;
-        q.grid.scale = halves(p.grid_scale, p.grid_groups);
-        q.grid.zero = at::empty({p.rows, p.grid_groups}, at::kFloat);
-        for (std::size_t i = 0; i < p.grid_zero.size(); ++i)
-            q.grid.zero.data_ptr<float>()[i] = p.grid_zero[i];
-    }
-    if (p.method != QuantMethod::Gptq) {
-        q.binary.mu = halves(p.mu, p.stat_groups);
-        q.binary.alpha = halves(p.alpha, p.stat_groups);
-    }
-    try {
-        q.validate();
-    } catch (const Error& e) {
-        fail(e.what());
-    }
-    q.dequantized = q.dequantize();
-    if (!at::isfinite(q.dequantized).all().item<bool>())
-        fail("dequantized weights are not finite");
-    q.salient_ratio = p.method == QuantMethod::Gptq ? 1.0 : static_cast<double>(p.salient_count) / static_cast<double>(n);
-    return q;
+    return method_info(p.method).payload().unpack(p, what);
 }
 
 LinearBits linear_bits(const PackedLinear& p)
@@ -272,30 +137,11 @@ bool has_hdf5_signature(const std::string& path)
 void write_packed_linear(const Writer& w, hid_t parent, const PackedLinear& p)
 {
     const Hid g = w.group(parent, p.name);
-    if (stores_block_binary(p.method))
-        return write_block_binary(w, g.get(), p);
     w.attr(g.get(), "rows", p.rows);
     w.attr(g.get(), "cols", p.cols);
     w.attr(g.get(), "method", to_string(p.method));
     w.attr(g.get(), "binarizer", to_string(p.binarizer));
-    w.attr(g.get(), "salient_bits", static_cast<std::int64_t>(p.grid_bits));
-    w.attr(g.get(), "groupsize", static_cast<std::int64_t>(p.groupsize));
-    w.attr(g.get(), "salient_ratio_requested", p.salient_ratio_requested);
-    w.attr(g.get(), "salient_count", p.salient_count);
-    w.attr(g.get(), "index_encoding", to_string(p.index.encoding));
-    w.attr(g.get(), "rice_k", static_cast<std::int64_t>(p.index.rice_k));
-    w.bytes(g.get(), "index", p.index.bytes);
-    w.bytes(g.get(), "codes", p.codes);
-    w.bytes(g.get(), "signs", p.signs);
-    if (p.grid_bits != 16) {
-        w.halves(g.get(), "grid_scale", p.grid_scale, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)});
-        w.dataset(g.get(), "grid_zero", H5T_STD_U8LE, H5T_NATIVE_UINT8,
-                  {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)}, p.grid_zero.data());
-    }
-    if (p.method != QuantMethod::Gptq) {
-        w.halves(g.get(), "mu", p.mu, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
-        w.halves(g.get(), "alpha", p.alpha, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
-    }
+    method_info(p.method).payload().write(w, g.get(), p);
 }
 
 PackedLinear read_packed_linear(const Reader& r, hid_t parent, const std::string& name, const std::string& what,
@@ -315,41 +161,7 @@ PackedLinear read_packed_linear(const Reader& r, hid_t parent, const std::string
     } catch (const Error& e) {
         throw Error(what + ": " + e.what());
     }
-    if (stores_block_binary(p.method)) {
-        read_block_binary(r, g.get(), p, what);
-        return p;
-    }
-    p.grid_bits = static_cast<int>(r.attr_int(g.get(), "salient_bits"));
-    p.groupsize = static_cast<int>(r.attr_int(g.get(), "groupsize"));
-    p.salient_ratio_requested = r.attr_double(g.get(), "salient_ratio_requested");
-    p.salient_count = r.attr_int(g.get(), "salient_count");
-    const std::string enc = r.attr_string(g.get(), "index_encoding");
-    p.index.encoding = enc == "rice" ? IndexEncoding::Rice : enc == "all" ? IndexEncoding::All : IndexEncoding::Bitmap;
-    if (enc != "rice" && enc != "all" && enc != "bitmap")
-        throw Error(what + ": unknown index encoding '" + enc + "'");
-    p.index.rice_k = static_cast<int>(r.attr_int(g.get(), "rice_k"));
-    p.index.bytes = r.bytes(g.get(), "index");
-    p.codes = r.bytes(g.get(), "codes");
-    p.signs = r.bytes(g.get(), "signs");
-    if (p.grid_bits != 16) {
-        std::vector<hsize_t> gshape;
-        r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, nullptr, &gshape);
-        if (gshape.size() != 2 || gshape[0] != static_cast<hsize_t>(p.rows))
-            throw Error(what + ": grid parameters do not match the shape");
-        p.grid_groups = static_cast<std::int64_t>(gshape[1]);
-        p.grid_scale = r.halves(g.get(), "grid_scale", gshape);
-        p.grid_zero = r.read_raw(g.get(), "grid_zero", H5T_NATIVE_UINT8, 1, &gshape);
-    }
-    if (p.method != QuantMethod::Gptq) {
-        std::vector<hsize_t> sshape;
-        const Hid t = half_type();
-        r.read_raw(g.get(), "mu", t.get(), 2, nullptr, &sshape);
-        if (sshape.size() != 2 || sshape[0] != static_cast<hsize_t>(p.rows))
-            throw Error(what + ": binarization statistics do not match the shape");
-        p.stat_groups = static_cast<std::int64_t>(sshape[1]);
-        p.mu = r.halves(g.get(), "mu", sshape);
-        p.alpha = r.halves(g.get(), "alpha", sshape);
-    }
+    method_info(p.method).payload().read(r, g.get(), p, what);
     return p;
 }
 

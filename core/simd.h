@@ -8,3 +8,10 @@
 #else
 #define PBLLM_MULTIVERSION
 #endif
+
+// Inlined into each clone of a PBLLM_MULTIVERSION caller (a policy object's per-element call).
+#if defined(__GNUC__)
+#define PBLLM_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define PBLLM_ALWAYS_INLINE inline
+#endif

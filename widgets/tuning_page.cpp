@@ -148,11 +148,11 @@ void TuningPage::syncMethodControls()
         const BlockBinaryOption& o = block_binary_options()[i];
         const QSignalBlocker quiet(block_options_[i]);
         block_options_[i]->setCurrentIndex(o.get(plan.config.block_binary));
-        block_options_[i]->setEnabled(m.block_binary && (!o.row_column_only || m.block_layout.row_column));
+        block_options_[i]->setEnabled(m.block_binary() && (!o.row_column_only || m.block_layout.row_column));
     }
     // PB-LLM's knobs mean nothing to the block binarizers (salient columns are searched, at 2 bits).
     for (QWidget* w : {static_cast<QWidget*>(ratio_), static_cast<QWidget*>(bits_), static_cast<QWidget*>(binarizer_)})
-        w->setEnabled(!m.block_binary && m.id != QuantMethod::Gptq);
+        w->setEnabled(!m.block_binary() && m.id != QuantMethod::Gptq);
 }
 
 void TuningPage::applyControls()

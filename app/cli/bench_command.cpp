@@ -103,6 +103,8 @@ int run_bench(const QStringList& args)
                                     "lines alone) or tokenizer (encoding speed).", "S", "eval"});
     cl.parser().addOption({"tokenizers", "tokenizer suite: comma-separated tokenizer files (default: tok512 and the "
                                          "shared tokenizer.json files).", "LIST"});
+    cl.parser().addOption({"methods", "methods suite: comma-separated methods to time (default: every post-training "
+                                      "method).", "LIST"});
     cl.parser().addOption({"shape", "packed suite: synthetic model shape.", "NAME", "stories110m"});
     cl.parser().addOption({"layers", "packed suite: decoder layers (default: the shape's).", "N", "0"});
     cl.parser().addOption({"salient", "packed suite: salient ratio.", "R", "0.1"});
@@ -117,7 +119,7 @@ int run_bench(const QStringList& args)
     if (cl.value("suite") == "quant")
         return run_quant_bench(runs, cl.json());
     if (cl.value("suite") == "methods")
-        return run_methods_bench(runs, cl.json());
+        return run_methods_bench(runs, cl.json(), cl.is_set("methods") ? cl.value("methods").toStdString() : "");
     if (cl.value("suite") == "packed" && cl.is_set("file")) {
         if (!cl.is_set("text"))
             throw UsageError{"--file needs --text FILE"};

@@ -16,9 +16,11 @@
 #include <ATen/Parallel.h>
 #include <QJsonArray>
 #include <QJsonObject>
+#include <QString>
 #include <c10/core/InferenceMode.h>
 
 #include <cstdio>
+#include <set>
 
 namespace pbllm::cli {
 namespace {
@@ -62,13 +64,20 @@ LayerTiming time_layer(std::int64_t rows, std::int64_t cols, const at::Tensor& H
 
 } // namespace
 
-int run_methods_bench(int runs, bool json)
+int run_methods_bench(int runs, bool json, const std::string& only)
 {
     // Every post-training method of the registry on one LLaMA-7B attention-sized Linear, against
     // the GEMM rate measured in the same run. The FLOP count is GPTQ's (factorisation and the
     // block updates); a method's own searches come on top of it, so the fraction says how far
     // the extra work takes the method from the factorisation-bound solver.
     c10::InferenceMode inference;
+    std::set<std::string> chosen;
+    for (const QString& name : QString::fromStdString(only).split(',', Qt::SkipEmptyParts)) {
+        const MethodInfo* m = find_method(name.trimmed().toStdString());
+        if (!m || !m->quantize)
+            throw UsageError{"--methods: '" + name.trimmed().toStdString() + "' is not one of " + method_names(true)};
+        chosen.insert(m->name);
+    }
     const Baselines base = measure_baselines(runs);
     const at::Tensor H = realistic_hessian(4096, 8192);
     QJsonArray rows;
@@ -76,7 +85,7 @@ int run_methods_bench(int runs, bool json)
         std::printf("threads %d, medians of %d runs; fp32 GEMM 2048^2: %.1f GFLOP/s\n\n", at::get_num_threads(), runs,
                     base.matmul_gflops);
     for (const MethodInfo& m : methods()) {
-        if (!m.quantize)
+        if (!m.quantize || (!chosen.empty() && !chosen.count(m.name)))
             continue;
         LayerQuantSettings s;
         s.method = m.id;

@@ -20,7 +20,8 @@ struct Baselines {
 Baselines measure_baselines(int runs);
 
 int run_quant_bench(int runs, bool json);
-int run_methods_bench(int runs, bool json);
+/// `only`: comma-separated method names to time ("" = every post-training method).
+int run_methods_bench(int runs, bool json, const std::string& only);
 /// Packed vs dequantized float32 vs FP16 on a SYNTHETIC model of `shape` (layers > 0: that many).
 int run_packed_bench(int runs, int gen_tokens, const std::string& shape, int layers, double ratio, bool json);
 /// The packed kernels alone: one 4096 x 4096 matvec in cache on one thread, and from memory on

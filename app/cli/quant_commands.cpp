@@ -518,7 +518,7 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
                 return "bits=" + std::to_string(v);
             });
         // The block-binary options vary only when given; otherwise the base plan's value holds.
-        if (m->block_binary)
+        if (m->block_binary())
             for (const BlockBinaryOption& o : block_binary_options()) {
                 if (o.row_column_only && !m->block_layout.row_column)
                     continue;

@@ -2,6 +2,8 @@
 
 #include "core/error.h"
 #include "core/quant/methods/billm/billm.h"
+#include "core/quant/methods/gptq/gptq_solver.h"
+#include "core/quant/payload.h"
 
 #include <ATen/ATen.h>
 
@@ -14,32 +16,32 @@ const std::vector<MethodInfo>& methods()
         {QuantMethod::PbGptq, "pb-gptq",
          "PB-LLM: a salient share at salient_bits, the rest binarized, with GPTQ error feedback",
          "salient_bits * r + (1 - r), r = salient share (PB-LLM)",
-         {"salient_ratio", "salient_bits", "metric", "binarizer"}, true, quantize_gptq_family},
+         {"salient_ratio", "salient_bits", "metric", "binarizer"}, true, quantize_gptq_family, partial_binary_payload},
         {QuantMethod::Rtn, "rtn", "PB-LLM's quantizers without error feedback (round to nearest)",
          "salient_bits * r + (1 - r), r = salient share (PB-LLM)",
-         {"salient_ratio", "salient_bits", "metric", "binarizer"}, false, quantize_gptq_family},
+         {"salient_ratio", "salient_bits", "metric", "binarizer"}, false, quantize_gptq_family, partial_binary_payload},
         {QuantMethod::Gptq, "gptq", "plain GPTQ: every weight on a `bits` grid (baseline)", "bits", {"bits"}, true,
-         quantize_gptq_family},
+         quantize_gptq_family, partial_binary_payload},
         {QuantMethod::Qat, "qat", "PB-LLM learned by quantization-aware training (pbllm qat), stored like pb-gptq",
          "salient_bits * r + (1 - r), r = salient share (PB-LLM)", {"salient_ratio", "salient_bits", "binarizer"},
-         false, nullptr},
+         false, nullptr, partial_binary_payload},
         {QuantMethod::Billm, "billm",
          "BiLLM: salient columns residual-binarized, the rest split at a searched break point, block compensation",
          "2 r + (1 - r), r = salient column share (BiLLM; bitmaps and FP16 row parameters not counted)",
-         {"metric"}, true, quantize_billm, true},
+         {"metric"}, true, quantize_billm, block_binary_payload},
         {QuantMethod::Arb, "arb",
          "ARB-LLM's alternating refined binarization (15 iterations of mean, scale and signs per group, both "
          "orders) in BiLLM's pipeline; stored like billm",
-         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, true},
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, block_binary_payload},
         {QuantMethod::ArbX, "arb-x",
          "ARB-LLM_X: ARB, then 15 rounds of its means and scales in the metric of the block's Hessian, the "
          "break point scored by tr(R S R^T); salient columns split by the group bitmap too (CGB)",
-         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, true,
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, block_binary_payload,
          BlockBinaryLayout{true, false}},
         {QuantMethod::ArbRc, "arb-rc",
          "ARB-LLM_RC: a row scale and a column scale per order and group, no means, 15 alternating rounds; "
          "salient columns split by the group bitmap too (CGB)",
-         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, true,
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, block_binary_payload,
          BlockBinaryLayout{true, true}},
     };
     return table;
@@ -72,7 +74,9 @@ std::string method_names(bool post_training_only)
     return names;
 }
 
-bool stores_block_binary(QuantMethod id) { return method_info(id).block_binary; }
+bool MethodInfo::block_binary() const { return payload == block_binary_payload; }
+
+bool stores_block_binary(QuantMethod id) { return method_info(id).block_binary(); }
 
 BlockBinaryLayout block_layout_of(QuantMethod id) { return method_info(id).block_layout; }
 

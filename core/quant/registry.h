@@ -10,6 +10,8 @@
 
 namespace pbllm {
 
+struct PackedPayload;
+
 /// Quantizes one Linear; the arguments as quantize_linear (core/gptq.h) documents them.
 using QuantizeLinearFn = QuantizedLinear (*)(const std::string& name, const at::Tensor& W, at::Tensor H,
                                              const LayerQuantSettings& settings, const GptqOptions& options,
@@ -28,9 +30,12 @@ struct MethodInfo {
     bool needs_hessian = true;
     /// Post-training quantizer; null for a training method (qat runs through pbllm qat).
     QuantizeLinearFn quantize = nullptr;
+    /// How its Linears are stored in a packed checkpoint (core/quant/payload.h).
+    const PackedPayload& (*payload)() = nullptr;
+    BlockBinaryLayout block_layout{}; ///< the preset of its codes (block-binary payload only)
+
     /// Stored as block-binarized codes (BlockBinaryCodes) rather than PB-LLM's layout.
-    bool block_binary = false;
-    BlockBinaryLayout block_layout{}; ///< what those codes hold (block_binary only)
+    bool block_binary() const;
 };
 
 /// Every method, in the order help texts list them.

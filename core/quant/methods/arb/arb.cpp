@@ -262,18 +262,33 @@ void refit_scales(const float* W, const bool* mask, RowColumnFit& f, int k, int 
             f.a[static_cast<std::size_t>(i * o + k)] = den > 0.0 ? num / den : 0.0;
         }
     });
-    at::parallel_for(0, C, 8, [&](std::int64_t c0, std::int64_t c1) {
-        for (std::int64_t j = c0; j < c1; ++j) {
-            double num = 0.0, den = 0.0;
-            for (std::int64_t i = 0; i < R; ++i)
-                if (mask[i * C + j]) {
-                    const double ai = f.a[static_cast<std::size_t>(i * o + k)];
-                    num += ai * sign(i, j) * target(i, j);
-                    den += ai * ai;
-                }
-            f.c[static_cast<std::size_t>(j * o + k)] = den > 0.0 ? num / den : 0.0;
+    // Column sums in fixed chunks of rows, each row-major, added in chunk order: the same
+    // result on any number of threads, and no strided walk down the columns.
+    constexpr std::int64_t kChunk = 64;
+    const std::int64_t chunks = (R + kChunk - 1) / kChunk;
+    std::vector<double> num(static_cast<std::size_t>(chunks * C), 0.0), den(static_cast<std::size_t>(chunks * C), 0.0);
+    at::parallel_for(0, chunks, 1, [&](std::int64_t q0, std::int64_t q1) {
+        for (std::int64_t q = q0; q < q1; ++q) {
+            double* n = num.data() + q * C;
+            double* d = den.data() + q * C;
+            for (std::int64_t i = q * kChunk; i < std::min(R, (q + 1) * kChunk); ++i) {
+                const double ai = f.a[static_cast<std::size_t>(i * o + k)];
+                for (std::int64_t j = 0; j < C; ++j)
+                    if (mask[i * C + j]) {
+                        n[j] += ai * sign(i, j) * target(i, j);
+                        d[j] += ai * ai;
+                    }
+            }
         }
     });
+    for (std::int64_t j = 0; j < C; ++j) {
+        double n = 0.0, d = 0.0;
+        for (std::int64_t q = 0; q < chunks; ++q) {
+            n += num[static_cast<std::size_t>(q * C + j)];
+            d += den[static_cast<std::size_t>(q * C + j)];
+        }
+        f.c[static_cast<std::size_t>(j * o + k)] = d > 0.0 ? n / d : 0.0;
+    }
 }
 
 } // namespace
@@ -305,17 +320,20 @@ RowColumnFit arb_rc_fit(const float* W, const bool* mask, std::int64_t rows, std
                 }
             f.a[static_cast<std::size_t>(i * order + k)] = m > 0.0 ? s / m : 0.0;
         }
-        for (std::int64_t j = 0; j < cols; ++j) {
-            double s = 0.0, m = 0.0;
-            for (std::int64_t i = 0; i < rows; ++i) {
-                const double ai = f.a[static_cast<std::size_t>(i * order + k)];
-                if (mask[i * cols + j] && ai > 0.0) { // 0/0 is skipped, as a NaN-ignoring mean would
-                    s += std::fabs(residual[static_cast<std::size_t>(i * cols + j)] / ai);
-                    m += 1.0;
+        std::vector<double> sum(static_cast<std::size_t>(cols), 0.0), count(static_cast<std::size_t>(cols), 0.0);
+        for (std::int64_t i = 0; i < rows; ++i) { // row-major: the columns' sums side by side
+            const double ai = f.a[static_cast<std::size_t>(i * order + k)];
+            if (!(ai > 0.0))
+                continue; // 0/0 is skipped, as a NaN-ignoring mean would
+            for (std::int64_t j = 0; j < cols; ++j)
+                if (mask[i * cols + j]) {
+                    sum[static_cast<std::size_t>(j)] += std::fabs(residual[static_cast<std::size_t>(i * cols + j)] / ai);
+                    count[static_cast<std::size_t>(j)] += 1.0;
                 }
-            }
-            f.c[static_cast<std::size_t>(j * order + k)] = m > 0.0 ? s / m : 0.0;
         }
+        for (std::int64_t j = 0; j < cols; ++j)
+            f.c[static_cast<std::size_t>(j * order + k)] =
+                count[static_cast<std::size_t>(j)] > 0.0 ? sum[static_cast<std::size_t>(j)] / count[static_cast<std::size_t>(j)] : 0.0;
         for (std::int64_t i = 0; i < rows; ++i)
             for (std::int64_t j = 0; j < cols; ++j) {
                 const std::size_t e = static_cast<std::size_t>(i * cols + j);

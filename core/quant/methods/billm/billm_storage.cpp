@@ -2,6 +2,7 @@
 
 #include "core/bitpack.h"
 #include "core/error.h"
+#include "core/quant/payload.h"
 #include "core/quant/registry.h"
 
 #include <ATen/ATen.h>
@@ -50,17 +51,9 @@ std::int64_t column_param_count(const PackedLinear& p, const BlockBinaryLayout& 
 
 } // namespace
 
-PackedLinear pack_block_binary(const QuantizedLinear& q)
+void pack_block_binary(const QuantizedLinear& q, PackedLinear& p)
 {
     const BlockBinaryCodes& codes = q.block_binary;
-    PackedLinear p;
-    p.name = q.name;
-    p.rows = q.rows;
-    p.cols = q.cols;
-    p.method = q.settings.method;
-    p.binarizer = q.settings.binarizer;
-    p.grid_bits = q.grid_bits();
-    p.salient_ratio_requested = q.settings.salient_ratio;
     p.block = codes.block;
     const at::Tensor cols = codes.salient_cols.contiguous(), sparse = codes.sparse.contiguous(),
                      s1 = codes.sign1.contiguous(), s2 = codes.sign2.contiguous();
@@ -106,7 +99,6 @@ PackedLinear pack_block_binary(const QuantizedLinear& q)
                     p.column_params.push_back(c10::Half(v).x);
             }
     }
-    return p;
 }
 
 void validate_block_binary_fields(const PackedLinear& p, const std::string& what)
@@ -227,10 +219,6 @@ QuantizedLinear unpack_block_binary(const PackedLinear& p, const std::string& wh
 
 void write_block_binary(const Writer& w, hid_t g, const PackedLinear& p)
 {
-    w.attr(g, "rows", p.rows);
-    w.attr(g, "cols", p.cols);
-    w.attr(g, "method", to_string(p.method));
-    w.attr(g, "binarizer", to_string(p.binarizer));
     w.attr(g, "salient_bits", static_cast<std::int64_t>(p.grid_bits));
     w.attr(g, "groupsize", static_cast<std::int64_t>(0));
     w.attr(g, "salient_ratio_requested", p.salient_ratio_requested);
@@ -309,6 +297,13 @@ void read_block_binary(const Reader& r, hid_t g, PackedLinear& p, const std::str
             p.column_params = r.halves(g, "column_params", {static_cast<hsize_t>(column_count)});
     }
     validate_block_binary_fields(p, what);
+}
+
+const PackedPayload& block_binary_payload()
+{
+    static const PackedPayload payload{pack_block_binary, validate_block_binary_fields, unpack_block_binary,
+                                       write_block_binary, read_block_binary};
+    return payload;
 }
 
 } // namespace pbllm

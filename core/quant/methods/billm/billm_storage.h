@@ -13,7 +13,7 @@
 
 namespace pbllm {
 
-PackedLinear pack_block_binary(const QuantizedLinear& q);
+void pack_block_binary(const QuantizedLinear& q, PackedLinear& p);
 /// Sizes and counts (the column bitmap's count included); Error names `what`.
 void validate_block_binary_fields(const PackedLinear& p, const std::string& what);
 /// Validates everything and rebuilds the Linear, `dequantized` included.
