@@ -638,6 +638,51 @@ private Q_SLOTS:
         }
     }
 
+    /// A 4 x 8 example worked by hand for each block binarizer. Row r (scale s = 1, 2, 0.5, 4)
+    /// holds 8s and -6s in columns 0 and 1 and +-s (three of each) elsewhere; H = I, the search
+    /// on W. With k = 1 salient column the rest {-6s, +-s} has three levels and BiLLM's
+    /// second-order fit leaves residuals -174/49 s, 13/49 s and 71/49 s (an error); with k = 2
+    /// the salient pair is fitted exactly at order 1 (mu = s, alpha = 7s, nothing left for order
+    /// 2) and the rest at mu = 0, alpha = s, so k = 2 is the first minimum and every group is
+    /// exact. ARB's rounds and ARB-X's (in H = I's metric) start at the optimum and keep it.
+    /// ARB-RC's groups are rank one in magnitude (s times 8, 6 or 1), so row times column scales
+    /// fit them exactly up to the FP16 rounding of scales such as 8/7 and 6/7 (0.1%).
+    void handWorked4x8()
+    {
+        const float scale[4] = {1.0f, 2.0f, 0.5f, 4.0f};
+        const float pattern[4][6] = {{1, -1, 1, -1, 1, -1}, {-1, -1, -1, 1, 1, 1}, {1, 1, -1, -1, 1, -1}, {-1, 1, 1, -1, -1, 1}};
+        at::Tensor W = at::empty({4, 8}, at::kFloat);
+        for (int r = 0; r < 4; ++r) {
+            W[r][0] = 8.0f * scale[r];
+            W[r][1] = -6.0f * scale[r];
+            for (int c = 0; c < 6; ++c)
+                W[r][c + 2] = pattern[r][c] * scale[r];
+        }
+        GptqOptions o;
+        o.blocksize = 8;
+        o.block_binary.search = BillmSearch::Weights;
+        for (QuantMethod m : {QuantMethod::Billm, QuantMethod::Arb, QuantMethod::ArbX, QuantMethod::ArbRc}) {
+            LayerQuantSettings s;
+            s.method = m;
+            const QuantizedLinear q = quantize_linear("w", W, at::eye(8, at::kDouble), s, o);
+            const std::string name = to_string(m);
+            QVERIFY2(at::equal(q.block_binary.salient_cols, at::tensor({1, 1, 0, 0, 0, 0, 0, 0}).to(at::kBool)), name.c_str());
+            const double worst = ((q.dequantized - W).abs() / W.abs()).max().item<double>();
+            QVERIFY2(worst <= (m == QuantMethod::ArbRc ? 1e-3 : 0.0), qPrintable(QString("%1: %2").arg(name.c_str()).arg(worst)));
+            if (m == QuantMethod::Billm) // the parameters as worked above, per row
+                for (int r = 0; r < 4; ++r) {
+                    const at::Tensor p = q.block_binary.params[r][0];
+                    QCOMPARE(p[kSalientMu1].item<float>(), scale[r]);
+                    QCOMPARE(p[kSalientAlpha1].item<float>(), 7.0f * scale[r]);
+                    QCOMPARE(p[kSalientAlpha2].item<float>(), 0.0f);
+                    // the +-s weights share |S|, so they sit on one side of the break point
+                    const int side = q.block_binary.sparse[r][2].item<bool>() ? kSparseAlpha : kConcentratedAlpha;
+                    QCOMPARE(p[side].item<float>(), scale[r]);
+                    QCOMPARE(p[side + 1].item<float>(), 0.0f);
+                }
+        }
+    }
+
     void billmRefusesWhatItCannotDo()
     {
         LayerQuantSettings s;

@@ -685,13 +685,21 @@ std::vector<double> hessian_metric_break_errors(const float* V, const float* S, 
         }
     });
     const at::Tensor Hf = Hb.to(at::kFloat);
-    std::vector<double> errors;
-    at::Tensor R = at::empty({rows, nb}, at::kFloat);
-    for (float p : candidates) {
-        R.copy_(Rsal);
+    // Candidates in batches: one GEMM of (batch * rows) x nb by nb x nb each, the residuals
+    // built straight into it, each row's r^T (S r) summed in float64 and the rows added in order.
+    constexpr std::int64_t kBatch = 8;
+    const std::int64_t count = static_cast<std::int64_t>(candidates.size());
+    const float* rs_ptr = Rsal.data_ptr<float>();
+    std::vector<double> errors(candidates.size(), 0.0), per_row(static_cast<std::size_t>(kBatch * rows));
+    at::Tensor R = at::empty({kBatch * rows, nb}, at::kFloat), RS = at::empty({kBatch * rows, nb}, at::kFloat);
+    for (std::int64_t t0 = 0; t0 < count; t0 += kBatch) {
+        const std::int64_t batch = std::min(kBatch, count - t0);
         float* rr = R.data_ptr<float>();
-        at::parallel_for(0, rows, 16, [&](std::int64_t r0, std::int64_t r1) {
-            for (std::int64_t r = r0; r < r1; ++r) {
+        at::parallel_for(0, batch * rows, 16, [&](std::int64_t i0, std::int64_t i1) {
+            for (std::int64_t i = i0; i < i1; ++i) {
+                const std::int64_t r = i % rows;
+                const float p = candidates[static_cast<std::size_t>(t0 + i / rows)];
+                float* out = rr + i * nb;
                 double n[2] = {0, 0}, sum[2] = {0, 0}, dev[2] = {0, 0};
                 for (std::int64_t c = 0; c < nb; ++c)
                     if (!salient_col[c]) {
@@ -707,15 +715,31 @@ std::vector<double> hessian_metric_break_errors(const float* V, const float* S, 
                         const int k = std::fabs(S[r * nb + c]) >= p;
                         dev[k] += std::fabs(V[r * nb + c] - mu[k]);
                     }
-                for (std::int64_t c = 0; c < nb; ++c)
-                    if (!salient_col[c]) {
-                        const int k = std::fabs(S[r * nb + c]) >= p;
-                        const double alpha = n[k] > 0 ? dev[k] / n[k] : 0.0, x = V[r * nb + c];
-                        rr[r * nb + c] = static_cast<float>(x - (x - mu[k] >= 0.0 ? mu[k] + alpha : mu[k] - alpha));
+                for (std::int64_t c = 0; c < nb; ++c) {
+                    if (salient_col[c]) {
+                        out[c] = rs_ptr[r * nb + c];
+                        continue;
                     }
+                    const int k = std::fabs(S[r * nb + c]) >= p;
+                    const double alpha = n[k] > 0 ? dev[k] / n[k] : 0.0, x = V[r * nb + c];
+                    out[c] = static_cast<float>(x - (x - mu[k] >= 0.0 ? mu[k] + alpha : mu[k] - alpha));
+                }
             }
         });
-        errors.push_back((at::matmul(R, Hf) * R).sum(at::kDouble).item<double>());
+        at::Tensor Rb = R.narrow(0, 0, batch * rows), RSb = RS.narrow(0, 0, batch * rows);
+        at::mm_out(RSb, Rb, Hf);
+        const float* a = Rb.data_ptr<float>();
+        const float* b = RSb.data_ptr<float>();
+        at::parallel_for(0, batch * rows, 64, [&](std::int64_t i0, std::int64_t i1) {
+            for (std::int64_t i = i0; i < i1; ++i) {
+                double e = 0.0;
+                for (std::int64_t c = 0; c < nb; ++c)
+                    e += static_cast<double>(a[i * nb + c]) * b[i * nb + c];
+                per_row[static_cast<std::size_t>(i)] = e;
+            }
+        });
+        for (std::int64_t i = 0; i < batch * rows; ++i)
+            errors[static_cast<std::size_t>(t0 + i / rows)] += per_row[static_cast<std::size_t>(i)];
     }
     return errors;
 }

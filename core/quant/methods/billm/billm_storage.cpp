@@ -229,8 +229,12 @@ void write_block_binary(const Writer& w, hid_t g, const PackedLinear& p)
     w.bytes(g, "signs", p.signs);
     w.bytes(g, "signs2", p.signs2);
     const BlockBinaryLayout& layout = p.block_layout;
-    w.attr(g, "cgb", static_cast<std::int64_t>(layout.split_salient));
-    w.attr(g, "scale_format", std::string(layout.log8_scales ? "log8" : "fp16"));
+    // Written only where they differ from the method's preset (absent = the preset).
+    const BlockBinaryLayout preset = block_layout_of(p.method);
+    if (layout.split_salient != preset.split_salient)
+        w.attr(g, "cgb", static_cast<std::int64_t>(layout.split_salient));
+    if (layout.log8_scales != preset.log8_scales)
+        w.attr(g, "scale_format", std::string(layout.log8_scales ? "log8" : "fp16"));
     if (layout.log8_scales) {
         w.bytes(g, "scale_codes", p.scale_codes);
         w.dataset(g, "scale_bases", H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, {static_cast<hsize_t>(p.scale_bases.size())},
@@ -264,7 +268,7 @@ void read_block_binary(const Reader& r, hid_t g, PackedLinear& p, const std::str
     if (static_cast<std::int64_t>(p.column_bitmap.size()) != (p.cols + 7) / 8)
         throw Error(what + ": column bitmap holds " + std::to_string(p.column_bitmap.size()) + " bytes, expected " +
                     std::to_string((p.cols + 7) / 8));
-    // Files from before CGB and 8-bit scales were options hold neither attribute: the preset.
+    // Absent attributes mean the method's preset (files from before these options, and presets).
     BlockBinaryLayout& layout = p.block_layout;
     layout = block_layout_of(p.method);
     if (r.has_attr(g, "cgb")) {
