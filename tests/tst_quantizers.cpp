@@ -62,8 +62,9 @@ private Q_SLOTS:
     {
         QFETCH(int, binarizer);
         const Binarizer b = static_cast<Binarizer>(binarizer);
-        const at::Tensor W = at::randn({5, 32}) + 0.3;
-        const at::Tensor mask = at::rand({5, 32}) < 0.2;
+        at::Generator g = at::detail::createCPUGenerator(11);
+        const at::Tensor W = at::normal(0.0, 1.0, {5, 32}, g) + 0.3;
+        const at::Tensor mask = at::rand({5, 32}, g) < 0.2;
         const BinaryStats s = fit_binary_stats(W, mask, b);
         for (int r = 0; r < 5; ++r) {
             double sum = 0, n = 0;
@@ -83,7 +84,10 @@ private Q_SLOTS:
                     dev += std::abs(W[r][c].item<double>() - mu);
             }
             const double alpha = b == Binarizer::XnorCode ? dev / 32.0 : dev / n;
-            QCOMPARE(s.mu[r][0].item<float>(), round_to_fp16(static_cast<float>(mu)));
+            // The float32 sum and this float64 one may round to neighbouring FP16 values when mu
+            // sits near a rounding boundary: one FP16 step apart at most.
+            QVERIFY2(std::abs(s.mu[r][0].item<float>() - round_to_fp16(static_cast<float>(mu))) <= std::abs(mu) / 1024.0 + 6e-8,
+                     qPrintable(QString("%1 vs %2").arg(s.mu[r][0].item<float>()).arg(mu)));
             QVERIFY2(std::abs(s.alpha[r][0].item<float>() - alpha) <= 1e-3 * alpha + 1e-6, qPrintable(QString::number(alpha)));
         }
     }

@@ -1,6 +1,7 @@
 #include "core/quant/methods/billm/billm.h"
 
 #include "core/error.h"
+#include "core/quant/common/error_measures.h"
 #include "core/quant/methods/arb/arb.h"
 #include "core/quant/registry.h"
 #include "core/saliency.h"
@@ -865,16 +866,14 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
 
     q.salient = codes.salient_cols.unsqueeze(0).expand({rows, cols}).contiguous();
     q.salient_ratio = codes.salient_cols.to(at::kDouble).mean().item<double>();
-    at::Tensor original = W_in.to(at::kCPU, at::kFloat).clone();
-    original.masked_fill_(factors.dead.unsqueeze(0), 0.0f);
-    const at::Tensor diff = original - q.dequantized;
-    q.weight_error = std::sqrt(diff.pow(2).sum(at::kDouble).item<double>()) /
-                     std::max(std::sqrt(original.pow(2).sum(at::kDouble).item<double>()), 1e-30);
+    // The errors against W as the quantizer saw it (dead columns zeroed), in chunks of rows.
+    const ErrorSums sums = error_sums(W_in, q.dequantized, factors.dead);
+    q.weight_error = std::sqrt(sums.error) / std::max(std::sqrt(sums.weights), 1e-30);
     if (options.measure_output_error) {
         const at::Tensor Hf = H.to(at::kCPU, at::kFloat);
-        auto energy = [&](const at::Tensor& A) { return (at::matmul(A, Hf) * A).sum(at::kDouble).item<double>(); };
-        const double den = reference_energy >= 0.0 ? reference_energy : energy(original);
-        q.output_error = den > 0 ? energy(diff) / den : 0.0;
+        double den = reference_energy;
+        const double num = hessian_error_energy(W_in, q.dequantized, factors.dead, Hf, reference_energy >= 0.0 ? nullptr : &den);
+        q.output_error = den > 0 ? num / den : 0.0;
     }
     q.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return q;

@@ -1,6 +1,7 @@
 #include "core/quant/methods/gptq/gptq_solver.h"
 
 #include "core/error.h"
+#include "core/quant/common/error_measures.h"
 #include "core/quant/registry.h"
 #include "core/saliency.h"
 #include "core/simd.h"
@@ -100,39 +101,6 @@ void walk_partial_binary_rows(const ColumnWalk& k, const PartialBinaryElements& 
                               std::int64_t r1)
 {
     walk_block_rows(k, e, W, r0, r1);
-}
-
-/// tr(A H A^T) with one (rows x cols x cols) product, in float32 with a float64 sum.
-double hessian_energy(const at::Tensor& A, const at::Tensor& Hf)
-{
-    return (at::matmul(A, Hf) * A).sum(at::kDouble).item<double>();
-}
-
-/// Sums over dW = W - Q: ||dW||^2, ||W||^2 and dW's squared column norms, in float64, with W's
-/// `dead` columns (when defined) zeroed. In chunks of rows: no (rows x cols) temporaries, which
-/// for a 7B down_proj would be 180 MB each.
-struct ErrorSums {
-    double error = 0.0, weights = 0.0;
-    at::Tensor per_column; ///< float64 (cols)
-};
-
-ErrorSums error_sums(const at::Tensor& W, const at::Tensor& Q, const at::Tensor& dead)
-{
-    const std::int64_t rows = Q.size(0), cols = Q.size(1);
-    const std::int64_t chunk = std::max<std::int64_t>(1, (std::int64_t(1) << 20) / cols);
-    ErrorSums s;
-    s.per_column = at::zeros({cols}, at::kDouble);
-    for (std::int64_t r0 = 0; r0 < rows; r0 += chunk) {
-        const std::int64_t n = std::min(chunk, rows - r0);
-        at::Tensor w = W.narrow(0, r0, n).to(at::kCPU, at::kDouble, /*non_blocking=*/false, /*copy=*/true);
-        if (dead.defined())
-            w.masked_fill_(dead.unsqueeze(0), 0.0);
-        const at::Tensor d = w - Q.narrow(0, r0, n).to(at::kDouble);
-        s.weights += w.pow(2).sum().item<double>();
-        s.per_column += d.pow(2).sum(0);
-    }
-    s.error = s.per_column.sum().item<double>();
-    return s;
 }
 
 } // namespace
@@ -273,27 +241,19 @@ QuantizedLinear quantize_gptq_family(const std::string& name, const at::Tensor& 
     q.salient_ratio = plain_gptq ? 1.0 : q.salient.to(at::kDouble).mean().item<double>();
     q.weight_error = std::sqrt(sums.error) / std::max(std::sqrt(sums.weights), 1e-30);
     if (have_hessian && options.measure_output_error) {
-        at::Tensor Hf; // made only when a product is needed: the fed-back path needs none
-        auto product = [&](const at::Tensor& A) {
-            if (!Hf.defined())
-                Hf = H.to(at::kCPU, at::kFloat);
-            return hessian_energy(A, Hf);
-        };
-        auto original = [&] {
-            at::Tensor o = W_in.to(at::kCPU, at::kFloat).clone();
-            if (dead.defined())
-                o.masked_fill_(dead.unsqueeze(0), 0.0f);
-            return o;
-        };
-        double num;
+        // Products with H only where needed: the fed-back path has its numerator from the losses.
+        const bool need_den = reference_energy < 0.0;
+        const at::Tensor Hf = !feedback || need_den ? H.to(at::kCPU, at::kFloat) : at::Tensor();
+        double num = 0.0, den = reference_energy;
         if (feedback) {
             // H' = H + damping on every diagonal entry, + 1 more on dead columns (H_jj = 0 there).
             const double on_dead = sums.per_column.masked_select(dead).sum().item<double>();
             num = std::max(0.0, damped_loss - factors.damping * sums.error - on_dead);
+            if (need_den)
+                hessian_error_energy(W_in, at::Tensor(), dead, Hf, &den);
         } else {
-            num = product(original() - q.dequantized);
+            num = hessian_error_energy(W_in, q.dequantized, dead, Hf, need_den ? &den : nullptr);
         }
-        const double den = reference_energy >= 0.0 ? reference_energy : product(original());
         q.output_error = den > 0 ? num / den : 0.0;
     }
     q.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
