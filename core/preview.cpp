@@ -271,9 +271,10 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
 }
 
 PreviewResult LayerPreview::preview_block_binary(const LayerQuantSettings& settings, const BlockBinaryOptions& options,
-                                                int blocksize)
+                                                int blocksize, double percdamp)
 {
-    std::string key = to_string(settings.method) + " " + to_string(settings.metric) + " " + std::to_string(blocksize);
+    std::string key = to_string(settings.method) + " " + to_string(settings.metric) + " " + std::to_string(blocksize) +
+                      " " + std::to_string(percdamp);
     for (const BlockBinaryOption& o : block_binary_options())
         key += " " + o.value(options);
     if (const auto hit = block_binary_results_.find(key); hit != block_binary_results_.end())
@@ -284,6 +285,7 @@ PreviewResult LayerPreview::preview_block_binary(const LayerQuantSettings& setti
     const at::Tensor H = hdiag_.defined() ? at::diag(hdiag_.to(at::kDouble)) : at::eye(cols_, at::kDouble);
     GptqOptions o;
     o.blocksize = blocksize;
+    o.percdamp = percdamp;
     o.block_binary = options;
     o.measure_output_error = false;
     const QuantizedLinear q = quantize_linear(name_, W_, H, settings, o);

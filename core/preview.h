@@ -56,7 +56,7 @@ public:
     /// codes packed to count the bytes. Remembered per method, options and block size: a slider
     /// that these methods do not read costs nothing.
     PreviewResult preview_block_binary(const LayerQuantSettings& settings, const BlockBinaryOptions& options,
-                                       int blocksize);
+                                       int blocksize, double percdamp);
 
     /// Share of salient weights in each of (out_rows x out_cols) blocks of W at this ratio,
     /// row-major: where the salient weights sit, for a heat map.

@@ -20,6 +20,7 @@
 #include <QSettings>
 #include <QSignalSpy>
 #include <QSlider>
+#include <QSpinBox>
 #include <QStandardPaths>
 #include <QTemporaryDir>
 #include <QtTest>
@@ -138,6 +139,18 @@ private Q_SLOTS:
         format->setCurrentIndex(format->findData("log8"));
         QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
         QTRY_VERIFY_WITH_TIMEOUT(stored() > 0.0 && stored() < fp16 - 0.3, kPatientMs);
+        // Switching to arb on the Run page drops arb-rc's 8-bit scales: the plan stays runnable.
+        QComboBox* run_method = window_->runPage()->findChild<QComboBox*>("method");
+        run_method->setCurrentIndex(run_method->findData("arb"));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.layer.method), static_cast<int>(QuantMethod::Arb));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
+        window_->context().plan().validate();
+        QCOMPARE(page->methodCombo()->currentData().toString(), QString("arb"));
+        QVERIFY(!format->isEnabled());
+        QSpinBox* blocksize = window_->runPage()->findChild<QSpinBox*>("blocksize");
+        blocksize->setValue(64);
+        QCOMPARE(window_->context().plan().config.blocksize, 64);
+        blocksize->setValue(128);
         // Back to PB-LLM: arb-rc's own option returns to its default, the slider comes back.
         page->methodCombo()->setCurrentIndex(page->methodCombo()->findData("pb-gptq"));
         QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));

@@ -13,6 +13,7 @@
 #include <QLabel>
 #include <QPlainTextEdit>
 #include <QPushButton>
+#include <QSignalBlocker>
 #include <QSpinBox>
 #include <QVBoxLayout>
 
@@ -32,6 +33,7 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
     nsamples_->setRange(1, 4096);
     nsamples_->setValue(context_.settings().nsamples);
     blocksize_ = new QSpinBox;
+    blocksize_->setObjectName("blocksize");
     blocksize_->setRange(1, 4096);
     blocksize_->setValue(128);
     percdamp_ = new QDoubleSpinBox;
@@ -114,11 +116,27 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
             return;
         QuantPlan plan = context_.plan();
         plan.config.layer.method = m->id;
+        plan.config.block_binary = options_for_method(m->id, plan.config.block_binary);
         context_.setPlan(plan);
     });
+    // Block size and damping too: the Tuning page previews with what a run will use.
+    auto write_solver_settings = [this] {
+        QuantPlan plan = context_.plan();
+        if (plan.config.blocksize == blocksize_->value() && plan.config.percdamp == percdamp_->value())
+            return;
+        plan.config.blocksize = blocksize_->value();
+        plan.config.percdamp = percdamp_->value();
+        context_.setPlan(plan);
+    };
+    connect(blocksize_, qOverload<int>(&QSpinBox::valueChanged), this, write_solver_settings);
+    connect(percdamp_, qOverload<double>(&QDoubleSpinBox::valueChanged), this, write_solver_settings);
     connect(&context_, &StudioContext::planChanged, this, [this] {
+        const QuantConfig& c = context_.plan().config;
         if (method_->currentData().toString() != "qat")
-            setMethod(QString::fromStdString(to_string(context_.plan().config.layer.method)));
+            setMethod(QString::fromStdString(to_string(c.layer.method)));
+        const QSignalBlocker a(blocksize_), b(percdamp_);
+        blocksize_->setValue(c.blocksize);
+        percdamp_->setValue(c.percdamp);
     });
     sync_enabled();
     connect(run_, &QPushButton::clicked, this, &RunPage::start);

@@ -165,11 +165,9 @@ void TuningPage::applyControls()
     s.binarizer = static_cast<Binarizer>(binarizer_->currentData().toInt());
     if (const MethodInfo* m = find_method(method_->currentData().toString().toStdString()))
         s.method = m->id;
-    const bool row_column = block_layout_of(s.method).row_column;
-    for (std::size_t i = 0; i < block_options_.size(); ++i) { // arb-rc's own options return to their default elsewhere
-        const BlockBinaryOption& o = block_binary_options()[i];
-        o.set(plan.config.block_binary, o.row_column_only && !row_column ? 0 : block_options_[i]->currentIndex());
-    }
+    for (std::size_t i = 0; i < block_options_.size(); ++i)
+        block_binary_options()[i].set(plan.config.block_binary, block_options_[i]->currentIndex());
+    plan.config.block_binary = options_for_method(s.method, plan.config.block_binary);
     ratio_label_->setText(QStringLiteral("%1%").arg(100.0 * s.salient_ratio, 0, 'f', 2));
     context_.setPlan(plan);
 }

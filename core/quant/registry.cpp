@@ -117,6 +117,15 @@ const std::vector<BlockBinaryOption>& block_binary_options()
     return table;
 }
 
+BlockBinaryOptions options_for_method(QuantMethod id, BlockBinaryOptions options)
+{
+    const bool row_column = block_layout_of(id).row_column;
+    for (const BlockBinaryOption& o : block_binary_options())
+        if (o.row_column_only && !row_column)
+            o.set(options, 0);
+    return options;
+}
+
 std::string BlockBinaryOption::flag() const
 {
     std::string f = key;

@@ -68,6 +68,9 @@ struct BlockBinaryOption {
     std::string choice_list() const;         ///< "scores, weights"
 };
 const std::vector<BlockBinaryOption>& block_binary_options();
+/// `options` as method `id` may run them: options only arb-rc reads back at their default for
+/// any other method (a plan switched from arb-rc to arb must not keep 8-bit scales).
+BlockBinaryOptions options_for_method(QuantMethod id, BlockBinaryOptions options);
 /// The row whose key (or flag) is `name`, or nullptr.
 const BlockBinaryOption* find_block_binary_option(const std::string& name);
 

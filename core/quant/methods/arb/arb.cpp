@@ -122,6 +122,7 @@ namespace {
 /// the values x, the all-ones vector m and the signs b1, b2.
 struct MetricForms {
     double xSm = 0, xS1 = 0, xS2 = 0, mSm = 0, mS1 = 0, mS2 = 0, s1S1 = 0, s1S2 = 0, s2S2 = 0;
+    double trace = 0; ///< sum of S_ii over the positions: the scale below which a denominator is noise
 };
 
 MetricForms metric_forms(const std::vector<float>& x, const std::vector<double>& b1, const std::vector<double>& b2,
@@ -131,6 +132,7 @@ MetricForms metric_forms(const std::vector<float>& x, const std::vector<double>&
     const bool two = !b2.empty();
     for (std::size_t i = 0; i < P.size(); ++i) {
         const double* row = S + P[i] * n;
+        f.trace += row[P[i]];
         double sm = 0, s1 = 0, s2 = 0; // (S m)_i, (S b1)_i, (S b2)_i
         for (std::size_t j = 0; j < P.size(); ++j) {
             const double v = row[P[j]];
@@ -154,8 +156,12 @@ MetricForms metric_forms(const std::vector<float>& x, const std::vector<double>&
     return f;
 }
 
-/// num / den, or `keep` where S leaves the coordinate undetermined.
-double solved(double num, double den, double keep) { return den > 1e-300 ? num / den : keep; }
+/// num / den, or `keep` where S leaves the coordinate undetermined: a denominator below 1e-9 of
+/// S's trace over the group is rounding noise of nearly dependent inputs, not information.
+double solved(double num, double den, double keep, const MetricForms& q)
+{
+    return den > 1e-9 * q.trace && den > 1e-300 ? num / den : keep;
+}
 
 } // namespace
 
@@ -182,8 +188,8 @@ OrderOneFit arbx_refine_order1(const std::vector<float>& x, const std::vector<do
     if (errors)
         errors->assign(1, metric_error(x, b1, none, S, n, P, f.mu, f.alpha, 0.0));
     for (int t = 0; t < iterations; ++t) {
-        f.mu = solved(q.xSm - f.alpha * q.mS1, q.mSm, f.mu);
-        f.alpha = solved(q.xS1 - f.mu * q.mS1, q.s1S1, f.alpha);
+        f.mu = solved(q.xSm - f.alpha * q.mS1, q.mSm, f.mu, q);
+        f.alpha = solved(q.xS1 - f.mu * q.mS1, q.s1S1, f.alpha, q);
         if (errors)
             errors->push_back(metric_error(x, b1, none, S, n, P, f.mu, f.alpha, 0.0));
     }
@@ -198,9 +204,9 @@ OrderTwoFit arbx_refine_order2(const std::vector<float>& x, const std::vector<do
     if (errors)
         errors->assign(1, metric_error(x, b1, b2, S, n, P, f.mu, f.alpha1, f.alpha2));
     for (int t = 0; t < iterations; ++t) {
-        f.mu = solved(q.xSm - f.alpha1 * q.mS1 - f.alpha2 * q.mS2, q.mSm, f.mu);
-        f.alpha1 = solved(q.xS1 - f.mu * q.mS1 - f.alpha2 * q.s1S2, q.s1S1, f.alpha1);
-        f.alpha2 = solved(q.xS2 - f.mu * q.mS2 - f.alpha1 * q.s1S2, q.s2S2, f.alpha2);
+        f.mu = solved(q.xSm - f.alpha1 * q.mS1 - f.alpha2 * q.mS2, q.mSm, f.mu, q);
+        f.alpha1 = solved(q.xS1 - f.mu * q.mS1 - f.alpha2 * q.s1S2, q.s1S1, f.alpha1, q);
+        f.alpha2 = solved(q.xS2 - f.mu * q.mS2 - f.alpha1 * q.s1S2, q.s2S2, f.alpha2, q);
         if (errors)
             errors->push_back(metric_error(x, b1, b2, S, n, P, f.mu, f.alpha1, f.alpha2));
     }

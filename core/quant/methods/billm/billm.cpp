@@ -451,7 +451,9 @@ struct MeanScaleWriter {
                 std::vector<double> b(xs.size());
                 for (std::size_t i = 0; i < xs.size(); ++i)
                     b[i] = xs[i] - f.mu >= 0.0 ? 1.0 : -1.0;
-                f = arbx_refine_order1(xs, b, H, nb, at, f, kArbIterations);
+                const OrderOneFit x = arbx_refine_order1(xs, b, H, nb, at, f, kArbIterations);
+                if (std::isfinite(x.mu) && std::isfinite(x.alpha) && std::fabs(x.alpha) < 65504.0 && std::fabs(x.mu) < 65504.0)
+                    f = x; // else keep ARB's fit: H gave the metric nothing to stand on
                 const double flip = f.alpha < 0.0 ? -1.0 : 1.0; // -alpha with -B: the same values
                 p[slot] = fp16(flip * f.alpha);
                 p[slot + 1] = fp16(f.mu);
@@ -492,7 +494,10 @@ struct MeanScaleWriter {
             std::vector<double> b1(xs.size()), b2(xs.size());
             for (std::size_t i = 0; i < xs.size(); ++i)
                 nearest_levels(xs[i], f, b1[i], b2[i]);
-            f = arbx_refine_order2(xs, b1, b2, H, nb, at, f, kArbIterations);
+            const OrderTwoFit x = arbx_refine_order2(xs, b1, b2, H, nb, at, f, kArbIterations);
+            if (std::isfinite(x.mu) && std::fabs(x.mu) < 65504.0 && std::fabs(x.alpha1) < 65504.0 &&
+                std::fabs(x.alpha2) < 65504.0)
+                f = x; // else keep ARB's fit
             const double f1 = f.alpha1 < 0.0 ? -1.0 : 1.0, f2 = f.alpha2 < 0.0 ? -1.0 : 1.0;
             p[slot] = fp16(f1 * f.alpha1);
             p[slot + 1] = fp16(f.mu);
