@@ -141,6 +141,10 @@ void write_packed_linear(const Writer& w, hid_t parent, const PackedLinear& p)
     w.attr(g.get(), "cols", p.cols);
     w.attr(g.get(), "method", to_string(p.method));
     w.attr(g.get(), "binarizer", to_string(p.binarizer));
+    w.attr(g.get(), "salient_bits", static_cast<std::int64_t>(p.grid_bits));
+    w.attr(g.get(), "groupsize", static_cast<std::int64_t>(p.groupsize));
+    w.attr(g.get(), "salient_ratio_requested", p.salient_ratio_requested);
+    w.attr(g.get(), "salient_count", p.salient_count);
     method_info(p.method).payload().write(w, g.get(), p);
 }
 
@@ -161,6 +165,10 @@ PackedLinear read_packed_linear(const Reader& r, hid_t parent, const std::string
     } catch (const Error& e) {
         throw Error(what + ": " + e.what());
     }
+    p.grid_bits = static_cast<int>(r.attr_int(g.get(), "salient_bits"));
+    p.groupsize = static_cast<int>(r.attr_int(g.get(), "groupsize"));
+    p.salient_ratio_requested = r.attr_double(g.get(), "salient_ratio_requested");
+    p.salient_count = r.attr_int(g.get(), "salient_count");
     method_info(p.method).payload().read(r, g.get(), p, what);
     return p;
 }

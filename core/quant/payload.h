@@ -1,7 +1,8 @@
 #pragma once
 // How a method's Linears are stored in a packed checkpoint: each registry row points at one of
 // these (PB-LLM's layout for pb-gptq, rtn, gptq and qat; the block-binary codes for billm, arb,
-// arb-x and arb-rc). The packed checkpoint writes and reads rows, cols, method and binarizer
+// arb-x and arb-rc). The packed checkpoint writes and reads the common fields (rows, cols,
+// method, binarizer, salient_bits, groupsize, salient_ratio_requested, salient_count)
 // itself and checks the shape; everything else of a Linear goes through its payload.
 #include "core/hdf5_io.h"
 #include "core/packed_checkpoint.h"
@@ -17,9 +18,9 @@ struct PackedPayload {
     void (*validate)(const PackedLinear& p, const std::string& what);
     /// Rebuilds the Linear, `dequantized` included, from fields validate() accepted.
     QuantizedLinear (*unpack)(const PackedLinear& p, const std::string& what);
-    /// The group's attributes and datasets beyond rows, cols, method and binarizer.
+    /// The group's attributes and datasets beyond the common fields.
     void (*write)(const Writer& w, hid_t group, const PackedLinear& p);
-    /// Fills `p` (name, rows, cols, method and binarizer set) from the group.
+    /// Fills `p` (name and the common fields set) from the group.
     void (*read)(const Reader& r, hid_t group, PackedLinear& p, const std::string& what);
 };
 

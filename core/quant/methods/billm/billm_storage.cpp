@@ -219,10 +219,6 @@ QuantizedLinear unpack_block_binary(const PackedLinear& p, const std::string& wh
 
 void write_block_binary(const Writer& w, hid_t g, const PackedLinear& p)
 {
-    w.attr(g, "salient_bits", static_cast<std::int64_t>(p.grid_bits));
-    w.attr(g, "groupsize", static_cast<std::int64_t>(0));
-    w.attr(g, "salient_ratio_requested", p.salient_ratio_requested);
-    w.attr(g, "salient_count", p.salient_count);
     w.attr(g, "block", static_cast<std::int64_t>(p.block));
     w.bytes(g, "column_bitmap", p.column_bitmap);
     w.bytes(g, "group_bitmap", p.group_bitmap);
@@ -249,10 +245,6 @@ void write_block_binary(const Writer& w, hid_t g, const PackedLinear& p)
 
 void read_block_binary(const Reader& r, hid_t g, PackedLinear& p, const std::string& what)
 {
-    p.grid_bits = static_cast<int>(r.attr_int(g, "salient_bits"));
-    p.groupsize = static_cast<int>(r.attr_int(g, "groupsize"));
-    p.salient_ratio_requested = r.attr_double(g, "salient_ratio_requested");
-    p.salient_count = r.attr_int(g, "salient_count");
     const std::int64_t block = r.attr_int(g, "block");
     if (block < 1 || block > (1 << 20))
         throw Error(what + ": block size " + std::to_string(block) + " is not in 1..2^20");

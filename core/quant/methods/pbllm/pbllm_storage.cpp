@@ -160,10 +160,6 @@ QuantizedLinear unpack_partial_binary(const PackedLinear& p, const std::string& 
 
 void write_partial_binary(const Writer& w, hid_t group, const PackedLinear& p)
 {
-    w.attr(group, "salient_bits", static_cast<std::int64_t>(p.grid_bits));
-    w.attr(group, "groupsize", static_cast<std::int64_t>(p.groupsize));
-    w.attr(group, "salient_ratio_requested", p.salient_ratio_requested);
-    w.attr(group, "salient_count", p.salient_count);
     w.attr(group, "index_encoding", to_string(p.index.encoding));
     w.attr(group, "rice_k", static_cast<std::int64_t>(p.index.rice_k));
     w.bytes(group, "index", p.index.bytes);
@@ -182,10 +178,6 @@ void write_partial_binary(const Writer& w, hid_t group, const PackedLinear& p)
 
 void read_partial_binary(const Reader& r, hid_t group, PackedLinear& p, const std::string& what)
 {
-    p.grid_bits = static_cast<int>(r.attr_int(group, "salient_bits"));
-    p.groupsize = static_cast<int>(r.attr_int(group, "groupsize"));
-    p.salient_ratio_requested = r.attr_double(group, "salient_ratio_requested");
-    p.salient_count = r.attr_int(group, "salient_count");
     const std::string enc = r.attr_string(group, "index_encoding");
     p.index.encoding = enc == "rice" ? IndexEncoding::Rice : enc == "all" ? IndexEncoding::All : IndexEncoding::Bitmap;
     if (enc != "rice" && enc != "all" && enc != "bitmap")
