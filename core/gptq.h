@@ -51,7 +51,6 @@ struct GptqOptions {
     /// The numerator comes free from GPTQ's losses (rtn: one rows x cols x cols product); the
     /// denominator costs one such product unless the caller passes it.
     bool measure_output_error = true;
-    BlockBinaryOptions block_binary;                ///< billm, arb, arb-x, arb-rc
     int billm_max_salient_columns = 49;             ///< BiLLM: k = 1 .. this (the code's up_lim 50)
 };
 

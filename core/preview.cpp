@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/packed_checkpoint.h"
 #include "core/quant/registry.h"
+#include "core/quant/settings.h"
 #include "core/quantizers.h"
 #include "core/saliency.h"
 #include "core/simd.h"
@@ -270,13 +271,13 @@ PreviewResult LayerPreview::preview(double ratio, int salient_bits, Binarizer bi
     return res;
 }
 
-PreviewResult LayerPreview::preview_block_binary(const LayerQuantSettings& settings, const BlockBinaryOptions& options,
-                                                int blocksize, double percdamp)
+PreviewResult LayerPreview::preview_block_binary(const LayerQuantSettings& settings, int blocksize, double percdamp)
 {
-    std::string key = to_string(settings.method) + " " + to_string(settings.metric) + " " + std::to_string(blocksize) +
-                      " " + std::to_string(percdamp);
-    for (const BlockBinaryOption& o : block_binary_options())
-        key += " " + o.value(options);
+    const MethodInfo& m = method_info(settings.method);
+    std::string key = std::to_string(blocksize) + " " + std::to_string(percdamp);
+    for (const SettingInfo& info : layer_settings())
+        if (m.reads(info.key))
+            key += " " + info.format(info.get(settings));
     if (const auto hit = block_binary_results_.find(key); hit != block_binary_results_.end())
         return hit->second;
     const auto start = std::chrono::steady_clock::now();
@@ -286,7 +287,6 @@ PreviewResult LayerPreview::preview_block_binary(const LayerQuantSettings& setti
     GptqOptions o;
     o.blocksize = blocksize;
     o.percdamp = percdamp;
-    o.block_binary = options;
     o.measure_output_error = false;
     const QuantizedLinear q = quantize_linear(name_, W_, H, settings, o);
     const PackedLinear packed = pack_linear(q);

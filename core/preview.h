@@ -53,10 +53,9 @@ public:
     /// Error and bits of a block-binary method (billm, arb, arb-x, arb-rc; settings.method) on
     /// this Linear: the method itself run on the (sampled) rows with the Hessian's diagonal, so
     /// without compensation between blocks (as preview() is without GPTQ's feedback), and its
-    /// codes packed to count the bytes. Remembered per method, options and block size: a slider
+    /// codes packed to count the bytes. Remembered per value of the settings it reads and block size: a slider
     /// that these methods do not read costs nothing.
-    PreviewResult preview_block_binary(const LayerQuantSettings& settings, const BlockBinaryOptions& options,
-                                       int blocksize, double percdamp);
+    PreviewResult preview_block_binary(const LayerQuantSettings& settings, int blocksize, double percdamp);
 
     /// Share of salient weights in each of (out_rows x out_cols) blocks of W at this ratio,
     /// row-major: where the salient weights sit, for a heat map.

@@ -92,7 +92,6 @@ LayerwiseQuantizer::LayerwiseQuantizer(const Model& model, const std::vector<std
     options_.groupsize = cfg.groupsize;
     options_.percdamp = cfg.percdamp;
     options_.act_order = cfg.act_order;
-    options_.block_binary = cfg.block_binary;
     n_ = static_cast<std::int64_t>(windows.size());
     seqlen_ = static_cast<std::int64_t>(windows[0].size());
     std::vector<std::int64_t> flat;

@@ -2,12 +2,14 @@
 
 #include "core/error.h"
 #include "core/quant/registry.h"
+#include "core/quant/settings.h"
 #include "core/system.h"
 
 #include <QJsonArray>
 #include <QJsonDocument>
 #include <QJsonObject>
 
+#include <algorithm>
 #include <cmath>
 
 namespace pbllm {
@@ -34,27 +36,13 @@ std::string to_string(Binarizer b)
 
 std::string to_string(QuantMethod m) { return method_info(m).name; }
 
-SaliencyMetric parse_metric(const std::string& s)
-{
-    if (s == "magnitude") return SaliencyMetric::Magnitude;
-    if (s == "hessian") return SaliencyMetric::Hessian;
-    if (s == "hessian-inv-diag") return SaliencyMetric::HessianInvDiag;
-    throw Error("metric '" + s + "' is not one of magnitude, hessian, hessian-inv-diag");
-}
+SaliencyMetric parse_metric(const std::string& s) { return static_cast<SaliencyMetric>(setting("metric").parse(s)); }
 
-Binarizer parse_binarizer(const std::string& s)
-{
-    if (s == "xnor") return Binarizer::Xnor;
-    if (s == "xnor-code") return Binarizer::XnorCode;
-    if (s == "sign") return Binarizer::Sign;
-    throw Error("binarizer '" + s + "' is not one of xnor, xnor-code, sign");
-}
+Binarizer parse_binarizer(const std::string& s) { return static_cast<Binarizer>(setting("binarizer").parse(s)); }
 
 QuantMethod parse_method(const std::string& s)
 {
-    if (const MethodInfo* m = find_method(s))
-        return m->id;
-    throw Error("method '" + s + "' is not one of " + method_names());
+    return methods()[static_cast<std::size_t>(setting("method").parse(s))].id;
 }
 
 bool glob_match(const std::string& pattern, const std::string& text)
@@ -80,23 +68,33 @@ bool glob_match(const std::string& pattern, const std::string& text)
     return p == pattern.size();
 }
 
-namespace {
+bool PlanRule::sets(const std::string& key) const { return std::find(keys.begin(), keys.end(), key) != keys.end(); }
 
-void validate_layer(const LayerQuantSettings& s, const std::string& where)
+PlanRule& PlanRule::mark(const std::string& key)
 {
-    if (!(s.salient_ratio >= 0.0 && s.salient_ratio <= 1.0))
-        throw Error(where + "salient ratio " + std::to_string(s.salient_ratio) + " is outside [0, 1]");
-    if (!((s.salient_bits >= 2 && s.salient_bits <= 8) || s.salient_bits == 16))
-        throw Error(where + "salient bits " + std::to_string(s.salient_bits) + " must be 2..8 or 16");
-    if (s.bits < 2 || s.bits > 8)
-        throw Error(where + "bits " + std::to_string(s.bits) + " must be 2..8");
+    setting(key); // a programming error otherwise
+    if (!sets(key))
+        keys.push_back(key);
+    return *this;
 }
 
-} // namespace
+PlanRule& PlanRule::set(const std::string& key, double value)
+{
+    setting(key).set(values, value);
+    return mark(key);
+}
+
+void PlanRule::unset(const std::string& key) { keys.erase(std::remove(keys.begin(), keys.end(), key), keys.end()); }
+
+void PlanRule::apply(LayerQuantSettings& s) const
+{
+    for (const std::string& key : keys)
+        setting(key).copy(values, s);
+}
 
 void QuantConfig::validate() const
 {
-    validate_layer(layer, "");
+    validate_settings(layer);
     if (blocksize < 1 || blocksize > 4096)
         throw Error("blocksize " + std::to_string(blocksize) + " must be in 1..4096");
     if (groupsize < 0 || (groupsize > 0 && groupsize % blocksize != 0))
@@ -113,74 +111,57 @@ void QuantConfig::validate() const
 LayerQuantSettings QuantPlan::settings_for(const std::string& linear_name) const
 {
     LayerQuantSettings s = config.layer;
-    for (const PlanRule& r : rules) {
-        if (!glob_match(r.pattern, linear_name))
-            continue;
-        if (r.salient_ratio) s.salient_ratio = *r.salient_ratio;
-        if (r.salient_bits) s.salient_bits = *r.salient_bits;
-        if (r.bits) s.bits = *r.bits;
-        if (r.metric) s.metric = *r.metric;
-        if (r.binarizer) s.binarizer = *r.binarizer;
-        if (r.method) s.method = *r.method;
-        if (r.skip) s.skip = *r.skip;
-    }
+    for (const PlanRule& r : rules)
+        if (glob_match(r.pattern, linear_name))
+            r.apply(s);
     return s;
 }
 
 void QuantPlan::validate() const
 {
     config.validate();
-    // Settings a method cannot run with are refused now, not hours into a streamed run.
-    bool billm = stores_block_binary(config.layer.method);
-    for (const PlanRule& r : rules)
-        billm |= r.method && stores_block_binary(*r.method);
-    if (billm && config.act_order)
-        throw Error("billm and arb do not reorder columns: act_order applies to the GPTQ solver only");
-    if (billm && config.groupsize > 0)
-        throw Error("billm and arb keep their parameters per block of columns: groupsize must be 0");
-    if (billm && config.blocksize < 2)
-        throw Error("billm and arb need blocks of at least 2 columns (blocksize " + std::to_string(config.blocksize) + ")");
-    // Options only the row-column layout reads are refused for a plan whose block-binary methods
-    // include another one (ARB-RC's 8-bit scales: the others store signed means).
-    std::vector<QuantMethod> used{config.layer.method};
-    for (const PlanRule& r : rules)
-        if (r.method)
-            used.push_back(*r.method);
-    for (const BlockBinaryOption& o : block_binary_options())
-        if (o.row_column_only && o.get(config.block_binary) != 0)
-            for (QuantMethod m : used)
-                if (stores_block_binary(m) && !block_layout_of(m).row_column)
-                    throw Error(std::string(o.key) + " " + o.value(config.block_binary) + " applies to arb-rc only; " +
-                                to_string(m) + " stores signed means");
+    // Settings a method cannot run with are refused now, not hours into a streamed run. Each rule
+    // is checked over the defaults (rules that overlap are checked again per Linear when quantized).
+    bool block = stores_block_binary(config.layer.method);
     for (const PlanRule& r : rules) {
         if (r.pattern.empty())
             throw Error("a plan rule has an empty pattern");
         LayerQuantSettings s = config.layer;
-        if (r.salient_ratio) s.salient_ratio = *r.salient_ratio;
-        if (r.salient_bits) s.salient_bits = *r.salient_bits;
-        if (r.bits) s.bits = *r.bits;
-        validate_layer(s, "rule '" + r.pattern + "': ");
+        r.apply(s);
+        validate_settings(s, "rule '" + r.pattern + "': ");
+        block |= stores_block_binary(s.method);
     }
+    if (block && config.act_order)
+        throw Error("billm and arb do not reorder columns: act_order applies to the GPTQ solver only");
+    if (block && config.groupsize > 0)
+        throw Error("billm and arb keep their parameters per block of columns: groupsize must be 0");
+    if (block && config.blocksize < 2)
+        throw Error("billm and arb need blocks of at least 2 columns (blocksize " + std::to_string(config.blocksize) + ")");
 }
 
 namespace {
 
-QJsonObject layer_json(const LayerQuantSettings& s)
+QJsonValue setting_json(const SettingInfo& info, double v)
 {
-    return QJsonObject{{"salient_ratio", s.salient_ratio},
-                       {"salient_bits", s.salient_bits},
-                       {"bits", s.bits},
-                       {"metric", QString::fromStdString(to_string(s.metric))},
-                       {"binarizer", QString::fromStdString(to_string(s.binarizer))},
-                       {"method", QString::fromStdString(to_string(s.method))},
-                       {"skip", s.skip}};
+    switch (info.kind) {
+    case SettingKind::Real: return v;
+    case SettingKind::Integer: return static_cast<int>(v);
+    case SettingKind::Choice: return QString::fromStdString(info.format(v));
+    case SettingKind::Switch: return v != 0.0;
+    }
+    return {};
 }
 
 } // namespace
 
 std::string QuantPlan::to_json() const
 {
-    QJsonObject root = layer_json(config.layer);
+    QJsonObject root;
+    for (const SettingInfo& info : layer_settings()) {
+        const double v = info.get(config.layer);
+        if (!info.omit_default || v != info.default_value())
+            root.insert(info.key, setting_json(info, v));
+    }
     root.insert("blocksize", config.blocksize);
     root.insert("groupsize", config.groupsize);
     root.insert("percdamp", config.percdamp);
@@ -189,19 +170,13 @@ std::string QuantPlan::to_json() const
     root.insert("seqlen", config.seqlen);
     root.insert("seed", QString::number(config.seed));
     root.insert("quantize_head", config.quantize_head);
-    for (const BlockBinaryOption& o : block_binary_options()) // written only when set: older plans stay byte-identical
-        if (o.get(config.block_binary) != 0)
-            root.insert(o.key, QString::fromStdString(o.value(config.block_binary)));
     QJsonArray rules_json;
     for (const PlanRule& r : rules) {
         QJsonObject o{{"pattern", QString::fromStdString(r.pattern)}};
-        if (r.salient_ratio) o.insert("salient_ratio", *r.salient_ratio);
-        if (r.salient_bits) o.insert("salient_bits", *r.salient_bits);
-        if (r.bits) o.insert("bits", *r.bits);
-        if (r.metric) o.insert("metric", QString::fromStdString(to_string(*r.metric)));
-        if (r.binarizer) o.insert("binarizer", QString::fromStdString(to_string(*r.binarizer)));
-        if (r.method) o.insert("method", QString::fromStdString(to_string(*r.method)));
-        if (r.skip) o.insert("skip", *r.skip);
+        for (const std::string& key : r.keys) {
+            const SettingInfo& info = setting(key);
+            o.insert(info.key, setting_json(info, info.get(r.values)));
+        }
         rules_json.append(o);
     }
     root.insert("rules", rules_json);
@@ -244,18 +219,33 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
         }
     };
 
+    // A setting's JSON value: a number for numbers, a string for choices, a bool for switches.
+    auto setting_value = [&](const SettingInfo& info, const QJsonObject& o, const QString& key) {
+        switch (info.kind) {
+        case SettingKind::Real: return number(o, key); // ranges: validate() names the rule
+        case SettingKind::Integer: return static_cast<double>(integer(o, key));
+        case SettingKind::Choice: return wrap(key, [&] { return info.parse(text(o, key)); });
+        case SettingKind::Switch: return boolean(o, key) ? 1.0 : 0.0;
+        }
+        return 0.0;
+    };
+    auto find_key = [](const QString& key) -> const SettingInfo* {
+        const SettingInfo* info = find_setting(key.toStdString());
+        return info && key.toStdString() == info->key ? info : nullptr; // keys, not flags
+    };
+    auto rule_fields = [] {
+        std::string fields = "pattern";
+        for (const SettingInfo& info : layer_settings())
+            fields += std::string(", ") + info.key;
+        return fields;
+    };
+
     QuantPlan plan;
     const QJsonObject root = doc.object();
     for (auto it = root.begin(); it != root.end(); ++it) {
         const QString k = it.key();
         QuantConfig& c = plan.config;
-        if (k == "salient_ratio") c.layer.salient_ratio = number(root, k);
-        else if (k == "salient_bits") c.layer.salient_bits = integer(root, k);
-        else if (k == "bits") c.layer.bits = integer(root, k);
-        else if (k == "metric") c.layer.metric = wrap(k, [&] { return parse_metric(text(root, k)); });
-        else if (k == "binarizer") c.layer.binarizer = wrap(k, [&] { return parse_binarizer(text(root, k)); });
-        else if (k == "method") c.layer.method = wrap(k, [&] { return parse_method(text(root, k)); });
-        else if (k == "skip") c.layer.skip = boolean(root, k);
+        if (const SettingInfo* info = find_key(k)) info->set(c.layer, setting_value(*info, root, k));
         else if (k == "blocksize") c.blocksize = integer(root, k);
         else if (k == "groupsize") c.groupsize = integer(root, k);
         else if (k == "percdamp") c.percdamp = number(root, k);
@@ -263,8 +253,6 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
         else if (k == "nsamples") c.nsamples = integer(root, k);
         else if (k == "seqlen") c.seqlen = integer(root, k);
         else if (k == "quantize_head") c.quantize_head = boolean(root, k);
-        else if (const BlockBinaryOption* o = find_block_binary_option(k.toStdString()))
-            wrap(k, [&] { o->set_value(c.block_binary, text(root, k)); return 0; });
         else if (k == "seed") {
             bool ok = it.value().isString() || it.value().isDouble();
             const QString s = it.value().isString() ? it.value().toString() : QString::number(it.value().toDouble(), 'f', 0);
@@ -282,15 +270,8 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
                 for (auto f = o.begin(); f != o.end(); ++f) {
                     const QString rk = f.key();
                     if (rk == "pattern") r.pattern = text(o, rk);
-                    else if (rk == "salient_ratio") r.salient_ratio = number(o, rk);
-                    else if (rk == "salient_bits") r.salient_bits = integer(o, rk);
-                    else if (rk == "bits") r.bits = integer(o, rk);
-                    else if (rk == "metric") r.metric = wrap(rk, [&] { return parse_metric(text(o, rk)); });
-                    else if (rk == "binarizer") r.binarizer = wrap(rk, [&] { return parse_binarizer(text(o, rk)); });
-                    else if (rk == "method") r.method = wrap(rk, [&] { return parse_method(text(o, rk)); });
-                    else if (rk == "skip") r.skip = boolean(o, rk);
-                    else throw Error(where(rk) + " is not a rule field (pattern, salient_ratio, salient_bits, bits, "
-                                                 "metric, binarizer, method, skip)");
+                    else if (const SettingInfo* info = find_key(rk)) r.set(info->key, setting_value(*info, o, rk));
+                    else throw Error(where(rk) + " is not a rule field (" + rule_fields() + ")");
                 }
                 plan.rules.push_back(r);
             }

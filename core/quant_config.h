@@ -59,7 +59,7 @@ enum class ScaleFormat {
 };
 
 /// The options of the block-binary methods (billm, arb, arb-x, arb-rc). Each has a row in
-/// block_binary_options() (core/quant/registry.h): plan key, flag, help and choices.
+/// layer_settings() (core/quant/settings.h): plan key, flag, help and choices.
 struct BlockBinaryOptions {
     BillmSearch search = BillmSearch::Scores;
     BillmCompensation compensation = BillmCompensation::Diagonal;
@@ -76,6 +76,7 @@ struct LayerQuantSettings {
     Binarizer binarizer = Binarizer::Xnor;
     QuantMethod method = QuantMethod::PbGptq;
     bool skip = false;           ///< keep this Linear in full precision
+    BlockBinaryOptions block_binary; ///< billm, arb, arb-x, arb-rc
 };
 
 /// Everything a PTQ run depends on. defaults() spells out METHOD.md's defaults.
@@ -89,23 +90,29 @@ struct QuantConfig {
     int seqlen = 0;              ///< calibration window length; 0 = the model's context
     std::uint64_t seed = 0;      ///< calibration sampling seed
     bool quantize_head = false;  ///< also quantize the output head (not tied embeddings)
-    BlockBinaryOptions block_binary; ///< billm, arb, arb-x, arb-rc
 
     static QuantConfig defaults() { return {}; }
     /// Throws Error naming the setting when a value is impossible.
     void validate() const;
 };
 
-/// One override: Linears whose name matches `pattern` (glob: * and ?) take the set fields.
+/// One override: Linears whose name matches `pattern` (glob: * and ?) take the settings named in
+/// `keys` (layer_settings() keys, core/quant/settings.h) from `values`.
 struct PlanRule {
     std::string pattern;
-    std::optional<double> salient_ratio;
-    std::optional<int> salient_bits;
-    std::optional<int> bits;
-    std::optional<SaliencyMetric> metric;
-    std::optional<Binarizer> binarizer;
-    std::optional<QuantMethod> method;
-    std::optional<bool> skip;
+    LayerQuantSettings values;     ///< only the settings named in `keys` count
+    std::vector<std::string> keys; ///< in the order they were set
+
+    explicit PlanRule(std::string glob = {}) : pattern(std::move(glob)) {}
+    bool sets(const std::string& key) const;
+    /// Marks `key` as set by this rule (its value is read from `values`); returns *this.
+    PlanRule& mark(const std::string& key);
+    /// Sets `key` to the setting's value encoding (number, choice index, 1/0) and marks it.
+    PlanRule& set(const std::string& key, double value);
+    /// Clears `key`.
+    void unset(const std::string& key);
+    /// Applies the rule's settings to `s`.
+    void apply(LayerQuantSettings& s) const;
 };
 
 /// Global defaults plus ordered per-Linear rules (later rules win).

@@ -387,6 +387,23 @@ private Q_SLOTS:
         for (const QJsonValue& m : listed.json()["methods"].toArray())
             names << m.toObject()["name"].toString();
         QCOMPARE(names, (QStringList{"pb-gptq", "rtn", "gptq", "qat", "billm", "arb", "arb-x", "arb-rc"}));
+        // The settings' table: listed by pbllm methods, and each one a flag of quantize and sweep.
+        QStringList keys, help_missing;
+        const Run quantize_help = pbllm_run({"quantize", "--help"}), sweep_help = pbllm_run({"sweep", "--help"});
+        for (const QJsonValue& v : listed.json()["settings"].toArray()) {
+            const QJsonObject s = v.toObject();
+            keys << s["key"].toString();
+            const QString flag = s["flag"].toString();
+            if (!flag.isEmpty() && (!quantize_help.out.contains(flag.toUtf8() + " <X>") ||
+                                    (flag != "--method" && !sweep_help.out.contains(flag.toUtf8() + " <LIST>"))))
+                help_missing << flag;
+        }
+        QCOMPARE(keys, (QStringList{"salient_ratio", "salient_bits", "bits", "metric", "binarizer", "method", "skip",
+                                    "billm_search", "billm_compensation", "cgb", "scale_format"}));
+        QVERIFY2(help_missing.isEmpty(), qPrintable(help_missing.join(", ")));
+        const Run bad_bits = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--salient-bits", "9"});
+        QCOMPARE(bad_bits.code, 2);
+        QVERIFY2(bad_bits.err.contains("--salient-bits: salient bits 9 must be 2..8 or 16"), bad_bits.err.constData());
         const Run unknown = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--method", "bilm"});
         QCOMPARE(unknown.code, 2);
         QVERIFY2(unknown.err.contains("'bilm' is not one of pb-gptq, rtn, gptq, qat, billm, arb"), unknown.err.constData());

@@ -9,6 +9,7 @@
 #include "core/ptq.h"
 #include "core/synthetic.h"
 #include "core/quant/registry.h"
+#include "core/quant/settings.h"
 #include "core/saliency.h"
 #include "tests/support/test_support.h"
 
@@ -259,9 +260,9 @@ private Q_SLOTS:
         check(q, false);
         if (QTest::currentTestFailed())
             return;
-        GptqOptions exact = o;
+        LayerQuantSettings exact = s;
         exact.block_binary.compensation = BillmCompensation::Exact;
-        const QuantizedLinear qe = quantize_linear("w", heavy_tailed_weights(rows, cols, 5), H, s, exact);
+        const QuantizedLinear qe = quantize_linear("w", heavy_tailed_weights(rows, cols, 5), H, exact, o);
         check(qe, true);
         if (QTest::currentTestFailed())
             return;
@@ -484,8 +485,9 @@ private Q_SLOTS:
         arb.method = QuantMethod::Arb;
         rc.method = QuantMethod::ArbRc;
         x.method = QuantMethod::ArbX;
+        for (LayerQuantSettings* s : {&arb, &rc, &x})
+            s->block_binary.search = BillmSearch::Weights;
         GptqOptions o;
-        o.block_binary.search = BillmSearch::Weights;
         const QuantizedLinear qa = quantize_linear("w", W, I, arb, o);
         const QuantizedLinear qr = quantize_linear("w", W, I, rc, o);
         QVERIFY2(qr.weight_error < 0.9 * qa.weight_error, qPrintable(QString("%1 vs %2").arg(qr.weight_error).arg(qa.weight_error)));
@@ -527,24 +529,93 @@ private Q_SLOTS:
         }
     }
 
+    /// The settings' table: every default reads back from its text, bad text names the setting
+    /// and what it accepts, every key a method lists exists, a rule may set any setting per
+    /// Linear (round trip through JSON), and a strict setting is refused for a method that does
+    /// not read it and reset when the method is switched.
+    void settingsTable()
+    {
+        for (const SettingInfo& s : layer_settings()) {
+            const double d = s.default_value();
+            QCOMPARE(s.parse(s.format(d)), d);
+            s.check(d);
+            QVERIFY(s.describe().find(s.format(d)) != std::string::npos);
+        }
+        for (const MethodInfo& m : methods())
+            for (const char* key : m.settings)
+                QVERIFY2(find_setting(key), key);
+        auto refused = [](const char* key, const std::string& text, const std::string& expected) {
+            try {
+                setting(key).parse(text);
+            } catch (const Error& e) {
+                return std::string(e.what()) == expected;
+            }
+            return false;
+        };
+        QVERIFY(refused("salient_bits", "9", "salient bits 9 must be 2..8 or 16"));
+        QVERIFY(refused("salient_bits", "4.5", "salient bits 4.5 must be 2..8 or 16"));
+        QVERIFY(refused("salient_ratio", "abc", "salient ratio 'abc' is not a number"));
+        QVERIFY(refused("salient_ratio", "1.25", "salient ratio 1.25 is outside [0, 1]"));
+        QVERIFY(refused("binarizer", "xor", "binarizer 'xor' is not one of xnor, xnor-code, sign"));
+        QCOMPARE(setting("bits").parse("16"), 16.0); // plain GPTQ kept in FP16
+        QCOMPARE(setting("method").format(setting("method").parse("arb-rc")), std::string("arb-rc"));
+
+        QuantPlan plan;
+        PlanRule mlp("*.mlp.*");
+        mlp.set("method", setting("method").parse("arb-rc"))
+            .set("scale_format", setting("scale_format").parse("log8"))
+            .set("cgb", setting("cgb").parse("off"))
+            .set("metric", setting("metric").parse("magnitude"));
+        plan.rules.push_back(mlp);
+        plan.rules.push_back(PlanRule("*.q_proj").set("salient_ratio", 0.25).set("binarizer", 2));
+        plan.validate();
+        const QuantPlan back = QuantPlan::from_json(plan.to_json(), "round trip");
+        QCOMPARE(back.to_json(), plan.to_json());
+        for (const char* name : {"model.layers.3.mlp.up_proj", "model.layers.3.self_attn.q_proj", "model.layers.3.self_attn.v_proj"})
+            for (const SettingInfo& s : layer_settings())
+                QCOMPARE(s.get(back.settings_for(name)), s.get(plan.settings_for(name)));
+        const LayerQuantSettings up = back.settings_for("model.layers.0.mlp.up_proj");
+        QCOMPARE(static_cast<int>(up.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
+        QCOMPARE(static_cast<int>(up.metric), static_cast<int>(SaliencyMetric::Magnitude));
+        QCOMPARE(static_cast<int>(back.settings_for("model.layers.0.self_attn.k_proj").block_binary.scale_format),
+                 static_cast<int>(ScaleFormat::Fp16));
+        QCOMPARE(back.settings_for("model.layers.0.self_attn.q_proj").salient_ratio, 0.25);
+        QCOMPARE(static_cast<int>(back.settings_for("model.layers.0.self_attn.q_proj").binarizer),
+                 static_cast<int>(Binarizer::Sign));
+
+        QuantPlan strict;
+        strict.rules.push_back(PlanRule("*.mlp.*").set("scale_format", 1));
+        try {
+            strict.validate();
+            QFAIL("8-bit scales were accepted for pb-gptq");
+        } catch (const Error& e) {
+            QCOMPARE(std::string(e.what()), std::string("rule '*.mlp.*': scale_format log8 is not read by pb-gptq (only by arb-rc)"));
+        }
+        const LayerQuantSettings switched = with_method(up, QuantMethod::Arb);
+        QCOMPARE(static_cast<int>(switched.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
+        QCOMPARE(static_cast<int>(switched.block_binary.cgb), static_cast<int>(CgbChoice::Off)); // arb reads it
+        QCOMPARE(static_cast<int>(switched.metric), static_cast<int>(SaliencyMetric::Magnitude));
+    }
+
     /// The block-binary options: plans carry them (written only when set), the CGB choice
     /// overrides a preset either way, 8-bit scales shrink arb-rc's storage and round-trip bit for
     /// bit, and are refused with the reason for a method that stores signed means.
     void blockBinaryOptions()
     {
         const QuantPlan plan = QuantPlan::from_json(R"({"method": "arb-rc", "cgb": "off", "scale_format": "log8"})", "p.json");
-        QCOMPARE(static_cast<int>(plan.config.block_binary.cgb), static_cast<int>(CgbChoice::Off));
-        QCOMPARE(static_cast<int>(plan.config.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
+        QCOMPARE(static_cast<int>(plan.config.layer.block_binary.cgb), static_cast<int>(CgbChoice::Off));
+        QCOMPARE(static_cast<int>(plan.config.layer.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
         QCOMPARE(QuantPlan::from_json(plan.to_json(), "again").to_json(), plan.to_json());
-        for (const BlockBinaryOption& o : block_binary_options()) {
-            QVERIFY(find_block_binary_option(o.key) == &o && find_block_binary_option(o.flag()) == &o);
-            QVERIFY(QuantPlan{}.to_json().find(o.key) == std::string::npos);
+        for (const SettingInfo& o : layer_settings()) {
+            QVERIFY(find_setting(o.key) == &o && find_setting(o.flag) == &o);
+            if (o.omit_default)
+                QVERIFY(QuantPlan{}.to_json().find(o.key) == std::string::npos);
         }
         try {
             QuantPlan::from_json(R"({"method": "billm", "scale_format": "log8"})", "p.json").validate();
             QFAIL("8-bit scales were accepted for billm");
         } catch (const Error& e) {
-            QVERIFY2(std::string(e.what()).find("arb-rc only") != std::string::npos, e.what());
+            QVERIFY2(std::string(e.what()).find("scale_format log8 is not read by billm (only by arb-rc)") != std::string::npos, e.what());
         }
         try {
             QuantPlan::from_json(R"({"cgb": "sometimes"})", "p.json");
@@ -561,20 +632,20 @@ private Q_SLOTS:
         GptqOptions o;
         o.blocksize = 48;
         const QuantizedLinear fp16 = quantize_linear("w", W, H, rc, o);
-        GptqOptions cgb_on = o, cgb_off = o, log8 = o;
-        cgb_on.block_binary.cgb = CgbChoice::On;
-        cgb_off.block_binary.cgb = CgbChoice::Off;
-        log8.block_binary.scale_format = ScaleFormat::Log8;
+        LayerQuantSettings arb_on = arb, rc_off = rc, rc_log8 = rc;
+        arb_on.block_binary.cgb = CgbChoice::On;
+        rc_off.block_binary.cgb = CgbChoice::Off;
+        rc_log8.block_binary.scale_format = ScaleFormat::Log8;
         const at::Tensor salient = fp16.block_binary.salient_cols.unsqueeze(0).expand({16, 96});
         QVERIFY((fp16.block_binary.sparse & salient).any().item<bool>()); // the preset: on
-        const QuantizedLinear no_cgb = quantize_linear("w", W, H, rc, cgb_off);
+        const QuantizedLinear no_cgb = quantize_linear("w", W, H, rc_off, o);
         QVERIFY(!(no_cgb.block_binary.sparse & no_cgb.block_binary.salient_cols.unsqueeze(0)).any().item<bool>());
         QCOMPARE(no_cgb.block_binary.params.size(2), std::int64_t(4));
-        const QuantizedLinear arb_cgb = quantize_linear("w", W, H, arb, cgb_on);
+        const QuantizedLinear arb_cgb = quantize_linear("w", W, H, arb_on, o);
         QCOMPARE(arb_cgb.block_binary.params.size(2), std::int64_t(12));
         QVERIFY((arb_cgb.block_binary.sparse & arb_cgb.block_binary.salient_cols.unsqueeze(0)).any().item<bool>());
 
-        const QuantizedLinear small = quantize_linear("w", W, H, rc, log8);
+        const QuantizedLinear small = quantize_linear("w", W, H, rc_log8, o);
         const PackedLinear p16 = pack_linear(fp16), p8 = pack_linear(small);
         QVERIFY(p8.block_params.empty() && p8.column_params.empty());
         // One byte per scale: 6 per row and block, 2 per column and 2 more per salient column;
@@ -594,10 +665,14 @@ private Q_SLOTS:
             QVERIFY(at::equal(again.dequantized, q->dequantized));
         }
         try {
-            quantize_linear("model.layers.0.mlp.up_proj", W, H, arb, log8);
+            LayerQuantSettings arb_log8 = arb;
+            arb_log8.block_binary.scale_format = ScaleFormat::Log8;
+            quantize_linear("model.layers.0.mlp.up_proj", W, H, arb_log8, o);
             QFAIL("8-bit scales were accepted for arb");
         } catch (const Error& e) {
-            QVERIFY2(std::string(e.what()).find("model.layers.0.mlp.up_proj") != std::string::npos, e.what());
+            QVERIFY2(std::string(e.what()).find("model.layers.0.mlp.up_proj: scale_format log8 is not read by arb") !=
+                         std::string::npos,
+                     e.what());
         }
         PackedLinear bad = p8;
         bad.scale_bases[0] = -1.0f;
@@ -629,10 +704,10 @@ private Q_SLOTS:
                 windows[w][t] = static_cast<int>((w * 37 + t * 11) % static_cast<std::size_t>(m.config.vocab_size));
         QuantPlan rc, mixed;
         rc.config.layer.method = QuantMethod::ArbRc;
-        rc.config.block_binary.scale_format = ScaleFormat::Log8;
-        rc.config.block_binary.cgb = CgbChoice::Off;
+        rc.config.layer.block_binary.scale_format = ScaleFormat::Log8;
+        rc.config.layer.block_binary.cgb = CgbChoice::Off;
         mixed.config.layer.method = QuantMethod::ArbX;
-        mixed.rules.push_back(PlanRule{"*.mlp.*", {}, {}, {}, {}, {}, QuantMethod::Billm, {}});
+        mixed.rules.push_back(PlanRule("*.mlp.*").set("method", setting("method").parse("billm")));
         QTemporaryDir tmp;
         for (const QuantPlan* plan : {&rc, &mixed}) {
             const QuantizedModel q = quantize_model(m, windows, *plan);
@@ -674,10 +749,10 @@ private Q_SLOTS:
         }
         GptqOptions o;
         o.blocksize = 8;
-        o.block_binary.search = BillmSearch::Weights;
         for (QuantMethod m : {QuantMethod::Billm, QuantMethod::Arb, QuantMethod::ArbX, QuantMethod::ArbRc}) {
             LayerQuantSettings s;
             s.method = m;
+            s.block_binary.search = BillmSearch::Weights;
             const QuantizedLinear q = quantize_linear("w", W, at::eye(8, at::kDouble), s, o);
             const std::string name = to_string(m);
             QVERIFY2(at::equal(q.block_binary.salient_cols, at::tensor({1, 1, 0, 0, 0, 0, 0, 0}).to(at::kBool)), name.c_str());
@@ -786,8 +861,8 @@ private Q_SLOTS:
     {
         const QuantPlan plan = QuantPlan::from_json(
             R"({"method": "pb-gptq", "billm_search": "weights", "rules": [{"pattern": "*.mlp.*", "method": "billm"}]})", "p.json");
-        QCOMPARE(static_cast<int>(plan.config.block_binary.search), static_cast<int>(BillmSearch::Weights));
-        QCOMPARE(static_cast<int>(QuantPlan::from_json(R"({"billm_compensation": "exact"})", "p.json").config.block_binary.compensation),
+        QCOMPARE(static_cast<int>(plan.config.layer.block_binary.search), static_cast<int>(BillmSearch::Weights));
+        QCOMPARE(static_cast<int>(QuantPlan::from_json(R"({"billm_compensation": "exact"})", "p.json").config.layer.block_binary.compensation),
                  static_cast<int>(BillmCompensation::Exact));
         QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.mlp.up_proj").method), static_cast<int>(QuantMethod::Billm));
         QCOMPARE(static_cast<int>(plan.settings_for("model.layers.0.self_attn.q_proj").method),

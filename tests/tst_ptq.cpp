@@ -44,12 +44,10 @@ QuantPlan mixed_plan()
 {
     QuantPlan plan;
     plan.config.layer.salient_ratio = 0.15;
-    PlanRule skip;
-    skip.pattern = "model.layers.1.self_attn.k_proj";
-    skip.skip = true;
-    PlanRule four;
-    four.pattern = "*.mlp.down_proj";
-    four.salient_bits = 4;
+    PlanRule skip("model.layers.1.self_attn.k_proj");
+    skip.set("skip", 1);
+    PlanRule four("*.mlp.down_proj");
+    four.set("salient_bits", 4);
     plan.rules = {skip, four};
     return plan;
 }
@@ -254,14 +252,8 @@ private Q_SLOTS:
         const Model& fp = stories260k();
         const at::Tensor before = fp.layers[2].weight(LinearKind::Up).clone();
         QuantPlan plan;
-        PlanRule rule;
-        rule.pattern = "model.layers.0.mlp.down_proj";
-        rule.salient_ratio = 0.3;
-        plan.rules.push_back(rule);
-        PlanRule skip;
-        skip.pattern = "model.layers.4.self_attn.*";
-        skip.skip = true;
-        plan.rules.push_back(skip);
+        plan.rules.push_back(PlanRule("model.layers.0.mlp.down_proj").set("salient_ratio", 0.3));
+        plan.rules.push_back(PlanRule("model.layers.4.self_attn.*").set("skip", 1));
         const QuantizedModel q = quantize_model(fp, small_windows(), plan);
         QVERIFY(at::equal(fp.layers[2].weight(LinearKind::Up), before)); // input untouched
         QCOMPARE(static_cast<int>(q.linears.size()), 5 * 7 - 4);

@@ -279,7 +279,7 @@ private Q_SLOTS:
         QTest::addColumn<QString>("expected");
         QTest::newRow("not JSON") << "{" << "plan.json: not a JSON object";
         QTest::newRow("unknown key") << R"({"salient": 0.1})" << "key 'salient' is unknown";
-        QTest::newRow("ratio above one") << R"({"salient_ratio": 1.5})" << "salient ratio 1.500000 is outside [0, 1]";
+        QTest::newRow("ratio above one") << R"({"salient_ratio": 1.5})" << "salient ratio 1.5 is outside [0, 1]";
         QTest::newRow("bad metric") << R"({"metric": "entropy"})" << "metric 'entropy' is not one of";
         QTest::newRow("bits 9") << R"({"salient_bits": 9})" << "salient bits 9 must be 2..8 or 16";
         QTest::newRow("groupsize") << R"({"groupsize": 100})" << "groupsize 100 must be 0 or a multiple of the blocksize 128";

@@ -124,6 +124,10 @@ private Q_SLOTS:
         QCOMPARE(static_cast<int>(window_->context().plan().config.layer.method), static_cast<int>(QuantMethod::ArbRc));
         QTRY_COMPARE(window_->runPage()->findChild<QComboBox*>("method")->currentData().toString(), QString("arb-rc"));
         QVERIFY(!page->ratioSlider()->isEnabled()); // arb-rc searches its salient columns
+        // The setting combos come from the settings' table, enabled as the method reads them.
+        QCOMPARE(static_cast<int>(page->settingCombos().size()), 6);
+        QVERIFY(page->findChild<QComboBox*>("metric")->isEnabled());
+        QVERIFY(!page->findChild<QComboBox*>("binarizer")->isEnabled());
         PlanTableModel* table = page->tableModel();
         QCOMPARE(table->index(0, PlanTableModel::Bits).data(Qt::EditRole).toInt(), 2);
         QVERIFY(!(table->flags(table->index(0, PlanTableModel::Ratio)) & Qt::ItemIsEditable));
@@ -137,13 +141,13 @@ private Q_SLOTS:
         QComboBox* format = page->findChild<QComboBox*>("scale-format");
         QVERIFY(format && format->isEnabled());
         format->setCurrentIndex(format->findData("log8"));
-        QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.layer.block_binary.scale_format), static_cast<int>(ScaleFormat::Log8));
         QTRY_VERIFY_WITH_TIMEOUT(stored() > 0.0 && stored() < fp16 - 0.3, kPatientMs);
         // Switching to arb on the Run page drops arb-rc's 8-bit scales: the plan stays runnable.
         QComboBox* run_method = window_->runPage()->findChild<QComboBox*>("method");
         run_method->setCurrentIndex(run_method->findData("arb"));
         QCOMPARE(static_cast<int>(window_->context().plan().config.layer.method), static_cast<int>(QuantMethod::Arb));
-        QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.layer.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
         window_->context().plan().validate();
         QCOMPARE(page->methodCombo()->currentData().toString(), QString("arb"));
         QVERIFY(!format->isEnabled());
@@ -153,7 +157,7 @@ private Q_SLOTS:
         blocksize->setValue(128);
         // Back to PB-LLM: arb-rc's own option returns to its default, the slider comes back.
         page->methodCombo()->setCurrentIndex(page->methodCombo()->findData("pb-gptq"));
-        QCOMPARE(static_cast<int>(window_->context().plan().config.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
+        QCOMPARE(static_cast<int>(window_->context().plan().config.layer.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
         QVERIFY(page->ratioSlider()->isEnabled() && !format->isEnabled());
         QTRY_VERIFY_WITH_TIMEOUT(std::abs(stored() - pb) < 1e-9, kPatientMs);
     }

@@ -35,6 +35,7 @@ namespace pbllm {
 class StudioContext;
 class LayerTreeModel;
 class PlanTableModel;
+struct SettingInfo;
 
 /// Progress bar, stage, ETA and Cancel for one Job at a time.
 class JobProgress : public QWidget {
@@ -117,8 +118,8 @@ public:
     PlanTableModel* tableModel() const { return table_model_; }
     QCustomPlot* errorPlot() const { return error_plot_; }
     QComboBox* methodCombo() const { return method_; }
-    /// The block-binary options' combos, in block_binary_options() order.
-    const std::vector<QComboBox*>& blockOptionCombos() const { return block_options_; }
+    /// A combo per choice setting but the method (layer_settings() order; objectName = its flag).
+    const std::vector<QComboBox*>& settingCombos() const { return setting_combos_; }
     /// Number of chart updates so far (tests and the latency benchmark watch it).
     int replots() const { return replots_; }
 
@@ -127,8 +128,8 @@ Q_SIGNALS:
 
 private:
     void applyControls();
-    /// Shows the plan's method and block-binary options (set on the Run page or by a plan), and
-    /// enables the controls the method reads.
+    /// Shows the plan's method and settings (set on the Run page or by a plan), and enables the
+    /// controls the method reads.
     void syncMethodControls();
     void requestPreview();
     void showPreview(const PreviewSnapshot& snapshot);
@@ -137,10 +138,9 @@ private:
     QSlider* ratio_;
     QLabel* ratio_label_;
     QComboBox* method_;
-    std::vector<QComboBox*> block_options_; ///< one per block_binary_options() row
+    std::vector<QComboBox*> setting_combos_;          ///< one per choice setting but the method
+    std::vector<const SettingInfo*> setting_rows_;    ///< their rows in layer_settings()
     QComboBox* bits_;
-    QComboBox* metric_;
-    QComboBox* binarizer_;
     QTableView* table_;
     PlanTableModel* table_model_;
     QCustomPlot* error_plot_;

@@ -2,6 +2,8 @@
 
 #include "widgets/studio_context.h"
 #include "core/quant/registry.h"
+#include "core/error.h"
+#include "core/quant/settings.h"
 
 #include <algorithm>
 
@@ -12,9 +14,16 @@ PlanRule& override_rule(QuantPlan& plan, const std::string& linear)
     for (PlanRule& r : plan.rules)
         if (r.pattern == linear)
             return r;
-    plan.rules.push_back(PlanRule{linear, {}, {}, {}, {}, {}, {}, {}});
+    plan.rules.push_back(PlanRule{linear});
     return plan.rules.back();
 }
+
+namespace {
+
+/// The setting the Bits column shows and edits: plain GPTQ's grid, or the salient weights'.
+const char* bits_key(const LayerQuantSettings& s) { return method_info(s.method).reads("bits") ? "bits" : "salient_bits"; }
+
+} // namespace
 
 PlanTableModel::PlanTableModel(StudioContext& context, QObject* parent) : QAbstractTableModel(parent), context_(context)
 {
@@ -99,7 +108,7 @@ QVariant PlanTableModel::data(const QModelIndex& index, int role) const
                            : QVariant(p->salient_ratio);
         }
         return display ? QVariant(QString::number(100.0 * s.salient_ratio, 'f', 1) + QLatin1Char('%')) : QVariant(s.salient_ratio);
-    case Bits: return searched ? 2 : s.salient_bits;
+    case Bits: return searched ? 2 : static_cast<int>(setting(bits_key(s)).get(s));
     case Overridden: return display ? QVariant(overridden(row) ? tr("yes") : QString()) : QVariant(overridden(row));
     case WeightError:
         if (!p)
@@ -119,7 +128,9 @@ bool PlanTableModel::setData(const QModelIndex& index, const QVariant& value, in
         return false;
     bool ok = false;
     QuantPlan plan = context_.plan();
-    PlanRule& rule = override_rule(plan, model_->linears[static_cast<std::size_t>(index.row())].name.toStdString());
+    const std::string linear = model_->linears[static_cast<std::size_t>(index.row())].name.toStdString();
+    const char* key = index.column() == Ratio ? "salient_ratio" : bits_key(plan.settings_for(linear));
+    double v = 0.0;
     if (index.column() == Ratio) {
         QString text = value.toString().trimmed();
         const bool percent = text.endsWith(QLatin1Char('%'));
@@ -128,15 +139,18 @@ bool PlanTableModel::setData(const QModelIndex& index, const QVariant& value, in
         double ratio = text.toDouble(&ok);
         if (percent || ratio > 1.0)
             ratio /= 100.0;
-        if (!ok || ratio < 0.0 || ratio > 1.0)
-            return false;
-        rule.salient_ratio = ratio;
+        v = ratio;
     } else {
-        const int bits = value.toInt(&ok);
-        if (!ok || !((bits >= 2 && bits <= 8) || bits == 16))
-            return false;
-        rule.salient_bits = bits;
+        v = value.toInt(&ok);
     }
+    try {
+        if (!ok)
+            return false;
+        setting(key).check(v);
+    } catch (const Error&) {
+        return false;
+    }
+    override_rule(plan, linear).set(key, v);
     context_.setPlan(plan);
     Q_EMIT dataChanged(this->index(index.row(), 0), this->index(index.row(), ColumnCount - 1));
     return true;
@@ -145,9 +159,11 @@ bool PlanTableModel::setData(const QModelIndex& index, const QVariant& value, in
 Qt::ItemFlags PlanTableModel::flags(const QModelIndex& index) const
 {
     Qt::ItemFlags f = QAbstractTableModel::flags(index);
-    if (index.isValid() && (index.column() == Ratio || index.column() == Bits) && model_ &&
-        !stores_block_binary(
-            context_.plan().settings_for(model_->linears[static_cast<std::size_t>(index.row())].name.toStdString()).method))
+    if (!index.isValid() || !model_ || (index.column() != Ratio && index.column() != Bits))
+        return f;
+    const LayerQuantSettings s =
+        context_.plan().settings_for(model_->linears[static_cast<std::size_t>(index.row())].name.toStdString());
+    if (!s.skip && method_info(s.method).reads(index.column() == Ratio ? "salient_ratio" : bits_key(s)))
         f |= Qt::ItemIsEditable;
     return f;
 }

@@ -100,9 +100,7 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
     auto sync_enabled = [this] {
         const MethodInfo* m = find_method(method_->currentData().toString().toStdString());
         const bool training = m && !m->quantize;
-        gptq_bits_->setEnabled(m && std::find_if(m->settings.begin(), m->settings.end(), [](const char* k) {
-                                        return std::string(k) == "bits";
-                                    }) != m->settings.end());
+        gptq_bits_->setEnabled(m && m->reads("bits"));
         blocksize_->setEnabled(m && m->quantize && m->needs_hessian); // the block of the solver or of BiLLM
         for (QWidget* w : {static_cast<QWidget*>(qat_steps_), static_cast<QWidget*>(qat_lr_), static_cast<QWidget*>(qat_kd_)})
             w->setEnabled(training);
@@ -115,8 +113,7 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
         if (!m || !m->quantize || context_.plan().config.layer.method == m->id)
             return;
         QuantPlan plan = context_.plan();
-        plan.config.layer.method = m->id;
-        plan.config.block_binary = options_for_method(m->id, plan.config.block_binary);
+        plan.config.layer = with_method(plan.config.layer, m->id);
         context_.setPlan(plan);
     });
     // Block size and damping too: the Tuning page previews with what a run will use.

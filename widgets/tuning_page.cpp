@@ -1,5 +1,6 @@
 #include "widgets/pages.h"
 #include "core/quant/registry.h"
+#include "core/quant/settings.h"
 #include "widgets/plan_table_model.h"
 #include "widgets/qcustomplot_include.h"
 #include "widgets/studio_context.h"
@@ -37,14 +38,6 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     for (int b : {2, 3, 4, 5, 6, 7, 8, 16})
         bits_->addItem(b == 16 ? tr("FP16") : tr("%1-bit").arg(b), b);
     bits_->setCurrentIndex(bits_->findData(context_.plan().config.layer.salient_bits));
-    metric_ = new QComboBox;
-    for (SaliencyMetric m : {SaliencyMetric::Hessian, SaliencyMetric::Magnitude, SaliencyMetric::HessianInvDiag})
-        metric_->addItem(QString::fromStdString(to_string(m)), static_cast<int>(m));
-    metric_->setCurrentIndex(metric_->findData(static_cast<int>(context_.plan().config.layer.metric)));
-    binarizer_ = new QComboBox;
-    for (Binarizer b : {Binarizer::Xnor, Binarizer::XnorCode, Binarizer::Sign})
-        binarizer_->addItem(QString::fromStdString(to_string(b)), static_cast<int>(b));
-    binarizer_->setCurrentIndex(binarizer_->findData(static_cast<int>(context_.plan().config.layer.binarizer)));
     method_ = new QComboBox;
     for (const MethodInfo& m : methods())
         if (m.quantize) {
@@ -54,14 +47,18 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     auto* block_row = new QHBoxLayout;
     block_row->addWidget(new QLabel(tr("Method")));
     block_row->addWidget(method_);
-    for (const BlockBinaryOption& o : block_binary_options()) { // read by billm, arb, arb-x, arb-rc
+    // A combo per choice setting, from the settings' table: a new option of a method appears here.
+    for (const SettingInfo& s : layer_settings()) {
+        if (s.kind != SettingKind::Choice || std::string(s.key) == "method")
+            continue;
         auto* combo = new QComboBox;
-        for (const char* c : o.choices)
-            combo->addItem(c, c);
-        combo->setToolTip(QString::fromStdString(o.help));
-        combo->setObjectName(QString::fromStdString(o.flag()));
-        block_options_.push_back(combo);
-        block_row->addWidget(new QLabel(QString::fromStdString(o.key)));
+        for (const std::string& c : s.choices())
+            combo->addItem(QString::fromStdString(c), QString::fromStdString(c));
+        combo->setToolTip(QString::fromStdString(s.describe()));
+        combo->setObjectName(s.flag);
+        setting_combos_.push_back(combo);
+        setting_rows_.push_back(&s);
+        block_row->addWidget(new QLabel(s.label));
         block_row->addWidget(combo);
     }
     block_row->addStretch(1);
@@ -72,10 +69,6 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     controls->addWidget(ratio_label_);
     controls->addWidget(new QLabel(tr("Salient bits")));
     controls->addWidget(bits_);
-    controls->addWidget(new QLabel(tr("Metric")));
-    controls->addWidget(metric_);
-    controls->addWidget(new QLabel(tr("Binarizer")));
-    controls->addWidget(binarizer_);
     controls->addWidget(reset);
     layout->addLayout(block_row);
     layout->addLayout(controls);
@@ -119,11 +112,9 @@ TuningPage::TuningPage(StudioContext& context, QWidget* parent) : QWidget(parent
     });
     connect(bits_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
     connect(method_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
-    for (QComboBox* combo : block_options_)
+    for (QComboBox* combo : setting_combos_)
         connect(combo, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
     connect(&context_, &StudioContext::planChanged, this, &TuningPage::syncMethodControls);
-    connect(metric_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
-    connect(binarizer_, qOverload<int>(&QComboBox::currentIndexChanged), this, &TuningPage::applyControls);
     connect(reset, &QPushButton::clicked, this, [this] {
         QList<int> rows;
         for (const QModelIndex& i : table_->selectionModel()->selectedRows())
@@ -144,15 +135,15 @@ void TuningPage::syncMethodControls()
     const QSignalBlocker block(method_);
     method_->setCurrentIndex(method_->findData(QString::fromStdString(to_string(plan.config.layer.method))));
     const MethodInfo& m = method_info(plan.config.layer.method);
-    for (std::size_t i = 0; i < block_options_.size(); ++i) {
-        const BlockBinaryOption& o = block_binary_options()[i];
-        const QSignalBlocker quiet(block_options_[i]);
-        block_options_[i]->setCurrentIndex(o.get(plan.config.block_binary));
-        block_options_[i]->setEnabled(m.block_binary() && (!o.row_column_only || m.block_layout.row_column));
+    for (std::size_t i = 0; i < setting_combos_.size(); ++i) {
+        const QSignalBlocker quiet(setting_combos_[i]);
+        setting_combos_[i]->setCurrentIndex(static_cast<int>(setting_rows_[i]->get(plan.config.layer)));
+        setting_combos_[i]->setEnabled(m.reads(setting_rows_[i]->key));
     }
-    // PB-LLM's knobs mean nothing to the block binarizers (salient columns are searched, at 2 bits).
-    for (QWidget* w : {static_cast<QWidget*>(ratio_), static_cast<QWidget*>(bits_), static_cast<QWidget*>(binarizer_)})
-        w->setEnabled(!m.block_binary() && m.id != QuantMethod::Gptq);
+    // What the method does not read stays visible but off (the block binarizers search their
+    // salient columns, at 2 bits).
+    ratio_->setEnabled(m.reads("salient_ratio"));
+    bits_->setEnabled(m.reads("salient_bits"));
 }
 
 void TuningPage::applyControls()
@@ -161,13 +152,10 @@ void TuningPage::applyControls()
     LayerQuantSettings& s = plan.config.layer;
     s.salient_ratio = kMaxRatio * ratio_->value() / kSliderSteps;
     s.salient_bits = bits_->currentData().toInt();
-    s.metric = static_cast<SaliencyMetric>(metric_->currentData().toInt());
-    s.binarizer = static_cast<Binarizer>(binarizer_->currentData().toInt());
+    for (std::size_t i = 0; i < setting_combos_.size(); ++i)
+        setting_rows_[i]->set(s, setting_combos_[i]->currentIndex());
     if (const MethodInfo* m = find_method(method_->currentData().toString().toStdString()))
-        s.method = m->id;
-    for (std::size_t i = 0; i < block_options_.size(); ++i)
-        block_binary_options()[i].set(plan.config.block_binary, block_options_[i]->currentIndex());
-    plan.config.block_binary = options_for_method(s.method, plan.config.block_binary);
+        s = with_method(s, m->id);
     ratio_label_->setText(QStringLiteral("%1%").arg(100.0 * s.salient_ratio, 0, 'f', 2));
     context_.setPlan(plan);
 }

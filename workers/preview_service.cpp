@@ -164,7 +164,7 @@ bool snapshot_of(const QuantPlan& plan, const LoadedModel& model, std::size_t co
         // run themselves on the sample (salient columns at 2 bits).
         const bool plain = s.method == QuantMethod::Gptq, block = stores_block_binary(s.method);
         const PreviewResult r =
-            block ? p->preview_block_binary(s, plan.config.block_binary, plan.config.blocksize, plan.config.percdamp)
+            block ? p->preview_block_binary(s, plan.config.blocksize, plan.config.percdamp)
                   : p->preview(plain ? 1.0 : s.salient_ratio, plain ? s.bits : s.salient_bits, s.binarizer);
         lp.salient_ratio = r.salient_ratio;
         lp.threshold = r.threshold;

@@ -9,6 +9,7 @@
 #include "core/packed_checkpoint.h"
 #include "core/ptq.h"
 #include "core/quant/registry.h"
+#include "core/quant/settings.h"
 #include "core/saliency.h"
 #include "core/streamed_ptq.h"
 #include "core/system.h"
@@ -37,6 +38,20 @@ QJsonObject bits_json(const BitsPerWeight& b)
 }
 
 namespace {
+
+/// " (read by billm, arb, ...)" for a setting that not every method reads.
+std::string readers(const SettingInfo& s)
+{
+    std::string names;
+    bool all = true;
+    for (const MethodInfo& m : methods()) {
+        if (m.reads(s.key))
+            names += (names.empty() ? "" : ", ") + std::string(m.name);
+        else
+            all = false;
+    }
+    return all ? std::string() : "; read by " + names;
+}
 
 /// Windows from a calibration text or a calibration file, with the text's SHA-256.
 struct Calibration {
@@ -230,8 +245,21 @@ int run_methods(const QStringList& args)
                         m.quantize ? "" : "; a training method (pbllm qat)", m.headline_convention);
         }
     }
+    QJsonArray settings;
+    if (!cl.json())
+        std::printf("\nsettings (plan key, --flag; rules may set any of them per Linear):\n");
+    for (const SettingInfo& s : layer_settings()) {
+        settings.append(QJsonObject{{"key", s.key},
+                                    {"flag", s.on_command_line ? QString("--") + s.flag : QString()},
+                                    {"accepts", QString::fromStdString(s.accepts())},
+                                    {"default", QString::fromStdString(s.format(s.default_value()))},
+                                    {"help", s.help}});
+        if (!cl.json())
+            std::printf("  %-19s %-21s %s%s\n", s.key, s.on_command_line ? (std::string("--") + s.flag).c_str() : "",
+                        s.describe().c_str(), readers(s).c_str());
+    }
     if (cl.json())
-        print_json(QJsonObject{{"methods", rows}});
+        print_json(QJsonObject{{"methods", rows}, {"settings", settings}});
     return 0;
 }
 
@@ -241,17 +269,9 @@ int run_quantize(const QStringList& args)
     cl.parser().addOption({"calib", "Calibration text, or a calibration file from 'pbllm calibrate'.", "FILE|CALIB.h5"});
     cl.parser().addOption({{"o", "output"}, "Output packed checkpoint.", "OUT.pbllm.h5"});
     cl.parser().addOption({"tokenizer", "Tokenizer: tokenizer.model or tokenizer.json (default: found beside the model).", "TOK"});
-    cl.parser().addOption({"method", QString::fromStdString(method_names(true) + " (default pb-gptq; see pbllm methods)."), "M"});
-    for (const BlockBinaryOption& o : block_binary_options())
-        cl.parser().addOption({QString::fromStdString(o.flag()),
-                               QString::fromStdString(std::string(o.help) + " (billm, arb, arb-x, arb-rc; default " +
-                                                      o.choices.front() + ")."),
-                               "X"});
-    cl.parser().addOption({"salient", "Salient ratio (default 0.1).", "R"});
-    cl.parser().addOption({"salient-bits", "Bits of salient weights: 2..8 or 16 (default 8).", "B"});
-    cl.parser().addOption({"bits", "Bits for plain GPTQ (default 4).", "B"});
-    cl.parser().addOption({"metric", "hessian (default), hessian-inv-diag or magnitude.", "M"});
-    cl.parser().addOption({"binarizer", "xnor (default), xnor-code or sign.", "B"});
+    for (const SettingInfo& s : layer_settings()) // the per-Linear settings, from their table
+        if (s.on_command_line)
+            cl.parser().addOption({s.flag, QString::fromStdString(s.describe() + readers(s) + "."), "X"});
     cl.parser().addOption({"nsamples", "Calibration windows (default 128).", "N"});
     cl.parser().addOption({"seqlen", "Calibration window length (default: the model's context).", "N"});
     cl.parser().addOption({"blocksize", "GPTQ block size (default 128).", "N"});
@@ -284,15 +304,9 @@ int run_quantize(const QStringList& args)
             throw UsageError{std::string("--") + name + ": " + e.what()};
         }
     };
-    if (cl.is_set("method")) c.layer.method = parse("method", parse_method);
-    for (const BlockBinaryOption& o : block_binary_options())
-        if (cl.is_set(o.flag().c_str()))
-            parse(o.flag().c_str(), [&](const std::string& v) { o.set_value(c.block_binary, v); return 0; });
-    if (cl.is_set("metric")) c.layer.metric = parse("metric", parse_metric);
-    if (cl.is_set("binarizer")) c.layer.binarizer = parse("binarizer", parse_binarizer);
-    if (cl.is_set("salient")) c.layer.salient_ratio = cl.double_value("salient", 0.0, 1.0);
-    if (cl.is_set("salient-bits")) c.layer.salient_bits = cl.int_value("salient-bits", 2, 16);
-    if (cl.is_set("bits")) c.layer.bits = cl.int_value("bits", 2, 8);
+    for (const SettingInfo& s : layer_settings())
+        if (s.on_command_line && cl.is_set(s.flag))
+            s.set(c.layer, parse(s.flag, [&](const std::string& v) { return s.parse(v); }));
     if (cl.is_set("nsamples")) c.nsamples = cl.int_value("nsamples", 1, 1 << 20);
     if (cl.is_set("seqlen")) c.seqlen = cl.int_value("seqlen", 2, 1 << 20);
     if (cl.is_set("blocksize")) c.blocksize = cl.int_value("blocksize", 1, 4096);
@@ -442,92 +456,50 @@ QStringList list_option(const CommandLine& cl, const char* name)
     return items;
 }
 
-std::vector<double> number_list(const CommandLine& cl, const char* name, double lo, double hi)
+/// The values a setting's list flag names (each parsed by the setting), or the base plan's when
+/// the flag is absent and has no default list.
+std::vector<double> setting_values(const CommandLine& cl, const SettingInfo& s, const LayerQuantSettings& base)
 {
+    if (!cl.is_set(s.flag) && cl.value(s.flag).isEmpty())
+        return {s.get(base)};
     std::vector<double> values;
-    for (const QString& item : list_option(cl, name)) {
-        bool ok = false;
-        const double v = item.toDouble(&ok);
-        if (!ok || !(v >= lo && v <= hi))
-            throw UsageError{std::string("--") + name + ": '" + item.toStdString() + "' is not a number in [" +
-                             QString::number(lo).toStdString() + ", " + QString::number(hi).toStdString() + "]"};
-        values.push_back(v);
-    }
-    return values;
-}
-
-/// The choice indices a block-binary option's list flag names, or the base plan's when absent.
-std::vector<int> choice_list(const CommandLine& cl, const BlockBinaryOption& o, const BlockBinaryOptions& base)
-{
-    const std::string flag = o.flag();
-    if (!cl.is_set(flag.c_str()))
-        return {o.get(base)};
-    std::vector<int> values;
-    for (const QString& item : list_option(cl, flag.c_str())) {
-        BlockBinaryOptions probe;
+    for (const QString& item : list_option(cl, s.flag)) {
         try {
-            o.set_value(probe, item.toStdString());
+            values.push_back(s.parse(item.toStdString()));
         } catch (const Error& e) {
-            throw UsageError{"--" + flag + ": " + e.what()};
+            throw UsageError{std::string("--") + s.flag + ": " + e.what()};
         }
-        values.push_back(o.get(probe));
     }
     return values;
 }
 
-bool reads(const MethodInfo& m, const char* setting)
-{
-    return std::any_of(m.settings.begin(), m.settings.end(), [&](const char* k) { return std::string(k) == setting; });
-}
-
-/// Every combination of the swept values that each method reads (the rest stay at the base plan).
+/// Every combination of the swept values of the settings each method reads (the rest stay at the
+/// base plan). Settings with a list (given, or salient's and bits' defaults) appear in the labels.
 std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& base)
 {
-    const std::vector<double> ratios = number_list(cl, "salient", 0.0, 1.0);
-    std::vector<int> bits;
-    for (double b : number_list(cl, "bits", 2, 8))
-        bits.push_back(static_cast<int>(b));
     std::vector<SweepPoint> points;
     for (const QString& name : list_option(cl, "methods")) {
         const MethodInfo* m = find_method(name.toStdString());
         if (!m || !m->quantize)
             throw UsageError{"--methods: '" + name.toStdString() + "' is not one of " + method_names(true)};
         SweepPoint p{base, ""};
-        p.plan.config.layer.method = m->id;
+        p.plan.config.layer = with_method(base.config.layer, m->id);
         std::vector<SweepPoint> expanded{p};
-        auto expand = [&](auto values, auto apply) {
+        for (const SettingInfo& s : layer_settings()) {
+            if (!s.on_command_line || std::string(s.key) == "method" || !m->reads(s.key))
+                continue;
+            const bool labelled = !cl.value(s.flag).isEmpty();
             std::vector<SweepPoint> next;
             for (const SweepPoint& q : expanded)
-                for (const auto& v : values) {
+                for (double v : setting_values(cl, s, p.plan.config.layer)) {
                     SweepPoint r = q;
-                    const std::string piece = apply(r.plan, v);
-                    if (!piece.empty())
-                        r.label += (r.label.empty() ? "" : " ") + piece;
+                    s.set(r.plan.config.layer, v);
+                    if (labelled)
+                        r.label += (r.label.empty() ? "" : " ") + std::string(s.key) + "=" + s.format(v);
                     next.push_back(r);
                 }
             expanded = next;
-        };
-        if (reads(*m, "salient_ratio"))
-            expand(ratios, [](QuantPlan& plan, double v) {
-                plan.config.layer.salient_ratio = v;
-                return "salient_ratio=" + QString::number(v).toStdString();
-            });
-        if (reads(*m, "bits"))
-            expand(bits, [](QuantPlan& plan, int v) {
-                plan.config.layer.bits = v;
-                return "bits=" + std::to_string(v);
-            });
-        // The block-binary options vary only when given; otherwise the base plan's value holds.
-        if (m->block_binary())
-            for (const BlockBinaryOption& o : block_binary_options()) {
-                if (o.row_column_only && !m->block_layout.row_column)
-                    continue;
-                const bool varies = cl.is_set(o.flag().c_str());
-                expand(choice_list(cl, o, base.config.block_binary), [&](QuantPlan& plan, int v) {
-                    o.set(plan.config.block_binary, v);
-                    return varies ? std::string(o.key) + "=" + o.choices[static_cast<std::size_t>(v)] : std::string();
-                });
-            }
+        }
         points.insert(points.end(), expanded.begin(), expanded.end());
     }
     return points;
@@ -544,13 +516,19 @@ int run_sweep(const QStringList& args)
     cl.parser().addOption({"tokenizer", "Tokenizer (default: found beside the model).", "TOK"});
     cl.parser().addOption({"methods", "Comma-separated methods (" + QString::fromStdString(method_names(true)) + ").",
                            "LIST", "pb-gptq,rtn,billm"});
-    cl.parser().addOption({"salient", "Salient ratios, for the methods that read one.", "LIST", "0.05,0.1,0.2"});
-    cl.parser().addOption({"bits", "Bit-widths, for the methods that read one (gptq).", "LIST", "2,3,4"});
-    for (const BlockBinaryOption& o : block_binary_options())
-        cl.parser().addOption({QString::fromStdString(o.flag()),
-                               QString::fromStdString("Values to vary for billm/arb/arb-x/arb-rc: " + o.choice_list() +
-                                                      " (default: the plan's). " + o.help + "."),
-                               "LIST"});
+    // Every per-Linear setting but the method takes a list of values to vary, for the methods
+    // that read it; salient ratio and bits vary by default.
+    for (const SettingInfo& s : layer_settings()) {
+        if (!s.on_command_line || std::string(s.key) == "method")
+            continue;
+        const std::string key = s.key;
+        const QString list = key == "salient_ratio" ? "0.05,0.1,0.2" : key == "bits" ? "2,3,4" : "";
+        cl.parser().addOption({s.flag,
+                               QString::fromStdString("Values to vary (" + s.accepts() + "; default " +
+                                                      (list.isEmpty() ? "the plan's" : list.toStdString()) + readers(s) +
+                                                      "). " + s.help + "."),
+                               "LIST", list});
+    }
     cl.parser().addOption({"plan", "Base QuantPlan JSON: what the sweep does not vary.", "PLAN.json"});
     cl.parser().addOption({"nsamples", "Calibration windows (default 128).", "N"});
     cl.parser().addOption({"seqlen", "Calibration window length (default: the model's context).", "N"});

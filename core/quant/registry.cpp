@@ -4,8 +4,11 @@
 #include "core/quant/methods/billm/billm.h"
 #include "core/quant/methods/gptq/gptq_solver.h"
 #include "core/quant/payload.h"
+#include "core/quant/settings.h"
 
 #include <ATen/ATen.h>
+
+#include <algorithm>
 
 namespace pbllm {
 
@@ -28,21 +31,23 @@ const std::vector<MethodInfo>& methods()
         {QuantMethod::Billm, "billm",
          "BiLLM: salient columns residual-binarized, the rest split at a searched break point, block compensation",
          "2 r + (1 - r), r = salient column share (BiLLM; bitmaps and FP16 row parameters not counted)",
-         {"metric"}, true, quantize_billm, block_binary_payload},
+         {"metric", "billm_search", "billm_compensation", "cgb"}, true, quantize_billm, block_binary_payload},
         {QuantMethod::Arb, "arb",
          "ARB-LLM's alternating refined binarization (15 iterations of mean, scale and signs per group, both "
          "orders) in BiLLM's pipeline; stored like billm",
-         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, block_binary_payload},
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric", "billm_search", "billm_compensation", "cgb"},
+         true, quantize_billm, block_binary_payload},
         {QuantMethod::ArbX, "arb-x",
          "ARB-LLM_X: ARB, then 15 rounds of its means and scales in the metric of the block's Hessian, the "
          "break point scored by tr(R S R^T); salient columns split by the group bitmap too (CGB)",
-         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, block_binary_payload,
-         BlockBinaryLayout{true, false}},
+         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric", "billm_search", "billm_compensation", "cgb"},
+         true, quantize_billm, block_binary_payload, BlockBinaryLayout{true, false}},
         {QuantMethod::ArbRc, "arb-rc",
          "ARB-LLM_RC: a row scale and a column scale per order and group, no means, 15 alternating rounds; "
          "salient columns split by the group bitmap too (CGB)",
-         "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric"}, true, quantize_billm, block_binary_payload,
-         BlockBinaryLayout{true, true}},
+         "2 r + (1 - r), r = salient column share (as BiLLM)",
+         {"metric", "billm_search", "billm_compensation", "cgb", "scale_format"}, true, quantize_billm,
+         block_binary_payload, BlockBinaryLayout{true, true}},
     };
     return table;
 }
@@ -89,74 +94,20 @@ BlockBinaryLayout block_layout_of(QuantMethod id, const BlockBinaryOptions& opti
     return layout;
 }
 
-const std::vector<BlockBinaryOption>& block_binary_options()
+LayerQuantSettings with_method(LayerQuantSettings s, QuantMethod id)
 {
-    using O = BlockBinaryOptions;
-    static const std::vector<BlockBinaryOption> table = {
-        {"billm_search",
-         "What the column and break-point searches score candidates on: scores (binarize S = W^2 / U_jj^2, the "
-         "authors' code) or weights (binarize W, the papers' text)",
-         {"scores", "weights"}, [](const O& o) { return static_cast<int>(o.search); },
-         [](O& o, int i) { o.search = static_cast<BillmSearch>(i); }},
-        {"billm_compensation",
-         "How a block's error reaches the later columns: diagonal ((W - Q) / U_jj, the authors' code) or exact "
-         "(GPTQ's column walk with Q fixed: one triangular solve)",
-         {"diagonal", "exact"}, [](const O& o) { return static_cast<int>(o.compensation); },
-         [](O& o, int i) { o.compensation = static_cast<BillmCompensation>(i); }},
-        {"cgb",
-         "The column-group bitmap: split the salient columns at a break point too (preset: on for arb-x and "
-         "arb-rc, off for billm and arb)",
-         {"preset", "on", "off"}, [](const O& o) { return static_cast<int>(o.cgb); },
-         [](O& o, int i) { o.cgb = static_cast<CgbChoice>(i); }},
-        {"scale_format",
-         "How arb-rc stores its row and column scales: fp16 (the paper) or log8 (8 bits: 0, or the block's "
-         "largest scale times 2^(-k/16); half the parameter bits, steps of 4.4%)",
-         {"fp16", "log8"}, [](const O& o) { return static_cast<int>(o.scale_format); },
-         [](O& o, int i) { o.scale_format = static_cast<ScaleFormat>(i); }, true},
-    };
-    return table;
+    s.method = id;
+    const MethodInfo& m = method_info(id);
+    for (const SettingInfo& info : layer_settings())
+        if (info.strict && !m.reads(info.key))
+            info.copy(LayerQuantSettings{}, s);
+    return s;
 }
 
-BlockBinaryOptions options_for_method(QuantMethod id, BlockBinaryOptions options)
+bool MethodInfo::reads(const std::string& key) const
 {
-    const bool row_column = block_layout_of(id).row_column;
-    for (const BlockBinaryOption& o : block_binary_options())
-        if (o.row_column_only && !row_column)
-            o.set(options, 0);
-    return options;
-}
-
-std::string BlockBinaryOption::flag() const
-{
-    std::string f = key;
-    for (char& c : f)
-        if (c == '_')
-            c = '-';
-    return f;
-}
-
-std::string BlockBinaryOption::choice_list() const
-{
-    std::string list;
-    for (const char* c : choices)
-        list += (list.empty() ? "" : ", ") + std::string(c);
-    return list;
-}
-
-void BlockBinaryOption::set_value(BlockBinaryOptions& o, const std::string& name) const
-{
-    for (std::size_t i = 0; i < choices.size(); ++i)
-        if (name == choices[i])
-            return set(o, static_cast<int>(i));
-    throw Error(std::string(key) + " '" + name + "' is not one of " + choice_list());
-}
-
-const BlockBinaryOption* find_block_binary_option(const std::string& name)
-{
-    for (const BlockBinaryOption& o : block_binary_options())
-        if (name == o.key || name == o.flag())
-            return &o;
-    return nullptr;
+    return key == "method" || key == "skip" ||
+           std::any_of(settings.begin(), settings.end(), [&](const char* k) { return key == k; });
 }
 
 QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at::Tensor H,
@@ -171,6 +122,7 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at
         throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
     if (H.defined() && (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols))
         throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
+    validate_settings(settings, name + ": ");
     const MethodInfo& m = method_info(settings.method);
     if (!m.quantize)
         throw Error(name + ": " + m.name + " is a training method, not a post-training quantizer (use pbllm " + m.name +

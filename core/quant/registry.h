@@ -24,7 +24,8 @@ struct MethodInfo {
     const char* summary; ///< one line for help texts and the studio
     /// How the method's paper counts bits (the "headline" convention of bits_per_weight).
     const char* headline_convention;
-    /// The LayerQuantSettings keys (plan JSON names) the method reads; others are ignored.
+    /// The setting keys (core/quant/settings.h) the method reads besides method and skip; others
+    /// are ignored, or refused where the setting is strict.
     std::vector<const char*> settings;
     /// Needs a Hessian whatever the saliency metric (error feedback / compensation).
     bool needs_hessian = true;
@@ -36,6 +37,8 @@ struct MethodInfo {
 
     /// Stored as block-binarized codes (BlockBinaryCodes) rather than PB-LLM's layout.
     bool block_binary() const;
+    /// Whether the method reads the setting `key` (method and skip: every method).
+    bool reads(const std::string& key) const;
 };
 
 /// Every method, in the order help texts list them.
@@ -51,27 +54,8 @@ bool stores_block_binary(QuantMethod id);
 BlockBinaryLayout block_layout_of(QuantMethod id);
 BlockBinaryLayout block_layout_of(QuantMethod id, const BlockBinaryOptions& options);
 
-/// One option of the block-binary methods: the plan JSON key (the command-line flag is the key
-/// with '-' for '_'), a help text, and its choices, the first being the default. The command
-/// line, plans, sweeps and the studio's Run form are built from these rows.
-struct BlockBinaryOption {
-    const char* key;
-    const char* help;
-    std::vector<const char*> choices;
-    int (*get)(const BlockBinaryOptions&);   ///< the index of the current choice
-    void (*set)(BlockBinaryOptions&, int);   ///< sets the choice at that index
-    bool row_column_only = false;            ///< only arb-rc reads it (other choices than the default are refused elsewhere)
-    std::string flag() const;                ///< "billm-search"
-    std::string value(const BlockBinaryOptions& o) const { return choices[static_cast<std::size_t>(get(o))]; }
-    /// Sets the choice named `name`; Error listing the choices otherwise.
-    void set_value(BlockBinaryOptions& o, const std::string& name) const;
-    std::string choice_list() const;         ///< "scores, weights"
-};
-const std::vector<BlockBinaryOption>& block_binary_options();
-/// `options` as method `id` may run them: options only arb-rc reads back at their default for
-/// any other method (a plan switched from arb-rc to arb must not keep 8-bit scales).
-BlockBinaryOptions options_for_method(QuantMethod id, BlockBinaryOptions options);
-/// The row whose key (or flag) is `name`, or nullptr.
-const BlockBinaryOption* find_block_binary_option(const std::string& name);
+/// `s` switched to method `id`: strict settings (core/quant/settings.h) that `id` does not read go
+/// back to their defaults (a plan switched from arb-rc to arb must not keep 8-bit scales).
+LayerQuantSettings with_method(LayerQuantSettings s, QuantMethod id);
 
 } // namespace pbllm

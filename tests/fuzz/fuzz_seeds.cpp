@@ -10,6 +10,7 @@
 #include "core/packed_checkpoint.h"
 #include "core/ptq.h"
 #include "core/quant/registry.h"
+#include "core/quant/settings.h"
 #include "core/streamed_ptq.h"
 #include "core/synthetic.h"
 #include "core/system.h"
@@ -146,7 +147,7 @@ int main(int argc, char** argv)
         { // the 8-bit scales payload of arb-rc
             QuantPlan plan;
             plan.config.layer.method = QuantMethod::ArbRc;
-            plan.config.block_binary.scale_format = ScaleFormat::Log8;
+            plan.config.layer.block_binary.scale_format = ScaleFormat::Log8;
             write_packed_checkpoint(quantize_model(model, windows, plan),
                                     out.filePath("packed_checkpoint/tiny-arb-rc-log8.pbllm.h5").toStdString());
         }
@@ -162,11 +163,21 @@ int main(int argc, char** argv)
 
         QuantPlan plan;
         write_all(out.filePath("quant_plan/defaults.json"), QByteArray::fromStdString(plan.to_json()));
-        plan.rules.push_back(PlanRule{"model.layers.*.mlp.down_proj", 0.3, 4, {}, SaliencyMetric::Magnitude, Binarizer::Sign, {}, {}});
-        plan.rules.push_back(PlanRule{"model.layers.0.*", {}, {}, 3, {}, {}, QuantMethod::Gptq, {}});
+        PlanRule down("model.layers.*.mlp.down_proj");
+        down.values.salient_ratio = 0.3;
+        down.values.salient_bits = 4;
+        down.values.metric = SaliencyMetric::Magnitude;
+        down.values.binarizer = Binarizer::Sign;
+        plan.rules.push_back(down.mark("salient_ratio").mark("salient_bits").mark("metric").mark("binarizer"));
+        PlanRule first("model.layers.0.*");
+        first.values = with_method(first.values, QuantMethod::Gptq);
+        first.values.bits = 3;
+        plan.rules.push_back(first.mark("bits").mark("method"));
         write_all(out.filePath("quant_plan/rules.json"), QByteArray::fromStdString(plan.to_json()));
-        plan.config.block_binary.search = BillmSearch::Weights;
-        plan.rules.push_back(PlanRule{"model.layers.1.*", {}, {}, {}, {}, {}, QuantMethod::Billm, {}});
+        plan.config.layer.block_binary.search = BillmSearch::Weights;
+        PlanRule second("model.layers.1.*");
+        second.values.method = QuantMethod::Billm;
+        plan.rules.push_back(second.mark("method"));
         write_all(out.filePath("quant_plan/billm.json"), QByteArray::fromStdString(plan.to_json()));
 
         {

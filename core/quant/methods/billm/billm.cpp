@@ -771,7 +771,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
     q.rows = rows;
     q.cols = cols;
     q.settings = settings;
-    const Recipe recipe = recipe_of(settings.method, options.block_binary);
+    const Recipe recipe = recipe_of(settings.method, settings.block_binary);
     if (recipe.layout.log8_scales && !recipe.layout.row_column)
         throw Error(name + ": scale_format log8 applies to arb-rc only (" + to_string(settings.method) +
                     " stores signed means)");
@@ -811,7 +811,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
                                   : (Wb.pow(2) / saliency_d.narrow(0, b0, nb).pow(2).unsqueeze(0)).contiguous();
         // The authors' code searches on S, or on the signed weights when its metric is magnitude.
         const at::Tensor Vb =
-            options.block_binary.search == BillmSearch::Scores && settings.metric != SaliencyMetric::Magnitude ? Sb : Wb;
+            settings.block_binary.search == BillmSearch::Scores && settings.metric != SaliencyMetric::Magnitude ? Sb : Wb;
         BillmBlockChoice choice =
             billm_search_block(Sb, Vb, options.billm_max_salient_columns, recipe.layout.split_salient);
 
@@ -860,7 +860,7 @@ QuantizedLinear quantize_billm(const std::string& name, const at::Tensor& W_in, 
         // (W - Q)_block = E U_block,block, one triangular solve (exact). tst_methods shows the
         // diagonal form can compensate worse than none on a correlated Hessian.
         if (b1 < cols) {
-            const at::Tensor E = options.block_binary.compensation == BillmCompensation::Exact
+            const at::Tensor E = settings.block_binary.compensation == BillmCompensation::Exact
                                      ? at::linalg_solve_triangular(U.narrow(0, b0, nb).narrow(1, b0, nb), Wb - Qb,
                                                                    /*upper=*/true, /*left=*/false)
                                      : (Wb - Qb) / d.narrow(0, b0, nb).unsqueeze(0);
