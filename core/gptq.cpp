@@ -14,7 +14,7 @@ int QuantizedLinear::grid_bits() const
 {
     if (stores_block_binary(settings.method))
         return 2; // a salient weight's two sign bits: BiLLM's headline counts 2 bits there
-    return settings.method == QuantMethod::Gptq ? settings.bits : settings.salient_bits;
+    return method_info(settings.method).plain_grid ? settings.bits : settings.salient_bits;
 }
 
 at::Tensor QuantizedLinear::dequantize() const
@@ -34,7 +34,7 @@ at::Tensor QuantizedLinear::dequantize() const
     } else {
         high = expand(grid.scale, grid_groups) * (codes.to(at::kFloat) - expand(grid.zero, grid_groups));
     }
-    if (settings.method == QuantMethod::Gptq)
+    if (method_info(settings.method).plain_grid)
         return high;
     const std::int64_t groups = binary.mu.size(1);
     const at::Tensor mu = expand(binary.mu, groups), alpha = expand(binary.alpha, groups);
@@ -69,7 +69,7 @@ void QuantizedLinear::validate() const
         if ((codes < 0).any().item<bool>() || (codes > maxq).any().item<bool>())
             fail("codes outside [0, " + std::to_string(maxq) + "]");
     }
-    if (settings.method != QuantMethod::Gptq) {
+    if (!method_info(settings.method).plain_grid) {
         if (!binary.mu.defined() || binary.mu.size(0) != rows || binary.alpha.sizes() != binary.mu.sizes())
             fail("binarization statistics have the wrong shape");
         if (!at::isfinite(binary.mu).all().item<bool>() || !at::isfinite(binary.alpha).all().item<bool>() ||

@@ -97,13 +97,10 @@ BitsPerWeight bits_per_weight(const std::vector<LinearBits>& linears)
     double n = 0.0;
     for (const LinearBits& p : linears) {
         const double w = static_cast<double>(p.weights);
-        const double r = static_cast<double>(p.salient_count) / w;
-        const double headline = p.method == QuantMethod::Gptq ? p.grid_bits : p.grid_bits * r + (1.0 - r);
-        b.headline += headline * w;
-        // A block binarizer's bitmaps are its index: with_bitmap counts them as stored.
-        b.with_bitmap += stores_block_binary(p.method) ? headline * w + 8.0 * static_cast<double>(p.index_bytes)
-                                                         : (headline + (p.method == QuantMethod::Gptq ? 0.0 : 1.0)) * w;
-        b.with_index += headline * w + 8.0 * static_cast<double>(p.index_bytes);
+        const BitsPerWeight c = method_info(p.method).payload().conventions(p);
+        b.headline += c.headline * w;
+        b.with_bitmap += c.with_bitmap * w;
+        b.with_index += c.with_index * w;
         b.measured += 8.0 * static_cast<double>(p.bytes);
         n += w;
     }

@@ -21,7 +21,7 @@ using kernels::kPackedBlock;
 /// other kind is always one per row).
 std::int64_t parameter_groups(const PackedLinear& p)
 {
-    return p.method == QuantMethod::Gptq ? p.grid_groups : p.stat_groups;
+    return method_info(p.method).plain_grid ? p.grid_groups : p.stat_groups;
 }
 
 /// Below this many tokens a batched product runs the matvec kernel per token; from it on, a
@@ -64,7 +64,7 @@ PackedWeightsPtr build_packed_weights(const PackedLinear& p, const std::string& 
     W->groups = std::max<std::int64_t>(1, parameter_groups(p));
     W->group_blocks = W->groups == 1 ? W->blocks : p.groupsize / kPackedBlock;
     W->code_bits = p.grid_bits;
-    W->binarized = p.method != QuantMethod::Gptq;
+    W->binarized = !method_info(p.method).plain_grid;
 
     // Row parameters, one set per (row, group); a per-row kind is repeated over the groups.
     const std::size_t params = static_cast<std::size_t>(p.rows * W->groups);

@@ -309,4 +309,25 @@ PreviewResult LayerPreview::preview_block_binary(const LayerQuantSettings& setti
     return res;
 }
 
+PreviewResult partial_binary_preview(LayerPreview& p, const LayerQuantSettings& s, int, double)
+{
+    PreviewResult r = p.preview(s.salient_ratio, s.salient_bits, s.binarizer);
+    r.grid_bits = s.salient_bits;
+    return r;
+}
+
+PreviewResult plain_grid_preview(LayerPreview& p, const LayerQuantSettings& s, int, double)
+{
+    PreviewResult r = p.preview(1.0, s.bits, s.binarizer);
+    r.grid_bits = s.bits;
+    return r;
+}
+
+PreviewResult block_binary_preview(LayerPreview& p, const LayerQuantSettings& s, int blocksize, double percdamp)
+{
+    PreviewResult r = p.preview_block_binary(s, blocksize, percdamp);
+    r.grid_bits = 2; // a salient weight's two sign bits
+    return r;
+}
+
 } // namespace pbllm

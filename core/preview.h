@@ -25,6 +25,7 @@ struct PreviewResult {
     double index_bits = 0.0;          ///< headline + expected Rice-coded index
     double estimated_bits = 0.0;      ///< all bytes the packed file will store for it * 8 / n (estimate)
     std::int64_t estimated_bytes = 0;
+    int grid_bits = 0;                ///< bits of a high-precision weight (2 for a block binarizer's salient)
     double seconds = 0.0;
 };
 
@@ -89,5 +90,11 @@ private:
     std::vector<float> row_min_, row_max_;
     std::map<std::string, PreviewResult> block_binary_results_; ///< by method, options and block size
 };
+
+/// The registry's preview functions (MethodInfo::preview): PB-LLM's salient share and
+/// binarizer, plain GPTQ's grid (every weight at `bits`), a block binarizer run on the sample.
+PreviewResult partial_binary_preview(LayerPreview& p, const LayerQuantSettings& s, int blocksize, double percdamp);
+PreviewResult plain_grid_preview(LayerPreview& p, const LayerQuantSettings& s, int blocksize, double percdamp);
+PreviewResult block_binary_preview(LayerPreview& p, const LayerQuantSettings& s, int blocksize, double percdamp);
 
 } // namespace pbllm

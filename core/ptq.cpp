@@ -21,7 +21,7 @@ double QuantizedModel::salient_ratio() const
 {
     double salient = 0.0, total = 0.0;
     for (const QuantizedLinear& q : linears) {
-        if (q.settings.method == QuantMethod::Gptq)
+        if (method_info(q.settings.method).plain_grid)
             continue;
         salient += q.salient_ratio * static_cast<double>(q.rows * q.cols);
         total += static_cast<double>(q.rows * q.cols);
@@ -208,14 +208,11 @@ std::int64_t LayerwiseQuantizer::working_bytes() const
         const std::int64_t rows = w.size(0), cols = w.size(1);
         layer_bytes += rows * cols * 4;
         hessian[static_cast<std::size_t>(input_of(kind))] = cols * cols * 8;
-        // Packed: codes of the salient share, one sign bit for the rest, the index at most a
-        // bitmap; the worst settings any layer's rules give this Linear.
+        // Packed: the worst bound the settings of any layer's rules give this Linear.
         double bits = 0.0;
         for (int l = 0; l < c.n_layers; ++l) {
             const LayerQuantSettings s = plan_.settings_for(linear_name(l, kind));
-            bits = std::max(bits, s.method == QuantMethod::Gptq    ? s.bits + 1.0
-                                  : stores_block_binary(s.method) ? 3.5 // ~3.1 measured at block 128
-                                                                   : s.salient_bits * s.salient_ratio + 2.0);
+            bits = std::max(bits, stored_bits_bound(s, rows, cols, plan_.config.blocksize, plan_.config.groupsize));
         }
         kept_bytes += static_cast<std::int64_t>(std::ceil(bits / 8.0 * static_cast<double>(rows * cols)));
         kept_after[static_cast<std::size_t>(kind)] = kept_bytes;

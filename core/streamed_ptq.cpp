@@ -4,6 +4,7 @@
 #include "core/hdf5_io.h"
 #include "core/packed_hdf5.h"
 #include "core/ptq.h"
+#include "core/quant/registry.h"
 #include "core/system.h"
 
 #include <ATen/ATen.h>
@@ -551,7 +552,7 @@ QuantizeToFileResult quantize_to_file(const Model& model, const std::vector<std:
     double salient = 0.0, binarized = 0.0;
     auto add = [&](PackedLinear&& p, LinearReport&& r) {
         writer.add_linear(p);
-        if (p.method != QuantMethod::Gptq) {
+        if (!method_info(p.method).plain_grid) {
             salient += r.salient_ratio * static_cast<double>(p.weights());
             binarized += static_cast<double>(p.weights());
         }

@@ -4,6 +4,7 @@
 // independent recomputation.
 #include "core/error.h"
 #include "core/packed_checkpoint.h"
+#include "core/preview.h"
 #include "core/quant/methods/arb/arb.h"
 #include "core/quant/methods/billm/billm.h"
 #include "core/ptq.h"
@@ -88,8 +89,9 @@ private Q_SLOTS:
                 QTest::newRow(m.name) << QString(m.name);
     }
 
-    /// Every post-training method: quantize, pack, unpack bit for bit, and the measured bits are
-    /// the stored bytes.
+    /// Every post-training method: quantize, pack, unpack bit for bit, the measured bits are the
+    /// stored bytes, the payload's memory bound holds, and the row's preview estimates the bits
+    /// within a tenth of a bit (the preview runs without compensation, on every row here).
     void conformance()
     {
         QFETCH(QString, method);
@@ -112,6 +114,18 @@ private Q_SLOTS:
         const BitsPerWeight bits = bits_per_weight(std::vector<PackedLinear>{p});
         QCOMPARE(bits.measured, 8.0 * static_cast<double>(p.bytes()) / static_cast<double>(W.numel()));
         QVERIFY(bits.headline <= bits.with_index + 1e-12 && bits.with_index <= bits.measured + 1e-12);
+        QVERIFY(bits.headline <= bits.with_bitmap + 1e-12);
+        const MethodInfo& m = method_info(s.method);
+        const double bound = stored_bits_bound(s, 24, 200, o.blocksize, o.groupsize);
+        QVERIFY2(bits.measured <= bound && bits.measured > 0.6 * bound,
+                 qPrintable(QString("%1, bound %2").arg(bits.measured).arg(bound)));
+        QVERIFY(m.preview);
+        LayerPreview preview("w", W, H, SaliencyMetric::Hessian, PreviewOptions{});
+        const PreviewResult r = m.preview(preview, s, o.blocksize, o.percdamp);
+        QCOMPARE(r.grid_bits, m.plain_grid ? s.bits : m.block_binary() ? 2 : s.salient_bits);
+        QVERIFY2(std::abs(r.estimated_bits - bits.measured) < 0.1 * bits.measured,
+                 qPrintable(QString("preview %1, measured %2").arg(r.estimated_bits).arg(bits.measured)));
+        QVERIFY2(r.weight_error > 0.0 && r.weight_error < 1.0, qPrintable(QString::number(r.weight_error)));
     }
 
     void billmSearchMatchesReference_data()

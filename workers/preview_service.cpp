@@ -160,17 +160,13 @@ bool snapshot_of(const QuantPlan& plan, const LoadedModel& model, std::size_t co
             continue;
         }
         const std::shared_ptr<LayerPreview> p = preview_of(i);
-        // Plain GPTQ puts every weight on the b-bit grid: ratio 1 at `bits`. The block binarizers
-        // run themselves on the sample (salient columns at 2 bits).
-        const bool plain = s.method == QuantMethod::Gptq, block = stores_block_binary(s.method);
-        const PreviewResult r =
-            block ? p->preview_block_binary(s, plan.config.blocksize, plan.config.percdamp)
-                  : p->preview(plain ? 1.0 : s.salient_ratio, plain ? s.bits : s.salient_bits, s.binarizer);
+        // Each method's own estimate (the registry's preview function).
+        const PreviewResult r = method_info(s.method).preview(*p, s, plan.config.blocksize, plan.config.percdamp);
         lp.salient_ratio = r.salient_ratio;
         lp.threshold = r.threshold;
         lp.weight_error = r.weight_error;
         lp.hessian_error = r.hessian_error_diag;
-        lp.salient_bits = plain ? s.bits : block ? 2 : s.salient_bits;
+        lp.salient_bits = r.grid_bits;
         lp.estimated_bytes = r.estimated_bytes;
         snap.linears.push_back(lp);
         quantized_weights += n;

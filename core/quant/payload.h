@@ -22,6 +22,13 @@ struct PackedPayload {
     void (*write)(const Writer& w, hid_t group, const PackedLinear& p);
     /// Fills `p` (name and the common fields set) from the group.
     void (*read)(const Reader& r, hid_t group, PackedLinear& p, const std::string& what);
+    /// One Linear's bits per weight in the conventions that depend on the layout (headline, with
+    /// bitmap, with index; METHOD.md section 6); `measured` is the stored bytes for every layout.
+    BitsPerWeight (*conventions)(const LinearBits& l);
+    /// An upper bound of the stored bits per weight of a rows x cols Linear under `s` and the
+    /// solver's block and group sizes (the streamed quantizer's memory plan).
+    double (*stored_bits_bound)(const LayerQuantSettings& s, std::int64_t rows, std::int64_t cols, int blocksize,
+                                int groupsize);
 };
 
 /// PB-LLM's layout: sparse index, salient codes on a row grid, signs, FP16 statistics.

@@ -1,6 +1,7 @@
 #include "core/quant/registry.h"
 
 #include "core/error.h"
+#include "core/preview.h"
 #include "core/quant/methods/billm/billm.h"
 #include "core/quant/methods/gptq/gptq_solver.h"
 #include "core/quant/payload.h"
@@ -19,35 +20,38 @@ const std::vector<MethodInfo>& methods()
         {QuantMethod::PbGptq, "pb-gptq",
          "PB-LLM: a salient share at salient_bits, the rest binarized, with GPTQ error feedback",
          "salient_bits * r + (1 - r), r = salient share (PB-LLM)",
-         {"salient_ratio", "salient_bits", "metric", "binarizer"}, true, quantize_gptq_family, partial_binary_payload},
+         {"salient_ratio", "salient_bits", "metric", "binarizer"}, true, quantize_gptq_family, partial_binary_payload,
+         {}, partial_binary_preview},
         {QuantMethod::Rtn, "rtn", "PB-LLM's quantizers without error feedback (round to nearest)",
          "salient_bits * r + (1 - r), r = salient share (PB-LLM)",
-         {"salient_ratio", "salient_bits", "metric", "binarizer"}, false, quantize_gptq_family, partial_binary_payload},
+         {"salient_ratio", "salient_bits", "metric", "binarizer"}, false, quantize_gptq_family, partial_binary_payload,
+         {}, partial_binary_preview},
         {QuantMethod::Gptq, "gptq", "plain GPTQ: every weight on a `bits` grid (baseline)", "bits", {"bits"}, true,
-         quantize_gptq_family, partial_binary_payload},
+         quantize_gptq_family, partial_binary_payload, {}, plain_grid_preview, /*plain_grid=*/true},
         {QuantMethod::Qat, "qat", "PB-LLM learned by quantization-aware training (pbllm qat), stored like pb-gptq",
          "salient_bits * r + (1 - r), r = salient share (PB-LLM)", {"salient_ratio", "salient_bits", "binarizer"},
-         false, nullptr, partial_binary_payload},
+         false, nullptr, partial_binary_payload, {}, partial_binary_preview},
         {QuantMethod::Billm, "billm",
          "BiLLM: salient columns residual-binarized, the rest split at a searched break point, block compensation",
          "2 r + (1 - r), r = salient column share (BiLLM; bitmaps and FP16 row parameters not counted)",
-         {"metric", "billm_search", "billm_compensation", "cgb"}, true, quantize_billm, block_binary_payload},
+         {"metric", "billm_search", "billm_compensation", "cgb"}, true, quantize_billm, block_binary_payload, {},
+         block_binary_preview},
         {QuantMethod::Arb, "arb",
          "ARB-LLM's alternating refined binarization (15 iterations of mean, scale and signs per group, both "
          "orders) in BiLLM's pipeline; stored like billm",
          "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric", "billm_search", "billm_compensation", "cgb"},
-         true, quantize_billm, block_binary_payload},
+         true, quantize_billm, block_binary_payload, {}, block_binary_preview},
         {QuantMethod::ArbX, "arb-x",
          "ARB-LLM_X: ARB, then 15 rounds of its means and scales in the metric of the block's Hessian, the "
          "break point scored by tr(R S R^T); salient columns split by the group bitmap too (CGB)",
          "2 r + (1 - r), r = salient column share (as BiLLM)", {"metric", "billm_search", "billm_compensation", "cgb"},
-         true, quantize_billm, block_binary_payload, BlockBinaryLayout{true, false}},
+         true, quantize_billm, block_binary_payload, BlockBinaryLayout{true, false}, block_binary_preview},
         {QuantMethod::ArbRc, "arb-rc",
          "ARB-LLM_RC: a row scale and a column scale per order and group, no means, 15 alternating rounds; "
          "salient columns split by the group bitmap too (CGB)",
          "2 r + (1 - r), r = salient column share (as BiLLM)",
          {"metric", "billm_search", "billm_compensation", "cgb", "scale_format"}, true, quantize_billm,
-         block_binary_payload, BlockBinaryLayout{true, true}},
+         block_binary_payload, BlockBinaryLayout{true, true}, block_binary_preview},
     };
     return table;
 }
@@ -92,6 +96,11 @@ BlockBinaryLayout block_layout_of(QuantMethod id, const BlockBinaryOptions& opti
         layout.split_salient = options.cgb == CgbChoice::On;
     layout.log8_scales = options.scale_format == ScaleFormat::Log8;
     return layout;
+}
+
+double stored_bits_bound(const LayerQuantSettings& s, std::int64_t rows, std::int64_t cols, int blocksize, int groupsize)
+{
+    return method_info(s.method).payload().stored_bits_bound(s, rows, cols, blocksize, groupsize);
 }
 
 LayerQuantSettings with_method(LayerQuantSettings s, QuantMethod id)

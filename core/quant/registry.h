@@ -11,6 +11,13 @@
 namespace pbllm {
 
 struct PackedPayload;
+class LayerPreview;
+struct PreviewResult;
+
+/// The Tuning page's estimate for one Linear under `settings` (core/preview.h): error and bits of
+/// the method on the Linear's sampled rows, with the solver's block size and damping.
+using PreviewLinearFn = PreviewResult (*)(LayerPreview& preview, const LayerQuantSettings& settings, int blocksize,
+                                          double percdamp);
 
 /// Quantizes one Linear; the arguments as quantize_linear (core/gptq.h) documents them.
 using QuantizeLinearFn = QuantizedLinear (*)(const std::string& name, const at::Tensor& W, at::Tensor H,
@@ -34,6 +41,9 @@ struct MethodInfo {
     /// How its Linears are stored in a packed checkpoint (core/quant/payload.h).
     const PackedPayload& (*payload)() = nullptr;
     BlockBinaryLayout block_layout{}; ///< the preset of its codes (block-binary payload only)
+    PreviewLinearFn preview = nullptr;
+    /// Every weight on the grid (`bits`), none binarized: no salient share to report.
+    bool plain_grid = false;
 
     /// Stored as block-binarized codes (BlockBinaryCodes) rather than PB-LLM's layout.
     bool block_binary() const;
@@ -53,6 +63,10 @@ bool stores_block_binary(QuantMethod id);
 /// The codes' layout of a block-binary method: its preset, or as `options` set it.
 BlockBinaryLayout block_layout_of(QuantMethod id);
 BlockBinaryLayout block_layout_of(QuantMethod id, const BlockBinaryOptions& options);
+
+/// An upper bound of the stored bits per weight of a Linear quantized with `s` (its payload's):
+/// what the streamed quantizer plans its memory with.
+double stored_bits_bound(const LayerQuantSettings& s, std::int64_t rows, std::int64_t cols, int blocksize, int groupsize);
 
 /// `s` switched to method `id`: strict settings (core/quant/settings.h) that `id` does not read go
 /// back to their defaults (a plan switched from arb-rc to arb must not keep 8-bit scales).

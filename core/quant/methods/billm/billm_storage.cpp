@@ -295,10 +295,38 @@ void read_block_binary(const Reader& r, hid_t g, PackedLinear& p, const std::str
     validate_block_binary_fields(p, what);
 }
 
+namespace {
+
+BitsPerWeight block_binary_conventions(const LinearBits& l)
+{
+    // BiLLM's headline: 2 bits per salient weight, 1 for the rest; its bitmaps are its index, so
+    // with_bitmap counts them as stored.
+    BitsPerWeight b;
+    const double r = static_cast<double>(l.salient_count) / static_cast<double>(l.weights);
+    b.headline = l.grid_bits * r + (1.0 - r);
+    b.with_bitmap = b.with_index = b.headline + 8.0 * static_cast<double>(l.index_bytes) / static_cast<double>(l.weights);
+    return b;
+}
+
+double block_binary_bound(const LayerQuantSettings& s, std::int64_t rows, std::int64_t cols, int blocksize, int)
+{
+    // A sign per weight, the group bitmap at most per weight, second-order signs at most per
+    // weight; row parameters per row and block, column parameters and the column bit per column.
+    const BlockBinaryLayout layout = block_layout_of(s.method, s.block_binary);
+    const double param_bits = layout.log8_scales ? 8.0 : 16.0;
+    const double blocks_per_column = std::ceil(static_cast<double>(cols) / blocksize) / static_cast<double>(cols);
+    return 3.0 + param_bits * layout.row_params() * blocks_per_column +
+           (1.0 + param_bits * layout.column_params(true)) / static_cast<double>(rows) +
+           (layout.log8_scales ? 64.0 * blocks_per_column / static_cast<double>(rows) : 0.0); // two float bases per block
+}
+
+} // namespace
+
 const PackedPayload& block_binary_payload()
 {
-    static const PackedPayload payload{pack_block_binary, validate_block_binary_fields, unpack_block_binary,
-                                       write_block_binary, read_block_binary};
+    static const PackedPayload payload{pack_block_binary,  validate_block_binary_fields, unpack_block_binary,
+                                       write_block_binary, read_block_binary,            block_binary_conventions,
+                                       block_binary_bound};
     return payload;
 }
 

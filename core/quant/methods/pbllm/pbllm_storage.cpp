@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/packed_hdf5.h"
 #include "core/quant/payload.h"
+#include "core/quant/registry.h"
 
 #include <ATen/ATen.h>
 #include <c10/util/Half.h>
@@ -207,10 +208,41 @@ void read_partial_binary(const Reader& r, hid_t group, PackedLinear& p, const st
     }
 }
 
+namespace {
+
+BitsPerWeight partial_binary_conventions(const LinearBits& l)
+{
+    BitsPerWeight b;
+    const double r = static_cast<double>(l.salient_count) / static_cast<double>(l.weights);
+    if (method_info(l.method).plain_grid) { // every weight on the grid: no bitmap to count
+        b.headline = b.with_bitmap = l.grid_bits;
+    } else {
+        b.headline = l.grid_bits * r + (1.0 - r);
+        b.with_bitmap = b.headline + 1.0;
+    }
+    b.with_index = b.headline + 8.0 * static_cast<double>(l.index_bytes) / static_cast<double>(l.weights);
+    return b;
+}
+
+double partial_binary_bound(const LayerQuantSettings& s, std::int64_t, std::int64_t cols, int, int groupsize)
+{
+    // Per row and group: the grid's FP16 scale and 8-bit zero, FP16 mu and alpha (56 bits).
+    const double params = 56.0 / static_cast<double>(groupsize > 0 ? std::min<std::int64_t>(groupsize, cols) : cols);
+    if (method_info(s.method).plain_grid)
+        return s.bits + params;
+    // The grid's codes for the salient share (ties may add a few), a sign for the rest, the
+    // index at most a bitmap.
+    const double r = std::min(1.0, s.salient_ratio + 0.01);
+    return s.salient_bits * r + (1.0 - r) + 1.0 + params;
+}
+
+} // namespace
+
 const PackedPayload& partial_binary_payload()
 {
-    static const PackedPayload payload{pack_partial_binary, validate_partial_binary_fields, unpack_partial_binary,
-                                       write_partial_binary, read_partial_binary};
+    static const PackedPayload payload{pack_partial_binary,  validate_partial_binary_fields, unpack_partial_binary,
+                                       write_partial_binary, read_partial_binary,            partial_binary_conventions,
+                                       partial_binary_bound};
     return payload;
 }
 
