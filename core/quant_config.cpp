@@ -94,7 +94,7 @@ void PlanRule::apply(LayerQuantSettings& s) const
 
 void QuantConfig::validate() const
 {
-    validate_settings(layer);
+    check_setting_ranges(layer);
     if (blocksize < 1 || blocksize > 4096)
         throw Error("blocksize " + std::to_string(blocksize) + " must be in 1..4096");
     if (groupsize < 0 || (groupsize > 0 && groupsize % blocksize != 0))
@@ -114,23 +114,32 @@ LayerQuantSettings QuantPlan::settings_for(const std::string& linear_name) const
     for (const PlanRule& r : rules)
         if (glob_match(r.pattern, linear_name))
             r.apply(s);
-    return s;
+    // A strict setting its method does not read (the plan's 8-bit scales on a pb-gptq Linear of a
+    // plan that runs arb-rc elsewhere) is the default for this Linear.
+    return with_method(s, s.method);
 }
 
 void QuantPlan::validate() const
 {
     config.validate();
     // Settings a method cannot run with are refused now, not hours into a streamed run. Each rule
-    // is checked over the defaults (rules that overlap are checked again per Linear when quantized).
-    bool block = stores_block_binary(config.layer.method);
+    // is checked over the defaults; a strict setting must be read by one of the plan's methods.
+    std::vector<QuantMethod> used{config.layer.method};
     for (const PlanRule& r : rules) {
         if (r.pattern.empty())
             throw Error("a plan rule has an empty pattern");
         LayerQuantSettings s = config.layer;
         r.apply(s);
-        validate_settings(s, "rule '" + r.pattern + "': ");
-        block |= stores_block_binary(s.method);
+        check_setting_ranges(s, "rule '" + r.pattern + "': ");
+        used.push_back(s.method);
     }
+    check_strict_settings_are_read(config.layer, used);
+    for (const PlanRule& r : rules) {
+        LayerQuantSettings s = config.layer;
+        r.apply(s);
+        check_strict_settings_are_read(s, used, "rule '" + r.pattern + "': ");
+    }
+    const bool block = std::any_of(used.begin(), used.end(), [](QuantMethod m) { return stores_block_binary(m); });
     if (block && config.act_order)
         throw Error("billm and arb do not reorder columns: act_order applies to the GPTQ solver only");
     if (block && config.groupsize > 0)

@@ -119,6 +119,14 @@ private Q_SLOTS:
         const double bound = stored_bits_bound(s, 24, 200, o.blocksize, o.groupsize);
         QVERIFY2(bits.measured <= bound && bits.measured > 0.6 * bound,
                  qPrintable(QString("%1, bound %2").arg(bits.measured).arg(bound)));
+        if (!m.block_binary()) { // groups of 128 columns: the last one short (72)
+            GptqOptions grouped = o;
+            grouped.groupsize = 128;
+            const PackedLinear pg = pack_linear(quantize_linear("w", W, H, s, grouped));
+            const double measured = 8.0 * static_cast<double>(pg.bytes()) / static_cast<double>(W.numel());
+            const double grouped_bound = stored_bits_bound(s, 24, 200, grouped.blocksize, grouped.groupsize);
+            QVERIFY2(measured <= grouped_bound, qPrintable(QString("%1, bound %2").arg(measured).arg(grouped_bound)));
+        }
         QVERIFY(m.preview);
         LayerPreview preview("w", W, H, SaliencyMetric::Hessian, PreviewOptions{});
         const PreviewResult r = m.preview(preview, s, o.blocksize, o.percdamp);
@@ -571,7 +579,7 @@ private Q_SLOTS:
         QVERIFY(refused("salient_ratio", "abc", "salient ratio 'abc' is not a number"));
         QVERIFY(refused("salient_ratio", "1.25", "salient ratio 1.25 is outside [0, 1]"));
         QVERIFY(refused("binarizer", "xor", "binarizer 'xor' is not one of xnor, xnor-code, sign"));
-        QCOMPARE(setting("bits").parse("16"), 16.0); // plain GPTQ kept in FP16
+        QVERIFY(refused("bits", "16", "bits 16 must be 2..8"));
         QCOMPARE(setting("method").format(setting("method").parse("arb-rc")), std::string("arb-rc"));
 
         QuantPlan plan;
@@ -605,6 +613,15 @@ private Q_SLOTS:
         } catch (const Error& e) {
             QCOMPARE(std::string(e.what()), std::string("rule '*.mlp.*': scale_format log8 is not read by pb-gptq (only by arb-rc)"));
         }
+        // A plan-wide strict setting with a rule's method that reads it (as plans were written
+        // when the block options were plan-wide): the other Linears get the default.
+        const QuantPlan old_style = QuantPlan::from_json(
+            R"({"method": "pb-gptq", "scale_format": "log8", "rules": [{"pattern": "*.mlp.*", "method": "arb-rc"}]})", "old.json");
+        QCOMPARE(static_cast<int>(old_style.settings_for("model.layers.0.mlp.up_proj").block_binary.scale_format),
+                 static_cast<int>(ScaleFormat::Log8));
+        QCOMPARE(static_cast<int>(old_style.settings_for("model.layers.0.self_attn.q_proj").block_binary.scale_format),
+                 static_cast<int>(ScaleFormat::Fp16));
+        validate_for_method(old_style.settings_for("model.layers.0.self_attn.q_proj"));
         const LayerQuantSettings switched = with_method(up, QuantMethod::Arb);
         QCOMPARE(static_cast<int>(switched.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
         QCOMPARE(static_cast<int>(switched.block_binary.cgb), static_cast<int>(CgbChoice::Off)); // arb reads it

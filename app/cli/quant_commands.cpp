@@ -304,9 +304,15 @@ int run_quantize(const QStringList& args)
             throw UsageError{std::string("--") + name + ": " + e.what()};
         }
     };
-    for (const SettingInfo& s : layer_settings())
-        if (s.on_command_line && cl.is_set(s.flag))
-            s.set(c.layer, parse(s.flag, [&](const std::string& v) { return s.parse(v); }));
+    for (const SettingInfo& s : layer_settings()) { // in table order: an explicit option after the method stays
+        if (!s.on_command_line || !cl.is_set(s.flag))
+            continue;
+        const double v = parse(s.flag, [&](const std::string& text) { return s.parse(text); });
+        if (std::string(s.key) == "method") // drops the plan's options the new method does not read
+            c.layer = with_method(c.layer, methods()[static_cast<std::size_t>(v)].id);
+        else
+            s.set(c.layer, v);
+    }
     if (cl.is_set("nsamples")) c.nsamples = cl.int_value("nsamples", 1, 1 << 20);
     if (cl.is_set("seqlen")) c.seqlen = cl.int_value("seqlen", 2, 1 << 20);
     if (cl.is_set("blocksize")) c.blocksize = cl.int_value("blocksize", 1, 4096);

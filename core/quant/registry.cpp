@@ -131,7 +131,7 @@ QuantizedLinear quantize_linear(const std::string& name, const at::Tensor& W, at
         throw Error(name + ": weights contain NaN/Inf; refusing to quantize");
     if (H.defined() && (H.dim() != 2 || H.size(0) != cols || H.size(1) != cols))
         throw Error(name + ": Hessian shape does not match the weight's " + std::to_string(cols) + " input features");
-    validate_settings(settings, name + ": ");
+    validate_for_method(settings, name + ": ");
     const MethodInfo& m = method_info(settings.method);
     if (!m.quantize)
         throw Error(name + ": " + m.name + " is a training method, not a post-training quantizer (use pbllm " + m.name +

@@ -64,8 +64,7 @@ const std::vector<SettingInfo>& layer_settings()
         salient_bits.set = [](S& s, double v) { s.salient_bits = static_cast<int>(v); };
         t.push_back(salient_bits);
 
-        SettingInfo bits{"bits", "bits", "bits", "Bits of every weight's grid (plain GPTQ), or 16 to keep FP16",
-                         SettingKind::Integer, 2, 8, 16};
+        SettingInfo bits{"bits", "bits", "bits", "Bits of every weight's grid (plain GPTQ)", SettingKind::Integer, 2, 8};
         bits.get = [](const S& s) { return static_cast<double>(s.bits); };
         bits.set = [](S& s, double v) { s.bits = static_cast<int>(v); };
         t.push_back(bits);
@@ -241,26 +240,65 @@ std::string SettingInfo::describe() const
     return std::string(help) + " (" + accepts() + "; default " + format(default_value()) + ")";
 }
 
-void validate_settings(const LayerQuantSettings& s, const std::string& where)
+namespace {
+
+/// "arb-rc": the methods that read `key`.
+std::string readers_of(const char* key)
+{
+    std::string names;
+    for (const MethodInfo& r : methods())
+        if (r.reads(key))
+            names += (names.empty() ? "" : ", ") + std::string(r.name);
+    return names;
+}
+
+void check_with_where(const SettingInfo& info, double v, const std::string& where)
+{
+    try {
+        info.check(v);
+    } catch (const Error& e) {
+        throw Error(where + e.what());
+    }
+}
+
+} // namespace
+
+void check_setting_ranges(const LayerQuantSettings& s, const std::string& where)
+{
+    for (const SettingInfo& info : layer_settings())
+        check_with_where(info, info.get(s), where);
+}
+
+void validate_for_method(const LayerQuantSettings& s, const std::string& where)
 {
     const MethodInfo& m = method_info(s.method);
     for (const SettingInfo& info : layer_settings()) {
-        const double v = info.get(s);
-        try {
-            info.check(v);
-        } catch (const Error& e) {
-            throw Error(where + e.what());
+        if (!m.reads(info.key)) {
+            if (info.strict && info.get(s) != info.default_value())
+                throw Error(where + info.key + " " + info.format(info.get(s)) + " is not read by " + m.name +
+                            " (only by " + readers_of(info.key) + ")");
+            continue;
         }
-        if (info.strict && v != info.default_value() && !m.reads(info.key))
-            throw Error(where + info.key + " " + info.format(v) + " is not read by " + m.name + " (only by " +
-                        [&] {
-                            std::string readers;
-                            for (const MethodInfo& r : methods())
-                                if (r.reads(info.key))
-                                    readers += (readers.empty() ? "" : ", ") + std::string(r.name);
-                            return readers;
-                        }() +
-                        ")");
+        check_with_where(info, info.get(s), where);
+    }
+}
+
+void check_strict_settings_are_read(const LayerQuantSettings& s, const std::vector<QuantMethod>& used,
+                                    const std::string& where)
+{
+    for (const SettingInfo& info : layer_settings()) {
+        if (!info.strict || info.get(s) == info.default_value())
+            continue;
+        std::string names;
+        bool read = false;
+        for (std::size_t i = 0; i < used.size(); ++i) {
+            read |= method_info(used[i]).reads(info.key);
+            if (std::find(used.begin(), used.begin() + static_cast<std::ptrdiff_t>(i), used[i]) == used.begin() + static_cast<std::ptrdiff_t>(i))
+                names += (names.empty() ? "" : ", ") + to_string(used[i]);
+        }
+        if (!read)
+            throw Error(where + info.key + " " + info.format(info.get(s)) + " is not read by " + names + " (only by " +
+                        readers_of(info.key) + ")");
     }
 }
 

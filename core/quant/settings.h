@@ -58,8 +58,15 @@ const SettingInfo* find_setting(const std::string& name);
 /// The row whose key is `key`; Error when there is none (a programming error).
 const SettingInfo& setting(const std::string& key);
 
-/// Error naming the first setting of `s` that is out of range, or that `s.method` does not read
-/// while strict and off its default. `where` prefixes the message ("rule '*.mlp.*': ").
-void validate_settings(const LayerQuantSettings& s, const std::string& where = "");
+/// Error naming the first setting of `s` that is out of range, whether its method reads it or
+/// not (a plan's defaults and rules). `where` prefixes the message ("rule '*.mlp.*': ").
+void check_setting_ranges(const LayerQuantSettings& s, const std::string& where = "");
+/// What one Linear's quantizer needs: the settings `s.method` reads in range, and no strict
+/// setting off its default that it does not read (asked for, it would silently mean nothing).
+void validate_for_method(const LayerQuantSettings& s, const std::string& where = "");
+/// A plan's strict settings (its defaults, or a rule's) must be read by one of the methods it
+/// uses; Linears whose method does not read them get the default (QuantPlan::settings_for).
+void check_strict_settings_are_read(const LayerQuantSettings& s, const std::vector<QuantMethod>& used,
+                                    const std::string& where = "");
 
 } // namespace pbllm

@@ -317,7 +317,8 @@ double block_binary_bound(const LayerQuantSettings& s, std::int64_t rows, std::i
     const double blocks_per_column = std::ceil(static_cast<double>(cols) / blocksize) / static_cast<double>(cols);
     return 3.0 + param_bits * layout.row_params() * blocks_per_column +
            (1.0 + param_bits * layout.column_params(true)) / static_cast<double>(rows) +
-           (layout.log8_scales ? 64.0 * blocks_per_column / static_cast<double>(rows) : 0.0); // two float bases per block
+           (layout.log8_scales ? 64.0 * blocks_per_column / static_cast<double>(rows) : 0.0) + // two float bases per block
+           64.0 / static_cast<double>(rows * cols); // a byte of padding for each of the few arrays
 }
 
 } // namespace

@@ -9,6 +9,8 @@
 #include <ATen/ATen.h>
 #include <c10/util/Half.h>
 
+#include <cmath>
+
 namespace pbllm {
 namespace {
 
@@ -54,7 +56,7 @@ void pack_partial_binary(const QuantizedLinear& q, PackedLinear& p)
             p.grid_zero.push_back(static_cast<std::uint8_t>(zero.data_ptr<float>()[i]));
         }
     }
-    if (p.method != QuantMethod::Gptq) {
+    if (!method_info(p.method).plain_grid) {
         p.stat_groups = q.binary.mu.size(1);
         const at::Tensor mu = q.binary.mu.contiguous(), alpha = q.binary.alpha.contiguous();
         for (std::int64_t i = 0; i < mu.numel(); ++i) {
@@ -69,7 +71,7 @@ void validate_partial_binary_fields(const PackedLinear& p, const std::string& wh
     auto fail = [&](const std::string& why) { throw Error(what + ": " + why); };
     if (!((p.grid_bits >= 2 && p.grid_bits <= 8) || p.grid_bits == 16))
         fail("salient bit-width " + std::to_string(p.grid_bits) + " is not 2..8 or 16");
-    if (p.method == QuantMethod::Gptq && p.grid_bits == 16)
+    if (method_info(p.method).plain_grid && p.grid_bits == 16)
         fail("plain GPTQ cannot store FP16 codes");
     const std::int64_t n = p.weights();
     if (p.salient_count < 0 || p.salient_count > n)
@@ -82,12 +84,12 @@ void validate_partial_binary_fields(const PackedLinear& p, const std::string& wh
         fail("signs hold " + std::to_string(p.signs.size()) + " bytes, expected " + std::to_string((nonsalient + 7) / 8));
     auto groups_for = [&](int width) { return width > 0 ? (p.cols + width - 1) / width : 1; };
     if (p.grid_bits != 16) {
-        const std::int64_t expect = groups_for(p.method == QuantMethod::Gptq ? p.groupsize : 0);
+        const std::int64_t expect = groups_for(method_info(p.method).plain_grid ? p.groupsize : 0);
         if (p.grid_groups != expect || static_cast<std::int64_t>(p.grid_scale.size()) != p.rows * expect ||
             static_cast<std::int64_t>(p.grid_zero.size()) != p.rows * expect)
             fail("grid parameters do not match the shape and group size");
     }
-    if (p.method != QuantMethod::Gptq) {
+    if (!method_info(p.method).plain_grid) {
         const std::int64_t expect = groups_for(p.groupsize);
         if (p.stat_groups != expect || static_cast<std::int64_t>(p.mu.size()) != p.rows * expect ||
             static_cast<std::int64_t>(p.alpha.size()) != p.rows * expect)
@@ -109,7 +111,7 @@ QuantizedLinear unpack_partial_binary(const PackedLinear& p, const std::string& 
     q.settings.method = p.method;
     q.settings.binarizer = p.binarizer;
     q.settings.salient_ratio = p.salient_ratio_requested;
-    if (p.method == QuantMethod::Gptq)
+    if (method_info(p.method).plain_grid)
         q.settings.bits = p.grid_bits;
     else
         q.settings.salient_bits = p.grid_bits;
@@ -143,7 +145,7 @@ QuantizedLinear unpack_partial_binary(const PackedLinear& p, const std::string& 
         for (std::size_t i = 0; i < p.grid_zero.size(); ++i)
             q.grid.zero.data_ptr<float>()[i] = p.grid_zero[i];
     }
-    if (p.method != QuantMethod::Gptq) {
+    if (!method_info(p.method).plain_grid) {
         q.binary.mu = halves(p.mu, p.stat_groups);
         q.binary.alpha = halves(p.alpha, p.stat_groups);
     }
@@ -155,7 +157,7 @@ QuantizedLinear unpack_partial_binary(const PackedLinear& p, const std::string& 
     q.dequantized = q.dequantize();
     if (!at::isfinite(q.dequantized).all().item<bool>())
         fail("dequantized weights are not finite");
-    q.salient_ratio = p.method == QuantMethod::Gptq ? 1.0 : static_cast<double>(p.salient_count) / static_cast<double>(n);
+    q.salient_ratio = method_info(p.method).plain_grid ? 1.0 : static_cast<double>(p.salient_count) / static_cast<double>(n);
     return q;
 }
 
@@ -171,7 +173,7 @@ void write_partial_binary(const Writer& w, hid_t group, const PackedLinear& p)
         w.dataset(group, "grid_zero", H5T_STD_U8LE, H5T_NATIVE_UINT8,
                   {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.grid_groups)}, p.grid_zero.data());
     }
-    if (p.method != QuantMethod::Gptq) {
+    if (!method_info(p.method).plain_grid) {
         w.halves(group, "mu", p.mu, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
         w.halves(group, "alpha", p.alpha, {static_cast<hsize_t>(p.rows), static_cast<hsize_t>(p.stat_groups)});
     }
@@ -196,7 +198,7 @@ void read_partial_binary(const Reader& r, hid_t group, PackedLinear& p, const st
         p.grid_scale = r.halves(group, "grid_scale", gshape);
         p.grid_zero = r.read_raw(group, "grid_zero", H5T_NATIVE_UINT8, 1, &gshape);
     }
-    if (p.method != QuantMethod::Gptq) {
+    if (!method_info(p.method).plain_grid) {
         std::vector<hsize_t> sshape;
         const Hid t = half_type();
         r.read_raw(group, "mu", t.get(), 2, nullptr, &sshape);
@@ -224,15 +226,20 @@ BitsPerWeight partial_binary_conventions(const LinearBits& l)
     return b;
 }
 
-double partial_binary_bound(const LayerQuantSettings& s, std::int64_t, std::int64_t cols, int, int groupsize)
+double partial_binary_bound(const LayerQuantSettings& s, std::int64_t rows, std::int64_t cols, int, int groupsize)
 {
-    // Per row and group: the grid's FP16 scale and 8-bit zero, FP16 mu and alpha (56 bits).
-    const double params = 56.0 / static_cast<double>(groupsize > 0 ? std::min<std::int64_t>(groupsize, cols) : cols);
-    if (method_info(s.method).plain_grid)
+    // Per row: the grid's FP16 scale and 8-bit zero per grid group (plain GPTQ's groups, else
+    // one), FP16 mu and alpha per statistics group (PB-LLM's groups); a byte of padding for each
+    // of the few arrays.
+    const double groups = groupsize > 0 ? std::ceil(static_cast<double>(cols) / groupsize) : 1.0;
+    const double padding = 64.0 / static_cast<double>(rows * cols);
+    const bool plain = method_info(s.method).plain_grid;
+    const double params = (plain ? 24.0 * groups : 24.0 + 32.0 * groups) / static_cast<double>(cols) + padding;
+    if (plain)
         return s.bits + params;
-    // The grid's codes for the salient share (ties may add a few), a sign for the rest, the
-    // index at most a bitmap.
-    const double r = std::min(1.0, s.salient_ratio + 0.01);
+    // The grid's codes for the salient share (the threshold never keeps more than asked), a sign
+    // for the rest, the index at most a bitmap.
+    const double r = s.salient_ratio;
     return s.salient_bits * r + (1.0 - r) + 1.0 + params;
 }
 
