@@ -123,21 +123,20 @@ void QuantPlan::validate() const
 {
     config.validate();
     // Settings a method cannot run with are refused now, not hours into a streamed run. Each rule
-    // is checked over the defaults; a strict setting must be read by one of the plan's methods.
-    std::vector<QuantMethod> used{config.layer.method};
+    // is checked over the defaults. A strict setting a rule asks for must be read by the method
+    // the rule sets, or (without one) by one of the plan's methods; plan-wide, it applies to the
+    // Linears whose method reads it (settings_for).
+    const std::vector<QuantMethod> used = plan_methods(*this);
     for (const PlanRule& r : rules) {
         if (r.pattern.empty())
             throw Error("a plan rule has an empty pattern");
         LayerQuantSettings s = config.layer;
         r.apply(s);
-        check_setting_ranges(s, "rule '" + r.pattern + "': ");
-        used.push_back(s.method);
-    }
-    check_strict_settings_are_read(config.layer, used);
-    for (const PlanRule& r : rules) {
-        LayerQuantSettings s = config.layer;
-        r.apply(s);
-        check_strict_settings_are_read(s, used, "rule '" + r.pattern + "': ");
+        const std::string where = "rule '" + r.pattern + "': ";
+        check_setting_ranges(s, where);
+        LayerQuantSettings asked; // only what the rule itself sets
+        r.apply(asked);
+        check_strict_settings_are_read(asked, r.sets("method") ? std::vector<QuantMethod>{s.method} : used, where);
     }
     const bool block = std::any_of(used.begin(), used.end(), [](QuantMethod m) { return stores_block_binary(m); });
     if (block && config.act_order)
@@ -288,6 +287,7 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
             throw Error(where(k) + " is unknown");
         }
     }
+    drop_unread_strict_settings(plan); // plans stored before the check read as they ran
     try {
         plan.validate();
     } catch (const Error& e) {

@@ -605,14 +605,40 @@ private Q_SLOTS:
         QCOMPARE(static_cast<int>(back.settings_for("model.layers.0.self_attn.q_proj").binarizer),
                  static_cast<int>(Binarizer::Sign));
 
+        // A rule's strict setting must be read by the method it sets, or by one of the plan's.
         QuantPlan strict;
         strict.rules.push_back(PlanRule("*.mlp.*").set("scale_format", 1));
-        try {
-            strict.validate();
-            QFAIL("8-bit scales were accepted for pb-gptq");
-        } catch (const Error& e) {
-            QCOMPARE(std::string(e.what()), std::string("rule '*.mlp.*': scale_format log8 is not read by pb-gptq (only by arb-rc)"));
-        }
+        strict.rules.push_back(PlanRule("*.down_proj").set("method", setting("method").parse("billm")));
+        auto refusal = [](const QuantPlan& p) {
+            try {
+                p.validate();
+            } catch (const Error& e) {
+                return std::string(e.what());
+            }
+            return std::string();
+        };
+        QCOMPARE(refusal(strict), std::string("rule '*.mlp.*': scale_format log8 is not read by any of pb-gptq, billm (only by arb-rc)"));
+        strict.rules.push_back(PlanRule("*.up_proj").set("method", setting("method").parse("arb-rc")));
+        QCOMPARE(refusal(strict), std::string()); // arb-rc's up_proj reads it; elsewhere it is the default
+        QCOMPARE(static_cast<int>(strict.settings_for("model.layers.0.mlp.up_proj").block_binary.scale_format),
+                 static_cast<int>(ScaleFormat::Log8));
+        QCOMPARE(static_cast<int>(strict.settings_for("model.layers.0.mlp.down_proj").block_binary.scale_format),
+                 static_cast<int>(ScaleFormat::Fp16));
+        strict.rules.push_back(PlanRule("*.gate_proj").set("method", setting("method").parse("arb")).set("scale_format", 1));
+        QCOMPARE(refusal(strict), std::string("rule '*.gate_proj': scale_format log8 is not read by arb (only by arb-rc)"));
+        // A plan-wide one that no method reads is dropped when a plan is read (stored plans from
+        // before the check) or its method switched; rules that read it keep it.
+        QCOMPARE(static_cast<int>(QuantPlan::from_json(R"({"method": "pb-gptq", "scale_format": "log8"})", "p.json")
+                                      .config.layer.block_binary.scale_format),
+                 static_cast<int>(ScaleFormat::Fp16));
+        QuantPlan switched_plan = QuantPlan::from_json(
+            R"({"method": "arb-rc", "scale_format": "log8", "rules": [{"pattern": "*.mlp.*", "method": "arb-rc"}]})", "p.json");
+        set_default_method(switched_plan, QuantMethod::PbGptq);
+        QCOMPARE(static_cast<int>(switched_plan.settings_for("model.layers.0.mlp.up_proj").block_binary.scale_format),
+                 static_cast<int>(ScaleFormat::Log8));
+        switched_plan.rules.clear();
+        drop_unread_strict_settings(switched_plan);
+        QCOMPARE(static_cast<int>(switched_plan.config.layer.block_binary.scale_format), static_cast<int>(ScaleFormat::Fp16));
         // A plan-wide strict setting with a rule's method that reads it (as plans were written
         // when the block options were plan-wide): the other Linears get the default.
         const QuantPlan old_style = QuantPlan::from_json(
@@ -643,10 +669,12 @@ private Q_SLOTS:
                 QVERIFY(QuantPlan{}.to_json().find(o.key) == std::string::npos);
         }
         try {
-            QuantPlan::from_json(R"({"method": "billm", "scale_format": "log8"})", "p.json").validate();
+            QuantPlan::from_json(R"({"rules": [{"pattern": "*", "method": "billm", "scale_format": "log8"}]})", "p.json");
             QFAIL("8-bit scales were accepted for billm");
         } catch (const Error& e) {
-            QVERIFY2(std::string(e.what()).find("scale_format log8 is not read by billm (only by arb-rc)") != std::string::npos, e.what());
+            QVERIFY2(std::string(e.what()).find("rule '*': scale_format log8 is not read by billm (only by arb-rc)") !=
+                         std::string::npos,
+                     e.what());
         }
         try {
             QuantPlan::from_json(R"({"cgb": "sometimes"})", "p.json");

@@ -60,6 +60,7 @@ void PlanTableModel::resetOverrides(const QList<int>& rows)
                     return false;
                 }),
                 rules.end());
+    drop_unread_strict_settings(plan); // the rules that read a plan-wide option may be gone
     context_.setPlan(plan);
     Q_EMIT dataChanged(index(0, 0), index(rowCount() - 1, ColumnCount - 1));
 }

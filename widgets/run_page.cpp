@@ -1,5 +1,6 @@
 #include "widgets/pages.h"
 #include "core/quant/registry.h"
+#include "core/quant/settings.h"
 #include "widgets/qcustomplot_include.h"
 #include "widgets/studio_context.h"
 
@@ -113,7 +114,7 @@ RunPage::RunPage(StudioContext& context, QWidget* parent) : QWidget(parent), con
         if (!m || !m->quantize || context_.plan().config.layer.method == m->id)
             return;
         QuantPlan plan = context_.plan();
-        plan.config.layer = with_method(plan.config.layer, m->id);
+        set_default_method(plan, m->id);
         context_.setPlan(plan);
     });
     // Block size and damping too: the Tuning page previews with what a run will use.

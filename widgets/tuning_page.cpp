@@ -155,7 +155,7 @@ void TuningPage::applyControls()
     for (std::size_t i = 0; i < setting_combos_.size(); ++i)
         setting_rows_[i]->set(s, setting_combos_[i]->currentIndex());
     if (const MethodInfo* m = find_method(method_->currentData().toString().toStdString()))
-        s = with_method(s, m->id);
+        set_default_method(plan, m->id);
     ratio_label_->setText(QStringLiteral("%1%").arg(100.0 * s.salient_ratio, 0, 'f', 2));
     context_.setPlan(plan);
 }

@@ -308,10 +308,15 @@ int run_quantize(const QStringList& args)
         if (!s.on_command_line || !cl.is_set(s.flag))
             continue;
         const double v = parse(s.flag, [&](const std::string& text) { return s.parse(text); });
-        if (std::string(s.key) == "method") // drops the plan's options the new method does not read
-            c.layer = with_method(c.layer, methods()[static_cast<std::size_t>(v)].id);
+        if (std::string(s.key) == "method") // drops the plan's options none of its methods reads now
+            set_default_method(plan, methods()[static_cast<std::size_t>(v)].id);
         else
             s.set(c.layer, v);
+    }
+    try { // an option asked for on the command line must mean something
+        check_strict_settings_are_read(c.layer, plan_methods(plan));
+    } catch (const Error& e) {
+        throw UsageError{e.what()};
     }
     if (cl.is_set("nsamples")) c.nsamples = cl.int_value("nsamples", 1, 1 << 20);
     if (cl.is_set("seqlen")) c.seqlen = cl.int_value("seqlen", 2, 1 << 20);
@@ -489,7 +494,7 @@ std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& bas
         if (!m || !m->quantize)
             throw UsageError{"--methods: '" + name.toStdString() + "' is not one of " + method_names(true)};
         SweepPoint p{base, ""};
-        p.plan.config.layer = with_method(base.config.layer, m->id);
+        set_default_method(p.plan, m->id);
         std::vector<SweepPoint> expanded{p};
         for (const SettingInfo& s : layer_settings()) {
             if (!s.on_command_line || std::string(s.key) == "method" || !m->reads(s.key))

@@ -289,17 +289,50 @@ void check_strict_settings_are_read(const LayerQuantSettings& s, const std::vect
     for (const SettingInfo& info : layer_settings()) {
         if (!info.strict || info.get(s) == info.default_value())
             continue;
-        std::string names;
+        std::vector<std::string> names;
         bool read = false;
-        for (std::size_t i = 0; i < used.size(); ++i) {
-            read |= method_info(used[i]).reads(info.key);
-            if (std::find(used.begin(), used.begin() + static_cast<std::ptrdiff_t>(i), used[i]) == used.begin() + static_cast<std::ptrdiff_t>(i))
-                names += (names.empty() ? "" : ", ") + to_string(used[i]);
+        for (QuantMethod id : used) {
+            read |= method_info(id).reads(info.key);
+            if (std::find(names.begin(), names.end(), to_string(id)) == names.end())
+                names.push_back(to_string(id));
         }
-        if (!read)
-            throw Error(where + info.key + " " + info.format(info.get(s)) + " is not read by " + names + " (only by " +
-                        readers_of(info.key) + ")");
+        if (read)
+            continue;
+        std::string list;
+        for (const std::string& n : names)
+            list += (list.empty() ? "" : ", ") + n;
+        throw Error(where + info.key + " " + info.format(info.get(s)) + " is not read by " +
+                    (names.size() > 1 ? "any of " : "") + list + " (only by " + readers_of(info.key) + ")");
     }
+}
+
+std::vector<QuantMethod> plan_methods(const QuantPlan& plan)
+{
+    std::vector<QuantMethod> used{plan.config.layer.method};
+    for (const PlanRule& r : plan.rules) {
+        LayerQuantSettings s = plan.config.layer;
+        r.apply(s);
+        used.push_back(s.method);
+    }
+    return used;
+}
+
+void drop_unread_strict_settings(QuantPlan& plan)
+{
+    const std::vector<QuantMethod> used = plan_methods(plan);
+    for (const SettingInfo& info : layer_settings()) {
+        if (!info.strict)
+            continue;
+        const bool read = std::any_of(used.begin(), used.end(), [&](QuantMethod id) { return method_info(id).reads(info.key); });
+        if (!read)
+            info.copy(LayerQuantSettings{}, plan.config.layer);
+    }
+}
+
+void set_default_method(QuantPlan& plan, QuantMethod id)
+{
+    plan.config.layer.method = id;
+    drop_unread_strict_settings(plan);
 }
 
 } // namespace pbllm

@@ -64,9 +64,17 @@ void check_setting_ranges(const LayerQuantSettings& s, const std::string& where 
 /// What one Linear's quantizer needs: the settings `s.method` reads in range, and no strict
 /// setting off its default that it does not read (asked for, it would silently mean nothing).
 void validate_for_method(const LayerQuantSettings& s, const std::string& where = "");
-/// A plan's strict settings (its defaults, or a rule's) must be read by one of the methods it
-/// uses; Linears whose method does not read them get the default (QuantPlan::settings_for).
+/// Error unless one of `used` reads each strict setting of `s` that is off its default.
 void check_strict_settings_are_read(const LayerQuantSettings& s, const std::vector<QuantMethod>& used,
                                     const std::string& where = "");
+
+/// The methods `plan` runs: its default method, then each rule's (over the defaults).
+std::vector<QuantMethod> plan_methods(const QuantPlan& plan);
+/// Puts the plan-wide strict settings that none of the plan's methods reads back to their
+/// defaults (a plan stored before the check, or one whose method was switched). Rules keep theirs.
+void drop_unread_strict_settings(QuantPlan& plan);
+/// Switches the plan's default method, then drop_unread_strict_settings: rules that still read a
+/// plan-wide strict setting keep it.
+void set_default_method(QuantPlan& plan, QuantMethod id);
 
 } // namespace pbllm
