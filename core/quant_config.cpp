@@ -138,6 +138,7 @@ void QuantPlan::validate() const
         r.apply(asked);
         check_strict_settings_are_read(asked, r.sets("method") ? std::vector<QuantMethod>{s.method} : used, where);
     }
+    check_strict_settings_are_read(config.layer, used);
     const bool block = std::any_of(used.begin(), used.end(), [](QuantMethod m) { return stores_block_binary(m); });
     if (block && config.act_order)
         throw Error("billm and arb do not reorder columns: act_order applies to the GPTQ solver only");
@@ -287,7 +288,11 @@ QuantPlan QuantPlan::from_json(const std::string& json, const std::string& origi
             throw Error(where(k) + " is unknown");
         }
     }
-    drop_unread_strict_settings(plan); // plans stored before the check read as they ran
+    // Before the check, a plan-wide scale_format was stored with PB-LLM's methods (and ignored):
+    // such plans (files' headers among them) read as they ran. With a block method it is refused.
+    const std::vector<QuantMethod> used = plan_methods(plan);
+    if (std::none_of(used.begin(), used.end(), [](QuantMethod m) { return stores_block_binary(m); }))
+        drop_unread_strict_settings(plan);
     try {
         plan.validate();
     } catch (const Error& e) {

@@ -404,6 +404,16 @@ private Q_SLOTS:
         const Run bad_bits = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--salient-bits", "9"});
         QCOMPARE(bad_bits.code, 2);
         QVERIFY2(bad_bits.err.contains("--salient-bits: salient bits 9 must be 2..8 or 16"), bad_bits.err.constData());
+        // An option no method of the run reads is refused, not ignored.
+        const Run unread = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--method", "arb",
+                                      "--scale-format", "log8"});
+        QCOMPARE(unread.code, 2);
+        QVERIFY2(unread.err.contains("scale_format log8 is not read by arb (only by arb-rc)"), unread.err.constData());
+        const Run unread_sweep = pbllm_run({"sweep", model(), "--calib", plan, "--eval", val(), "--methods", "pb-gptq,billm",
+                                            "--scale-format", "log8"});
+        QCOMPARE(unread_sweep.code, 2);
+        QVERIFY2(unread_sweep.err.contains("--scale-format: none of the swept methods reads it (only arb-rc)"),
+                 unread_sweep.err.constData());
         const Run unknown = pbllm_run({"quantize", model(), "--calib", plan, "-o", tmp.filePath("x.h5"), "--method", "bilm"});
         QCOMPARE(unknown.code, 2);
         QVERIFY2(unknown.err.contains("'bilm' is not one of pb-gptq, rtn, gptq, qat, billm, arb"), unknown.err.constData());

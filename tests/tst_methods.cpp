@@ -626,8 +626,18 @@ private Q_SLOTS:
                  static_cast<int>(ScaleFormat::Fp16));
         strict.rules.push_back(PlanRule("*.gate_proj").set("method", setting("method").parse("arb")).set("scale_format", 1));
         QCOMPARE(refusal(strict), std::string("rule '*.gate_proj': scale_format log8 is not read by arb (only by arb-rc)"));
-        // A plan-wide one that no method reads is dropped when a plan is read (stored plans from
-        // before the check) or its method switched; rules that read it keep it.
+        QuantPlan wide; // plan-wide, with no method of the plan reading it
+        wide.config.layer.method = QuantMethod::Arb;
+        wide.config.layer.block_binary.scale_format = ScaleFormat::Log8;
+        QCOMPARE(refusal(wide), std::string("scale_format log8 is not read by arb (only by arb-rc)"));
+        try {
+            QuantPlan::from_json(R"({"method": "arb", "scale_format": "log8"})", "p.json");
+            QFAIL("8-bit scales were accepted plan-wide for arb");
+        } catch (const Error& e) {
+            QCOMPARE(std::string(e.what()), std::string("p.json: scale_format log8 is not read by arb (only by arb-rc)"));
+        }
+        // A plan-wide one that no method reads is dropped when a plan of PB-LLM's methods is read
+        // (stored plans from before the check) or its method switched; rules that read it keep it.
         QCOMPARE(static_cast<int>(QuantPlan::from_json(R"({"method": "pb-gptq", "scale_format": "log8"})", "p.json")
                                       .config.layer.block_binary.scale_format),
                  static_cast<int>(ScaleFormat::Fp16));

@@ -180,7 +180,7 @@ void RunPage::start()
     const QString m = method_->currentData().toString();
     r.qat = m == "qat";
     if (!r.qat)
-        r.plan.config.layer.method = parse_method(m.toStdString());
+        set_default_method(r.plan, parse_method(m.toStdString()));
     r.plan.config.nsamples = nsamples_->value();
     r.plan.config.blocksize = blocksize_->value();
     r.plan.config.percdamp = percdamp_->value();

@@ -304,15 +304,13 @@ int run_quantize(const QStringList& args)
             throw UsageError{std::string("--") + name + ": " + e.what()};
         }
     };
-    for (const SettingInfo& s : layer_settings()) { // in table order: an explicit option after the method stays
-        if (!s.on_command_line || !cl.is_set(s.flag))
-            continue;
-        const double v = parse(s.flag, [&](const std::string& text) { return s.parse(text); });
-        if (std::string(s.key) == "method") // drops the plan's options none of its methods reads now
-            set_default_method(plan, methods()[static_cast<std::size_t>(v)].id);
-        else
-            s.set(c.layer, v);
-    }
+    // The method first: it drops the plan's options none of its methods reads now, and the
+    // options given here then apply over it.
+    if (cl.is_set("method"))
+        set_default_method(plan, parse("method", parse_method));
+    for (const SettingInfo& s : layer_settings())
+        if (s.on_command_line && std::string(s.key) != "method" && cl.is_set(s.flag))
+            s.set(c.layer, parse(s.flag, [&](const std::string& text) { return s.parse(text); }));
     try { // an option asked for on the command line must mean something
         check_strict_settings_are_read(c.layer, plan_methods(plan));
     } catch (const Error& e) {
@@ -488,6 +486,25 @@ std::vector<double> setting_values(const CommandLine& cl, const SettingInfo& s, 
 /// base plan). Settings with a list (given, or salient's and bits' defaults) appear in the labels.
 std::vector<SweepPoint> sweep_points(const CommandLine& cl, const QuantPlan& base)
 {
+    // A strict setting's list must mean something to one of the swept methods.
+    for (const SettingInfo& s : layer_settings()) {
+        if (!s.strict || !cl.is_set(s.flag))
+            continue;
+        bool read = false;
+        for (const QString& name : list_option(cl, "methods"))
+            if (const MethodInfo* m = find_method(name.toStdString()))
+                read |= m->reads(s.key);
+        if (!read)
+            throw UsageError{std::string("--") + s.flag + ": none of the swept methods reads it (only " +
+                             [&] {
+                                 std::string names;
+                                 for (const MethodInfo& m : methods())
+                                     if (m.reads(s.key))
+                                         names += (names.empty() ? "" : ", ") + std::string(m.name);
+                                 return names;
+                             }() +
+                             ")"};
+    }
     std::vector<SweepPoint> points;
     for (const QString& name : list_option(cl, "methods")) {
         const MethodInfo* m = find_method(name.toStdString());
