@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/evaluation.h"
 #include "core/llama.h"
+#include "core/quant/settings.h"
 #include "core/quantizers.h"
 #include "core/saliency.h"
 
@@ -378,7 +379,7 @@ QatResult train_qat(const Model& model_in, const std::vector<int>& train_tokens,
         final_weights.push_back(q.linears.back().dequantized);
     }
     q.model = with_weights(student, final_weights);
-    q.plan.config.layer.method = QuantMethod::Qat;
+    set_default_method(q.plan, QuantMethod::Qat);
     q.plan.config.layer.salient_ratio = init ? init->salient_ratio() : s.salient_ratio;
     q.plan.config.layer.salient_bits = s.salient_bits;
     q.plan.config.layer.binarizer = s.binarizer;
@@ -386,7 +387,7 @@ QatResult train_qat(const Model& model_in, const std::vector<int>& train_tokens,
     q.plan.config.seed = s.seed;
     if (init) {
         q.plan = init->plan;
-        q.plan.config.layer.method = QuantMethod::Qat;
+        set_default_method(q.plan, QuantMethod::Qat);
         q.calibration_sha256 = init->calibration_sha256;
         q.source_sha256 = init->source_sha256;
     }
